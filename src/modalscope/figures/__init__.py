@@ -1,0 +1,7 @@
+"""Report figures (Plotly): Figure 1 histograms, Figure 2 layer trend, export."""
+
+from modalscope.figures.export import find_browser, write_html, write_pngs
+from modalscope.figures.histograms import figure1
+from modalscope.figures.trend import figure2
+
+__all__ = ["figure1", "figure2", "find_browser", "write_html", "write_pngs"]

@@ -1,0 +1,1 @@
+"""Statistics: running moments, per-neuron tests, FDR control, layer summaries."""

@@ -1,0 +1,196 @@
+"""Command line: parses arguments, builds a StudyConfig, calls the study functions.
+
+Thin on purpose: everything here is also reachable from Python (`modalscope.run_study`).
+User errors (bad data, bad settings, a store from another study) print one line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from modalscope.config import StudyConfig
+from modalscope.data.pairs import DataError
+from modalscope.models.adapter import SITES
+from modalscope.store import StoreMismatch
+
+DESCRIPTION = """\
+Does each neuron of a vision-language model respond more to text or to images?
+For every image-caption pair, modalscope runs the caption alone and the image alone
+through the model, records the max and mean activation of every neuron of every
+decoder layer, and tests per neuron whether Δ = max_text - max_image differs from 0.
+
+Start with `modalscope demo --out demo-out` (tiny model, synthetic data, offline), then
+`modalscope run --model llava-hf/llava-1.5-7b-hf --captions captions_val2017.json
+--images val2017/ --num-pairs 5000 --out study/`.
+"""
+
+
+def _csv_ints(text: str) -> list[int]:
+    """'0,3-5' -> [0, 3, 4, 5]."""
+    values: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        values.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    return values
+
+
+def _sites(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=model_required,
+                   help="hub id or local folder of a LLaVA checkpoint (e.g. llava-hf/llava-1.5-7b-hf)")
+    g.add_argument("--revision", help="hub revision (branch, tag or commit) to load")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="model weights dtype; reductions accumulate in float32 regardless")
+    g.add_argument("--batch-size", type=int, default=16, help="pairs per forward (default 16)")
+    g = p.add_argument_group("data (first run in DIR only; later runs reuse DIR/manifest.parquet)")
+    g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json")
+    g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/")
+    g.add_argument("--jsonl", type=Path, help='JSONL of {"image": path, "caption": text, "id": ...}')
+    g.add_argument("--num-pairs", type=int, help="use the first N pairs of the shuffled list")
+    g.add_argument("--seed", type=int, default=0, help="seed of the one-time shuffle (default 0)")
+    g = p.add_argument_group("recording")
+    g.add_argument("--sites", type=_sites, default=SITES,
+                   help="comma list of residual (decoder layer output) and mlp (down_proj input); default both")
+    g.add_argument("--tokens", choices=["content", "all"], default="content",
+                   help="reduce over caption/image tokens only (content, default) or every token but BOS")
+    _output_options(p)
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("outputs")
+    g.add_argument("--long-tables", choices=["auto", "always", "never"], default="auto",
+                   help="write Tables 1-2 (one row per input x layer x neuron); auto: when <= 50M rows")
+    g.add_argument("--csv", action="store_true", help="also write CSV copies of the tables")
+    g.add_argument("--no-png", dest="png", action="store_false", help="skip PNG copies of figures")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modalscope", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="whole study on the embedded tiny LLaVA and synthetic COCO set")
+    p.add_argument("--out", type=Path, required=True, help="study folder (assets are built in DIR/assets)")
+    p.add_argument("--num-pairs", type=int, help="pairs to use (default: all 240)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sites", type=_sites, default=SITES)
+    p.add_argument("--tokens", choices=["content", "all"], default="content")
+    _output_options(p)
+
+    p = sub.add_parser("run", help="whole study: manifest, extract, analyze, plot")
+    p.add_argument("--out", type=Path, required=True, help="study folder DIR")
+    _study_options(p, model_required=True)
+
+    p = sub.add_parser("extract", help="record activations into DIR/activations.zarr (continues a stopped run)")
+    p.add_argument("--out", type=Path, required=True, help="study folder DIR")
+    _study_options(p, model_required=False)
+
+    for name, text in [("analyze", "statistics and tables from DIR/activations.zarr"),
+                       ("plot", "figures from DIR/tables")]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("dir", type=Path, help="study folder DIR")
+        _output_options(p)
+
+    p = sub.add_parser("export", help="Tables 1-2 for chosen layers/neurons (for large studies)")
+    p.add_argument("dir", type=Path, help="study folder DIR")
+    p.add_argument("--layers", type=_csv_ints, help="e.g. 0,10-12 (default all)")
+    p.add_argument("--neurons", type=_csv_ints, help="e.g. 128,4000-4010 (default all)")
+    p.add_argument("--sites", type=_sites, help="default: all recorded sites")
+    p.add_argument("--name", default="_export", help="suffix of the written files (default _export)")
+    p.add_argument("--csv", action="store_true", help="also write CSV copies")
+    return parser
+
+
+def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
+    fields = {k: getattr(args, k) for k in (
+        "model", "revision", "device", "dtype", "batch_size", "captions", "images", "jsonl",
+        "num_pairs", "seed", "sites", "tokens", "long_tables", "csv", "png") if hasattr(args, k)}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fields.update(extra)
+    return StudyConfig(out_dir=out_dir, progress=not getattr(args, "quiet", False), **fields)
+
+
+def _report(result, started: float) -> None:
+    print(f"study written to {result.out_dir} in {time.perf_counter() - started:.1f} s")
+    for path in result.tables:
+        print(f"  table   {path}")
+    for path in result.figures:
+        print(f"  figure  {path}")
+    for message in result.messages:
+        print(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        return _dispatch(args, started)
+    except (DataError, StoreMismatch, ValueError, FileNotFoundError) as err:
+        print(f"modalscope: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modalscope: interrupted; finished batches are kept: rerun the same command to "
+              "continue", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, started: float) -> int:
+    from modalscope import study
+
+    if args.command == "demo":
+        from modalscope.demo import demo_config
+
+        config = demo_config(args.out, **{k: v for k, v in _config(args, args.out).as_dict().items()
+                                          if k in ("num_pairs", "batch_size", "seed", "sites", "tokens",
+                                                   "long_tables", "csv", "png", "progress")})
+        _report(study.run_study(config), started)
+    elif args.command == "run":
+        _report(study.run_study(_config(args, args.out)), started)
+    elif args.command == "extract":
+        config = _config(args, args.out, **_stored_model(args))
+        config.validate()
+        manifest = study.prepare_manifest(config)
+        store = study.extract_stage(config, manifest)
+        print(f"{store.n_done} of {len(manifest)} pairs recorded in {store.path}")
+    elif args.command == "analyze":
+        config = _config(args, args.dir)
+        manifest = study.prepare_manifest(config)
+        for path in study.analyze_stage(config, manifest):
+            print(f"  table   {path}")
+        skipped = study.long_tables_skipped(config)
+        if skipped:
+            print(skipped)
+    elif args.command == "plot":
+        paths, message = study.plot_stage(args.dir, args.png)
+        for path in paths:
+            print(f"  figure  {path}")
+        if message:
+            print(message)
+    elif args.command == "export":
+        for path in study.export_stage(args.dir, args.sites, args.layers, args.neurons, args.name, args.csv):
+            print(f"  table   {path}")
+    return 0
+
+
+def _stored_model(args: argparse.Namespace) -> dict[str, str]:
+    """`extract` without --model continues with the model recorded in DIR's store."""
+    if args.model:
+        return {}
+    from modalscope.store import STORE, ActivationStore
+
+    path = args.out / STORE
+    if not path.exists():
+        raise ValueError("--model is required for a new study (no DIR/activations.zarr yet)")
+    return {"model": ActivationStore.open(path).attrs["model"]}

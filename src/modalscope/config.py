@@ -1,0 +1,69 @@
+"""One study's settings, validated once at the edge (CLI or notebook), trusted inside."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from modalscope.models.adapter import SITES
+
+LongTables = Literal["auto", "always", "never"]
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study. Paths may be str or Path."""
+
+    out_dir: Path
+    model: str = "llava-hf/llava-1.5-7b-hf"
+    captions: Path | None = None  # COCO captions JSON (with `images`)
+    images: Path | None = None  # COCO image folder
+    jsonl: Path | None = None  # or: JSONL of {"image", "caption", "id"}
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = 16
+    num_pairs: int | None = None
+    seed: int = 0
+    sites: tuple[str, ...] = SITES
+    tokens: Literal["content", "all"] = "content"
+    long_tables: LongTables = "auto"
+    csv: bool = False
+    png: bool = True
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        for name in ("captions", "images", "jsonl"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+        self.sites = tuple(self.sites)
+
+    def validate(self) -> "StudyConfig":
+        """Raise a one-line ValueError for the first bad setting."""
+        unknown = [s for s in self.sites if s not in SITES]
+        if unknown or not self.sites:
+            raise ValueError(f"--sites {','.join(self.sites)}: choose from {', '.join(SITES)}")
+        if self.tokens not in ("content", "all"):
+            raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.num_pairs is not None and self.num_pairs < 2:
+            raise ValueError(f"--num-pairs {self.num_pairs}: a t-test needs at least 2 pairs")
+        if self.long_tables not in ("auto", "always", "never"):
+            raise ValueError(f"--long-tables {self.long_tables!r}: choose auto, always or never")
+        if self.jsonl is not None and self.captions is not None:
+            raise ValueError("give either --captions/--images (COCO) or --jsonl, not both")
+        if self.captions is not None and self.images is None:
+            raise ValueError("--captions needs --images (the COCO image folder)")
+        for name in ("captions", "images", "jsonl"):
+            value = getattr(self, name)
+            if value is not None and not value.exists():
+                raise ValueError(f"--{name} {value}: no such file or folder")
+        return self
+
+    def as_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -1,0 +1,157 @@
+"""Build the embedded default: a tiny LLaVA-1.5 in Hugging Face format, offline.
+
+Why: the tool must run end to end on a machine with no model hub, and the tests must
+exercise the exact code path a real study uses (`from_pretrained` on a folder). So we
+assemble a real `LlavaForConditionalGeneration` from the real config classes (a small
+`LlamaConfig` text model, a small `CLIPVisionConfig` tower with LLaVA-1.5's 336 px /
+patch 14 geometry, hence 576 image tokens), random weights from a fixed seed, a
+byte-level BPE tokenizer trained on the demo captions with the `tokenizers` library,
+and the llava-hf chat template. Nothing here is mocked; only the sizes are small.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers.utils import logging as hf_logging
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+# The chat template shipped with llava-hf/llava-1.5-7b-hf (renders
+# "USER: <image>\n{text} ASSISTANT:"), so the tiny model formats prompts exactly like
+# the real one.
+LLAVA15_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+IMAGE_SIZE = 336
+PATCH_SIZE = 14
+COMPLETE_MARKER = "model.safetensors"
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with Llama's BOS convention and an `<image>` special token."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus) + ["USER: ASSISTANT:"], trainer=trainer)
+    bos_id = tok.token_to_id("<s>")
+    # Byte-level offsets first (trimmed of the leading space), then prepend BOS like Llama.
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=True),
+            processors.TemplateProcessing(
+                single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+            ),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="right",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def tiny_llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+    """LLaVA-1.5 geometry (576 image tokens) with a small Llama and a small CLIP tower."""
+    vision = CLIPVisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # Wider than Llama's 0.02 so random activations are not all near zero.
+        initializer_range=0.2,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.image_token_id,
+        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_llava(out_dir: Path, corpus: Iterable[str], seed: int = 0) -> Path:
+    """Write the checkpoint once to `out_dir` (atomic: built aside, then renamed)."""
+    out_dir = Path(out_dir)
+    if (out_dir / COMPLETE_MARKER).exists():
+        return out_dir
+    hf_logging.disable_progress_bar()
+    tokenizer = train_tokenizer(corpus)
+    config = tiny_llava_config(tokenizer)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA15_CHAT_TEMPLATE,
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-llava-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,169 @@
+"""The activation store: a zarr v3 group `DIR/activations.zarr`.
+
+Layout: arrays `{site}/{condition}/{max,mean}` of shape [input, layer, neuron] (float32,
+dimension names set), and `tokens/{condition}` [input] with the number of tokens each
+reduction saw. Chunks are one batch of inputs by one layer by all neurons, so extraction
+appends whole chunks and the analysis reads one layer at a time.
+
+Why a ledger: arrays are appended per batch, then the group attribute `n_done` is
+updated. A crash between the two leaves arrays longer than `n_done`; opening the store
+trims them back, so the rows that exist always belong to finished batches. Provenance
+(model, weights, dtype, template, token scope, seed, manifest hash, versions) lives in
+the group attributes, and a rerun into the same store must match it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+STORE = "activations.zarr"
+CONDITIONS = ("text", "image")
+STATS = ("max", "mean")
+# Attributes a resumed run must share with the store, with the user-facing name of each.
+MUST_MATCH = {
+    "model": "model",
+    "weights": "weights (revision or fingerprint)",
+    "dtype": "dtype",
+    "chat_template": "chat template",
+    "tokens": "token scope",
+    "sites": "sites",
+    "manifest_hash": "manifest",
+}
+
+
+class StoreMismatch(ValueError):
+    """The store in DIR was made by a different study."""
+
+
+class ActivationStore:
+    def __init__(self, group: zarr.Group, path: Path):
+        self.group = group
+        self.path = path
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        n_layers: int,
+        widths: Mapping[str, int],
+        batch_size: int,
+        attrs: Mapping[str, Any],
+    ) -> "ActivationStore":
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        for site, width in widths.items():
+            for condition in CONDITIONS:
+                for stat in STATS:
+                    group.create_array(
+                        f"{site}/{condition}/{stat}",
+                        shape=(0, n_layers, width),
+                        chunks=(batch_size, 1, width),
+                        dtype="float32",
+                        fill_value=float("nan"),
+                        dimension_names=("input", "layer", "neuron"),
+                    )
+        for condition in CONDITIONS:
+            group.create_array(
+                f"tokens/{condition}",
+                shape=(0,),
+                chunks=(max(batch_size, 1024),),
+                dtype="int32",
+                fill_value=0,
+                dimension_names=("input",),
+            )
+        group.attrs.update({**attrs, "sites": list(widths), "n_layers": n_layers, "n_done": 0})
+        return cls(group, Path(path))
+
+    @classmethod
+    def open(cls, path: Path) -> "ActivationStore":
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no activation store; run `modalscope extract` first")
+        store = cls(zarr.open_group(str(path), mode="r+"), Path(path))
+        store._trim_to_ledger()
+        return store
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def n_done(self) -> int:
+        return int(self.group.attrs["n_done"])
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.group.attrs["sites"])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.group.attrs["n_layers"])
+
+    def array(self, site: str, condition: str, stat: str) -> zarr.Array:
+        return self.group[f"{site}/{condition}/{stat}"]
+
+    def width(self, site: str) -> int:
+        return int(self.array(site, CONDITIONS[0], STATS[0]).shape[2])
+
+    def check_matches(self, attrs: Mapping[str, Any]) -> None:
+        """One-line refusal naming the first difference between this store and a new run."""
+        mine = self.attrs
+        for key, label in MUST_MATCH.items():
+            if key in attrs and mine.get(key) != attrs[key]:
+                raise StoreMismatch(
+                    f"{self.path}: holds a study with a different {label} "
+                    f"({_short(mine.get(key))} vs {_short(attrs[key])}); "
+                    "use a new output directory"
+                )
+
+    def append(
+        self,
+        records: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+        n_tokens: Mapping[str, Sequence[int]],
+    ) -> None:
+        """Append one batch: records[condition][site][stat] is [batch, layer, neuron]."""
+        for condition, by_site in records.items():
+            for site, by_stat in by_site.items():
+                for stat, values in by_stat.items():
+                    self.array(site, condition, stat).append(values, axis=0)
+            self.group[f"tokens/{condition}"].append(
+                np.asarray(n_tokens[condition], dtype=np.int32), axis=0
+            )
+        batch = len(next(iter(n_tokens.values())))
+        self.group.attrs["n_done"] = self.n_done + batch  # the ledger: written last
+
+    def read_layer(
+        self, site: str, condition: str, stat: str, layer: int, start: int = 0, stop: int | None = None
+    ) -> np.ndarray:
+        """[input, neuron] float32 for one layer (inputs start:stop of the finished ones)."""
+        stop = self.n_done if stop is None else min(stop, self.n_done)
+        return self.array(site, condition, stat)[start:stop, layer, :]
+
+    def tokens(self, condition: str) -> np.ndarray:
+        return self.group[f"tokens/{condition}"][: self.n_done]
+
+    def input_blocks(self) -> list[tuple[int, int]]:
+        """Chunk-aligned [start, stop) ranges over finished inputs, for streaming reads."""
+        step = int(self.array(self.sites[0], CONDITIONS[0], STATS[0]).chunks[0])
+        return [(s, min(s + step, self.n_done)) for s in range(0, self.n_done, step)]
+
+    def _trim_to_ledger(self) -> None:
+        done = self.n_done
+        for site in self.sites:
+            for condition in CONDITIONS:
+                for stat in STATS:
+                    array = self.array(site, condition, stat)
+                    if array.shape[0] != done:
+                        array.resize((done, *array.shape[1:]))
+        for condition in CONDITIONS:
+            array = self.group[f"tokens/{condition}"]
+            if array.shape[0] != done:
+                array.resize((done,))
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,228 @@
+"""The study, top to bottom, as the report's method section reads.
+
+1. Pairs: image-caption pairs, shuffled once with a seed into `manifest.parquet`, reused.
+2. Inputs: each pair twice, unimodally (caption alone; image alone with a minimal prompt).
+3. Recording: every neuron of every decoder layer, reduced over tokens on the device
+   (max, mean), stored per input in `activations.zarr`.
+4. Statistics: Δ = max_text - max_image per input and neuron; per neuron mean Δ, sd,
+   one-sample t, p, BH q, Cohen's d_z; per layer the mean and its trend.
+5. Tables 1-3, Figure 1 (histograms per layer) and Figure 2 (layer trend).
+
+Each stage reads what the previous one wrote in DIR, so `extract`, `analyze`, `plot` and
+`export` also run alone on an existing study folder.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import pandas as pd
+
+from modalscope.config import StudyConfig
+from modalscope.data.manifest import load_manifest, manifest_hash, save_manifest, shuffle_pairs
+from modalscope.data.pairs import DataError, load_coco, load_jsonl
+from modalscope.store import STORE, ActivationStore
+from modalscope.tables import (
+    LAYERS, LONG_TABLE_AUTO_LIMIT, SUMMARY, TABLE3, long_table_csv, table1_rows,
+    write_frame, write_json, write_long_tables,
+)
+
+LIBRARIES = ("modalscope", "torch", "transformers", "tokenizers", "numpy", "scipy", "zarr", "pyarrow", "plotly")
+
+
+@dataclass
+class StudyResult:
+    out_dir: Path
+    tables: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **{name: version(name) for name in LIBRARIES}}
+
+
+# 1. Pairs -------------------------------------------------------------------------------
+def prepare_manifest(config: StudyConfig) -> pd.DataFrame:
+    """Reuse DIR/manifest.parquet if it exists (refusing a conflicting request), else make it."""
+    wanted = {"seed": config.seed, "num_pairs": config.num_pairs, "source": _source(config)}
+    path = config.out_dir / "manifest.parquet"
+    if path.exists():
+        frame, meta = load_manifest(config.out_dir)
+        if wanted["source"] is not None:
+            for key, value in wanted.items():
+                if meta.get(key) != value:
+                    raise DataError(
+                        f"{path}: made with {key}={meta.get(key)!r}, this run asks for "
+                        f"{value!r}; a study keeps its manifest, so use a new --out"
+                    )
+        return frame
+    if config.jsonl is not None:
+        pairs = load_jsonl(config.jsonl)
+    elif config.captions is not None:
+        pairs = load_coco(config.captions, config.images)
+    else:
+        raise DataError(f"{config.out_dir}: no manifest yet; give --captions/--images or --jsonl")
+    frame = shuffle_pairs(pairs, config.seed, config.num_pairs)
+    save_manifest(frame, config.out_dir, wanted)
+    return frame
+
+
+def _source(config: StudyConfig) -> str | None:
+    source = config.jsonl or config.captions
+    return str(Path(source).resolve()) if source is not None else None
+
+
+# 2-3. Inputs and recording ----------------------------------------------------------------
+def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStore:
+    """Record both conditions for every pair not yet in the store (a rerun continues)."""
+    from modalscope.models.loading import load_model  # torch/transformers only when needed
+    from modalscope.record.extract import extract
+    from modalscope.record.inputs import PromptBuilder
+
+    loaded = load_model(config.model, config.revision, config.dtype, config.device)
+    builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, config.tokens)
+    prov = loaded.provenance
+    attrs = {
+        **{k: prov[k] for k in ("model", "revision", "commit_hash", "weights_fingerprint",
+                                "model_type", "dtype", "chat_template", "config")},
+        "weights": prov["commit_hash"] or prov["weights_fingerprint"] or prov["revision"],
+        "prompts": {"text": builder.text_prefix + "{caption}" + builder.text_suffix,
+                    "image": builder.image_prompt},
+        "tokens": config.tokens,
+        "sites": list(config.sites),
+        "seed": config.seed,
+        "manifest_hash": manifest_hash(manifest),
+        "n_inputs": len(manifest),
+        "batch_size": config.batch_size,
+        "contrast": "text - image",
+        "versions": library_versions(),
+    }
+    path = config.out_dir / STORE
+    if path.exists():
+        store = ActivationStore.open(path)
+        store.check_matches(attrs)
+    else:
+        widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
+        n_layers = loaded.adapter.num_layers(loaded.model)
+        store = ActivationStore.create(path, n_layers, widths, config.batch_size, attrs)
+    extract(loaded, manifest, store, config.sites, config.tokens, config.batch_size, config.progress)
+    return store
+
+
+# 4-5. Statistics and tables ----------------------------------------------------------------
+def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> list[Path]:
+    """Tables 1-3, the layer summary and summary.json into DIR/tables."""
+    from modalscope.stats.analyze import analyze
+
+    store = ActivationStore.open(config.out_dir / STORE)
+    tables_dir = config.out_dir / "tables"
+    neurons, layers, summary = analyze(store)
+    paths = [
+        write_frame(neurons, tables_dir / TABLE3, config.csv),
+        write_frame(layers, tables_dir / LAYERS, config.csv),
+        write_json(summary, tables_dir / SUMMARY),
+    ]
+    rows = table1_rows(store)
+    if config.long_tables == "always" or (
+        config.long_tables == "auto" and rows <= LONG_TABLE_AUTO_LIMIT
+    ):
+        long_paths = write_long_tables(store, manifest["pair_id"].tolist(), tables_dir)
+        if config.csv:
+            long_table_csv(long_paths)
+        paths = long_paths + paths
+    return paths
+
+
+def long_tables_skipped(config: StudyConfig) -> str | None:
+    store = ActivationStore.open(config.out_dir / STORE)
+    rows = table1_rows(store)
+    if config.long_tables == "never" or (config.long_tables == "auto" and rows > LONG_TABLE_AUTO_LIMIT):
+        return (f"Tables 1-2 not written ({rows:,} rows); use `modalscope export "
+                f"{config.out_dir} --layers ... --neurons ...` for the part you need")
+    return None
+
+
+def plot_stage(out_dir: Path, png: bool = True) -> tuple[list[Path], str | None]:
+    """Figure 1 and 2 per site from the tables in DIR/tables; PNG copies when a browser exists."""
+    import json
+
+    from modalscope.figures.export import write_html, write_pngs
+    from modalscope.figures.histograms import figure1
+    from modalscope.figures.trend import figure2
+
+    tables_dir = Path(out_dir) / "tables"
+    neurons = pd.read_parquet(tables_dir / TABLE3)
+    layers = pd.read_parquet(tables_dir / LAYERS)
+    summary = json.loads((tables_dir / SUMMARY).read_text())
+    figures = {}
+    for site in neurons["site"].unique():
+        figures[Path(out_dir) / "figures" / f"figure1_{site}.html"] = figure1(
+            neurons[neurons["site"] == site], site
+        )
+        figures[Path(out_dir) / "figures" / f"figure2_{site}.html"] = figure2(
+            layers[layers["site"] == site], summary[site], site
+        )
+    paths = [write_html(fig, path) for path, fig in figures.items()]
+    message = write_pngs({p.with_suffix(".png"): f for p, f in figures.items()}) if png else None
+    return paths, message
+
+
+def run_study(config: StudyConfig) -> StudyResult:
+    """The whole method on one config: manifest, extraction, statistics, tables, figures."""
+    config.validate()
+    result = StudyResult(out_dir=config.out_dir)
+    clock = time.perf_counter()
+    manifest = prepare_manifest(config)
+    extract_stage(config, manifest)
+    result.timings["extract_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    result.tables = analyze_stage(config, manifest)
+    skipped = long_tables_skipped(config)
+    if skipped:
+        result.messages.append(skipped)
+    result.timings["analyze_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    result.figures, png_message = plot_stage(config.out_dir, config.png)
+    if png_message:
+        result.messages.append(png_message)
+    result.timings["plot_s"] = time.perf_counter() - clock
+    write_json(
+        {"config": config.as_dict(), "timings": result.timings, "versions": library_versions()},
+        config.out_dir / "study.json",
+    )
+    return result
+
+
+def export_stage(
+    out_dir: Path,
+    sites: list[str] | None = None,
+    layers: list[int] | None = None,
+    neurons: list[int] | None = None,
+    name: str = "_export",
+    csv: bool = False,
+) -> list[Path]:
+    """Tables 1-2 restricted to some sites/layers/neurons, streamed from the store."""
+    store = ActivationStore.open(Path(out_dir) / STORE)
+    for site in sites or []:
+        if site not in store.sites:
+            raise ValueError(f"--sites {site}: {out_dir} recorded only {', '.join(store.sites)}")
+    for layer in layers or []:
+        if not 0 <= layer < store.n_layers:
+            raise ValueError(f"--layers {layer}: the model has layers 0-{store.n_layers - 1}")
+    width = min(store.width(s) for s in (sites or store.sites))
+    for neuron in neurons or []:
+        if not 0 <= neuron < width:
+            raise ValueError(f"--neurons {neuron}: the site has neurons 0-{width - 1}")
+    manifest, _ = load_manifest(Path(out_dir))
+    paths = write_long_tables(
+        store, manifest["pair_id"].tolist(), Path(out_dir) / "tables", sites, layers, neurons, name
+    )
+    if csv:
+        long_table_csv(paths)
+    return paths
