@@ -1,0 +1,41 @@
+"""Shared fixtures: a real tiny LLaVA checkpoint and a small synthetic COCO set, built once.
+
+The checkpoint is built by the same code as `modalscope demo` and loaded through
+`from_pretrained`, so every test runs the real model classes (nothing is mocked).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modalscope.data.synthetic import build_synthetic_coco
+
+
+@pytest.fixture(scope="session")
+def coco_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("coco")
+    build_synthetic_coco(root, n_images=40)
+    return root
+
+
+@pytest.fixture(scope="session")
+def coco_files(coco_dir: Path) -> tuple[Path, Path]:
+    return coco_dir / "annotations" / "captions_demo.json", coco_dir / "images"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, coco_files: tuple[Path, Path]) -> Path:
+    from modalscope.models.tiny import build_tiny_llava
+
+    corpus = [a["caption"] for a in json.loads(coco_files[0].read_text())["annotations"]]
+    return build_tiny_llava(tmp_path_factory.mktemp("model") / "tiny-llava", corpus)
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_model_dir: Path):
+    from modalscope.models.loading import load_model
+
+    return load_model(str(tiny_model_dir), dtype="float32", device="cpu")
