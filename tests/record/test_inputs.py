@@ -1,0 +1,94 @@
+"""Unimodal inputs: the right tokens are content, and text-only never touches the vision path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from modalscope.record.extract import record_batch
+from modalscope.record.hooks import Recorder
+from modalscope.record.inputs import PromptBuilder
+
+CAPTIONS = ["Two red circles on a white background.", "A blue square in the top left corner."]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [Image.new("RGB", (200, 150), (200, 30, 30)), Image.new("RGB", (64, 256), (0, 0, 255))]
+
+
+def _builder(loaded, tokens="content"):
+    return PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens)
+
+
+def _count_calls(loaded):
+    counts = {name: 0 for name in loaded.adapter.vision_modules}
+    handles = []
+    for name in counts:
+        def hook(module, args, output, name=name):
+            counts[name] += 1
+        handles.append(loaded.model.get_submodule(name).register_forward_hook(hook))
+    return counts, handles
+
+
+def test_text_only_never_runs_vision_tower_or_projector(loaded, images):
+    builder = _builder(loaded)
+    counts, handles = _count_calls(loaded)
+    try:
+        with Recorder(loaded.model, loaded.adapter, ["residual"]) as rec:
+            record_batch(loaded, rec, builder.text_batch(CAPTIONS))
+            assert all(c == 0 for c in counts.values()), counts
+            record_batch(loaded, rec, builder.image_batch(images))
+    finally:
+        for h in handles:
+            h.remove()
+    # The same hooks do fire for the image condition, so the zero above is meaningful.
+    assert all(c == 1 for c in counts.values()), counts
+
+
+def test_text_prompt_is_the_chat_template_with_only_the_caption(loaded):
+    builder = _builder(loaded)
+    assert builder.text_prefix + "X" + builder.text_suffix == "USER: X ASSISTANT:"
+    assert builder.image_prompt == "USER: <image>\n ASSISTANT:"
+    batch = builder.text_batch(CAPTIONS)
+    assert set(batch.inputs) == {"input_ids", "attention_mask"}
+
+
+def test_text_content_tokens_are_exactly_the_caption(loaded):
+    builder = _builder(loaded)
+    batch = builder.text_batch(CAPTIONS)
+    tokenizer = loaded.processor.tokenizer
+    for row, caption in enumerate(CAPTIONS):
+        ids = batch.inputs["input_ids"][row][batch.content[row]]
+        assert tokenizer.decode(ids).strip() == caption
+        assert batch.inputs["input_ids"][row, 0] == tokenizer.bos_token_id
+        assert not batch.content[row, 0]  # BOS is never content
+
+
+def test_image_only_has_exactly_image_seq_length_content_tokens(loaded, images):
+    batch = _builder(loaded).image_batch(images)
+    expected = loaded.model.config.image_seq_length
+    assert expected == 576
+    assert batch.n_content.tolist() == [expected] * len(images)
+    ids = batch.inputs["input_ids"]
+    assert (ids[batch.content] == loaded.model.config.image_token_id).all()
+    assert batch.inputs["pixel_values"].shape == (2, 3, 336, 336)
+
+
+def test_all_scope_sees_every_real_token_but_bos(loaded, images):
+    batch = _builder(loaded, "all").text_batch(CAPTIONS)
+    mask = batch.inputs["attention_mask"].bool()
+    assert batch.content[:, 1:].eq(mask[:, 1:]).all()
+    assert not batch.content[:, 0].any()
+    image = _builder(loaded, "all").image_batch(images)
+    assert (image.n_content > loaded.model.config.image_seq_length).all()
+
+
+def test_right_padding_keeps_content_positions(loaded):
+    builder = _builder(loaded)
+    alone = builder.text_batch(CAPTIONS[:1])
+    padded = builder.text_batch([CAPTIONS[0], CAPTIONS[0] + " And a long tail of words follows here."])
+    width = alone.content.shape[1]
+    assert torch.equal(padded.content[0, :width], alone.content[0])
+    assert not padded.content[0, width:].any()
