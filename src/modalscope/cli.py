@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="study folder (assets are built in DIR/assets)")
     p.add_argument("--num-pairs", type=int, help="pairs to use (default: all 240)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sites", type=_sites, default=SITES)
     p.add_argument("--tokens", choices=["content", "all"], default="content")
@@ -152,9 +153,9 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     if args.command == "demo":
         from modalscope.demo import demo_config
 
-        config = demo_config(args.out, **{k: v for k, v in _config(args, args.out).as_dict().items()
-                                          if k in ("num_pairs", "batch_size", "seed", "sites", "tokens",
-                                                   "long_tables", "csv", "png", "progress")})
+        keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "long_tables", "csv", "png")
+        overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+        config = demo_config(args.out, progress=not args.quiet, **overrides)
         _report(study.run_study(config), started)
     elif args.command == "run":
         _report(study.run_study(_config(args, args.out)), started)
