@@ -165,5 +165,6 @@ class ActivationStore:
 
 
 def _short(value: Any) -> str:
-    text = str(value)
+    """A one-line, bounded rendering (chat templates hold newlines)."""
+    text = " ".join(str(value).split())
     return text if len(text) <= 60 else text[:57] + "..."

@@ -68,6 +68,8 @@ def prepare_manifest(config: StudyConfig) -> pd.DataFrame:
         pairs = load_coco(config.captions, config.images)
     else:
         raise DataError(f"{config.out_dir}: no manifest yet; give --captions/--images or --jsonl")
+    if not pairs:
+        raise DataError(f"{wanted['source']}: holds no image-caption pairs")
     frame = shuffle_pairs(pairs, config.seed, config.num_pairs)
     save_manifest(frame, config.out_dir, wanted)
     return frame

@@ -29,6 +29,8 @@ def shuffle_pairs(pairs: list[Pair], seed: int, num_pairs: int | None) -> pd.Dat
 
     A larger `num_pairs` with the same seed extends the list: the first rows are the same.
     """
+    if not pairs:
+        raise DataError("the data holds no image-caption pairs")
     ordered = sorted(pairs, key=lambda p: (len(p.pair_id), p.pair_id))
     order = np.random.default_rng(seed).permutation(len(ordered))
     if num_pairs is not None:
