@@ -168,9 +168,9 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     elif args.command == "analyze":
         config = _config(args, args.dir)
         manifest = study.prepare_manifest(config)
-        for path in study.analyze_stage(config, manifest):
+        paths, skipped = study.analyze_stage(config, manifest)
+        for path in paths:
             print(f"  table   {path}")
-        skipped = study.long_tables_skipped(config)
         if skipped:
             print(skipped)
     elif args.command == "plot":

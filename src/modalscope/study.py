@@ -118,8 +118,11 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
 
 
 # 4-5. Statistics and tables ----------------------------------------------------------------
-def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> list[Path]:
-    """Tables 1-3, the layer summary and summary.json into DIR/tables."""
+def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Path], str | None]:
+    """Tables 1-3, the layer summary and summary.json into DIR/tables.
+
+    Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
+    """
     from modalscope.stats.analyze import analyze
 
     store = ActivationStore.open(config.out_dir / STORE)
@@ -131,23 +134,17 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> list[Path]:
         write_json(summary, tables_dir / SUMMARY),
     ]
     rows = table1_rows(store)
-    if config.long_tables == "always" or (
-        config.long_tables == "auto" and rows <= LONG_TABLE_AUTO_LIMIT
+    if config.long_tables == "never" or (
+        config.long_tables == "auto" and rows > LONG_TABLE_AUTO_LIMIT
     ):
-        long_paths = write_long_tables(store, manifest["pair_id"].tolist(), tables_dir)
-        if config.csv:
-            long_table_csv(long_paths)
-        paths = long_paths + paths
-    return paths
-
-
-def long_tables_skipped(config: StudyConfig) -> str | None:
-    store = ActivationStore.open(config.out_dir / STORE)
-    rows = table1_rows(store)
-    if config.long_tables == "never" or (config.long_tables == "auto" and rows > LONG_TABLE_AUTO_LIMIT):
-        return (f"Tables 1-2 not written ({rows:,} rows); use `modalscope export "
-                f"{config.out_dir} --layers ... --neurons ...` for the part you need")
-    return None
+        return paths, (
+            f"Tables 1-2 not written ({rows:,} rows); use `modalscope export "
+            f"{config.out_dir} --layers ... --neurons ...` for the part you need"
+        )
+    long_paths = write_long_tables(store, manifest["pair_id"].tolist(), tables_dir)
+    if config.csv:
+        long_table_csv(long_paths)
+    return long_paths + paths, None
 
 
 def plot_stage(out_dir: Path, png: bool = True) -> tuple[list[Path], str | None]:
@@ -184,8 +181,7 @@ def run_study(config: StudyConfig) -> StudyResult:
     extract_stage(config, manifest)
     result.timings["extract_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    result.tables = analyze_stage(config, manifest)
-    skipped = long_tables_skipped(config)
+    result.tables, skipped = analyze_stage(config, manifest)
     if skipped:
         result.messages.append(skipped)
     result.timings["analyze_s"] = time.perf_counter() - clock

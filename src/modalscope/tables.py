@@ -68,8 +68,9 @@ def _blocks(
     sites: Sequence[str],
     layers: Sequence[int] | None,
     neurons: Sequence[int] | None,
-) -> Iterator[tuple[str, int, np.ndarray, dict[str, dict[str, np.ndarray]]]]:
-    """(site, layer, input indices, values[condition][stat] [inputs, neurons]) per chunk."""
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, dict[str, dict[str, np.ndarray]]]]:
+    """(site, layer, input indices, neuron indices, values[condition][stat] [inputs, neurons])
+    per chunk of inputs."""
     for site in sites:
         cols = np.arange(store.width(site)) if neurons is None else np.asarray(neurons)
         for layer in range(store.n_layers) if layers is None else layers:
@@ -81,7 +82,7 @@ def _blocks(
                     }
                     for c in CONDITIONS
                 }
-                yield site, layer, np.arange(start, stop), values
+                yield site, layer, np.arange(start, stop), cols, values
 
 
 def _long_columns(
@@ -114,8 +115,7 @@ def write_long_tables(
              out_dir / TABLE2.replace(".parquet", f"{suffix}.parquet")]
     tmp = [p.with_name(p.name + ".tmp") for p in paths]
     with pq.ParquetWriter(tmp[0], TABLE1_SCHEMA) as t1, pq.ParquetWriter(tmp[1], TABLE2_SCHEMA) as t2:
-        for site, layer, inputs, values in _blocks(store, sites or store.sites, layers, neurons):
-            cols = np.arange(store.width(site)) if neurons is None else np.asarray(neurons)
+        for site, layer, inputs, cols, values in _blocks(store, sites or store.sites, layers, neurons):
             base = _long_columns(site, layer, inputs, cols, ids)
             n = len(base["layer"])
             for condition in CONDITIONS:

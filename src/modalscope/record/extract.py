@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from modalscope.data.pairs import DataError
@@ -69,7 +70,7 @@ def extract(
     return len(manifest) - start
 
 
-def _open(row) -> "object":
+def _open(row) -> Image.Image:
     try:
         return load_image(row.image_path)
     except (OSError, ValueError) as err:
