@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from modalscope.config import StudyConfig
+from modalscope.config import ALL_STATS, StudyConfig
 from modalscope.data.pairs import DataError
 from modalscope.models.adapter import SITES
 from modalscope.store import StoreMismatch
@@ -62,7 +62,25 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
                    help="comma list of residual (decoder layer output) and mlp (down_proj input); default both")
     g.add_argument("--tokens", choices=["content", "all"], default="content",
                    help="reduce over caption/image tokens only (content, default) or every token but BOS")
+    g.add_argument("--stats", type=_sites, default=ALL_STATS,
+                   help="reductions over tokens to record (max and mean always): "
+                        "matched_max (length-matched max), frac_active, quantile; default all")
+    g.add_argument("--quantile", type=float, default=0.9, help="quantile of the `quantile` reduction (0.9)")
+    _analysis_options(p)
     _output_options(p)
+
+
+def _analysis_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("statistics")
+    g.add_argument("--fdr", choices=["bh", "by"], default="bh",
+                   help="false discovery rate control over a site's neurons: Benjamini-Hochberg "
+                        "(default) or Benjamini-Yekutieli (any dependence)")
+    g.add_argument("--permutations", dest="n_perm", type=int, default=1000,
+                   help="sign-flip permutations for the null (default 1000, at least 200)")
+    g.add_argument("--bootstrap", dest="n_boot", type=int, default=1000,
+                   help="bootstrap resamples of inputs for the trend's CI (default 1000)")
+    g.add_argument("--outlier-factor", type=float, default=100.0,
+                   help="flag neurons whose max |activation| exceeds this times the layer median")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -88,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sites", type=_sites, default=SITES)
     p.add_argument("--tokens", choices=["content", "all"], default="content")
+    _analysis_options(p)
     _output_options(p)
 
     p = sub.add_parser("run", help="whole study: manifest, extract, analyze, plot")
@@ -102,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("plot", "figures from DIR/tables")]:
         p = sub.add_parser(name, help=text)
         p.add_argument("dir", type=Path, help="study folder DIR")
+        if name == "analyze":
+            _analysis_options(p)
         _output_options(p)
 
     p = sub.add_parser("export", help="Tables 1-2 for chosen layers/neurons (for large studies)")
@@ -117,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
     fields = {k: getattr(args, k) for k in (
         "model", "revision", "device", "dtype", "batch_size", "captions", "images", "jsonl",
-        "num_pairs", "seed", "sites", "tokens", "long_tables", "csv", "png") if hasattr(args, k)}
+        "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "fdr", "n_perm", "n_boot",
+        "outlier_factor", "long_tables", "csv", "png") if hasattr(args, k)}
     fields = {k: v for k, v in fields.items() if v is not None}
     fields.update(extra)
     return StudyConfig(out_dir=out_dir, progress=not getattr(args, "quiet", False), **fields)
@@ -153,7 +175,8 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     if args.command == "demo":
         from modalscope.demo import demo_config
 
-        keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "long_tables", "csv", "png")
+        keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "fdr", "n_perm",
+                "n_boot", "outlier_factor", "long_tables", "csv", "png")
         overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
         config = demo_config(args.out, progress=not args.quiet, **overrides)
         _report(study.run_study(config), started)

@@ -9,6 +9,8 @@ from typing import Literal
 from modalscope.models.adapter import SITES
 
 LongTables = Literal["auto", "always", "never"]
+# Reductions over tokens recorded per input (see record/reduce.py); max and mean always.
+ALL_STATS = ("max", "mean", "matched_max", "frac_active", "quantile")
 
 
 @dataclass
@@ -28,6 +30,12 @@ class StudyConfig:
     seed: int = 0
     sites: tuple[str, ...] = SITES
     tokens: Literal["content", "all"] = "content"
+    stats: tuple[str, ...] = ALL_STATS
+    quantile: float = 0.9
+    fdr: Literal["bh", "by"] = "bh"
+    n_perm: int = 1000
+    n_boot: int = 1000
+    outlier_factor: float = 100.0
     long_tables: LongTables = "auto"
     csv: bool = False
     png: bool = True
@@ -40,12 +48,22 @@ class StudyConfig:
             if value is not None:
                 setattr(self, name, Path(value))
         self.sites = tuple(self.sites)
+        self.stats = tuple(dict.fromkeys(("max", "mean", *self.stats)))
 
     def validate(self) -> "StudyConfig":
         """Raise a one-line ValueError for the first bad setting."""
         unknown = [s for s in self.sites if s not in SITES]
         if unknown or not self.sites:
             raise ValueError(f"--sites {','.join(self.sites)}: choose from {', '.join(SITES)}")
+        unknown = [s for s in self.stats if s not in ALL_STATS]
+        if unknown:
+            raise ValueError(f"--stats {','.join(unknown)}: choose from {', '.join(ALL_STATS)}")
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError(f"--quantile {self.quantile}: must be between 0 and 1")
+        if self.fdr not in ("bh", "by"):
+            raise ValueError(f"--fdr {self.fdr!r}: choose bh or by")
+        if self.n_perm < 200 or self.n_boot < 200:
+            raise ValueError("--permutations and --bootstrap need at least 200 resamples")
         if self.tokens not in ("content", "all"):
             raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
         if self.batch_size < 1:

@@ -1,6 +1,6 @@
 """The activation store: a zarr v3 group `DIR/activations.zarr`.
 
-Layout: arrays `{site}/{condition}/{max,mean}` of shape [input, layer, neuron] (float32,
+Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (float32,
 dimension names set), and `tokens/{condition}` [input] with the number of tokens each
 reduction saw. Chunks are one batch of inputs by one layer by all neurons, so extraction
 appends whole chunks and the analysis reads one layer at a time.
@@ -23,7 +23,7 @@ import zarr
 
 STORE = "activations.zarr"
 CONDITIONS = ("text", "image")
-STATS = ("max", "mean")
+STATS = ("max", "mean")  # always recorded; further reductions are listed in attrs["stats"]
 # Attributes a resumed run must share with the store, with the user-facing name of each.
 MUST_MATCH = {
     "model": "model",
@@ -32,6 +32,8 @@ MUST_MATCH = {
     "chat_template": "chat template",
     "tokens": "token scope",
     "sites": "sites",
+    "stats": "statistics",
+    "quantile": "quantile",
     "manifest_hash": "manifest",
 }
 
@@ -53,11 +55,12 @@ class ActivationStore:
         widths: Mapping[str, int],
         batch_size: int,
         attrs: Mapping[str, Any],
+        stats: Sequence[str] = STATS,
     ) -> "ActivationStore":
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         for site, width in widths.items():
             for condition in CONDITIONS:
-                for stat in STATS:
+                for stat in stats:
                     group.create_array(
                         f"{site}/{condition}/{stat}",
                         shape=(0, n_layers, width),
@@ -75,7 +78,9 @@ class ActivationStore:
                 fill_value=0,
                 dimension_names=("input",),
             )
-        group.attrs.update({**attrs, "sites": list(widths), "n_layers": n_layers, "n_done": 0})
+        group.attrs.update(
+            {**attrs, "sites": list(widths), "stats": list(stats), "n_layers": n_layers, "n_done": 0}
+        )
         return cls(group, Path(path))
 
     @classmethod
@@ -97,6 +102,10 @@ class ActivationStore:
     @property
     def sites(self) -> list[str]:
         return list(self.group.attrs["sites"])
+
+    @property
+    def stats(self) -> list[str]:
+        return list(self.group.attrs.get("stats", STATS))
 
     @property
     def n_layers(self) -> int:
@@ -154,7 +163,7 @@ class ActivationStore:
         done = self.n_done
         for site in self.sites:
             for condition in CONDITIONS:
-                for stat in STATS:
+                for stat in self.stats:
                     array = self.array(site, condition, stat)
                     if array.shape[0] != done:
                         array.resize((done, *array.shape[1:]))

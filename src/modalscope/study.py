@@ -27,7 +27,7 @@ from modalscope.data.manifest import load_manifest, manifest_hash, save_manifest
 from modalscope.data.pairs import DataError, load_coco, load_jsonl
 from modalscope.store import STORE, ActivationStore
 from modalscope.tables import (
-    LAYERS, LONG_TABLE_AUTO_LIMIT, SUMMARY, TABLE3, long_table_csv, table1_rows,
+    LAYERS, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY, TABLE3, long_table_csv, table1_rows,
     write_frame, write_json, write_long_tables,
 )
 
@@ -98,6 +98,8 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
                     "image": builder.image_prompt},
         "tokens": config.tokens,
         "sites": list(config.sites),
+        "stats": list(config.stats),
+        "quantile": config.quantile,
         "seed": config.seed,
         "manifest_hash": manifest_hash(manifest),
         "n_inputs": len(manifest),
@@ -112,8 +114,9 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     else:
         widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
         n_layers = loaded.adapter.num_layers(loaded.model)
-        store = ActivationStore.create(path, n_layers, widths, config.batch_size, attrs)
-    extract(loaded, manifest, store, config.sites, config.tokens, config.batch_size, config.progress)
+        store = ActivationStore.create(path, n_layers, widths, config.batch_size, attrs, config.stats)
+    extract(loaded, manifest, store, config.sites, config.tokens, config.batch_size, config.progress,
+            store.stats, float(store.attrs.get("quantile", config.quantile)))
     return store
 
 
@@ -123,14 +126,18 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
 
     Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
     """
-    from modalscope.stats.analyze import analyze
+    from modalscope.stats.analyze import AnalysisSettings, analyze, significance_table
 
     store = ActivationStore.open(config.out_dir / STORE)
     tables_dir = config.out_dir / "tables"
-    neurons, layers, summary = analyze(store)
+    settings = AnalysisSettings(fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
+                                outlier_factor=config.outlier_factor,
+                                seed=int(store.attrs.get("seed", config.seed)))
+    neurons, layers, summary = analyze(store, settings)
     paths = [
         write_frame(neurons, tables_dir / TABLE3, config.csv),
         write_frame(layers, tables_dir / LAYERS, config.csv),
+        write_frame(significance_table(layers, store.stats), tables_dir / SIGNIFICANT, config.csv),
         write_json(summary, tables_dir / SUMMARY),
     ]
     rows = table1_rows(store)
@@ -153,23 +160,48 @@ def plot_stage(out_dir: Path, png: bool = True) -> tuple[list[Path], str | None]
 
     from modalscope.figures.export import write_html, write_pngs
     from modalscope.figures.histograms import figure1
+    from modalscope.figures.significance import figure_significant
     from modalscope.figures.trend import figure2
 
     tables_dir = Path(out_dir) / "tables"
+    figures_dir = Path(out_dir) / "figures"
     neurons = pd.read_parquet(tables_dir / TABLE3)
     layers = pd.read_parquet(tables_dir / LAYERS)
+    counts = pd.read_parquet(tables_dir / SIGNIFICANT)
     summary = json.loads((tables_dir / SUMMARY).read_text())
+    stats = list(counts["stat"].unique())
     figures = {}
     for site in neurons["site"].unique():
-        figures[Path(out_dir) / "figures" / f"figure1_{site}.html"] = figure1(
-            neurons[neurons["site"] == site], site
-        )
-        figures[Path(out_dir) / "figures" / f"figure2_{site}.html"] = figure2(
-            layers[layers["site"] == site], summary[site], site
+        entry = summary[site]
+        site_neurons = neurons[neurons["site"] == site]
+        site_layers = layers[layers["site"] == site]
+        for stat in stats:
+            suffix = "" if stat == "max" else f"_{stat}"
+            regression = entry if stat == "max" else entry["by_stat"][stat]
+            compare = "matched_max" if stat == "max" and "matched_max" in stats else None
+            figures[figures_dir / f"figure1_{site}{suffix}.html"] = figure1(
+                _as_primary(site_neurons, stat), site
+            )
+            figures[figures_dir / f"figure2_{site}{suffix}.html"] = figure2(
+                site_layers, regression, site, stat, compare,
+                entry["by_stat"].get(compare) if compare else None,
+            )
+        figures[figures_dir / f"significant_{site}.html"] = figure_significant(
+            counts, site, [s for s in ("max", "matched_max") if s in stats] or stats[:1]
         )
     paths = [write_html(fig, path) for path, fig in figures.items()]
     message = write_pngs({p.with_suffix(".png"): f for p, f in figures.items()}) if png else None
     return paths, message
+
+
+def _as_primary(neurons: pd.DataFrame, stat: str) -> pd.DataFrame:
+    """Table 3 with `stat`'s columns under the report's names, for the per-reduction Figure 1."""
+    if stat == "max":
+        return neurons
+    suffix = f"_{stat}"
+    renamed = {c: c[: -len(suffix)] for c in neurons.columns if c.endswith(suffix)}
+    base = neurons.drop(columns=[c for c in renamed.values() if c in neurons.columns])
+    return base.rename(columns=renamed)
 
 
 def run_study(config: StudyConfig) -> StudyResult:

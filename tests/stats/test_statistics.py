@@ -92,3 +92,26 @@ def test_layer_trend_equals_linregress():
     assert got["slope"] == pytest.approx(ref.slope)
     assert got["intercept"] == pytest.approx(ref.intercept)
     assert got["r2"] == pytest.approx(ref.rvalue**2)
+
+
+def test_benjamini_yekutieli_equals_scipy_and_hand_case():
+    from modalscope.stats.tests import benjamini_yekutieli
+
+    p = np.array([0.01, 0.04, 0.03, 0.2])
+    # c(4) = 1 + 1/2 + 1/3 + 1/4 = 25/12; BY = BH · c(4), capped at 1 after the running min
+    c = 25 / 12
+    np.testing.assert_allclose(benjamini_yekutieli(p), [0.04 * c, 0.16 / 3 * c, 0.16 / 3 * c, 0.2 * c])
+    # c(2) = 1.5: 0.5·2·1.5/1 = 1.5 and 0.9·2·1.5/2 = 1.35 -> running min 1.35 -> capped at 1
+    np.testing.assert_array_equal(benjamini_yekutieli(np.array([0.9, 0.5])), [1.0, 1.0])
+    rng = np.random.default_rng(4)
+    p = np.concatenate([rng.uniform(size=500), rng.uniform(0, 1e-4, size=50)])
+    ref = sps.false_discovery_control(p, method="by")
+    np.testing.assert_allclose(benjamini_yekutieli(p), ref, rtol=1e-12)
+    assert (benjamini_yekutieli(p) >= benjamini_hochberg(p)).all()
+    with_nan = p.copy()
+    with_nan[[0, 7]] = np.nan
+    q = benjamini_yekutieli(with_nan)
+    keep = ~np.isnan(with_nan)
+    assert np.isnan(q[[0, 7]]).all()
+    np.testing.assert_allclose(q[keep], sps.false_discovery_control(with_nan[keep], method="by"), rtol=1e-12)
+    assert np.isnan(benjamini_yekutieli(np.array([np.nan]))).all()

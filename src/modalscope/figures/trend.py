@@ -11,6 +11,12 @@ Design choices:
   numbers reported in the tables), not refitted here, so figure and table
   cannot disagree. Its legend name carries R² and slope.
 * A horizontal zero line marks "no modality preference".
+* Controls, drawn when the layers table has them (see docs/method.md): the input-level
+  95% CI (t-interval over inputs of each input's layer mean: the inputs are the sampled
+  units), the sign-flip permutation null band (where layer means fall when Δ has no
+  preferred sign), and a second reduction (by default matched_max, which removes the
+  length bias of max over 10 caption vs 576 image tokens) beside the first. The report's
+  band over neurons is kept but named for what it is: the neurons' spread.
 """
 
 from __future__ import annotations
@@ -31,17 +37,46 @@ def fit_label(regression: dict) -> str:
     r2 = float(regression["r2"])
     slope = float(regression["slope"])
     r2_txt = f"{r2:.2f}" if math.isfinite(r2) else "n/a"
-    return f"linear fit, R² = {r2_txt}, slope = {slope:.3g}/layer"
+    label = f"linear fit, R² = {r2_txt}, slope = {slope:.3g}/layer"
+    if "slope_ci_low" in regression:
+        label += (f" (bootstrap 95% CI {regression['slope_ci_low']:.3g} to "
+                  f"{regression['slope_ci_high']:.3g};<br>sign-flip permutation p = {regression['slope_p_perm']:.2g})")
+    return label
 
 
-def figure2(layers: pd.DataFrame, regression: dict, site: str) -> go.Figure:
+def _col(name: str, stat: str) -> str:
+    return name if stat == "max" else f"{name}_{stat}"
+
+
+def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, name: str, color: str, dash: str | None = None) -> go.Scatter:
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    return go.Scatter(
+        x=np.concatenate([x[ok], x[ok][::-1]]),
+        y=np.concatenate([hi[ok], lo[ok][::-1]]),
+        fill="toself",
+        fillcolor=color,
+        line=dict(width=1 if dash else 0, color=color, dash=dash),
+        mode="lines",
+        hoverinfo="skip",
+        name=name,
+    )
+
+
+def figure2(
+    layers: pd.DataFrame,
+    regression: dict,
+    site: str,
+    stat: str = "max",
+    compare: str | None = "matched_max",
+    compare_regression: dict | None = None,
+) -> go.Figure:
     """Layer mean Δ vs. layer index with 95% CI band and regression line.
 
     ``layers`` has columns ``layer, mean_diff, ci_low, ci_high, n_neurons``
     (and optionally ``site``: then only rows of ``site`` are used);
     ``regression`` is ``{"slope": float, "intercept": float, "r2": float}``.
     """
-    need = {"layer", "mean_diff", "ci_low", "ci_high"}
+    need = {"layer", _col("mean_diff", stat), _col("ci_low", stat), _col("ci_high", stat)}
     missing = need - set(layers.columns)
     if missing:
         raise ValueError(f"layers table lacks columns {sorted(missing)}")
@@ -56,34 +91,31 @@ def figure2(layers: pd.DataFrame, regression: dict, site: str) -> go.Figure:
     df = df.sort_values("layer")
 
     x = df["layer"].to_numpy(dtype=float)
-    mean = df["mean_diff"].to_numpy(dtype=float)
-    lo = df["ci_low"].to_numpy(dtype=float)
-    hi = df["ci_high"].to_numpy(dtype=float)
+    mean = df[_col("mean_diff", stat)].to_numpy(dtype=float)
+    lo = df[_col("ci_low", stat)].to_numpy(dtype=float)
+    hi = df[_col("ci_high", stat)].to_numpy(dtype=float)
+    controls = _col("input_ci_low", stat) in df.columns
     if "n_neurons" in df.columns:
         n_neurons = df["n_neurons"].to_numpy()
     else:
         n_neurons = np.full(len(df), np.nan)
 
     fig = go.Figure()
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    fig.add_trace(
-        go.Scatter(
-            x=np.concatenate([x[ok], x[ok][::-1]]),
-            y=np.concatenate([hi[ok], lo[ok][::-1]]),
-            fill="toself",
-            fillcolor="rgba(31, 119, 180, 0.2)",
-            line=dict(width=0, color="rgba(31, 119, 180, 0)"),
-            mode="lines",
-            hoverinfo="skip",
-            name="95% CI over neurons",
-        )
-    )
+    if controls:
+        fig.add_trace(_band(x, lo, hi, "spread over neurons (report's 95% CI)", "rgba(128, 128, 128, 0.15)"))
+        fig.add_trace(_band(x, df[_col("null_low", stat)].to_numpy(float), df[_col("null_high", stat)].to_numpy(float),
+                            "sign-flip null, 95%", "rgba(230, 159, 0, 0.25)", dash="dot"))
+        fig.add_trace(_band(x, df[_col("input_ci_low", stat)].to_numpy(float),
+                            df[_col("input_ci_high", stat)].to_numpy(float),
+                            "95% CI over inputs", "rgba(31, 119, 180, 0.3)"))
+    else:
+        fig.add_trace(_band(x, lo, hi, "95% CI over neurons", "rgba(31, 119, 180, 0.2)"))
     fig.add_trace(
         go.Scatter(
             x=x,
             y=mean,
             mode="markers+lines",
-            name="layer mean Δ",
+            name=f"layer mean Δ ({stat})",
             line=dict(color="#1f77b4", width=2),
             marker=dict(size=7),
             customdata=np.column_stack([lo, hi, n_neurons]),
@@ -106,15 +138,25 @@ def figure2(layers: pd.DataFrame, regression: dict, site: str) -> go.Figure:
             hoverinfo="skip",
         )
     )
+    if controls and compare and _col("mean_diff", compare) in df.columns:
+        other = df[_col("mean_diff", compare)].to_numpy(dtype=float)
+        fig.add_trace(_band(x, df[_col("input_ci_low", compare)].to_numpy(float),
+                            df[_col("input_ci_high", compare)].to_numpy(float),
+                            f"95% CI over inputs ({compare})", "rgba(0, 158, 115, 0.25)"))
+        label = f"layer mean Δ ({compare})"
+        if compare_regression:
+            label += f", R² = {float(compare_regression['r2']):.2f}"
+        fig.add_trace(go.Scatter(x=x, y=other, mode="markers+lines", name=label,
+                                 line=dict(color="#009E73", width=2), marker=dict(size=7, symbol="diamond")))
     fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"))
     fig.update_layout(
-        title=dict(text=f"{site} — layer mean difference (text − image) by decoder layer"),
+        title=dict(text=f"{site}: layer mean Δ (text − image) by decoder layer, reduction: {stat}"),
         xaxis_title="decoder layer",
         yaxis_title=Y_TITLE,
         template="plotly_white",
         height=500,
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
-        margin=dict(t=100),
+        legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
+        margin=dict(t=80, r=40),
     )
     fig.update_xaxes(dtick=max(1, int(math.ceil(len(x) / 16))) if len(x) > 1 else 1)
     return fig

@@ -24,11 +24,15 @@ from modalscope.store import ActivationStore
 
 
 def record_batch(
-    loaded: LoadedModel, recorder: Recorder, batch: ModelBatch
+    loaded: LoadedModel, recorder: Recorder, batch: ModelBatch, k: torch.Tensor | None = None
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """One forward of the decoder stack; returns {site: {stat: [batch, layer, neuron]}}."""
+    """One forward of the decoder stack; returns {site: {stat: [batch, layer, neuron]}}.
+
+    k [batch]: tokens per pair for matched_max, min(text, image) content tokens.
+    """
     batch = batch.to(loaded.device)
     recorder.content = batch.content
+    recorder.k = k
     with torch.inference_mode():
         loaded.model.model(**batch.inputs, use_cache=False)
     return recorder.collect()
@@ -42,6 +46,8 @@ def extract(
     tokens: TokenScope,
     batch_size: int,
     progress: bool = True,
+    stats: Sequence[str] = ("max", "mean"),
+    quantile: float = 0.9,
 ) -> int:
     """Record every unfinished input of `manifest` into `store`; returns how many were added."""
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens)
@@ -50,7 +56,7 @@ def extract(
     bar = tqdm(
         total=len(manifest), initial=start, unit="pair", desc="extract", disable=not progress
     )
-    with Recorder(loaded.model, loaded.adapter, sites) as recorder:
+    with Recorder(loaded.model, loaded.adapter, sites, stats, quantile) as recorder:
         for lo in todo:
             rows = manifest.iloc[lo : lo + batch_size]
             captions = rows["caption"].tolist()
@@ -58,8 +64,9 @@ def extract(
             text = builder.text_batch(captions)
             image = builder.image_batch(images)
             _check_content(text, rows, "text")
-            records = {"text": record_batch(loaded, recorder, text)}
-            records["image"] = record_batch(loaded, recorder, image)
+            k = torch.minimum(text.n_content, image.n_content)  # [batch]
+            records = {"text": record_batch(loaded, recorder, text, k)}
+            records["image"] = record_batch(loaded, recorder, image, k)
             store.append(
                 {c: {s: {k: v.numpy() for k, v in st.items()} for s, st in r.items()}
                  for c, r in records.items()},

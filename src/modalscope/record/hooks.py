@@ -19,28 +19,43 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from modalscope.models import ModelAdapter
-from modalscope.record.reduce import masked_max_mean
+from modalscope.record import reduce
 
 
 class Recorder(AbstractContextManager["Recorder"]):
-    """Record masked max/mean per site and layer for every forward inside the block.
+    """Record masked reductions per site and layer for every forward inside the block.
 
     Usage:
-        with Recorder(model, adapter, sites) as rec:
+        with Recorder(model, adapter, sites, stats) as rec:
             rec.content = batch.content       # [batch, tokens] bool
+            rec.k = k                         # [batch] tokens per pair for matched_max
             model.model(**batch.inputs)
-            out = rec.collect()               # {site: {"max"|"mean": [batch, layer, neuron]}}
+            out = rec.collect()               # {site: {stat: [batch, layer, neuron]}}
     """
 
-    def __init__(self, model: nn.Module, adapter: ModelAdapter, sites: Sequence[str]):
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        sites: Sequence[str],
+        stats: Sequence[str] = reduce.BASIC_STATS,
+        quantile: float = 0.9,
+    ):
+        unknown = set(stats) - set(reduce.ALL_STATS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; choose from {reduce.ALL_STATS}")
         self.model = model
         self.adapter = adapter
         self.sites = tuple(sites)
+        self.stats = tuple(stats)
+        self.quantile = quantile
+        self.order_stats = any(s not in reduce.BASIC_STATS for s in self.stats)
         self._content: torch.Tensor | None = None
+        self._k: torch.Tensor | None = None
         self.layers = adapter.layers(model)
+        self._masks: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._handles: list[RemovableHandle] = []
-        self._masks: dict[torch.device, torch.Tensor] = {}
-        self._results: dict[str, list[tuple[torch.Tensor, torch.Tensor] | None]] = {}
+        self._results: dict[str, list[dict[str, torch.Tensor] | None]] = {}
 
     @property
     def content(self) -> torch.Tensor | None:
@@ -49,6 +64,15 @@ class Recorder(AbstractContextManager["Recorder"]):
     @content.setter
     def content(self, mask: torch.Tensor) -> None:
         self._content = mask
+        self._masks.clear()
+
+    @property
+    def k(self) -> torch.Tensor | None:
+        return self._k
+
+    @k.setter
+    def k(self, k: torch.Tensor | None) -> None:
+        self._k = k
         self._masks.clear()
 
     def __enter__(self) -> "Recorder":
@@ -72,17 +96,24 @@ class Recorder(AbstractContextManager["Recorder"]):
         self._masks.clear()
         self._results = {site: [None] * len(self.layers) for site in self.sites}
 
-    def _mask_on(self, device: torch.device) -> torch.Tensor:
-        """The content mask, copied once per batch to each device that holds layers."""
+    def _mask_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Content mask and k, copied once per batch to each device that holds layers."""
         if self._content is None:
             raise RuntimeError("set Recorder.content before running the model")
         if device not in self._masks:
-            self._masks[device] = self._content.to(device, non_blocking=True)
+            if self.order_stats and self.k is None:
+                raise RuntimeError("set Recorder.k (tokens per pair) to record matched_max")
+            k = None if self.k is None else self.k.to(device, non_blocking=True)
+            self._masks[device] = (self._content.to(device, non_blocking=True), k)
         return self._masks[device]
 
     def _record(self, site: str, index: int, activations: torch.Tensor) -> None:
-        mask = self._mask_on(activations.device)
-        self._results[site][index] = masked_max_mean(activations, mask)
+        mask, k = self._mask_on(activations.device)
+        maxes, means = reduce.masked_max_mean(activations, mask)
+        out = {"max": maxes, "mean": means}
+        if self.order_stats:
+            out.update(reduce.masked_order_stats(activations, mask, k, self.quantile))
+        self._results[site][index] = {s: out[s] for s in self.stats}
 
     def _output_hook(self, site: str, index: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
@@ -103,10 +134,11 @@ class Recorder(AbstractContextManager["Recorder"]):
         for site, per_layer in self._results.items():
             if any(r is None for r in per_layer):
                 raise RuntimeError(f"site {site!r}: some layers did not run in this forward")
-            home = per_layer[0][0].device  # type: ignore[index]
+            home = per_layer[0][self.stats[0]].device  # type: ignore[index]
             # One host copy per site and statistic, not one per layer.
-            maxes = torch.stack([r[0].to(home) for r in per_layer], dim=1)  # type: ignore[index]
-            means = torch.stack([r[1].to(home) for r in per_layer], dim=1)  # type: ignore[index]
-            out[site] = {"max": maxes.cpu(), "mean": means.cpu()}
+            out[site] = {
+                stat: torch.stack([r[stat].to(home) for r in per_layer], dim=1).cpu()  # type: ignore[index]
+                for stat in self.stats
+            }
         self._reset()
         return out

@@ -1,112 +1,215 @@
 """From the store to Table 3, the layer summary and the trend, streaming layer by layer.
 
-Why: this is the report's section 2.4-2.5 in code. For each site and layer we read one
-chunk of inputs at a time, form Δ = text - image per input and neuron (for the max
-reduction, the report's Δ, and for the mean reduction), and fold it into running moments;
-the [input, layer, neuron] array is never in memory. BH q-values are taken over all
-neurons of a site once its p-values are known.
+Why: this is the report's section 2.4-2.5 in code, plus the controls the report lacks
+(see docs/method.md). For each site, layer and reduction we read one chunk of inputs at a
+time, form Δ = text - image per input and neuron, and fold it into running moments (the
+t-test), a sign-flip permutation accumulator (a p-value that does not lean on normality)
+and per-input layer means (the inputs are the sampled units: their layer means give the
+input-level interval, the bootstrap of the trend and its permutation null). The
+[input, layer, neuron] array is never in memory; FDR q-values are taken over all neurons
+of a site once its p-values are known.
 
-Column names for the max statistic are the report's (`mean_diff`, `t_value`, ...); the
-same columns for another reduction carry its name as a suffix (`mean_diff_mean`, ...).
+Column names for the max reduction are the report's (`mean_diff`, `t_value`, ...); the
+same columns for another reduction carry its name as a suffix (`mean_diff_matched_max`).
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
+from modalscope.stats import controls
 from modalscope.stats.layers import layer_mean_ci, layer_trend
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.tests import benjamini_hochberg, one_sample_t
+from modalscope.stats.tests import one_sample_t
 from modalscope.store import ActivationStore
 
 CONTRAST = ("text", "image")  # Δ = text - image, as in the report
 PRIMARY_STAT = "max"
-STATS = ("max", "mean")
-TEST_COLUMNS = ["n", "mean_diff", "sd_diff", "t_value", "p_value", "q_value", "cohen_d"]
+TEST_COLUMNS = ["n", "mean_diff", "sd_diff", "t_value", "p_value", "q_value", "cohen_d", "p_perm"]
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    fdr: str = "bh"
+    n_perm: int = 1000
+    n_boot: int = 1000
+    outlier_factor: float = 100.0
+    seed: int = 0
+
+
+@dataclass
+class SiteAnalysis:
+    neurons: pd.DataFrame  # Table 3 rows of the site
+    input_means: dict[str, np.ndarray]  # stat -> [input, layer] per-input layer mean Δ
+    nulls: dict[str, dict] = field(default_factory=dict)  # stat -> sign-flip null of the trend
 
 
 def column(name: str, stat: str) -> str:
-    """The report's column name for the max statistic, suffixed for any other reduction."""
+    """The report's column name for the max reduction, suffixed for any other."""
     return name if stat == PRIMARY_STAT else f"{name}_{stat}"
 
 
-def layer_moments(store: ActivationStore, site: str, layer: int, stat: str) -> RunningMoments:
-    """Moments over inputs of Δ for one site, layer and reduction, one input chunk at a time."""
-    moments = RunningMoments()
+def _delta_blocks(store: ActivationStore, site: str, layer: int, stat: str):
     first, second = CONTRAST
     for start, stop in store.input_blocks():
         a = store.read_layer(site, first, stat, layer, start, stop).astype(np.float64)
         b = store.read_layer(site, second, stat, layer, start, stop).astype(np.float64)
-        moments.add(a - b)  # [inputs, neurons]
+        yield start, stop, a - b  # [inputs, neurons]
+
+
+def layer_moments(store: ActivationStore, site: str, layer: int, stat: str) -> RunningMoments:
+    """Moments over inputs of Δ for one site, layer and reduction."""
+    moments = RunningMoments()
+    for _, _, delta in _delta_blocks(store, site, layer, stat):
+        moments.add(delta)
     return moments
 
 
-def neuron_table(store: ActivationStore, site: str) -> pd.DataFrame:
-    """Table 3 rows for one site: one row per (layer, neuron)."""
-    width = store.width(site)
+def max_abs_activation(store: ActivationStore, site: str, layer: int) -> np.ndarray:
+    """[neuron] largest |max activation| over inputs and conditions (for outlier flags)."""
+    peak = np.zeros(store.width(site))
+    for start, stop in store.input_blocks():
+        for condition in CONTRAST:
+            block = store.read_layer(site, condition, PRIMARY_STAT, layer, start, stop)
+            peak = np.fmax(peak, np.nanmax(np.abs(block), axis=0))
+    return peak
+
+
+def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) -> SiteAnalysis:
+    n_inputs, width, stats = store.n_done, store.width(site), store.stats
+    signs = controls.sign_flips(n_inputs, settings.n_perm, settings.seed)  # [perm, input]
+    input_means = {s: np.full((n_inputs, store.n_layers), np.nan) for s in stats}
     frames = []
     for layer in range(store.n_layers):
-        frame = {"site": site, "layer": layer, "neuron": np.arange(width)}
-        for stat in STATS:
-            tests = one_sample_t(layer_moments(store, site, layer, stat))
+        peak = max_abs_activation(store, site, layer)
+        outlier = controls.outlier_flags(peak, settings.outlier_factor)
+        frame: dict[str, object] = {"site": site, "layer": layer, "neuron": np.arange(width)}
+        for stat in stats:
+            moments, perm = RunningMoments(), controls.PermutationT()
+            for start, stop, delta in _delta_blocks(store, site, layer, stat):
+                moments.add(delta)
+                perm.add(delta, signs[:, start:stop])
+                with warnings.catch_warnings():  # all-NaN rows give NaN, as intended
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    input_means[stat][start:stop, layer] = np.nanmean(delta, axis=1)
+            tests = one_sample_t(moments)
             for name in TEST_COLUMNS:
                 if name == "n" and stat != PRIMARY_STAT:
                     continue  # the same inputs for every reduction
-                if name != "q_value":
+                if name == "p_perm":
+                    frame[column(name, stat)] = perm.p_values()
+                elif name != "q_value":
                     frame[column(name, stat)] = getattr(tests, name)
+        frame["max_abs_activation"] = peak
+        frame["outlier"] = outlier
         frames.append(pd.DataFrame(frame))
     table = pd.concat(frames, ignore_index=True)
-    for stat in STATS:
-        table[column("q_value", stat)] = benjamini_hochberg(table[column("p_value", stat)].to_numpy())
+    for stat in stats:
+        table[column("q_value", stat)] = controls.fdr(
+            table[column("p_value", stat)].to_numpy(), settings.fdr
+        )
     ordered = ["site", "layer", "neuron"] + [
-        column(n, s) for s in STATS for n in TEST_COLUMNS if n != "n" or s == PRIMARY_STAT
+        column(n, s) for s in stats for n in TEST_COLUMNS if n != "n" or s == PRIMARY_STAT
+    ] + ["max_abs_activation", "outlier"]
+    nulls = {s: controls.trend_null(input_means[s], signs) for s in stats}
+    return SiteAnalysis(table[ordered], input_means, nulls)
+
+
+def layer_table(site: SiteAnalysis, stats: list[str], settings: AnalysisSettings) -> pd.DataFrame:
+    """Per layer and reduction: the report's mean over neurons with its spread over neurons,
+    the input-level interval, the sign-flip null band, the same mean without outlier
+    neurons, and counts of FDR-significant neurons per direction."""
+    neurons = site.neurons
+    n_layers = int(neurons["layer"].max()) + 1
+    rows: list[dict[str, object]] = [
+        {"site": neurons["site"].iloc[0], "layer": layer} for layer in range(n_layers)
     ]
-    return table[ordered]
-
-
-def layer_table(neurons: pd.DataFrame) -> pd.DataFrame:
-    """Per layer: mean over neurons of neuron mean Δ, its 95% CI over neurons, neuron count."""
-    rows = []
-    for (site, layer), group in neurons.groupby(["site", "layer"], sort=False):
-        row: dict[str, object] = {"site": site, "layer": layer}
-        for stat in STATS:
+    for stat in stats:
+        _, in_low, in_high = controls.input_layer_interval(site.input_means[stat])
+        null = site.nulls[stat]
+        counts = controls.significant_counts(
+            neurons["layer"].to_numpy(),
+            neurons[column("mean_diff", stat)].to_numpy(),
+            neurons[column("q_value", stat)].to_numpy(),
+            ALPHA,
+        ).set_index("layer")
+        for layer, row in enumerate(rows):
+            group = neurons[neurons["layer"] == layer]
             mean, low, high, n = layer_mean_ci(group[column("mean_diff", stat)].to_numpy())
-            row.update(
-                {
-                    column("mean_diff", stat): mean,
-                    column("ci_low", stat): low,
-                    column("ci_high", stat): high,
-                }
-            )
+            clean = group[~group["outlier"]][column("mean_diff", stat)].to_numpy()
+            row.update({
+                column("mean_diff", stat): mean,
+                column("ci_low", stat): low,
+                column("ci_high", stat): high,
+                column("input_ci_low", stat): in_low[layer],
+                column("input_ci_high", stat): in_high[layer],
+                column("null_low", stat): null["null_low"][layer],
+                column("null_high", stat): null["null_high"][layer],
+                column("mean_diff_no_outliers", stat): float(np.nanmean(clean)) if clean.size else np.nan,
+                column("n_text_preferring", stat): int(counts.loc[layer, "n_text_preferring"]),
+                column("n_image_preferring", stat): int(counts.loc[layer, "n_image_preferring"]),
+            })
             if stat == PRIMARY_STAT:
                 row["n_neurons"] = n
-        rows.append(row)
+                row["n_outliers"] = int(group["outlier"].sum())
     table = pd.DataFrame(rows)
     first = ["site", "layer", "mean_diff", "ci_low", "ci_high", "n_neurons"]
     return table[first + [c for c in table.columns if c not in first]]
 
 
-def trend_summary(layers: pd.DataFrame, n_inputs: int) -> dict[str, dict]:
-    """Per site the regression of layer mean Δ on layer index (report's Figure 2)."""
-    summary: dict[str, dict] = {}
-    for site, group in layers.groupby("site", sort=False):
-        entry: dict[str, object] = layer_trend(group["layer"], group["mean_diff"])
-        entry["n_inputs"] = n_inputs
-        entry["contrast"] = "text - image"
-        entry["by_stat"] = {
-            stat: layer_trend(group["layer"], group[column("mean_diff", stat)])
-            for stat in STATS
-            if stat != PRIMARY_STAT
-        }
-        summary[str(site)] = entry
-    return summary
+def trend_entry(layers: pd.DataFrame, site: SiteAnalysis, stat: str, settings: AnalysisSettings) -> dict:
+    """The regression of layer mean Δ on layer index, with input-level uncertainty."""
+    entry: dict[str, object] = layer_trend(layers["layer"], layers[column("mean_diff", stat)])
+    boot = controls.bootstrap_trend(site.input_means[stat], settings.n_boot, settings.seed)
+    null = site.nulls[stat]
+    clean = layer_trend(layers["layer"], layers[column("mean_diff_no_outliers", stat)])
+    entry.update({
+        "slope_ci_low": boot["slope_low"], "slope_ci_high": boot["slope_high"],
+        "r2_ci_low": boot["r2_low"], "r2_ci_high": boot["r2_high"],
+        "slope_p_perm": null["p_value"],
+        "slope_no_outliers": clean["slope"], "r2_no_outliers": clean["r2"],
+    })
+    return entry
 
 
-def analyze(store: ActivationStore) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
+def analyze(
+    store: ActivationStore, settings: AnalysisSettings | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
     """(table3, layers, summary) for every site of the store."""
+    settings = settings or AnalysisSettings(seed=int(store.attrs.get("seed", 0)))
     if store.n_done < 2:
         raise ValueError(f"{store.path}: {store.n_done} finished inputs; a t-test needs at least 2")
-    neurons = pd.concat([neuron_table(store, site) for site in store.sites], ignore_index=True)
-    layers = layer_table(neurons)
-    return neurons, layers, trend_summary(layers, store.n_done)
+    neuron_frames, layer_frames, summary = [], [], {}
+    for name in store.sites:
+        site = analyze_site(store, name, settings)
+        layers = layer_table(site, store.stats, settings)
+        entry = trend_entry(layers, site, PRIMARY_STAT, settings)
+        entry.update({"n_inputs": store.n_done, "contrast": "text - image", "fdr": settings.fdr,
+                      "n_perm": settings.n_perm, "n_boot": settings.n_boot})
+        entry["by_stat"] = {
+            stat: trend_entry(layers, site, stat, settings)
+            for stat in store.stats
+            if stat != PRIMARY_STAT
+        }
+        neuron_frames.append(site.neurons)
+        layer_frames.append(layers)
+        summary[name] = entry
+    return (pd.concat(neuron_frames, ignore_index=True),
+            pd.concat(layer_frames, ignore_index=True), summary)
+
+
+def significance_table(layers: pd.DataFrame, stats: list[str]) -> pd.DataFrame:
+    """Long form of the FDR-significant counts: site, stat, layer, per direction."""
+    frames = []
+    for stat in stats:
+        frame = layers[["site", "layer", column("n_text_preferring", stat),
+                        column("n_image_preferring", stat), "n_neurons"]].copy()
+        frame.columns = ["site", "layer", "n_text_preferring", "n_image_preferring", "n_neurons"]
+        frame.insert(1, "stat", stat)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

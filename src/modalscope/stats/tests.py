@@ -58,3 +58,27 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     adjusted[order] = np.minimum(monotone, 1.0)
     q[finite] = adjusted
     return q
+
+
+def benjamini_yekutieli(p_values: np.ndarray) -> np.ndarray:
+    """BY-adjusted p-values (q), valid under any dependence between the tests.
+
+    Like BH with m replaced by m·c(m), c(m) = Σ_{i≤m} 1/i; the cap at 1 comes after the
+    running minimum, as in `scipy.stats.false_discovery_control(p, method="by")`.
+    NaN p-values stay NaN and do not count as hypotheses.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full_like(p, np.nan)
+    finite = ~np.isnan(p)
+    m = int(finite.sum())
+    if m == 0:
+        return q
+    ranked = p[finite]
+    order = np.argsort(ranked)
+    rank = np.arange(1, m + 1)
+    scaled = ranked[order] * m * np.sum(1.0 / rank) / rank
+    monotone = np.minimum.accumulate(scaled[::-1])[::-1]
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(monotone, 1.0)
+    q[finite] = adjusted
+    return q

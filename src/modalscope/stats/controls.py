@@ -1,0 +1,282 @@
+"""Input-level controls for the layer trend and the per-neuron tests.
+
+Why: the report's layer interval (`layers.layer_mean_ci`) is a t-interval over the layer's
+neurons: it says how the neurons spread, not how sure we are of the layer mean. The units
+sampled are the inputs (image-caption pairs), so uncertainty must come from resampling or
+permuting inputs, keeping each input's Δ for all layers and neurons together (they share
+the input, so they are correlated). This module gives:
+
+- `input_layer_interval`: a t-interval over inputs of each input's layer mean Δ;
+- `bootstrap_trend`: percentile CIs of the slope and R² of the depth trend, resampling
+  inputs jointly across layers;
+- a sign-flip permutation null (H0: each input's Δ is symmetric about 0, one sign per input
+  for all layers and neurons): `sign_flips`, `trend_null` for the trend and `PermutationT`
+  for per-neuron t-tests that do not lean on normality;
+- `fdr` (BH, or BY which holds under any dependence, e.g. neurons of one layer);
+- `significant_counts` per layer and `outlier_flags` for "massive activations"
+  (Sun et al. 2024), neurons whose few huge values can dominate layer means.
+
+All take what a streaming caller has: an [input, layer] matrix of per-input layer means
+(small), or [input, neuron] blocks of one layer a chunk of inputs at a time. Randomness
+comes from `np.random.default_rng(seed)`, so results are reproducible.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from modalscope.stats.tests import benjamini_hochberg, benjamini_yekutieli
+
+BOOT_CHUNK = 256  # replicates drawn and fitted at once; part of what a seed reproduces
+_TIE = 1e-12  # relative tolerance so that a permuted statistic equal to the observed counts
+
+
+def _as_matrix(input_layer_means: np.ndarray) -> np.ndarray:
+    x = np.asarray(input_layer_means, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected [inputs, layers], got shape {x.shape}")
+    return x
+
+
+def _line_fit(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and R² of each row of y [B, L] on 0..L-1, skipping NaN entries."""
+    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    keep = np.isfinite(y)
+    x = np.broadcast_to(np.arange(y.shape[1], dtype=np.float64), y.shape)
+    n = keep.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xc = np.where(keep, x - np.where(keep, x, 0).sum(1, keepdims=True) / n[:, None], 0.0)
+        yc = np.where(keep, y - np.where(keep, y, 0).sum(1, keepdims=True) / n[:, None], 0.0)
+        sxx, syy, sxy = (xc**2).sum(1), (yc**2).sum(1), (xc * yc).sum(1)
+        slope = np.where(n >= 3, sxy / sxx, np.nan)
+        r2 = np.where((n >= 3) & (syy > 0), sxy**2 / (sxx * syy), np.nan)
+    return slope, r2
+
+
+def input_layer_interval(
+    input_layer_means: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean [L], low [L], high [L]): t-interval over inputs per layer, NaN inputs skipped.
+
+    `input_layer_means` [I, L] holds per input the mean over the layer's neurons of Δ.
+    """
+    x = _as_matrix(input_layer_means)
+    keep = np.isfinite(x)
+    n = keep.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(keep, x, 0.0).sum(axis=0) / n
+        sd = np.sqrt(np.where(keep, (x - mean) ** 2, 0.0).sum(axis=0) / (n - 1))
+        half = sps.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    half = np.where(n >= 2, half, np.nan)
+    return mean, mean - half, mean + half
+
+
+def bootstrap_trend(
+    input_layer_means: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Slope and R² of layer mean Δ on layer index, with percentile bootstrap CIs over inputs.
+
+    Each replicate draws I inputs with replacement and uses the same draw for every layer.
+    Replicates are vectorised in chunks: the draw becomes a count matrix W [chunk, I] and
+    the layer means are W @ X / W @ 1 (NaN entries get weight 0), memory chunk × I.
+    """
+    x = _as_matrix(input_layer_means)
+    n_inputs = x.shape[0]
+    finite = np.isfinite(x).astype(np.float64)
+    values = np.where(finite > 0, x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope, r2 = _line_fit(values.sum(0) / finite.sum(0))
+    rng = np.random.default_rng(seed)
+    slopes, r2s = [], []
+    for start in range(0, n_boot, BOOT_CHUNK):
+        size = min(BOOT_CHUNK, n_boot - start)
+        draw = rng.integers(0, n_inputs, size=(size, n_inputs))
+        flat = (draw + n_inputs * np.arange(size)[:, None]).ravel()
+        weights = np.bincount(flat, minlength=size * n_inputs).reshape(size, n_inputs)
+        weights = weights.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (weights @ values) / (weights @ finite)
+        s, r = _line_fit(means)
+        slopes.append(s)
+        r2s.append(r)
+    tails = [50 * (1 - level), 50 * (1 + level)]
+    s_low, s_high = np.nanpercentile(np.concatenate(slopes), tails)
+    r_low, r_high = np.nanpercentile(np.concatenate(r2s), tails)
+    return {
+        "slope": float(slope[0]),
+        "r2": float(r2[0]),
+        "slope_low": float(s_low),
+        "slope_high": float(s_high),
+        "r2_low": float(r_low),
+        "r2_high": float(r_high),
+        "n_boot": int(n_boot),
+        "n_inputs": int(n_inputs),
+    }
+
+
+def sign_flips(n_inputs: int, n_perm: int = 1000, seed: int = 0) -> np.ndarray:
+    """[P, I] random ±1 (float64): one sign per input and permutation."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 2, size=(n_perm, n_inputs)).astype(np.float64) * 2.0 - 1.0
+
+
+def _perm_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Two-sided permutation p (1 + #|null| ≥ |observed|) / (P + 1) along axis 0."""
+    bound = np.abs(observed) * (1 - _TIE)
+    count = (np.abs(null) >= bound).sum(axis=0)
+    return np.where(np.isfinite(observed), (1.0 + count) / (null.shape[0] + 1), np.nan)
+
+
+def trend_null(input_layer_means: np.ndarray, signs: np.ndarray, level: float = 0.95) -> dict:
+    """Sign-flip null of the layer means and of their slope on layer index.
+
+    Returns `layer_mean` [L] (observed), `null_means` [P, L] = signs @ X / I, the per-layer
+    null band `null_low`, `null_high` [L], `slope` (observed), `slope_null` [P] and the
+    two-sided permutation `p_value` of the slope. NaN entries count as 0 and are left out
+    of each layer's number of inputs.
+    """
+    x = _as_matrix(input_layer_means)
+    signs = np.asarray(signs, dtype=np.float64)
+    if signs.ndim != 2 or signs.shape[1] != x.shape[0]:
+        raise ValueError(f"signs {signs.shape} do not match {x.shape[0]} inputs")
+    finite = np.isfinite(x)
+    values = np.where(finite, x, 0.0)
+    n = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = values.sum(axis=0) / n
+        null_means = (signs @ values) / n
+    slope, _ = _line_fit(observed)
+    slope_null, _ = _line_fit(null_means)
+    low, high = np.percentile(null_means, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return {
+        "layer_mean": observed,
+        "null_means": null_means,
+        "null_low": low,
+        "null_high": high,
+        "slope": float(slope[0]),
+        "slope_null": slope_null,
+        "p_value": float(_perm_p(slope_null, slope)[0]),
+    }
+
+
+class PermutationT:
+    """Per-neuron sign-flip permutation test of the one-sample t, over chunks of inputs.
+
+    Keeps S = Σ_i s_i Δ_i [P, N], Σ Δ, Σ Δ² and n [N]. Since (s_i Δ_i)² = Δ_i², every
+    permuted t needs only S: t = m / √((ΣΔ² − n·m²) / ((n − 1)·n)) with m = S / n.
+    Feed the sign columns of the same inputs as the Δ rows (e.g. `signs[:, start:stop]`).
+    NaN Δ are skipped (count 0 for that neuron).
+    """
+
+    def __init__(self) -> None:
+        self.s: np.ndarray | None = None
+        self.total = self.total_sq = self.n = np.zeros(0)
+
+    def add(self, delta_block: np.ndarray, signs_block: np.ndarray) -> None:
+        delta = np.asarray(delta_block, dtype=np.float64)
+        signs = np.asarray(signs_block, dtype=np.float64)
+        if delta.ndim != 2 or signs.ndim != 2 or signs.shape[1] != delta.shape[0]:
+            raise ValueError(f"signs {signs.shape} do not match delta block {delta.shape}")
+        finite = np.isfinite(delta)
+        values = np.where(finite, delta, 0.0)
+        part = signs @ values
+        if self.s is None:
+            self.s = part
+            self.total, self.total_sq = values.sum(0), (values**2).sum(0)
+            self.n = finite.sum(0).astype(np.float64)
+            return
+        if part.shape != self.s.shape:
+            raise ValueError(f"block gives {part.shape}, accumulated {self.s.shape}")
+        self.s += part
+        self.total += values.sum(0)
+        self.total_sq += (values**2).sum(0)
+        self.n += finite.sum(0)
+
+    def _t(self, total: np.ndarray) -> np.ndarray:
+        n = self.n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / n
+            var = np.maximum(self.total_sq - n * mean**2, 0.0) / ((n - 1) * n)
+            return np.where(n > 1, mean / np.sqrt(var), np.nan)
+
+    def t_observed(self) -> np.ndarray:
+        """[N] the ordinary one-sample t of Δ (NaN where undefined)."""
+        return self._t(self.total)
+
+    def t_perm(self) -> np.ndarray:
+        """[P, N] the t of each sign-flipped sample."""
+        if self.s is None:
+            raise ValueError("no inputs added")
+        return self._t(self.s)
+
+    def p_values(self, rows: int = 256) -> np.ndarray:
+        """[N] two-sided permutation p-values, (1 + #|t_perm| ≥ |t|) / (P + 1).
+
+        Computed `rows` permutations at a time so the extra memory is rows × N.
+        NaN where the observed t is undefined (constant Δ, n < 2).
+        """
+        if self.s is None:
+            raise ValueError("no inputs added")
+        t_obs = self.t_observed()
+        bound = np.abs(t_obs) * (1 - _TIE)
+        count = np.zeros(t_obs.shape)
+        for start in range(0, self.s.shape[0], rows):
+            count += (np.abs(self._t(self.s[start : start + rows])) >= bound).sum(axis=0)
+        p = (1.0 + count) / (self.s.shape[0] + 1)
+        return np.where(np.isfinite(t_obs), p, np.nan)
+
+
+def fdr(p: np.ndarray, method: str = "bh") -> np.ndarray:
+    """q-values: "bh" (Benjamini-Hochberg) or "by" (Benjamini-Yekutieli, any dependence)."""
+    if method == "bh":
+        return benjamini_hochberg(p)
+    if method == "by":
+        return benjamini_yekutieli(p)
+    raise ValueError(f"unknown FDR method {method!r}; expected 'bh' or 'by'")
+
+
+def significant_counts(
+    layer: np.ndarray, mean_diff: np.ndarray, q: np.ndarray, alpha: float = 0.05
+) -> pd.DataFrame:
+    """Per layer: neurons with q < alpha and mean Δ > 0 (text) or < 0 (image), and all neurons.
+
+    NaN q-values are never significant.
+    """
+    layer = np.asarray(layer)
+    mean_diff = np.asarray(mean_diff, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        significant = q < alpha
+    frame = pd.DataFrame(
+        {
+            "layer": layer,
+            "n_text_preferring": significant & (mean_diff > 0),
+            "n_image_preferring": significant & (mean_diff < 0),
+            "n_neurons": 1,
+        }
+    )
+    counts = frame.groupby("layer", sort=True).sum().reset_index()
+    return counts.astype({c: np.int64 for c in counts.columns if c != "layer"})
+
+
+def outlier_flags(
+    max_activation_abs: np.ndarray | Sequence[np.ndarray], factor: float = 100.0
+) -> np.ndarray | list[np.ndarray]:
+    """True where a neuron's max |activation| > factor × its layer's median of them.
+
+    An array is [..., N] with neurons on the last axis (e.g. [L, N]); the result has its
+    shape. A sequence of per-layer arrays (widths may differ) gives a list of bool arrays.
+    NaN values are ignored by the median and never flagged.
+    """
+    if isinstance(max_activation_abs, np.ndarray):
+        values = np.abs(max_activation_abs.astype(np.float64))
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN layer
+            median = np.nanmedian(values, axis=-1, keepdims=True)
+            return values > factor * median
+    return [outlier_flags(np.asarray(layer), factor) for layer in max_activation_abs]
