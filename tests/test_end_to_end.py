@@ -153,3 +153,35 @@ def test_python_api_runs_a_study_from_jsonl(tmp_path, tiny_model_dir, coco_files
     manifest = pd.read_parquet(result.out_dir / "manifest.parquet")
     assert manifest["pair_id"].str.startswith("p").all()
     assert zarr.open_group(str(result.out_dir / "activations.zarr"), mode="r")["mlp/text/max"].shape[0] == 7
+
+
+def test_controls_are_written_by_default(demo):
+    tables = demo / "tables"
+    layers = pd.read_parquet(tables / "layers.parquet")
+    for column in ("input_ci_low", "input_ci_high", "null_low", "null_high", "mean_diff_no_outliers",
+                   "n_text_preferring", "n_image_preferring", "mean_diff_matched_max"):
+        assert column in layers.columns, column
+    assert (layers["input_ci_low"] <= layers["mean_diff"]).all()
+    assert (layers["mean_diff"] <= layers["input_ci_high"]).all()
+    assert (layers["null_low"] < 0).all() and (layers["null_high"] > 0).all()
+    t3 = pd.read_parquet(tables / "table3_neurons.parquet")
+    assert {"outlier", "p_perm", "cohen_d_matched_max", "q_value_frac_active"} <= set(t3.columns)
+    summary = json.loads((tables / "summary.json").read_text())["mlp"]
+    assert summary["slope_ci_low"] <= summary["slope"] <= summary["slope_ci_high"]
+    assert "matched_max" in summary["by_stat"]
+    counts = pd.read_parquet(tables / "significant_neurons.parquet")
+    assert set(counts["stat"]) >= {"max", "matched_max"}
+    for name in ("significant_mlp.html", "figure2_mlp_matched_max.html", "figure1_residual_frac_active.html"):
+        assert (demo / "figures" / name).exists(), name
+    group = zarr.open_group(str(demo / "activations.zarr"), mode="r")
+    assert group["mlp/image_text_caption/matched_max"].shape == (N_PAIRS, LAYERS, WIDTHS["mlp"])
+
+
+def test_analyze_with_another_contrast(demo, tmp_path):
+    done = modalscope("analyze", str(demo), "--contrast", "image_text_caption-text", "--permutations", "200",
+                      "--bootstrap", "200")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((demo / "tables/summary.json").read_text())
+    assert summary["mlp"]["contrast"] == "image_text_caption - text"
+    bad = modalscope("analyze", str(demo), "--contrast", "text-sound")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--contrast" in bad.stderr

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from modalscope.config import ALL_STATS, StudyConfig
+from modalscope.config import ALL_STATS, CONDITIONS, StudyConfig
 from modalscope.data.pairs import DataError
 from modalscope.models.adapter import SITES
 from modalscope.store import StoreMismatch
@@ -66,12 +66,18 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
                    help="reductions over tokens to record (max and mean always): "
                         "matched_max (length-matched max), frac_active, quantile; default all")
     g.add_argument("--quantile", type=float, default=0.9, help="quantile of the `quantile` reduction (0.9)")
+    g.add_argument("--conditions", type=_sites, default=CONDITIONS,
+                   help="forwards per pair: text (caption alone) and image (image alone) always; "
+                        "image_text (both in one turn) by default")
     _analysis_options(p)
     _output_options(p)
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("statistics")
+    g.add_argument("--contrast", default="text-image",
+                   help="Δ = A - B between recorded streams: text, image, image_text, "
+                        "image_text_caption, image_text_image (default text-image, the report's)")
     g.add_argument("--fdr", choices=["bh", "by"], default="bh",
                    help="false discovery rate control over a site's neurons: Benjamini-Hochberg "
                         "(default) or Benjamini-Yekutieli (any dependence)")
@@ -89,6 +95,9 @@ def _output_options(p: argparse.ArgumentParser) -> None:
                    help="write Tables 1-2 (one row per input x layer x neuron); auto: when <= 50M rows")
     g.add_argument("--csv", action="store_true", help="also write CSV copies of the tables")
     g.add_argument("--no-png", dest="png", action="store_false", help="skip PNG copies of figures")
+    g.add_argument("--stat", default="max", choices=ALL_STATS,
+                   help="reduction the headline figures (figure1/2_{site}.html) lead with; "
+                        "the others get figure*_{site}_{stat}.html (default max)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -138,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
     fields = {k: getattr(args, k) for k in (
         "model", "revision", "device", "dtype", "batch_size", "captions", "images", "jsonl",
-        "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "fdr", "n_perm", "n_boot",
-        "outlier_factor", "long_tables", "csv", "png") if hasattr(args, k)}
+        "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr", "n_perm", "n_boot",
+        "outlier_factor", "stat", "long_tables", "csv", "png") if hasattr(args, k)}
     fields = {k: v for k, v in fields.items() if v is not None}
     fields.update(extra)
     return StudyConfig(out_dir=out_dir, progress=not getattr(args, "quiet", False), **fields)
@@ -175,8 +184,8 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     if args.command == "demo":
         from modalscope.demo import demo_config
 
-        keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "fdr", "n_perm",
-                "n_boot", "outlier_factor", "long_tables", "csv", "png")
+        keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
+                "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
         overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
         config = demo_config(args.out, progress=not args.quiet, **overrides)
         _report(study.run_study(config), started)
@@ -197,7 +206,7 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
         if skipped:
             print(skipped)
     elif args.command == "plot":
-        paths, message = study.plot_stage(args.dir, args.png)
+        paths, message = study.plot_stage(args.dir, args.png, args.stat)
         for path in paths:
             print(f"  figure  {path}")
         if message:

@@ -11,6 +11,10 @@ from modalscope.models.adapter import SITES
 LongTables = Literal["auto", "always", "never"]
 # Reductions over tokens recorded per input (see record/reduce.py); max and mean always.
 ALL_STATS = ("max", "mean", "matched_max", "frac_active", "quantile")
+# Forwards per pair: caption alone, image alone, and both in one turn (recorded as three
+# streams: all content, its caption tokens, its image tokens).
+CONDITIONS = ("text", "image", "image_text")
+JOINT_STREAMS = ("image_text", "image_text_caption", "image_text_image")
 
 
 @dataclass
@@ -30,7 +34,10 @@ class StudyConfig:
     seed: int = 0
     sites: tuple[str, ...] = SITES
     tokens: Literal["content", "all"] = "content"
+    conditions: tuple[str, ...] = CONDITIONS
+    contrast: str = "text-image"
     stats: tuple[str, ...] = ALL_STATS
+    stat: str = "max"  # the reduction the headline figures lead with
     quantile: float = 0.9
     fdr: Literal["bh", "by"] = "bh"
     n_perm: int = 1000
@@ -49,6 +56,18 @@ class StudyConfig:
                 setattr(self, name, Path(value))
         self.sites = tuple(self.sites)
         self.stats = tuple(dict.fromkeys(("max", "mean", *self.stats)))
+        self.conditions = tuple(dict.fromkeys(("text", "image", *self.conditions)))
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """What the store records per pair: text, image and, with image_text, its streams."""
+        joint = JOINT_STREAMS if "image_text" in self.conditions else ()
+        return ("text", "image", *joint)
+
+    @property
+    def contrast_pair(self) -> tuple[str, str]:
+        first, _, second = self.contrast.partition("-")
+        return first, second
 
     def validate(self) -> "StudyConfig":
         """Raise a one-line ValueError for the first bad setting."""
@@ -58,6 +77,16 @@ class StudyConfig:
         unknown = [s for s in self.stats if s not in ALL_STATS]
         if unknown:
             raise ValueError(f"--stats {','.join(unknown)}: choose from {', '.join(ALL_STATS)}")
+        if self.stat not in self.stats:
+            raise ValueError(f"--stat {self.stat}: choose one of the recorded {', '.join(self.stats)}")
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad:
+            raise ValueError(f"--conditions {','.join(bad)}: choose from {', '.join(CONDITIONS)}")
+        first, second = self.contrast_pair
+        if first not in self.streams or second not in self.streams or first == second:
+            raise ValueError(
+                f"--contrast {self.contrast}: give A-B with A, B among {', '.join(self.streams)}"
+            )
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"--quantile {self.quantile}: must be between 0 and 1")
         if self.fdr not in ("bh", "by"):

@@ -22,7 +22,8 @@ import numpy as np
 import zarr
 
 STORE = "activations.zarr"
-CONDITIONS = ("text", "image")
+CONDITIONS = ("text", "image")  # the report's two; more are listed in attrs["conditions"]
+JOINT_STREAMS = ("image_text", "image_text_caption", "image_text_image")
 STATS = ("max", "mean")  # always recorded; further reductions are listed in attrs["stats"]
 # Attributes a resumed run must share with the store, with the user-facing name of each.
 MUST_MATCH = {
@@ -33,6 +34,7 @@ MUST_MATCH = {
     "tokens": "token scope",
     "sites": "sites",
     "stats": "statistics",
+    "conditions": "conditions",
     "quantile": "quantile",
     "manifest_hash": "manifest",
 }
@@ -56,10 +58,11 @@ class ActivationStore:
         batch_size: int,
         attrs: Mapping[str, Any],
         stats: Sequence[str] = STATS,
+        conditions: Sequence[str] = CONDITIONS,
     ) -> "ActivationStore":
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         for site, width in widths.items():
-            for condition in CONDITIONS:
+            for condition in conditions:
                 for stat in stats:
                     group.create_array(
                         f"{site}/{condition}/{stat}",
@@ -69,7 +72,7 @@ class ActivationStore:
                         fill_value=float("nan"),
                         dimension_names=("input", "layer", "neuron"),
                     )
-        for condition in CONDITIONS:
+        for condition in conditions:
             group.create_array(
                 f"tokens/{condition}",
                 shape=(0,),
@@ -79,7 +82,8 @@ class ActivationStore:
                 dimension_names=("input",),
             )
         group.attrs.update(
-            {**attrs, "sites": list(widths), "stats": list(stats), "n_layers": n_layers, "n_done": 0}
+            {**attrs, "sites": list(widths), "stats": list(stats), "conditions": list(conditions),
+             "n_layers": n_layers, "n_done": 0}
         )
         return cls(group, Path(path))
 
@@ -102,6 +106,10 @@ class ActivationStore:
     @property
     def sites(self) -> list[str]:
         return list(self.group.attrs["sites"])
+
+    @property
+    def conditions(self) -> list[str]:
+        return list(self.group.attrs.get("conditions", CONDITIONS))
 
     @property
     def stats(self) -> list[str]:
@@ -162,12 +170,12 @@ class ActivationStore:
     def _trim_to_ledger(self) -> None:
         done = self.n_done
         for site in self.sites:
-            for condition in CONDITIONS:
+            for condition in self.conditions:
                 for stat in self.stats:
                     array = self.array(site, condition, stat)
                     if array.shape[0] != done:
                         array.resize((done, *array.shape[1:]))
-        for condition in CONDITIONS:
+        for condition in self.conditions:
             array = self.group[f"tokens/{condition}"]
             if array.shape[0] != done:
                 array.resize((done,))

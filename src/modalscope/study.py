@@ -99,6 +99,7 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
         "tokens": config.tokens,
         "sites": list(config.sites),
         "stats": list(config.stats),
+        "conditions": list(config.streams),
         "quantile": config.quantile,
         "seed": config.seed,
         "manifest_hash": manifest_hash(manifest),
@@ -114,9 +115,12 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     else:
         widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
         n_layers = loaded.adapter.num_layers(loaded.model)
-        store = ActivationStore.create(path, n_layers, widths, config.batch_size, attrs, config.stats)
+        store = ActivationStore.create(
+            path, n_layers, widths, config.batch_size, attrs, config.stats, config.streams
+        )
     extract(loaded, manifest, store, config.sites, config.tokens, config.batch_size, config.progress,
-            store.stats, float(store.attrs.get("quantile", config.quantile)))
+            store.stats, float(store.attrs.get("quantile", config.quantile)),
+            image_text="image_text" in store.conditions)
     return store
 
 
@@ -130,7 +134,12 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
 
     store = ActivationStore.open(config.out_dir / STORE)
     tables_dir = config.out_dir / "tables"
-    settings = AnalysisSettings(fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
+    contrast = config.contrast_pair
+    missing = [c for c in contrast if c not in store.conditions]
+    if missing:
+        raise ValueError(f"--contrast {config.contrast}: {config.out_dir} did not record "
+                         f"{', '.join(missing)} (it has {', '.join(store.conditions)})")
+    settings = AnalysisSettings(contrast=contrast, fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
                                 outlier_factor=config.outlier_factor,
                                 seed=int(store.attrs.get("seed", config.seed)))
     neurons, layers, summary = analyze(store, settings)
@@ -154,8 +163,10 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     return long_paths + paths, None
 
 
-def plot_stage(out_dir: Path, png: bool = True) -> tuple[list[Path], str | None]:
-    """Figure 1 and 2 per site from the tables in DIR/tables; PNG copies when a browser exists."""
+def plot_stage(out_dir: Path, png: bool = True, stat: str = "max") -> tuple[list[Path], str | None]:
+    """Figures 1 and 2 per site and reduction from DIR/tables, the significant-neuron counts,
+    and PNG copies when a browser exists. `figure2_{site}.html` leads with `stat` and draws
+    max and matched_max side by side; `figure{1,2}_{site}_{other}.html` show each other one."""
     import json
 
     from modalscope.figures.export import write_html, write_pngs
@@ -170,21 +181,23 @@ def plot_stage(out_dir: Path, png: bool = True) -> tuple[list[Path], str | None]
     counts = pd.read_parquet(tables_dir / SIGNIFICANT)
     summary = json.loads((tables_dir / SUMMARY).read_text())
     stats = list(counts["stat"].unique())
+    if stat not in stats:
+        raise ValueError(f"--stat {stat}: {out_dir} has {', '.join(stats)}")
     figures = {}
     for site in neurons["site"].unique():
         entry = summary[site]
         site_neurons = neurons[neurons["site"] == site]
         site_layers = layers[layers["site"] == site]
-        for stat in stats:
-            suffix = "" if stat == "max" else f"_{stat}"
-            regression = entry if stat == "max" else entry["by_stat"][stat]
-            compare = "matched_max" if stat == "max" and "matched_max" in stats else None
+        trends = {"max": entry, **entry["by_stat"]}
+        for shown in stats:
+            suffix = "" if shown == stat else f"_{shown}"
+            pair = [s for s in ("max", "matched_max") if s in stats and s != shown]
+            compare = pair[0] if shown == stat and pair else None
             figures[figures_dir / f"figure1_{site}{suffix}.html"] = figure1(
-                _as_primary(site_neurons, stat), site
+                _as_primary(site_neurons, shown), site
             )
             figures[figures_dir / f"figure2_{site}{suffix}.html"] = figure2(
-                site_layers, regression, site, stat, compare,
-                entry["by_stat"].get(compare) if compare else None,
+                site_layers, trends[shown], site, shown, compare, trends.get(compare),
             )
         figures[figures_dir / f"significant_{site}.html"] = figure_significant(
             counts, site, [s for s in ("max", "matched_max") if s in stats] or stats[:1]
@@ -218,7 +231,7 @@ def run_study(config: StudyConfig) -> StudyResult:
         result.messages.append(skipped)
     result.timings["analyze_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    result.figures, png_message = plot_stage(config.out_dir, config.png)
+    result.figures, png_message = plot_stage(config.out_dir, config.png, config.stat)
     if png_message:
         result.messages.append(png_message)
     result.timings["plot_s"] = time.perf_counter() - clock

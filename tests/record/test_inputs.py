@@ -92,3 +92,32 @@ def test_right_padding_keeps_content_positions(loaded):
     width = alone.content.shape[1]
     assert torch.equal(padded.content[0, :width], alone.content[0])
     assert not padded.content[0, width:].any()
+
+
+def test_image_text_streams_mask_caption_and_image_tokens(loaded, images):
+    builder = _builder(loaded)
+    batch, streams = builder.image_text_batch(images, CAPTIONS)
+    tokenizer = loaded.processor.tokenizer
+    ids = batch.inputs["input_ids"]
+    for row, caption in enumerate(CAPTIONS):
+        assert tokenizer.decode(ids[row][streams["image_text_caption"][row]]).strip() == caption
+    assert streams["image_text_image"].sum(1).tolist() == [576, 576]
+    assert torch.equal(streams["image_text"], streams["image_text_caption"] | streams["image_text_image"])
+    assert not (streams["image_text_caption"] & streams["image_text_image"]).any()
+    assert builder.joint_prefix + "X" + builder.joint_suffix == "USER: <image>\nX ASSISTANT:"
+
+
+def test_image_tokens_of_the_joint_input_equal_image_only_by_causality(loaded, images):
+    """Image tokens precede the caption, so under causal attention they cannot see it: their
+    reductions in the image_text input equal those of the image-only input."""
+    from modalscope.record.extract import record_streams
+
+    builder = _builder(loaded)
+    joint, streams = builder.image_text_batch(images, CAPTIONS)
+    k = torch.tensor([5, 7])
+    with Recorder(loaded.model, loaded.adapter, ["residual", "mlp"], ["max", "mean", "matched_max"]) as rec:
+        alone = record_batch(loaded, rec, builder.image_batch(images), k)
+        together = record_streams(loaded, rec, joint, streams, k)["image_text_image"]
+    for site in ("residual", "mlp"):
+        for stat in ("max", "mean", "matched_max"):
+            torch.testing.assert_close(together[site][stat], alone[site][stat], rtol=1e-5, atol=1e-5)

@@ -23,19 +23,31 @@ from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load
 from modalscope.store import ActivationStore
 
 
-def record_batch(
-    loaded: LoadedModel, recorder: Recorder, batch: ModelBatch, k: torch.Tensor | None = None
-) -> dict[str, dict[str, torch.Tensor]]:
-    """One forward of the decoder stack; returns {site: {stat: [batch, layer, neuron]}}.
+def record_streams(
+    loaded: LoadedModel,
+    recorder: Recorder,
+    batch: ModelBatch,
+    streams: dict[str, torch.Tensor],
+    k: torch.Tensor | None = None,
+) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """One forward of the decoder stack, reduced once per stream mask;
+    returns {stream: {site: {stat: [batch, layer, neuron]}}}.
 
     k [batch]: tokens per pair for matched_max, min(text, image) content tokens.
     """
     batch = batch.to(loaded.device)
-    recorder.content = batch.content
+    recorder.streams = streams
     recorder.k = k
     with torch.inference_mode():
         loaded.model.model(**batch.inputs, use_cache=False)
     return recorder.collect()
+
+
+def record_batch(
+    loaded: LoadedModel, recorder: Recorder, batch: ModelBatch, k: torch.Tensor | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """One forward reduced over the batch's content tokens: {site: {stat: [batch, layer, neuron]}}."""
+    return record_streams(loaded, recorder, batch, {"content": batch.content}, k)["content"]
 
 
 def extract(
@@ -48,6 +60,7 @@ def extract(
     progress: bool = True,
     stats: Sequence[str] = ("max", "mean"),
     quantile: float = 0.9,
+    image_text: bool = False,
 ) -> int:
     """Record every unfinished input of `manifest` into `store`; returns how many were added."""
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens)
@@ -67,10 +80,15 @@ def extract(
             k = torch.minimum(text.n_content, image.n_content)  # [batch]
             records = {"text": record_batch(loaded, recorder, text, k)}
             records["image"] = record_batch(loaded, recorder, image, k)
+            n_tokens = {"text": text.n_content.tolist(), "image": image.n_content.tolist()}
+            if image_text:
+                joint, streams = builder.image_text_batch(images, captions)
+                records.update(record_streams(loaded, recorder, joint, streams, k))
+                n_tokens.update({name: m.sum(1).tolist() for name, m in streams.items()})
             store.append(
                 {c: {s: {k: v.numpy() for k, v in st.items()} for s, st in r.items()}
                  for c, r in records.items()},
-                {"text": text.n_content.tolist(), "image": image.n_content.tolist()},
+                n_tokens,
             )
             bar.update(len(rows))
     bar.close()

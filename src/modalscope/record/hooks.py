@@ -27,10 +27,11 @@ class Recorder(AbstractContextManager["Recorder"]):
 
     Usage:
         with Recorder(model, adapter, sites, stats) as rec:
-            rec.content = batch.content       # [batch, tokens] bool
+            rec.streams = {"text": mask}      # name -> [batch, tokens] bool; several masks
+                                              # reduce one forward several ways
             rec.k = k                         # [batch] tokens per pair for matched_max
             model.model(**batch.inputs)
-            out = rec.collect()               # {site: {stat: [batch, layer, neuron]}}
+            out = rec.collect()               # {stream: {site: {stat: [batch, layer, neuron]}}}
     """
 
     def __init__(
@@ -50,20 +51,20 @@ class Recorder(AbstractContextManager["Recorder"]):
         self.stats = tuple(stats)
         self.quantile = quantile
         self.order_stats = any(s not in reduce.BASIC_STATS for s in self.stats)
-        self._content: torch.Tensor | None = None
+        self._streams: dict[str, torch.Tensor] = {}
         self._k: torch.Tensor | None = None
         self.layers = adapter.layers(model)
-        self._masks: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._masks: dict[torch.device, tuple[dict[str, torch.Tensor], torch.Tensor | None]] = {}
         self._handles: list[RemovableHandle] = []
-        self._results: dict[str, list[dict[str, torch.Tensor] | None]] = {}
+        self._results: dict[str, list[dict[str, dict[str, torch.Tensor]] | None]] = {}
 
     @property
-    def content(self) -> torch.Tensor | None:
-        return self._content
+    def streams(self) -> dict[str, torch.Tensor]:
+        return self._streams
 
-    @content.setter
-    def content(self, mask: torch.Tensor) -> None:
-        self._content = mask
+    @streams.setter
+    def streams(self, masks: dict[str, torch.Tensor]) -> None:
+        self._streams = dict(masks)
         self._masks.clear()
 
     @property
@@ -96,24 +97,28 @@ class Recorder(AbstractContextManager["Recorder"]):
         self._masks.clear()
         self._results = {site: [None] * len(self.layers) for site in self.sites}
 
-    def _mask_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Content mask and k, copied once per batch to each device that holds layers."""
-        if self._content is None:
-            raise RuntimeError("set Recorder.content before running the model")
+    def _mask_on(self, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Stream masks and k, copied once per batch to each device that holds layers."""
+        if not self._streams:
+            raise RuntimeError("set Recorder.streams before running the model")
         if device not in self._masks:
             if self.order_stats and self.k is None:
                 raise RuntimeError("set Recorder.k (tokens per pair) to record matched_max")
             k = None if self.k is None else self.k.to(device, non_blocking=True)
-            self._masks[device] = (self._content.to(device, non_blocking=True), k)
+            masks = {n: m.to(device, non_blocking=True) for n, m in self._streams.items()}
+            self._masks[device] = (masks, k)
         return self._masks[device]
 
     def _record(self, site: str, index: int, activations: torch.Tensor) -> None:
-        mask, k = self._mask_on(activations.device)
-        maxes, means = reduce.masked_max_mean(activations, mask)
-        out = {"max": maxes, "mean": means}
-        if self.order_stats:
-            out.update(reduce.masked_order_stats(activations, mask, k, self.quantile))
-        self._results[site][index] = {s: out[s] for s in self.stats}
+        masks, k = self._mask_on(activations.device)
+        per_stream = {}
+        for name, mask in masks.items():
+            maxes, means = reduce.masked_max_mean(activations, mask)
+            out = {"max": maxes, "mean": means}
+            if self.order_stats:
+                out.update(reduce.masked_order_stats(activations, mask, k, self.quantile))
+            per_stream[name] = {s: out[s] for s in self.stats}
+        self._results[site][index] = per_stream
 
     def _output_hook(self, site: str, index: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
@@ -128,17 +133,18 @@ class Recorder(AbstractContextManager["Recorder"]):
 
         return hook
 
-    def collect(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Stack this batch's reductions to [batch, layer, neuron] on the host and reset."""
-        out: dict[str, dict[str, torch.Tensor]] = {}
+    def collect(self) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+        """This batch's reductions as {stream: {site: {stat: [batch, layer, neuron]}}} on the
+        host (one copy per stream, site and statistic, not one per layer); then reset."""
+        out: dict[str, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in self._streams}
         for site, per_layer in self._results.items():
             if any(r is None for r in per_layer):
                 raise RuntimeError(f"site {site!r}: some layers did not run in this forward")
-            home = per_layer[0][self.stats[0]].device  # type: ignore[index]
-            # One host copy per site and statistic, not one per layer.
-            out[site] = {
-                stat: torch.stack([r[stat].to(home) for r in per_layer], dim=1).cpu()  # type: ignore[index]
-                for stat in self.stats
-            }
+            for name in self._streams:
+                home = per_layer[0][name][self.stats[0]].device  # type: ignore[index]
+                out[name][site] = {
+                    stat: torch.stack([r[name][stat].to(home) for r in per_layer], dim=1).cpu()  # type: ignore[index]
+                    for stat in self.stats
+                }
         self._reset()
         return out

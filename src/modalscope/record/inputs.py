@@ -52,6 +52,9 @@ class PromptBuilder:
             CAPTION_SLOT
         )
         self.image_prompt = self.render("", image=True)
+        self.joint_prefix, self.joint_suffix = self.render(CAPTION_SLOT, image=True).split(
+            CAPTION_SLOT
+        )
 
     def render(self, text: str, image: bool) -> str:
         content: list[dict[str, str]] = [{"type": "image"}] if image else []
@@ -86,6 +89,30 @@ class PromptBuilder:
         is_image = inputs["input_ids"] == self.image_token_id
         content = is_image if self.tokens == "content" else real
         return ModelBatch(inputs=inputs, content=content)
+
+    def image_text_batch(
+        self, images: list[Image.Image], captions: list[str]
+    ) -> tuple[ModelBatch, dict[str, torch.Tensor]]:
+        """The image and its caption in one turn, and the masks of its three streams:
+        `image_text` (caption and image tokens; every real token but BOS with tokens="all"),
+        `image_text_caption` (its caption tokens) and `image_text_image` (its image tokens)."""
+        prompts = [self.joint_prefix + c + self.joint_suffix for c in captions]
+        enc = self.processor(
+            text=prompts, images=images, padding=True, return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        offsets = enc["offset_mapping"]  # of the text with <image> expanded to every position
+        inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+        is_image = inputs["input_ids"] == self.image_token_id
+        token = self.processor.image_token
+        expanded = self.joint_prefix.count(token)
+        start = len(self.joint_prefix) + (is_image.sum(1, keepdim=True) - expanded) * len(token)
+        end = start + torch.tensor([len(c) for c in captions])[:, None]
+        real = self._real_tokens(inputs["input_ids"], inputs["attention_mask"])
+        caption = (offsets[..., 0] < end) & (offsets[..., 1] > start) & real & ~is_image
+        content = (caption | is_image) if self.tokens == "content" else real
+        streams = {"image_text": content, "image_text_caption": caption, "image_text_image": is_image}
+        return ModelBatch(inputs=inputs, content=content), streams
 
     def _real_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Non-padding tokens, minus the leading BOS (right padding keeps it at position 0)."""

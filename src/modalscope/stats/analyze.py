@@ -35,6 +35,7 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class AnalysisSettings:
+    contrast: tuple[str, str] = CONTRAST  # Δ = first - second
     fdr: str = "bh"
     n_perm: int = 1000
     n_boot: int = 1000
@@ -54,8 +55,10 @@ def column(name: str, stat: str) -> str:
     return name if stat == PRIMARY_STAT else f"{name}_{stat}"
 
 
-def _delta_blocks(store: ActivationStore, site: str, layer: int, stat: str):
-    first, second = CONTRAST
+def _delta_blocks(
+    store: ActivationStore, site: str, layer: int, stat: str, contrast: tuple[str, str] = CONTRAST
+):
+    first, second = contrast
     for start, stop in store.input_blocks():
         a = store.read_layer(site, first, stat, layer, start, stop).astype(np.float64)
         b = store.read_layer(site, second, stat, layer, start, stop).astype(np.float64)
@@ -74,7 +77,7 @@ def max_abs_activation(store: ActivationStore, site: str, layer: int) -> np.ndar
     """[neuron] largest |max activation| over inputs and conditions (for outlier flags)."""
     peak = np.zeros(store.width(site))
     for start, stop in store.input_blocks():
-        for condition in CONTRAST:
+        for condition in store.conditions:
             block = store.read_layer(site, condition, PRIMARY_STAT, layer, start, stop)
             peak = np.fmax(peak, np.nanmax(np.abs(block), axis=0))
     return peak
@@ -91,7 +94,7 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
         frame: dict[str, object] = {"site": site, "layer": layer, "neuron": np.arange(width)}
         for stat in stats:
             moments, perm = RunningMoments(), controls.PermutationT()
-            for start, stop, delta in _delta_blocks(store, site, layer, stat):
+            for start, stop, delta in _delta_blocks(store, site, layer, stat, settings.contrast):
                 moments.add(delta)
                 perm.add(delta, signs[:, start:stop])
                 with warnings.catch_warnings():  # all-NaN rows give NaN, as intended
@@ -189,7 +192,8 @@ def analyze(
         site = analyze_site(store, name, settings)
         layers = layer_table(site, store.stats, settings)
         entry = trend_entry(layers, site, PRIMARY_STAT, settings)
-        entry.update({"n_inputs": store.n_done, "contrast": "text - image", "fdr": settings.fdr,
+        entry.update({"n_inputs": store.n_done, "contrast": " - ".join(settings.contrast),
+                      "fdr": settings.fdr,
                       "n_perm": settings.n_perm, "n_boot": settings.n_boot})
         entry["by_stat"] = {
             stat: trend_entry(layers, site, stat, settings)
