@@ -42,30 +42,11 @@ def one_sample_t(moments: RunningMoments) -> NeuronTests:
     return NeuronTests(n=n.astype(np.int64), mean_diff=mean, sd_diff=sd, t_value=t, p_value=p, cohen_d=d)
 
 
-def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
-    """BH-adjusted p-values (q); NaN p-values stay NaN and do not count as hypotheses."""
-    p = np.asarray(p_values, dtype=np.float64)
-    q = np.full_like(p, np.nan)
-    finite = ~np.isnan(p)
-    m = int(finite.sum())
-    if m == 0:
-        return q
-    ranked = p[finite]
-    order = np.argsort(ranked)
-    scaled = ranked[order] * m / np.arange(1, m + 1)
-    monotone = np.minimum.accumulate(scaled[::-1])[::-1]
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(monotone, 1.0)
-    q[finite] = adjusted
-    return q
+def _step_up(p_values: np.ndarray, by: bool) -> np.ndarray:
+    """Step-up adjusted p-values: p_(j)·m·c/j, running minimum from the top, capped at 1.
 
-
-def benjamini_yekutieli(p_values: np.ndarray) -> np.ndarray:
-    """BY-adjusted p-values (q), valid under any dependence between the tests.
-
-    Like BH with m replaced by m·c(m), c(m) = Σ_{i≤m} 1/i; the cap at 1 comes after the
-    running minimum, as in `scipy.stats.false_discovery_control(p, method="by")`.
-    NaN p-values stay NaN and do not count as hypotheses.
+    c = 1 for Benjamini-Hochberg, c = Σ_{i≤m} 1/i for Benjamini-Yekutieli. NaN p-values
+    stay NaN and do not count as hypotheses.
     """
     p = np.asarray(p_values, dtype=np.float64)
     q = np.full_like(p, np.nan)
@@ -76,9 +57,20 @@ def benjamini_yekutieli(p_values: np.ndarray) -> np.ndarray:
     ranked = p[finite]
     order = np.argsort(ranked)
     rank = np.arange(1, m + 1)
-    scaled = ranked[order] * m * np.sum(1.0 / rank) / rank
-    monotone = np.minimum.accumulate(scaled[::-1])[::-1]
+    c = np.sum(1.0 / rank) if by else 1.0
+    monotone = np.minimum.accumulate((ranked[order] * m * c / rank)[::-1])[::-1]
     adjusted = np.empty(m)
     adjusted[order] = np.minimum(monotone, 1.0)
     q[finite] = adjusted
     return q
+
+
+def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
+    """BH-adjusted p-values (q); NaN p-values stay NaN and do not count as hypotheses."""
+    return _step_up(p_values, by=False)
+
+
+def benjamini_yekutieli(p_values: np.ndarray) -> np.ndarray:
+    """BY-adjusted p-values (q), valid under any dependence between the tests
+    (BH with m replaced by m·Σ_{i≤m} 1/i, as `scipy.stats.false_discovery_control(method="by")`)."""
+    return _step_up(p_values, by=True)
