@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="record activations into DIR/activations.zarr (continues a stopped run)")
     p.add_argument("--out", type=Path, required=True, help="study folder DIR")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped extraction in DIR with the settings it recorded "
+                        "(model, revision, dtype, sites, tokens, reductions, conditions, batch size)")
     _study_options(p, model_required=False)
 
     for name, text in [("analyze", "statistics and tables from DIR/activations.zarr"),
@@ -192,7 +195,7 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     elif args.command == "run":
         _report(study.run_study(_config(args, args.out)), started)
     elif args.command == "extract":
-        config = _config(args, args.out, **_stored_model(args))
+        config = _config(args, args.out, **_stored_settings(args))
         config.validate()
         manifest = study.prepare_manifest(config)
         store = study.extract_stage(config, manifest)
@@ -217,13 +220,20 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     return 0
 
 
-def _stored_model(args: argparse.Namespace) -> dict[str, str]:
-    """`extract` without --model continues with the model recorded in DIR's store."""
-    if args.model:
+def _stored_settings(args: argparse.Namespace) -> dict[str, object]:
+    """`extract --resume` (or without --model) continues with what DIR's store recorded."""
+    if args.model and not args.resume:
         return {}
     from modalscope.store import STORE, ActivationStore
 
     path = args.out / STORE
     if not path.exists():
-        raise ValueError("--model is required for a new study (no DIR/activations.zarr yet)")
-    return {"model": ActivationStore.open(path).attrs["model"]}
+        raise ValueError(f"{path}: nothing to resume; give --model and data to start a study")
+    attrs = ActivationStore.open(path).attrs
+    if not args.resume:
+        return {"model": attrs["model"]}
+    conditions = tuple(c for c in ("text", "image", "image_text") if c in attrs["conditions"])
+    return {"model": attrs["model"], "revision": attrs.get("revision"), "dtype": attrs["dtype"],
+            "sites": tuple(attrs["sites"]), "tokens": attrs["tokens"], "stats": tuple(attrs["stats"]),
+            "conditions": conditions, "quantile": attrs["quantile"],
+            "batch_size": int(attrs["batch_size"])}
