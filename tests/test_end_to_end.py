@@ -171,6 +171,7 @@ def test_controls_are_written_by_default(demo):
     assert "matched_max" in summary["by_stat"]
     counts = pd.read_parquet(tables / "significant_neurons.parquet")
     assert set(counts["stat"]) >= {"max", "matched_max"}
+    assert (demo / "tables/input_layer_means.parquet").exists()
     for name in ("significant_mlp.html", "figure2_mlp_matched_max.html", "figure1_residual_frac_active.html"):
         assert (demo / "figures" / name).exists(), name
     group = zarr.open_group(str(demo / "activations.zarr"), mode="r")

@@ -27,7 +27,7 @@ from modalscope.data.manifest import load_manifest, manifest_hash, save_manifest
 from modalscope.data.pairs import DataError, load_coco, load_jsonl
 from modalscope.store import STORE, ActivationStore
 from modalscope.tables import (
-    LAYERS, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY, TABLE3, long_table_csv, table1_rows,
+    INPUT_LAYERS, LAYERS, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY, TABLE3, long_table_csv, table1_rows,
     write_frame, write_json, write_long_tables,
 )
 
@@ -130,7 +130,7 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
 
     Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
     """
-    from modalscope.stats.analyze import AnalysisSettings, analyze, significance_table
+    from modalscope.stats.analyze import AnalysisSettings, run_analysis, significance_table
 
     store = ActivationStore.open(config.out_dir / STORE)
     tables_dir = config.out_dir / "tables"
@@ -142,12 +142,13 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     settings = AnalysisSettings(contrast=contrast, fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
                                 outlier_factor=config.outlier_factor,
                                 seed=int(store.attrs.get("seed", config.seed)))
-    neurons, layers, summary = analyze(store, settings)
+    result = run_analysis(store, settings)
     paths = [
-        write_frame(neurons, tables_dir / TABLE3, config.csv),
-        write_frame(layers, tables_dir / LAYERS, config.csv),
-        write_frame(significance_table(layers, store.stats), tables_dir / SIGNIFICANT, config.csv),
-        write_json(summary, tables_dir / SUMMARY),
+        write_frame(result.neurons, tables_dir / TABLE3, config.csv),
+        write_frame(result.layers, tables_dir / LAYERS, config.csv),
+        write_frame(result.input_means, tables_dir / INPUT_LAYERS, config.csv),
+        write_frame(significance_table(result.layers, store.stats), tables_dir / SIGNIFICANT, config.csv),
+        write_json(result.summary, tables_dir / SUMMARY),
     ]
     rows = table1_rows(store)
     if config.long_tables == "never" or (

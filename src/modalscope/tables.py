@@ -27,6 +27,7 @@ TABLE2 = "table2_differences.parquet"
 TABLE3 = "table3_neurons.parquet"
 LAYERS = "layers.parquet"
 SIGNIFICANT = "significant_neurons.parquet"
+INPUT_LAYERS = "input_layer_means.parquet"
 SUMMARY = "summary.json"
 LONG_TABLE_AUTO_LIMIT = 50_000_000  # rows of Table 1 written by default
 

@@ -180,21 +180,26 @@ def trend_entry(layers: pd.DataFrame, site: SiteAnalysis, stat: str, settings: A
     return entry
 
 
-def analyze(
-    store: ActivationStore, settings: AnalysisSettings | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
-    """(table3, layers, summary) for every site of the store."""
+@dataclass
+class Analysis:
+    neurons: pd.DataFrame  # Table 3
+    layers: pd.DataFrame  # layer summary with controls
+    summary: dict[str, dict]  # per site: the trend with its input-level uncertainty
+    input_means: pd.DataFrame  # site, stat, input_index, layer, mean_delta
+
+
+def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = None) -> Analysis:
+    """Every table of the analysis for every site of the store."""
     settings = settings or AnalysisSettings(seed=int(store.attrs.get("seed", 0)))
     if store.n_done < 2:
         raise ValueError(f"{store.path}: {store.n_done} finished inputs; a t-test needs at least 2")
-    neuron_frames, layer_frames, summary = [], [], {}
+    neuron_frames, layer_frames, input_frames, summary = [], [], [], {}
     for name in store.sites:
         site = analyze_site(store, name, settings)
         layers = layer_table(site, store.stats, settings)
         entry = trend_entry(layers, site, PRIMARY_STAT, settings)
         entry.update({"n_inputs": store.n_done, "contrast": " - ".join(settings.contrast),
-                      "fdr": settings.fdr,
-                      "n_perm": settings.n_perm, "n_boot": settings.n_boot})
+                      "fdr": settings.fdr, "n_perm": settings.n_perm, "n_boot": settings.n_boot})
         entry["by_stat"] = {
             stat: trend_entry(layers, site, stat, settings)
             for stat in store.stats
@@ -203,8 +208,26 @@ def analyze(
         neuron_frames.append(site.neurons)
         layer_frames.append(layers)
         summary[name] = entry
-    return (pd.concat(neuron_frames, ignore_index=True),
-            pd.concat(layer_frames, ignore_index=True), summary)
+        for stat, means in site.input_means.items():  # [input, layer]
+            inputs, layer_index = np.indices(means.shape)
+            input_frames.append(pd.DataFrame({
+                "site": name, "stat": stat, "input_index": inputs.ravel(),
+                "layer": layer_index.ravel(), "mean_delta": means.ravel(),
+            }))
+    return Analysis(
+        pd.concat(neuron_frames, ignore_index=True),
+        pd.concat(layer_frames, ignore_index=True),
+        summary,
+        pd.concat(input_frames, ignore_index=True),
+    )
+
+
+def analyze(
+    store: ActivationStore, settings: AnalysisSettings | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
+    """(table3, layers, summary) for every site of the store."""
+    result = run_analysis(store, settings)
+    return result.neurons, result.layers, result.summary
 
 
 def significance_table(layers: pd.DataFrame, stats: list[str]) -> pd.DataFrame:
