@@ -50,23 +50,23 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="model weights dtype; reductions accumulate in float32 regardless")
-    g.add_argument("--batch-size", type=int, default=16, help="pairs per forward (default 16)")
+    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default 16)")
     g = p.add_argument_group("data (first run in DIR only; later runs reuse DIR/manifest.parquet)")
     g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json")
     g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/")
     g.add_argument("--jsonl", type=Path, help='JSONL of {"image": path, "caption": text, "id": ...}')
-    g.add_argument("--num-pairs", type=int, help="use the first N pairs of the shuffled list")
+    g.add_argument("--num-pairs", type=int, metavar="N", help="use the first N pairs of the shuffled list")
     g.add_argument("--seed", type=int, default=0, help="seed of the one-time shuffle (default 0)")
     g = p.add_argument_group("recording")
-    g.add_argument("--sites", type=_sites, default=SITES,
+    g.add_argument("--sites", type=_sites, default=SITES, metavar="LIST",
                    help="comma list of residual (decoder layer output) and mlp (down_proj input); default both")
     g.add_argument("--tokens", choices=["content", "all"], default="content",
                    help="reduce over caption/image tokens only (content, default) or every token but BOS")
-    g.add_argument("--stats", type=_sites, default=ALL_STATS,
+    g.add_argument("--stats", type=_sites, default=ALL_STATS, metavar="LIST",
                    help="reductions over tokens to record (max and mean always): "
                         "matched_max (length-matched max), frac_active, quantile; default all")
     g.add_argument("--quantile", type=float, default=0.9, help="quantile of the `quantile` reduction (0.9)")
-    g.add_argument("--conditions", type=_sites, default=CONDITIONS,
+    g.add_argument("--conditions", type=_sites, default=CONDITIONS, metavar="LIST",
                    help="forwards per pair: text (caption alone) and image (image alone) always; "
                         "image_text (both in one turn) by default")
     _analysis_options(p)
@@ -75,17 +75,17 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("statistics")
-    g.add_argument("--contrast", default="text-image",
+    g.add_argument("--contrast", default="text-image", metavar="A-B",
                    help="Δ = A - B between recorded streams: text, image, image_text, "
                         "image_text_caption, image_text_image (default text-image, the report's)")
     g.add_argument("--fdr", choices=["bh", "by"], default="bh",
                    help="false discovery rate control over a site's neurons: Benjamini-Hochberg "
                         "(default) or Benjamini-Yekutieli (any dependence)")
-    g.add_argument("--permutations", dest="n_perm", type=int, default=1000,
+    g.add_argument("--permutations", dest="n_perm", type=int, default=1000, metavar="N",
                    help="sign-flip permutations for the null (default 1000, at least 200)")
-    g.add_argument("--bootstrap", dest="n_boot", type=int, default=1000,
+    g.add_argument("--bootstrap", dest="n_boot", type=int, default=1000, metavar="N",
                    help="bootstrap resamples of inputs for the trend's CI (default 1000)")
-    g.add_argument("--outlier-factor", type=float, default=100.0,
+    g.add_argument("--outlier-factor", type=float, default=100.0, metavar="F",
                    help="flag neurons whose max |activation| exceeds this times the layer median")
 
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="whole study on the embedded tiny LLaVA and synthetic COCO set")
-    p.add_argument("--out", type=Path, required=True, help="study folder (assets are built in DIR/assets)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder (assets are built in DIR/assets)")
     p.add_argument("--num-pairs", type=int, help="pairs to use (default: all 240)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -119,11 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(p)
 
     p = sub.add_parser("run", help="whole study: manifest, extract, analyze, plot")
-    p.add_argument("--out", type=Path, required=True, help="study folder DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder DIR")
     _study_options(p, model_required=True)
 
     p = sub.add_parser("extract", help="record activations into DIR/activations.zarr (continues a stopped run)")
-    p.add_argument("--out", type=Path, required=True, help="study folder DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder DIR")
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped extraction in DIR with the settings it recorded "
                         "(model, revision, dtype, sites, tokens, reductions, conditions, batch size)")
