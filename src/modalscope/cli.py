@@ -8,6 +8,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -158,6 +159,8 @@ def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyCo
 
 
 def _report(result, started: float) -> None:
+    if int(os.environ.get("RANK", 0)) != 0:
+        return  # under torchrun, rank 0 speaks for the study
     print(f"study written to {result.out_dir} in {time.perf_counter() - started:.1f} s")
     for path in result.tables:
         print(f"  table   {path}")
@@ -179,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         print("modalscope: interrupted; finished batches are kept: rerun the same command to "
               "continue", file=sys.stderr)
         return 130
+    finally:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _dispatch(args: argparse.Namespace, started: float) -> int:
@@ -197,9 +204,10 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     elif args.command == "extract":
         config = _config(args, args.out, **_stored_settings(args))
         config.validate()
-        manifest = study.prepare_manifest(config)
+        manifest = study.prepare_manifest_ranked(config)
         store = study.extract_stage(config, manifest)
-        print(f"{store.n_done} of {len(manifest)} pairs recorded in {store.path}")
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"{store.n_done} of {len(manifest)} pairs recorded in {store.path}")
     elif args.command == "analyze":
         config = _config(args, args.dir)
         manifest = study.prepare_manifest(config)

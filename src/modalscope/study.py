@@ -14,6 +14,7 @@ Each stage reads what the previous one wrote in DIR, so `extract`, `analyze`, `p
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -82,12 +83,18 @@ def _source(config: StudyConfig) -> str | None:
 
 # 2-3. Inputs and recording ----------------------------------------------------------------
 def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStore:
-    """Record both conditions for every pair not yet in the store (a rerun continues)."""
+    """Record every condition for every pair not yet in the store (a rerun continues).
+
+    Under torchrun each rank records its shard into DIR/shards/rank{r}.zarr, then rank 0
+    merges the shards into DIR/activations.zarr (see record/distributed.py).
+    """
     from modalscope.models.loading import load_model  # torch/transformers only when needed
+    from modalscope.record.distributed import Ranks, merge_shards, shard_manifest, shard_path
     from modalscope.record.extract import extract
     from modalscope.record.inputs import PromptBuilder
 
-    loaded = load_model(config.model, config.revision, config.dtype, config.device)
+    ranks = Ranks.from_env()
+    loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device))
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, config.tokens)
     prov = loaded.provenance
     attrs = {
@@ -108,20 +115,50 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
         "contrast": "text - image",
         "versions": library_versions(),
     }
-    path = config.out_dir / STORE
-    if path.exists():
-        store = ActivationStore.open(path)
-        store.check_matches(attrs)
-    else:
+
+    def open_or_create(path: Path) -> ActivationStore:
+        if path.exists():
+            store = ActivationStore.open(path)
+            store.check_matches(attrs)
+            return store
         widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
         n_layers = loaded.adapter.num_layers(loaded.model)
-        store = ActivationStore.create(
+        return ActivationStore.create(
             path, n_layers, widths, config.batch_size, attrs, config.stats, config.streams
         )
-    extract(loaded, manifest, store, config.sites, config.tokens, config.batch_size, config.progress,
-            store.stats, float(store.attrs.get("quantile", config.quantile)),
-            image_text="image_text" in store.conditions)
-    return store
+
+    def record(store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
+        extract(loaded, rows, store, config.sites, config.tokens, config.batch_size, progress,
+                store.stats, float(store.attrs.get("quantile", config.quantile)),
+                image_text="image_text" in store.conditions)
+
+    path = config.out_dir / STORE
+    if not ranks.parallel:
+        store = open_or_create(path)
+        record(store, manifest, config.progress)
+        return store
+    shard = open_or_create(shard_path(config.out_dir, ranks.rank))
+    record(shard, shard_manifest(manifest, ranks, config.batch_size), config.progress and ranks.leader)
+    ranks.barrier()
+    if ranks.leader:
+        merge_shards(open_or_create(path), config.out_dir, ranks.world_size, len(manifest),
+                     config.batch_size)
+    ranks.barrier()
+    return ActivationStore.open(path)
+
+
+def prepare_manifest_ranked(config: StudyConfig) -> pd.DataFrame:
+    """`prepare_manifest`, made by rank 0 first under torchrun, then read by the others."""
+    from modalscope.record.distributed import Ranks
+
+    ranks = Ranks.from_env()
+    ranks.start()
+    if ranks.leader:
+        manifest = prepare_manifest(config)
+    ranks.barrier()
+    if not ranks.leader:
+        manifest = prepare_manifest(config)
+    return manifest
 
 
 # 4-5. Statistics and tables ----------------------------------------------------------------
@@ -223,9 +260,11 @@ def run_study(config: StudyConfig) -> StudyResult:
     config.validate()
     result = StudyResult(out_dir=config.out_dir)
     clock = time.perf_counter()
-    manifest = prepare_manifest(config)
+    manifest = prepare_manifest_ranked(config)
     extract_stage(config, manifest)
     result.timings["extract_s"] = time.perf_counter() - clock
+    if int(os.environ.get("RANK", 0)) != 0:
+        return result  # under torchrun, rank 0 analyses the merged store
     clock = time.perf_counter()
     result.tables, skipped = analyze_stage(config, manifest)
     if skipped:

@@ -1,0 +1,76 @@
+"""Data-parallel extraction with torchrun (gloo, 2 CPU processes) equals one process, and
+shard statistics merged with Chan's formula equal a single pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from modalscope.stats.moments import RunningMoments
+
+N_PAIRS, BATCH = 11, 2  # an odd count: the last batch is short and lands on rank 0
+
+
+def _args(out, model, jsonl):
+    return ["-m", "modalscope", "extract", "--out", str(out), "--model", str(model), "--jsonl", str(jsonl),
+            "--num-pairs", str(N_PAIRS), "--batch-size", str(BATCH), "--device", "cpu", "--quiet",
+            "--stats", "matched_max", "--conditions", "text,image,image_text"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(tmp_path, tiny_model_dir, coco_files):
+    captions, images = coco_files
+    data = json.loads(captions.read_text())
+    lines = [json.dumps({"image": str(images / im["file_name"]), "id": im["id"],
+                         "caption": next(a["caption"] for a in data["annotations"] if a["image_id"] == im["id"])})
+             for im in data["images"][:N_PAIRS]]
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *_args(tmp_path / "one", tiny_model_dir, jsonl)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-port", "29531"]
+    parallel = subprocess.run([*torchrun, *_args(tmp_path / "two", tiny_model_dir, jsonl)],
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    assert (tmp_path / "two/shards/rank1.zarr").exists()
+    a = zarr.open_group(str(tmp_path / "one/activations.zarr"), mode="r")
+    b = zarr.open_group(str(tmp_path / "two/activations.zarr"), mode="r")
+    assert b.attrs["n_done"] == N_PAIRS
+    assert {k: v for k, v in b.attrs.items() if k != "versions"} == {k: v for k, v in a.attrs.items() if k != "versions"}
+    for site in a.attrs["sites"]:
+        for condition in a.attrs["conditions"]:
+            for stat in a.attrs["stats"]:
+                name = f"{site}/{condition}/{stat}"
+                np.testing.assert_array_equal(b[name][:], a[name][:], err_msg=name)
+    for condition in a.attrs["conditions"]:
+        np.testing.assert_array_equal(b[f"tokens/{condition}"][:], a[f"tokens/{condition}"][:])
+
+
+def test_shard_moments_merge_to_one_pass():
+    rng = np.random.default_rng(4)
+    delta = rng.normal(3.0, 2.0, size=(1003, 64)) * rng.uniform(0.1, 10, size=64)
+    one = RunningMoments()
+    one.add(delta)
+    shards = []
+    for part in np.array_split(delta, 5):  # e.g. five ranks, uneven sizes
+        shard = RunningMoments()
+        for block in np.array_split(part, 3):
+            shard.add(block)
+        shards.append(shard)
+    merged = RunningMoments()
+    for shard in shards:
+        merged.merge(shard)
+    np.testing.assert_array_equal(merged.n, one.n)
+    np.testing.assert_allclose(merged.mean, one.mean, rtol=1e-12)
+    np.testing.assert_allclose(merged.m2, one.m2, rtol=1e-12)
+    np.testing.assert_allclose(merged.mean, delta.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(merged.sd, delta.std(0, ddof=1), rtol=1e-12)
