@@ -51,6 +51,10 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="model weights dtype; reductions accumulate in float32 regardless")
+    g.add_argument("--device-map", choices=["auto"],
+                   help="auto: spread the layers over all visible GPUs (models bigger than one GPU)")
+    g.add_argument("--quantization", choices=["8bit", "4bit"],
+                   help="load weights in 8 or 4 bits (needs `pip install 'modalscope[quant]'` and a GPU)")
     g.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default 16)")
     g = p.add_argument_group("data (first run in DIR only; later runs reuse DIR/manifest.parquet)")
     g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json")
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
     fields = {k: getattr(args, k) for k in (
-        "model", "revision", "device", "dtype", "batch_size", "captions", "images", "jsonl",
+        "model", "revision", "device", "dtype", "device_map", "quantization", "batch_size", "captions", "images", "jsonl",
         "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr", "n_perm", "n_boot",
         "outlier_factor", "stat", "long_tables", "csv", "png") if hasattr(args, k)}
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -242,6 +246,7 @@ def _stored_settings(args: argparse.Namespace) -> dict[str, object]:
         return {"model": attrs["model"]}
     conditions = tuple(c for c in ("text", "image", "image_text") if c in attrs["conditions"])
     return {"model": attrs["model"], "revision": attrs.get("revision"), "dtype": attrs["dtype"],
+            "quantization": attrs.get("quantization"),
             "sites": tuple(attrs["sites"]), "tokens": attrs["tokens"], "stats": tuple(attrs["stats"]),
             "conditions": conditions, "quantile": attrs["quantile"],
             "batch_size": int(attrs["batch_size"])}

@@ -29,6 +29,8 @@ class StudyConfig:
     revision: str | None = None
     device: str = "auto"
     dtype: str = "float32"
+    device_map: str | None = None  # "auto": accelerate places layers over all devices
+    quantization: str | None = None  # "8bit" | "4bit" (bitsandbytes)
     batch_size: int = 16
     num_pairs: int | None = None
     seed: int = 0

@@ -30,6 +30,7 @@ MUST_MATCH = {
     "model": "model",
     "weights": "weights (revision or fingerprint)",
     "dtype": "dtype",
+    "quantization": "quantization",
     "chat_template": "chat template",
     "tokens": "token scope",
     "sites": "sites",

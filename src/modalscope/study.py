@@ -94,12 +94,13 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     from modalscope.record.inputs import PromptBuilder
 
     ranks = Ranks.from_env()
-    loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device))
+    loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
+                        config.device_map, config.quantization)
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, config.tokens)
     prov = loaded.provenance
     attrs = {
         **{k: prov[k] for k in ("model", "revision", "commit_hash", "weights_fingerprint",
-                                "model_type", "dtype", "chat_template", "config")},
+                                "model_type", "dtype", "quantization", "chat_template", "config")},
         "weights": prov["commit_hash"] or prov["weights_fingerprint"] or prov["revision"],
         "prompts": {"text": builder.text_prefix + "{caption}" + builder.text_suffix,
                     "image": builder.image_prompt},

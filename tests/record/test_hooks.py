@@ -144,3 +144,33 @@ def test_hooks_are_removed_even_when_the_forward_fails(loaded, builder, pairs):
             raise RuntimeError("boom")
     after = [len(l._forward_hooks) + len(l.mlp.down_proj._forward_pre_hooks) for l in layers]
     assert after == before
+
+
+def test_device_map_auto_records_the_same_values(tiny_model_dir, loaded, builder, pairs):
+    """`--device-map auto` goes through accelerate's placement; on one device it must
+    change nothing, and the hooks must reduce wherever each layer sits."""
+    from modalscope.models.loading import load_model
+
+    placed = load_model(str(tiny_model_dir), dtype="float32", device_map="auto")
+    assert placed.device == torch.device("cpu")
+    captions, images = pairs
+    k = torch.tensor([3] * len(captions))
+    with Recorder(placed.model, placed.adapter, ["residual", "mlp"], ["max", "matched_max"]) as rec:
+        got = record_batch(placed, rec, builder.image_batch(images), k)
+    with Recorder(loaded.model, loaded.adapter, ["residual", "mlp"], ["max", "matched_max"]) as rec:
+        ref = record_batch(loaded, rec, builder.image_batch(images), k)
+    for site in ("residual", "mlp"):
+        for stat in ("max", "matched_max"):
+            torch.testing.assert_close(got[site][stat], ref[site][stat])
+
+
+def test_quantization_without_bitsandbytes_is_one_line(tiny_model_dir):
+    from modalscope.models.loading import quantization_config
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"needs bitsandbytes: pip install 'modalscope\[quant\]'"):
+            quantization_config("8bit")
+    with pytest.raises(ValueError, match="choose 8bit or 4bit"):
+        quantization_config("2bit")

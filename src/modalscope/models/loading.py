@@ -32,7 +32,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the token embedding's device (the first layer's, under a device map)."""
+        return self.model.get_input_embeddings().weight.device
 
 
 def resolve_device(device: str) -> torch.device:
@@ -56,20 +57,52 @@ def weights_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def quantization_config(quantization: str | None):
+    """bitsandbytes 8-bit / 4-bit loading, or a one-line error saying what to install."""
+    if quantization is None:
+        return None
+    if quantization not in ("8bit", "4bit"):
+        raise ValueError(f"--quantization {quantization!r}: choose 8bit or 4bit")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"--quantization {quantization} needs bitsandbytes: pip install 'modalscope[quant]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=quantization == "8bit", load_in_4bit=quantization == "4bit")
+
+
 def load_model(
-    model_id: str, revision: str | None = None, dtype: str = "float32", device: str = "auto"
+    model_id: str,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    device_map: str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load weights and processor; the image processor uses the PIL backend everywhere
-    so pixels are identical whether or not torchvision is installed."""
+    so pixels are identical whether or not torchvision is installed.
+
+    With `device_map="auto"` accelerate spreads the layers over the visible devices (for
+    models bigger than one GPU); the recording hooks then reduce on each layer's device.
+    """
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    target = resolve_device(device)
+    placed = device_map is not None or quantization is not None
     model = AutoModelForImageTextToText.from_pretrained(
-        model_id, revision=revision, dtype=DTYPES[dtype]
+        model_id,
+        revision=revision,
+        dtype=DTYPES[dtype],
+        device_map=device_map or ("auto" if quantization else None),
+        quantization_config=quantization_config(quantization),
     )
-    model.to(target).eval()
+    if not placed:
+        model.to(resolve_device(device))
+    model.eval()
     processor = AutoProcessor.from_pretrained(model_id, revision=revision, backend="pil")
     processor.tokenizer.padding_side = "right"
     adapter = adapter_for(model.config.model_type)
@@ -81,6 +114,8 @@ def load_model(
         "weights_fingerprint": weights_fingerprint(local) if local.is_dir() else None,
         "model_type": model.config.model_type,
         "dtype": dtype,
+        "device_map": device_map,
+        "quantization": quantization,
         "chat_template": processor.chat_template,
         "config": json.loads(model.config.to_json_string()),
     }
