@@ -56,6 +56,8 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
     g.add_argument("--quantization", choices=["8bit", "4bit"],
                    help="load weights in 8 or 4 bits (needs `pip install 'modalscope[quant]'` and a GPU)")
     g.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default 16)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="processes decoding images and preparing batches (default 0 on CPU, 4 on GPU)")
     g = p.add_argument_group("data (first run in DIR only; later runs reuse DIR/manifest.parquet)")
     g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json")
     g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/")
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
     fields = {k: getattr(args, k) for k in (
-        "model", "revision", "device", "dtype", "device_map", "quantization", "batch_size", "captions", "images", "jsonl",
+        "model", "revision", "device", "dtype", "device_map", "quantization", "batch_size", "workers", "captions", "images", "jsonl",
         "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr", "n_perm", "n_boot",
         "outlier_factor", "stat", "long_tables", "csv", "png") if hasattr(args, k)}
     fields = {k: v for k, v in fields.items() if v is not None}

@@ -32,6 +32,7 @@ class StudyConfig:
     device_map: str | None = None  # "auto": accelerate places layers over all devices
     quantization: str | None = None  # "8bit" | "4bit" (bitsandbytes)
     batch_size: int = 16
+    workers: int | None = None  # DataLoader processes preparing batches; None: 0 on CPU, 4 on GPU
     num_pairs: int | None = None
     seed: int = 0
     sites: tuple[str, ...] = SITES

@@ -128,10 +128,14 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
             path, n_layers, widths, config.batch_size, attrs, config.stats, config.streams
         )
 
+    workers = config.workers
+    if workers is None:
+        workers = 4 if loaded.device.type == "cuda" else 0
+
     def record(store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
         extract(loaded, rows, store, config.sites, config.tokens, config.batch_size, progress,
                 store.stats, float(store.attrs.get("quantile", config.quantile)),
-                image_text="image_text" in store.conditions)
+                image_text="image_text" in store.conditions, workers=workers)
 
     path = config.out_dir / STORE
     if not ranks.parallel:

@@ -60,3 +60,25 @@ def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, coco_fil
     assert done.attrs["n_done"] == 8
     for name in ("mlp/text/max", "mlp/image/mean", "residual/image/max", "tokens/text"):
         np.testing.assert_array_equal(done[name][:], ref[name][:])
+
+
+def test_dataloader_workers_give_the_same_store_and_one_line_errors(tmp_path, coco_files, tiny_model_dir):
+    jsonl = _jsonl(tmp_path, coco_files, n=6)
+    stores = {}
+    for workers in (0, 2):
+        config = _config(tmp_path / f"w{workers}", jsonl, tiny_model_dir)
+        config.workers = workers
+        extract_stage(config, prepare_manifest(config))
+        stores[workers] = zarr.open_group(str(tmp_path / f"w{workers}/activations.zarr"), mode="r")
+    for name in ("mlp/text/max", "residual/image/matched_max", "mlp/image_text_caption/mean"):
+        np.testing.assert_array_equal(stores[2][name][:], stores[0][name][:])
+
+    config = _config(tmp_path / "bad", jsonl, tiny_model_dir)
+    config.workers = 2
+    manifest = prepare_manifest(config)
+    victim = manifest.iloc[3]
+    with open(victim.image_path, "w") as f:
+        f.write("not a jpeg")
+    with pytest.raises(DataError) as err:
+        extract_stage(config, manifest)
+    assert "\n" not in str(err.value) and f"pair {victim.pair_id}" in str(err.value)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from modalscope.data.pairs import DataError
@@ -50,6 +51,39 @@ def record_batch(
     return record_streams(loaded, recorder, batch, {"content": batch.content}, k)["content"]
 
 
+class PairBatches(Dataset):
+    """Batch i of the unfinished inputs, prepared (decoded, tokenised, pixels) for the model.
+
+    Run by DataLoader workers so image decoding overlaps the forwards. A bad input comes back
+    as {"error": message} and is raised in the main process, so the user still sees one line
+    (a DataLoader would wrap a worker's exception in its traceback).
+    """
+
+    def __init__(self, manifest: pd.DataFrame, builder: PromptBuilder, start: int,
+                 batch_size: int, image_text: bool):
+        self.manifest, self.builder = manifest, builder
+        self.starts = list(range(start, len(manifest), batch_size))
+        self.batch_size, self.image_text = batch_size, image_text
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> dict:
+        lo = self.starts[index]
+        rows = self.manifest.iloc[lo : lo + self.batch_size]
+        try:
+            captions = rows["caption"].tolist()
+            images = [_open(row) for row in rows.itertuples()]
+            text = self.builder.text_batch(captions)
+            _check_content(text, rows, "text")
+        except DataError as err:
+            return {"error": str(err)}
+        item = {"text": text, "image": self.builder.image_batch(images), "n": len(rows)}
+        if self.image_text:
+            item["joint"] = self.builder.image_text_batch(images, captions)
+        return item
+
+
 def extract(
     loaded: LoadedModel,
     manifest: pd.DataFrame,
@@ -61,28 +95,37 @@ def extract(
     stats: Sequence[str] = ("max", "mean"),
     quantile: float = 0.9,
     image_text: bool = False,
+    workers: int = 0,
 ) -> int:
-    """Record every unfinished input of `manifest` into `store`; returns how many were added."""
+    """Record every unfinished input of `manifest` into `store`; returns how many were added.
+
+    Batches are prepared by `workers` DataLoader processes (0: in this process), pinned
+    when the model is on a GPU so the copies to it do not block; results come back to the
+    host once per batch and are appended, then the ledger advances.
+    """
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens)
     start = store.n_done
-    todo = range(start, len(manifest), batch_size)
+    batches = DataLoader(
+        PairBatches(manifest, builder, start, batch_size, image_text),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=loaded.device.type == "cuda",
+        collate_fn=None,
+    )
     bar = tqdm(
         total=len(manifest), initial=start, unit="pair", desc="extract", disable=not progress
     )
     with Recorder(loaded.model, loaded.adapter, sites, stats, quantile) as recorder:
-        for lo in todo:
-            rows = manifest.iloc[lo : lo + batch_size]
-            captions = rows["caption"].tolist()
-            images = [_open(row) for row in rows.itertuples()]
-            text = builder.text_batch(captions)
-            image = builder.image_batch(images)
-            _check_content(text, rows, "text")
+        for item in batches:
+            if "error" in item:
+                raise DataError(item["error"])
+            text, image = item["text"], item["image"]
             k = torch.minimum(text.n_content, image.n_content)  # [batch]
             records = {"text": record_batch(loaded, recorder, text, k)}
             records["image"] = record_batch(loaded, recorder, image, k)
             n_tokens = {"text": text.n_content.tolist(), "image": image.n_content.tolist()}
             if image_text:
-                joint, streams = builder.image_text_batch(images, captions)
+                joint, streams = item["joint"]
                 records.update(record_streams(loaded, recorder, joint, streams, k))
                 n_tokens.update({name: m.sum(1).tolist() for name, m in streams.items()})
             store.append(
@@ -90,7 +133,7 @@ def extract(
                  for c, r in records.items()},
                 n_tokens,
             )
-            bar.update(len(rows))
+            bar.update(item["n"])
     bar.close()
     return len(manifest) - start
 

@@ -35,6 +35,11 @@ class ModelBatch:
     def n_content(self) -> torch.Tensor:  # [batch]
         return self.content.sum(dim=1)
 
+    def pin_memory(self) -> "ModelBatch":
+        """Page-locked copies (DataLoader calls this with pin_memory=True), so the copy to a
+        GPU can run without blocking."""
+        return ModelBatch({k: v.pin_memory() for k, v in self.inputs.items()}, self.content.pin_memory())
+
     def to(self, device: torch.device) -> "ModelBatch":
         inputs = {k: v.to(device, non_blocking=True) for k, v in self.inputs.items()}
         return ModelBatch(inputs=inputs, content=self.content.to(device, non_blocking=True))
