@@ -48,6 +48,10 @@ def planted_study(tmp_path_factory, tiny_model_dir: Path, coco_files: tuple[Path
             batch_size=8,
             device="cpu",
             sites=("mlp",),
+            stats=("max", "matched_max"),
+            conditions=("text", "image"),
+            n_perm=200,
+            n_boot=200,
             png=False,
             progress=False,
         )

@@ -9,6 +9,10 @@ input-level interval, the bootstrap of the trend and its permutation null). The
 [input, layer, neuron] array is never in memory; FDR q-values are taken over all neurons
 of a site once its p-values are known.
 
+Memory: what is kept across inputs is the [input, layer] per-input means (per reduction)
+and the sign flips as bits ([perm, input] / 8 bytes); every other temporary is one chunk
+of inputs or a fixed-size block, so peak memory barely grows with the number of inputs.
+
 Column names for the max reduction are the report's (`mean_diff`, `t_value`, ...); the
 same columns for another reduction carry its name as a suffix (`mean_diff_matched_max`).
 """
@@ -85,7 +89,7 @@ def max_abs_activation(store: ActivationStore, site: str, layer: int) -> np.ndar
 
 def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) -> SiteAnalysis:
     n_inputs, width, stats = store.n_done, store.width(site), store.stats
-    signs = controls.sign_flips(n_inputs, settings.n_perm, settings.seed)  # [perm, input]
+    signs = controls.SignFlips(n_inputs, settings.n_perm, settings.seed)  # [perm, input] bits
     input_means = {s: np.full((n_inputs, store.n_layers), np.nan) for s in stats}
     frames = []
     for layer in range(store.n_layers):
@@ -96,7 +100,7 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
             moments, perm = RunningMoments(), controls.PermutationT()
             for start, stop, delta in _delta_blocks(store, site, layer, stat, settings.contrast):
                 moments.add(delta)
-                perm.add(delta, signs[:, start:stop])
+                perm.add(delta, signs.block(start, stop))
                 with warnings.catch_warnings():  # all-NaN rows give NaN, as intended
                     warnings.simplefilter("ignore", RuntimeWarning)
                     input_means[stat][start:stop, layer] = np.nanmean(delta, axis=1)

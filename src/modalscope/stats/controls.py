@@ -10,8 +10,9 @@ the input, so they are correlated). This module gives:
 - `bootstrap_trend`: percentile CIs of the slope and R² of the depth trend, resampling
   inputs jointly across layers;
 - a sign-flip permutation null (H0: each input's Δ is symmetric about 0, one sign per input
-  for all layers and neurons): `sign_flips`, `trend_null` for the trend and `PermutationT`
-  for per-neuron t-tests that do not lean on normality;
+  for all layers and neurons): `SignFlips` (the signs, one bit each; `sign_flips` gives
+  them as a float64 matrix), `trend_null` for the trend and `PermutationT` for per-neuron
+  t-tests that do not lean on normality;
 - `fdr` (BH, or BY which holds under any dependence, e.g. neurons of one layer);
 - `significant_counts` per layer and `outlier_flags` for "massive activations"
   (Sun et al. 2024), neurons whose few huge values can dominate layer means.
@@ -19,6 +20,14 @@ the input, so they are correlated). This module gives:
 All take what a streaming caller has: an [input, layer] matrix of per-input layer means
 (small), or [input, neuron] blocks of one layer a chunk of inputs at a time. Randomness
 comes from `np.random.default_rng(seed)`, so results are reproducible.
+
+Memory: nothing here holds a [permutation or replicate, input] float64 matrix. The signs
+are kept as bits (P·I/8 bytes) and widened a block of inputs at a time, and bootstrap
+replicates are drawn and fitted a few rows at a time, so peak memory does not grow with
+the number of inputs beyond the [input, layer] matrix itself. Blocking keeps the random
+draws (the same stream of `rng.integers` calls, hence the same signs and resamples for a
+seed); only the order of floating-point sums may differ, in the last bits, as it already
+does between BLAS builds and thread counts.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ from scipy import stats as sps
 
 from modalscope.stats.tests import benjamini_hochberg, benjamini_yekutieli
 
-BOOT_CHUNK = 256  # replicates drawn and fitted at once; part of what a seed reproduces
+BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inputs are many)
+BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements
 _TIE = 1e-12  # relative tolerance so that a permuted statistic equal to the observed counts
 
 
@@ -82,8 +92,10 @@ def bootstrap_trend(
     """Slope and R² of layer mean Δ on layer index, with percentile bootstrap CIs over inputs.
 
     Each replicate draws I inputs with replacement and uses the same draw for every layer.
-    Replicates are vectorised in chunks: the draw becomes a count matrix W [chunk, I] and
-    the layer means are W @ X / W @ 1 (NaN entries get weight 0), memory chunk × I.
+    Replicates are vectorised a few at a time: the draw becomes a count matrix W [rows, I]
+    and the layer means are W @ X / W @ 1 (NaN entries get weight 0). `rows` is at most
+    BOOT_CHUNK and rows × I at most about BLOCK_ELEMENTS, so memory does not grow with I.
+    The draws are one stream (row after row), whatever the block size.
     """
     x = _as_matrix(input_layer_means)
     n_inputs = x.shape[0]
@@ -92,21 +104,22 @@ def bootstrap_trend(
     with np.errstate(invalid="ignore", divide="ignore"):
         slope, r2 = _line_fit(values.sum(0) / finite.sum(0))
     rng = np.random.default_rng(seed)
-    slopes, r2s = [], []
-    for start in range(0, n_boot, BOOT_CHUNK):
-        size = min(BOOT_CHUNK, n_boot - start)
+    rows = _block_rows(n_inputs, BOOT_CHUNK)
+    slopes, r2s = np.empty(n_boot), np.empty(n_boot)
+    for start in range(0, n_boot, rows):
+        size = min(rows, n_boot - start)
         draw = rng.integers(0, n_inputs, size=(size, n_inputs))
-        flat = (draw + n_inputs * np.arange(size)[:, None]).ravel()
-        weights = np.bincount(flat, minlength=size * n_inputs).reshape(size, n_inputs)
-        weights = weights.astype(np.float64)
+        draw += n_inputs * np.arange(size)[:, None]  # row b counts into b·I .. (b+1)·I
+        weights = np.bincount(draw.ravel(), minlength=size * n_inputs)
+        del draw
+        weights = weights.astype(np.float64).reshape(size, n_inputs)
         with np.errstate(invalid="ignore", divide="ignore"):
             means = (weights @ values) / (weights @ finite)
-        s, r = _line_fit(means)
-        slopes.append(s)
-        r2s.append(r)
+        del weights
+        slopes[start : start + size], r2s[start : start + size] = _line_fit(means)
     tails = [50 * (1 - level), 50 * (1 + level)]
-    s_low, s_high = np.nanpercentile(np.concatenate(slopes), tails)
-    r_low, r_high = np.nanpercentile(np.concatenate(r2s), tails)
+    s_low, s_high = np.nanpercentile(slopes, tails)
+    r_low, r_high = np.nanpercentile(r2s, tails)
     return {
         "slope": float(slope[0]),
         "r2": float(r2[0]),
@@ -119,10 +132,59 @@ def bootstrap_trend(
     }
 
 
+def _block_rows(n_columns: int, most: int) -> int:
+    """Rows of a [rows, n_columns] temporary: at most `most`, about BLOCK_ELEMENTS in all."""
+    return max(1, min(most, BLOCK_ELEMENTS // max(n_columns, 1)))
+
+
+class SignFlips:
+    """[P, I] random ±1, one sign per permutation and input, stored as bits.
+
+    The signs are those of `sign_flips(n_inputs, n_perm, seed)` (the same draws, row by
+    row), in P·I/8 bytes instead of 8·P·I. `block(start, stop)` gives the float64 signs of
+    inputs start:stop, [P, stop - start]: feed it to `PermutationT.add` with the Δ rows of
+    the same inputs. `trend_null` takes a SignFlips as it is.
+    """
+
+    def __init__(self, n_inputs: int, n_perm: int = 1000, seed: int = 0) -> None:
+        if n_inputs < 0 or n_perm < 0:
+            raise ValueError(f"need n_inputs, n_perm >= 0, got {n_inputs}, {n_perm}")
+        self.n_inputs, self.n_perm = int(n_inputs), int(n_perm)
+        self.bits = np.empty((self.n_perm, (self.n_inputs + 7) // 8), dtype=np.uint8)
+        rng = np.random.default_rng(seed)
+        rows = _block_rows(self.n_inputs, self.n_perm)
+        for start in range(0, self.n_perm, rows):
+            stop = min(start + rows, self.n_perm)
+            draw = rng.integers(0, 2, size=(stop - start, self.n_inputs))  # 1 → +1, 0 → -1
+            self.bits[start:stop] = np.packbits(draw.astype(bool), axis=1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_perm, self.n_inputs
+
+    def block(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """[P, stop - start] float64 ±1: the signs of inputs start:stop."""
+        start, stop, _ = slice(start, stop).indices(self.n_inputs)
+        stop = max(stop, start)
+        first, last = start // 8, (stop + 7) // 8
+        on = np.unpackbits(self.bits[:, first:last], axis=1)
+        on = on[:, start - 8 * first : stop - 8 * first]
+        return on.astype(np.float64) * 2.0 - 1.0
+
+    def blocks(self, size: int | None = None):
+        """(start, stop, block) over all inputs, `size` inputs (about BLOCK_ELEMENTS) at a time."""
+        size = size or _block_rows(self.n_perm, self.n_inputs)
+        for start in range(0, self.n_inputs, size):
+            stop = min(start + size, self.n_inputs)
+            yield start, stop, self.block(start, stop)
+
+
 def sign_flips(n_inputs: int, n_perm: int = 1000, seed: int = 0) -> np.ndarray:
-    """[P, I] random ±1 (float64): one sign per input and permutation."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 2, size=(n_perm, n_inputs)).astype(np.float64) * 2.0 - 1.0
+    """[P, I] random ±1 (float64): one sign per input and permutation.
+
+    8·P·I bytes: a streaming caller should keep a `SignFlips` and take blocks of it.
+    """
+    return SignFlips(n_inputs, n_perm, seed).block()
 
 
 def _perm_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -132,24 +194,34 @@ def _perm_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(observed), (1.0 + count) / (null.shape[0] + 1), np.nan)
 
 
-def trend_null(input_layer_means: np.ndarray, signs: np.ndarray, level: float = 0.95) -> dict:
+def trend_null(
+    input_layer_means: np.ndarray, signs: np.ndarray | SignFlips, level: float = 0.95
+) -> dict:
     """Sign-flip null of the layer means and of their slope on layer index.
 
     Returns `layer_mean` [L] (observed), `null_means` [P, L] = signs @ X / I, the per-layer
     null band `null_low`, `null_high` [L], `slope` (observed), `slope_null` [P] and the
     two-sided permutation `p_value` of the slope. NaN entries count as 0 and are left out
-    of each layer's number of inputs.
+    of each layer's number of inputs. `signs` is a [P, I] matrix or a `SignFlips`, whose
+    product is summed over blocks of inputs so that no [P, I] float64 matrix is formed.
     """
     x = _as_matrix(input_layer_means)
-    signs = np.asarray(signs, dtype=np.float64)
-    if signs.ndim != 2 or signs.shape[1] != x.shape[0]:
+    if not isinstance(signs, SignFlips):
+        signs = np.asarray(signs, dtype=np.float64)
+    if len(signs.shape) != 2 or signs.shape[1] != x.shape[0]:
         raise ValueError(f"signs {signs.shape} do not match {x.shape[0]} inputs")
     finite = np.isfinite(x)
     values = np.where(finite, x, 0.0)
     n = finite.sum(axis=0)
+    if isinstance(signs, SignFlips):  # float64 a block of inputs at a time
+        total = np.zeros((signs.shape[0], x.shape[1]))
+        for start, stop, block in signs.blocks():
+            total += block @ values[start:stop]
+    else:  # the matrix is in memory already
+        total = signs @ values
     with np.errstate(invalid="ignore", divide="ignore"):
         observed = values.sum(axis=0) / n
-        null_means = (signs @ values) / n
+        null_means = total / n
     slope, _ = _line_fit(observed)
     slope_null, _ = _line_fit(null_means)
     low, high = np.percentile(null_means, [50 * (1 - level), 50 * (1 + level)], axis=0)
@@ -169,8 +241,8 @@ class PermutationT:
 
     Keeps S = Σ_i s_i Δ_i [P, N], Σ Δ, Σ Δ² and n [N]. Since (s_i Δ_i)² = Δ_i², every
     permuted t needs only S: t = m / √((ΣΔ² − n·m²) / ((n − 1)·n)) with m = S / n.
-    Feed the sign columns of the same inputs as the Δ rows (e.g. `signs[:, start:stop]`).
-    NaN Δ are skipped (count 0 for that neuron).
+    Feed the sign columns of the same inputs as the Δ rows (e.g. `signs[:, start:stop]`,
+    or `SignFlips.block(start, stop)`). NaN Δ are skipped (count 0 for that neuron).
     """
 
     def __init__(self) -> None:
