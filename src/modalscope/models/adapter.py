@@ -9,8 +9,10 @@ so adding a family is one short file, not logic spread over the code base.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # keep `import modalscope` light: analysis processes never need torch
+    from torch import nn
 
 SITES = ("residual", "mlp")
 
