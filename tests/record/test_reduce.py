@@ -132,3 +132,10 @@ def test_matched_max_removes_length_bias_that_raw_max_has():
     raw = (short.amax(dim=1) - long.amax(dim=1)).flatten()
     assert -1.55 < raw.mean() < -1.35  # E[max of 12] - E[max of 576] = 1.63 - 3.08
     assert raw.mean() < -20 * raw.std() / raw.numel() ** 0.5
+
+
+def test_config_offers_exactly_the_reductions_the_hooks_compute():
+    from modalscope.config import ALL_STATS as offered
+    from modalscope.record.reduce import ALL_STATS as computed
+
+    assert offered == computed

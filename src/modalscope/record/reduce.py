@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 
 BASIC_STATS = ("max", "mean")
-STATS = BASIC_STATS
 
 
 def masked_max_mean(

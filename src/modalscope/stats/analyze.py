@@ -69,14 +69,6 @@ def _delta_blocks(
         yield start, stop, a - b  # [inputs, neurons]
 
 
-def layer_moments(store: ActivationStore, site: str, layer: int, stat: str) -> RunningMoments:
-    """Moments over inputs of Δ for one site, layer and reduction."""
-    moments = RunningMoments()
-    for _, _, delta in _delta_blocks(store, site, layer, stat):
-        moments.add(delta)
-    return moments
-
-
 def max_abs_activation(store: ActivationStore, site: str, layer: int) -> np.ndarray:
     """[neuron] largest |max activation| over inputs and conditions (for outlier flags)."""
     peak = np.zeros(store.width(site))
