@@ -66,17 +66,7 @@ def _delta_blocks(
     for start, stop in store.input_blocks():
         a = store.read_layer(site, first, stat, layer, start, stop).astype(np.float64)
         b = store.read_layer(site, second, stat, layer, start, stop).astype(np.float64)
-        yield start, stop, a - b  # [inputs, neurons]
-
-
-def max_abs_activation(store: ActivationStore, site: str, layer: int) -> np.ndarray:
-    """[neuron] largest |max activation| over inputs and conditions (for outlier flags)."""
-    peak = np.zeros(store.width(site))
-    for start, stop in store.input_blocks():
-        for condition in store.conditions:
-            block = store.read_layer(site, condition, PRIMARY_STAT, layer, start, stop)
-            peak = np.fmax(peak, np.nanmax(np.abs(block), axis=0))
-    return peak
+        yield start, stop, a, b  # [inputs, neurons] each
 
 
 def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) -> SiteAnalysis:
@@ -85,12 +75,14 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
     input_means = {s: np.full((n_inputs, store.n_layers), np.nan) for s in stats}
     frames = []
     for layer in range(store.n_layers):
-        peak = max_abs_activation(store, site, layer)
-        outlier = controls.outlier_flags(peak, settings.outlier_factor)
+        peak = np.zeros(width)  # [neuron] largest |max activation| of the contrasted inputs
         frame: dict[str, object] = {"site": site, "layer": layer, "neuron": np.arange(width)}
         for stat in stats:
             moments, perm = RunningMoments(), controls.PermutationT()
-            for start, stop, delta in _delta_blocks(store, site, layer, stat, settings.contrast):
+            for start, stop, a, b in _delta_blocks(store, site, layer, stat, settings.contrast):
+                if stat == PRIMARY_STAT:
+                    peak = np.fmax(peak, np.fmax(np.nanmax(np.abs(a), 0), np.nanmax(np.abs(b), 0)))
+                delta = a - b
                 moments.add(delta)
                 perm.add(delta, signs.block(start, stop))
                 with warnings.catch_warnings():  # all-NaN rows give NaN, as intended
@@ -105,7 +97,7 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
                 elif name != "q_value":
                     frame[column(name, stat)] = getattr(tests, name)
         frame["max_abs_activation"] = peak
-        frame["outlier"] = outlier
+        frame["outlier"] = controls.outlier_flags(peak, settings.outlier_factor)
         frames.append(pd.DataFrame(frame))
     table = pd.concat(frames, ignore_index=True)
     for stat in stats:
