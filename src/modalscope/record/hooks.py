@@ -135,16 +135,21 @@ class Recorder(AbstractContextManager["Recorder"]):
 
     def collect(self) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
         """This batch's reductions as {stream: {site: {stat: [batch, layer, neuron]}}} on the
-        host (one copy per stream, site and statistic, not one per layer); then reset."""
-        out: dict[str, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in self._streams}
+        host: everything is packed into one tensor and copied once per batch (one host sync),
+        then split; then reset."""
+        keys, parts = [], []
         for site, per_layer in self._results.items():
             if any(r is None for r in per_layer):
                 raise RuntimeError(f"site {site!r}: some layers did not run in this forward")
+            home = per_layer[0][next(iter(self._streams))][self.stats[0]].device  # type: ignore[index]
             for name in self._streams:
-                home = per_layer[0][name][self.stats[0]].device  # type: ignore[index]
-                out[name][site] = {
-                    stat: torch.stack([r[name][stat].to(home) for r in per_layer], dim=1).cpu()  # type: ignore[index]
-                    for stat in self.stats
-                }
+                for stat in self.stats:
+                    stacked = torch.stack([r[name][stat].to(home) for r in per_layer], dim=1)  # type: ignore[index]
+                    keys.append((name, site, stat, stacked.shape))
+                    parts.append(stacked.flatten(1))  # [batch, layer * neuron]
+        host = torch.cat(parts, dim=1).cpu().split([p.shape[1] for p in parts], dim=1)
+        out: dict[str, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in self._streams}
+        for (name, site, stat, shape), values in zip(keys, host):
+            out[name].setdefault(site, {})[stat] = values.reshape(shape)
         self._reset()
         return out

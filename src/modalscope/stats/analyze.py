@@ -111,7 +111,7 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
     return SiteAnalysis(table[ordered], input_means, nulls)
 
 
-def layer_table(site: SiteAnalysis, stats: list[str], settings: AnalysisSettings) -> pd.DataFrame:
+def layer_table(site: SiteAnalysis, stats: list[str]) -> pd.DataFrame:
     """Per layer and reduction: the report's mean over neurons with its spread over neurons,
     the input-level interval, the sign-flip null band, the same mean without outlier
     neurons, and counts of FDR-significant neurons per direction."""
@@ -184,7 +184,7 @@ def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = Non
     neuron_frames, layer_frames, input_frames, summary = [], [], [], {}
     for name in store.sites:
         site = analyze_site(store, name, settings)
-        layers = layer_table(site, store.stats, settings)
+        layers = layer_table(site, store.stats)
         entry = trend_entry(layers, site, PRIMARY_STAT, settings)
         entry.update({"n_inputs": store.n_done, "contrast": " - ".join(settings.contrast),
                       "fdr": settings.fdr, "n_perm": settings.n_perm, "n_boot": settings.n_boot})
