@@ -20,7 +20,7 @@ N_PAIRS, BATCH = 11, 2  # an odd count: the last batch is short and lands on ran
 def _args(out, model, jsonl):
     return ["-m", "modalscope", "extract", "--out", str(out), "--model", str(model), "--jsonl", str(jsonl),
             "--num-pairs", str(N_PAIRS), "--batch-size", str(BATCH), "--device", "cpu", "--quiet",
-            "--stats", "matched_max", "--conditions", "text,image,image_text"]
+            "--stats", "matched_max", "--conditions", "text,image,image_text", "--sort-window", "2"]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ N_PAIRS, BATCH = 24, 2
 def _extract(out: Path, model: Path, jsonl: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "modalscope", "extract", "--out", str(out), "--model", str(model),
             "--jsonl", str(jsonl), "--num-pairs", str(N_PAIRS), "--batch-size", str(BATCH),
-            "--device", "cpu", "--quiet", "--stats", "matched_max", "--conditions", "text,image", *extra]
+            "--device", "cpu", "--quiet", "--stats", "matched_max", "--conditions", "text,image", "--sort-window", "2", *extra]
 
 
 def _n_done(store: Path) -> int:

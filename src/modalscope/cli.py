@@ -56,6 +56,9 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
     g.add_argument("--quantization", choices=["8bit", "4bit"],
                    help="load weights in 8 or 4 bits (needs `pip install 'modalscope[quant]'` and a GPU)")
     g.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default 16)")
+    g.add_argument("--sort-window", type=int, metavar="N",
+                   help="batch pairs by caption length within windows of N batches, to cut padding; "
+                        "records keep manifest order (default: up to 8 within 1 GiB of host memory; 1: off)")
     g.add_argument("--workers", type=int, metavar="N",
                    help="processes decoding images and preparing batches (default 0 on CPU, 4 on GPU)")
     g = p.add_argument_group("data (first run in DIR only; later runs reuse DIR/manifest.parquet)")
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
     fields = {k: getattr(args, k) for k in (
-        "model", "revision", "device", "dtype", "device_map", "quantization", "batch_size", "workers", "captions", "images", "jsonl",
+        "model", "revision", "device", "dtype", "device_map", "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
         "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr", "n_perm", "n_boot",
         "outlier_factor", "stat", "long_tables", "csv", "png") if hasattr(args, k)}
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -251,4 +254,4 @@ def _stored_settings(args: argparse.Namespace) -> dict[str, object]:
             "quantization": attrs.get("quantization"),
             "sites": tuple(attrs["sites"]), "tokens": attrs["tokens"], "stats": tuple(attrs["stats"]),
             "conditions": conditions, "quantile": attrs["quantile"],
-            "batch_size": int(attrs["batch_size"])}
+            "batch_size": int(attrs["batch_size"]), "sort_window": attrs.get("sort_window")}

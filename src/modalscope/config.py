@@ -32,6 +32,7 @@ class StudyConfig:
     device_map: str | None = None  # "auto": accelerate places layers over all devices
     quantization: str | None = None  # "8bit" | "4bit" (bitsandbytes)
     batch_size: int = 16
+    sort_window: int | None = None  # batches per length-sorted window; None: up to 8 within 1 GiB
     workers: int | None = None  # DataLoader processes preparing batches; None: 0 on CPU, 4 on GPU
     num_pairs: int | None = None
     seed: int = 0
@@ -100,6 +101,8 @@ class StudyConfig:
             raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.sort_window is not None and self.sort_window < 1:
+            raise ValueError(f"--sort-window {self.sort_window}: must be at least 1 (1: manifest order)")
         if self.num_pairs is not None and self.num_pairs < 2:
             raise ValueError(f"--num-pairs {self.num_pairs}: a t-test needs at least 2 pairs")
         if self.long_tables not in ("auto", "always", "never"):

@@ -92,6 +92,7 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     from modalscope.record.distributed import Ranks, merge_shards, shard_manifest, shard_path
     from modalscope.record.extract import extract
     from modalscope.record.inputs import PromptBuilder
+    from modalscope.record.plan import default_sort_window
 
     ranks = Ranks.from_env()
     loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
@@ -117,13 +118,17 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
         "versions": library_versions(),
     }
 
+    widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
+    n_layers = loaded.adapter.num_layers(loaded.model)
+    row_bytes = 4 * n_layers * sum(widths.values()) * len(config.stats) * len(config.streams)
+    sort_window = config.sort_window or default_sort_window(config.batch_size, row_bytes)
+    attrs["sort_window"] = sort_window
+
     def open_or_create(path: Path) -> ActivationStore:
         if path.exists():
             store = ActivationStore.open(path)
             store.check_matches(attrs)
             return store
-        widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
-        n_layers = loaded.adapter.num_layers(loaded.model)
         return ActivationStore.create(
             path, n_layers, widths, config.batch_size, attrs, config.stats, config.streams
         )
@@ -135,21 +140,33 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     def record(store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
         extract(loaded, rows, store, config.sites, config.tokens, config.batch_size, progress,
                 store.stats, float(store.attrs.get("quantile", config.quantile)),
-                image_text="image_text" in store.conditions, workers=workers)
+                image_text="image_text" in store.conditions, workers=workers, sort_window=sort_window)
 
     path = config.out_dir / STORE
     if not ranks.parallel:
         store = open_or_create(path)
+        store.group.attrs.update({"batch_size": config.batch_size, "sort_window": sort_window})
         record(store, manifest, config.progress)
         return store
     shard = open_or_create(shard_path(config.out_dir, ranks.rank))
-    record(shard, shard_manifest(manifest, ranks, config.batch_size), config.progress and ranks.leader)
+    _check_shard_plan(shard, config.batch_size, sort_window)
+    unit = config.batch_size * sort_window
+    record(shard, shard_manifest(manifest, ranks, unit), config.progress and ranks.leader)
     ranks.barrier()
     if ranks.leader:
-        merge_shards(open_or_create(path), config.out_dir, ranks.world_size, len(manifest),
-                     config.batch_size)
+        merge_shards(open_or_create(path), config.out_dir, ranks.world_size, len(manifest), unit)
     ranks.barrier()
     return ActivationStore.open(path)
+
+
+def _check_shard_plan(shard: ActivationStore, batch_size: int, sort_window: int) -> None:
+    """Shards are merged window by window, so a resumed torchrun must cut the same windows."""
+    had = (int(shard.attrs.get("batch_size", batch_size)), int(shard.attrs.get("sort_window", sort_window)))
+    if had != (batch_size, sort_window):
+        raise ValueError(
+            f"{shard.path}: recorded with --batch-size {had[0]} --sort-window {had[1]}; "
+            f"resume the shards with those (or `modalscope extract --out DIR --resume`)"
+        )
 
 
 def prepare_manifest_ranked(config: StudyConfig) -> pd.DataFrame:

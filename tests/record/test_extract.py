@@ -12,6 +12,7 @@ import zarr
 
 from modalscope import StudyConfig
 from modalscope.data.pairs import DataError
+from modalscope.record.plan import default_sort_window, padded_tokens, plan_windows
 from modalscope.study import extract_stage, prepare_manifest
 
 
@@ -29,9 +30,9 @@ def _jsonl(tmp_path, coco_files, n=8):
     return tmp_path / "pairs.jsonl"
 
 
-def _config(out, jsonl, model):
+def _config(out, jsonl, model, sort_window=2):
     return StudyConfig(out_dir=out, model=str(model), jsonl=jsonl, batch_size=2, device="cpu",
-                       png=False, progress=False)
+                       png=False, progress=False, sort_window=sort_window)
 
 
 def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, coco_files, tiny_model_dir):
@@ -41,7 +42,7 @@ def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, coco_fil
 
     broken = _config(tmp_path / "broken", jsonl, tiny_model_dir)
     manifest = prepare_manifest(broken)
-    victim = manifest.iloc[5]  # third batch of two
+    victim = manifest.iloc[5]  # second window of two batches of two
     original = open(victim.image_path, "rb").read()
     with open(victim.image_path, "w") as f:
         f.write("not a jpeg")
@@ -50,7 +51,7 @@ def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, coco_fil
     message = str(err.value)
     assert "\n" not in message and victim.image_path in message and f"pair {victim.pair_id}" in message
     group = zarr.open_group(str(tmp_path / "broken/activations.zarr"), mode="r")
-    assert group.attrs["n_done"] == 4  # the two finished batches are kept
+    assert group.attrs["n_done"] == 4  # the finished window (two batches) is kept
 
     with open(victim.image_path, "wb") as f:
         f.write(original)
@@ -82,3 +83,46 @@ def test_dataloader_workers_give_the_same_store_and_one_line_errors(tmp_path, co
     with pytest.raises(DataError) as err:
         extract_stage(config, manifest)
     assert "\n" not in str(err.value) and f"pair {victim.pair_id}" in str(err.value)
+
+
+def test_windows_sort_by_length_and_keep_every_row_once():
+    lengths = [5, 1, 4, 9, 2, 2, 7, 3, 8, 6, 1]
+    windows = plan_windows(lengths, start=10, batch_size=2, sort_window=2)
+    assert [(w.start, w.stop) for w in windows] == [(10, 14), (14, 18), (18, 21)]
+    # window rows 10-13 have lengths 5, 1, 4, 9 -> longest first: 13 (9), 10 (5), 12 (4), 11 (1)
+    assert [b.tolist() for b in windows[0].batches] == [[13, 10], [12, 11]]
+    assert [b.tolist() for b in windows[1].batches] == [[16, 17], [14, 15]]  # ties keep order
+    assert [b.tolist() for b in windows[2].batches] == [[18, 19], [20]]
+    rows = np.concatenate([b for w in windows for b in w.batches])
+    assert sorted(rows.tolist()) == list(range(10, 21))
+    local = [[b - 10 for b in w.batches] for w in windows]
+    in_order = [np.arange(i, min(i + 2, 11)) for i in range(0, 11, 2)]
+    assert padded_tokens(lengths, in_order) == 4 + 5 + 0 + 4 + 2 + 0
+    assert padded_tokens(lengths, [b for w in local for b in w]) == 4 + 3 + 4 + 0 + 2 + 0
+    assert plan_windows(lengths, 0, 4, 1)[0].batches[0].tolist() == [3, 0, 2, 1]
+    # the window shrinks to fit its host buffer: 1 GiB / (16 rows x 50 MB) -> 1 batch
+    assert default_sort_window(16, 50 << 20) == 1
+    assert default_sort_window(16, 1 << 20) == 8
+
+
+def test_length_sorted_windows_keep_manifest_order(tmp_path, coco_files, tiny_model_dir):
+    """Records of a length-sorted run sit in the rows of an unsorted run: only batch
+    neighbours differ, so values agree to float32 rounding and token counts exactly."""
+    jsonl = _jsonl(tmp_path, coco_files, n=8)
+    stores = {}
+    for window in (1, 4):
+        config = _config(tmp_path / f"s{window}", jsonl, tiny_model_dir, sort_window=window)
+        config.conditions = ("text", "image", "image_text")
+        manifest = prepare_manifest(config)
+        extract_stage(config, manifest)
+        stores[window] = zarr.open_group(str(tmp_path / f"s{window}/activations.zarr"), mode="r")
+    assert stores[4].attrs["sort_window"] == 4
+    for name in ("tokens/text", "tokens/image_text_caption", "tokens/image"):
+        np.testing.assert_array_equal(stores[4][name][:], stores[1][name][:])
+    for name in ("mlp/text/max", "residual/text/mean", "mlp/image_text/matched_max",
+                 "residual/image_text_caption/max"):
+        np.testing.assert_allclose(stores[4][name][:], stores[1][name][:], rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+    lengths = stores[1]["tokens/text"][:]
+    sorted_batches = [b for w in plan_windows(lengths, 0, 2, 4) for b in w.batches]
+    assert padded_tokens(lengths, sorted_batches) < padded_tokens(lengths, [np.arange(i, i + 2) for i in range(0, 8, 2)])

@@ -2,10 +2,11 @@
 
 Why this shape: every rank loads the model on its own device and records a shard of the
 manifest into its own store, `DIR/shards/rank{r}.zarr`, with its own ledger, so ranks never
-write the same file and each resumes on its own. Shards are whole batches dealt round-robin
-(batch b goes to rank b mod N), so every input keeps the neighbours it has in a single
-process and the results are bit-identical to one. When all ranks are done, rank 0 copies
-the shards batch by batch into `DIR/activations.zarr`, the layout a single process writes.
+write the same file and each resumes on its own. Shards are whole windows of batches (the
+unit extraction sorts by length and commits, record/plan.py) dealt round-robin (window w goes
+to rank w mod N), so every input keeps the neighbours it has in a single process and the
+results are bit-identical to one. When all ranks are done, rank 0 copies the shards window
+by window into `DIR/activations.zarr`, the layout a single process writes.
 `accelerate launch` sets the same environment variables (RANK, WORLD_SIZE, LOCAL_RANK).
 """
 
@@ -66,11 +67,11 @@ class Ranks:
             return f"cuda:{self.local_rank}"
         return requested
 
-    def shard_rows(self, n_inputs: int, batch_size: int) -> np.ndarray:
-        """Manifest rows of this rank: whole batches, round-robin, in manifest order."""
-        batches = range(self.rank, -(-n_inputs // batch_size), self.world_size)
+    def shard_rows(self, n_inputs: int, unit: int) -> np.ndarray:
+        """Manifest rows of this rank: whole units (windows), round-robin, in manifest order."""
+        units = range(self.rank, -(-n_inputs // unit), self.world_size)
         return np.concatenate(
-            [np.arange(b * batch_size, min((b + 1) * batch_size, n_inputs)) for b in batches]
+            [np.arange(u * unit, min((u + 1) * unit, n_inputs)) for u in units]
             or [np.zeros(0, dtype=int)]
         )
 
@@ -79,21 +80,21 @@ def shard_path(out_dir: Path, rank: int) -> Path:
     return Path(out_dir) / SHARDS / f"rank{rank}.zarr"
 
 
-def shard_manifest(manifest: pd.DataFrame, ranks: Ranks, batch_size: int) -> pd.DataFrame:
-    return manifest.iloc[ranks.shard_rows(len(manifest), batch_size)].reset_index(drop=True)
+def shard_manifest(manifest: pd.DataFrame, ranks: Ranks, unit: int) -> pd.DataFrame:
+    return manifest.iloc[ranks.shard_rows(len(manifest), unit)].reset_index(drop=True)
 
 
 def merge_shards(
-    target: ActivationStore, out_dir: Path, world_size: int, n_inputs: int, batch_size: int
+    target: ActivationStore, out_dir: Path, world_size: int, n_inputs: int, unit: int
 ) -> None:
-    """Append the shards' batches into `target` in manifest order (resumable: starts at
-    the target's ledger, which is always at a batch boundary)."""
+    """Append the shards' windows (`unit` rows each) into `target` in manifest order
+    (resumable: starts at the target's ledger, which is always at a window boundary)."""
     shards = [ActivationStore.open(shard_path(out_dir, r)) for r in range(world_size)]
-    for first in range(target.n_done, n_inputs, batch_size):
-        batch = first // batch_size
-        shard = shards[batch % world_size]
-        local = (batch // world_size) * batch_size
-        stop = local + min(batch_size, n_inputs - first)
+    for first in range(target.n_done, n_inputs, unit):
+        window = first // unit
+        shard = shards[window % world_size]
+        local = (window // world_size) * unit
+        stop = local + min(unit, n_inputs - first)
         records = {
             condition: {
                 site: {

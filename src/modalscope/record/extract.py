@@ -3,14 +3,15 @@
 Why this shape: the text-only forward gets only token ids (the vision tower and projector
 never run); the image-only forward gets the minimal prompt and the pixels. We call the
 inner `LlavaModel` (`model.model`), not the generation head: the lm_head's vocabulary
-projection is not needed for recording. Progress is committed per batch, so a rerun of
-the same command continues after the last finished batch.
+projection is not needed for recording. Progress is committed per window of batches (see
+record/plan.py), so a rerun of the same command continues after the last finished window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -21,6 +22,7 @@ from modalscope.data.pairs import DataError
 from modalscope.models.loading import LoadedModel
 from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load_image
+from modalscope.record.plan import plan_windows
 from modalscope.store import ActivationStore
 
 
@@ -52,25 +54,24 @@ def record_batch(
 
 
 class PairBatches(Dataset):
-    """Batch i of the unfinished inputs, prepared (decoded, tokenised, pixels) for the model.
+    """The planned batches, prepared (decoded, tokenised, pixels) for the model.
 
     Run by DataLoader workers so image decoding overlaps the forwards. A bad input comes back
     as {"error": message} and is raised in the main process, so the user still sees one line
     (a DataLoader would wrap a worker's exception in its traceback).
     """
 
-    def __init__(self, manifest: pd.DataFrame, builder: PromptBuilder, start: int,
-                 batch_size: int, image_text: bool):
+    def __init__(self, manifest: pd.DataFrame, builder: PromptBuilder, batches: Sequence[np.ndarray],
+                 image_text: bool):
         self.manifest, self.builder = manifest, builder
-        self.starts = list(range(start, len(manifest), batch_size))
-        self.batch_size, self.image_text = batch_size, image_text
+        self.batches = list(batches)
+        self.image_text = image_text
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.batches)
 
     def __getitem__(self, index: int) -> dict:
-        lo = self.starts[index]
-        rows = self.manifest.iloc[lo : lo + self.batch_size]
+        rows = self.manifest.iloc[self.batches[index]]
         try:
             captions = rows["caption"].tolist()
             images = [_open(row) for row in rows.itertuples()]
@@ -96,17 +97,23 @@ def extract(
     quantile: float = 0.9,
     image_text: bool = False,
     workers: int = 0,
+    sort_window: int = 1,
 ) -> int:
     """Record every unfinished input of `manifest` into `store`; returns how many were added.
 
-    Batches are prepared by `workers` DataLoader processes (0: in this process), pinned
-    when the model is on a GPU so the copies to it do not block; results come back to the
-    host once per batch and are appended, then the ledger advances.
+    Pairs are batched by caption length inside windows of `sort_window` batches (see
+    record/plan.py); each window is appended in manifest order once all its batches are
+    done, then the ledger advances. Batches are prepared by `workers` DataLoader processes
+    (0: in this process), pinned when the model is on a GPU so the copies to it do not
+    block; results come back to the host once per batch.
     """
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens)
     start = store.n_done
+    captions = manifest["caption"].iloc[start:].tolist()
+    lengths = [len(ids) for ids in builder.tokenizer(captions, add_special_tokens=False)["input_ids"]]
+    windows = plan_windows(lengths, start, batch_size, sort_window)
     batches = DataLoader(
-        PairBatches(manifest, builder, start, batch_size, image_text),
+        PairBatches(manifest, builder, [b for w in windows for b in w.batches], image_text),
         batch_size=None,
         num_workers=workers,
         pin_memory=loaded.device.type == "cuda",
@@ -115,27 +122,55 @@ def extract(
     bar = tqdm(
         total=len(manifest), initial=start, unit="pair", desc="extract", disable=not progress
     )
+    items = iter(batches)
     with Recorder(loaded.model, loaded.adapter, sites, stats, quantile) as recorder:
-        for item in batches:
-            if "error" in item:
-                raise DataError(item["error"])
-            text, image = item["text"], item["image"]
-            k = torch.minimum(text.n_content, image.n_content)  # [batch]
-            records = {"text": record_batch(loaded, recorder, text, k)}
-            records["image"] = record_batch(loaded, recorder, image, k)
-            n_tokens = {"text": text.n_content.tolist(), "image": image.n_content.tolist()}
-            if image_text:
-                joint, streams = item["joint"]
-                records.update(record_streams(loaded, recorder, joint, streams, k))
-                n_tokens.update({name: m.sum(1).tolist() for name, m in streams.items()})
-            store.append(
-                {c: {s: {k: v.numpy() for k, v in st.items()} for s, st in r.items()}
-                 for c, r in records.items()},
-                n_tokens,
-            )
-            bar.update(item["n"])
+        for window in windows:
+            done = []
+            for _ in window.batches:
+                item = next(items)
+                if "error" in item:
+                    raise DataError(item["error"])
+                done.append(_record_item(loaded, recorder, item, image_text))
+                bar.update(item["n"])
+            rows = np.concatenate(window.batches)
+            records, n_tokens = _in_manifest_order(done, np.argsort(rows, kind="stable"))
+            store.append(records, n_tokens)
     bar.close()
     return len(manifest) - start
+
+
+Records = dict[str, dict[str, dict[str, np.ndarray]]]
+
+
+def _record_item(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool
+                 ) -> tuple[Records, dict[str, list[int]]]:
+    """All forwards of one batch: {stream: {site: {stat: [batch, layer, neuron]}}} and the
+    number of tokens each stream's reductions saw."""
+    text, image = item["text"], item["image"]
+    k = torch.minimum(text.n_content, image.n_content)  # [batch]
+    records = {"text": record_batch(loaded, recorder, text, k)}
+    records["image"] = record_batch(loaded, recorder, image, k)
+    n_tokens = {"text": text.n_content.tolist(), "image": image.n_content.tolist()}
+    if image_text:
+        joint, streams = item["joint"]
+        records.update(record_streams(loaded, recorder, joint, streams, k))
+        n_tokens.update({name: m.sum(1).tolist() for name, m in streams.items()})
+    arrays = {c: {s: {st: v.numpy() for st, v in by_stat.items()} for s, by_stat in r.items()}
+              for c, r in records.items()}
+    return arrays, n_tokens
+
+
+def _in_manifest_order(done: list[tuple[Records, dict[str, list[int]]]], order: np.ndarray
+                       ) -> tuple[Records, dict[str, np.ndarray]]:
+    """A window's batches, concatenated and put back in manifest order."""
+    first = done[0][0]
+    records = {
+        c: {s: {st: np.concatenate([d[0][c][s][st] for d in done])[order] for st in by_stat}
+            for s, by_stat in by_site.items()}
+        for c, by_site in first.items()
+    }
+    n_tokens = {c: np.concatenate([np.asarray(d[1][c]) for d in done])[order] for c in done[0][1]}
+    return records, n_tokens
 
 
 def _open(row) -> Image.Image:
