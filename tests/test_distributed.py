@@ -1,5 +1,5 @@
-"""Data-parallel extraction with torchrun (gloo, 2 CPU processes) equals one process, and
-shard statistics merged with Chan's formula equal a single pass."""
+"""Data-parallel extraction with torchrun or accelerate launch (gloo, 2 CPU processes) equals
+one process, and shard statistics merged with Chan's formula equal a single pass."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import zarr
 
 from modalscope.stats.moments import RunningMoments
 
-N_PAIRS, BATCH = 11, 2  # an odd count: the last batch is short and lands on rank 0
+N_PAIRS, BATCH = 11, 2  # an odd count: the last window is short and lands on rank 0
 
 
 def _args(out, model, jsonl):
@@ -23,27 +24,45 @@ def _args(out, model, jsonl):
             "--stats", "matched_max", "--conditions", "text,image,image_text", "--sort-window", "2"]
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_equal_one(tmp_path, tiny_model_dir, coco_files):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_model_dir, coco_files):
+    """The jsonl of the first N_PAIRS pairs and a single-process extraction of it."""
     captions, images = coco_files
     data = json.loads(captions.read_text())
     lines = [json.dumps({"image": str(images / im["file_name"]), "id": im["id"],
                          "caption": next(a["caption"] for a in data["annotations"] if a["image_id"] == im["id"])})
              for im in data["images"][:N_PAIRS]]
-    jsonl = tmp_path / "pairs.jsonl"
+    root = tmp_path_factory.mktemp("single")
+    jsonl = root / "pairs.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, *_args(root / "one", tiny_model_dir, jsonl)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return jsonl, root / "one"
+
+
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531"],
+    # accelerate's multi-process launcher; on CPU-only machines our ranks join with gloo
+    "accelerate": [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "29532"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_processes_equal_one(tmp_path, tiny_model_dir, single, launcher):
+    jsonl, one = single
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, *_args(tmp_path / "one", tiny_model_dir, jsonl)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", "29531"]
-    parallel = subprocess.run([*torchrun, *_args(tmp_path / "two", tiny_model_dir, jsonl)],
+    parallel = subprocess.run([*LAUNCHERS[launcher], *_args(tmp_path / "two", tiny_model_dir, jsonl)],
                               capture_output=True, text=True, env=env, timeout=300)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert (tmp_path / "two/shards/rank1.zarr").exists()
-    a = zarr.open_group(str(tmp_path / "one/activations.zarr"), mode="r")
+    a = zarr.open_group(str(one / "activations.zarr"), mode="r")
     b = zarr.open_group(str(tmp_path / "two/activations.zarr"), mode="r")
+    shard = zarr.open_group(str(tmp_path / "two/shards/rank1.zarr"), mode="r")
+    assert shard.attrs["n_done"] == 4  # windows of 2 batches x 2 pairs: rank 1 has window 1
     assert b.attrs["n_done"] == N_PAIRS
     assert {k: v for k, v in b.attrs.items() if k != "versions"} == {k: v for k, v in a.attrs.items() if k != "versions"}
     for site in a.attrs["sites"]:
