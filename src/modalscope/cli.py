@@ -8,6 +8,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -18,13 +19,17 @@ from modalscope.data.pairs import DataError
 from modalscope.models.adapter import SITES
 from modalscope.store import StoreMismatch
 
+# Errors of writing outputs that the user can fix (space, permissions, quota, file size).
+WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.ENOENT}
+
 DESCRIPTION = """\
 Does each neuron of a vision-language model respond more to text or to images?
 For every image-caption pair, modalscope runs the caption alone and the image alone
 through the model, records the max and mean activation of every neuron of every
 decoder layer, and tests per neuron whether Δ = max_text - max_image differs from 0.
 
-Start with `modalscope demo --out demo-out` (tiny model, synthetic data, offline), then
+Start with `modalscope demo --out demo-out` (tiny model, synthetic data, offline; open
+demo-out/report.html), then
 `modalscope run --model llava-hf/llava-1.5-7b-hf --captions captions_val2017.json
 --images val2017/ --num-pairs 5000 --out study/`.
 """
@@ -37,6 +42,10 @@ def _csv_ints(text: str) -> list[int]:
         lo, _, hi = part.partition("-")
         values.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
     return values
+
+
+def _batch_size(text: str) -> int | str:
+    return "auto" if text == "auto" else int(text)
 
 
 def _sites(text: str) -> tuple[str, ...]:
@@ -55,7 +64,8 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
                    help="auto: spread the layers over all visible GPUs (models bigger than one GPU)")
     g.add_argument("--quantization", choices=["8bit", "4bit"],
                    help="load weights in 8 or 4 bits (needs `pip install 'modalscope[quant]'` and a GPU)")
-    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default 16)")
+    g.add_argument("--batch-size", type=_batch_size, default=16, metavar="N",
+                   help="pairs per forward (default 16); auto: start at 64 on a GPU and halve on out-of-memory")
     g.add_argument("--sort-window", type=int, metavar="N",
                    help="batch pairs by caption length within windows of N batches, to cut padding; "
                         "records keep manifest order (default: up to 8 within 1 GiB of host memory; 1: off)")
@@ -65,7 +75,8 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
     g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json")
     g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/")
     g.add_argument("--jsonl", type=Path, help='JSONL of {"image": path, "caption": text, "id": ...}')
-    g.add_argument("--num-pairs", type=int, metavar="N", help="use the first N pairs of the shuffled list")
+    g.add_argument("--num-pairs", type=int, metavar="N", help="use the first N usable pairs of the shuffled list (unusable ones are "
+                        "listed in DIR/skipped.parquet; fewer than N: all are used)")
     g.add_argument("--seed", type=int, default=0, help="seed of the one-time shuffle (default 0)")
     g = p.add_argument_group("recording")
     g.add_argument("--sites", type=_sites, default=SITES, metavar="LIST",
@@ -104,7 +115,8 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--long-tables", choices=["auto", "always", "never"], default="auto",
                    help="write Tables 1-2 (one row per input x layer x neuron); auto: when <= 50M rows")
     g.add_argument("--csv", action="store_true", help="also write CSV copies of the tables")
-    g.add_argument("--no-png", dest="png", action="store_false", help="skip PNG copies of figures")
+    g.add_argument("--no-png", dest="png", action="store_false",
+                   help="skip PNG and SVG copies of figures (they need Chrome/Chromium)")
     g.add_argument("--stat", default="max", choices=ALL_STATS,
                    help="reduction the headline figures (figure1/2_{site}.html) lead with; "
                         "the others get figure*_{site}_{stat}.html (default max)")
@@ -128,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _analysis_options(p)
     _output_options(p)
 
-    p = sub.add_parser("run", help="whole study: manifest, extract, analyze, plot")
+    p = sub.add_parser("run", help="whole study: manifest, extract, analyze, plot, report")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder DIR")
     _study_options(p, model_required=True)
 
@@ -140,12 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     _study_options(p, model_required=False)
 
     for name, text in [("analyze", "statistics and tables from DIR/activations.zarr"),
-                       ("plot", "figures from DIR/tables")]:
+                       ("plot", "figures (HTML, PNG, SVG) and DIR/report.html from DIR/tables")]:
         p = sub.add_parser(name, help=text)
         p.add_argument("dir", type=Path, help="study folder DIR")
         if name == "analyze":
             _analysis_options(p)
         _output_options(p)
+
+    p = sub.add_parser("report", help="DIR/report.html from DIR/tables: the study on one offline page")
+    p.add_argument("dir", type=Path, help="study folder DIR")
+    p.add_argument("--stat", choices=ALL_STATS,
+                   help="reduction the report leads with (default: the study's --stat, else max)")
 
     p = sub.add_parser("export", help="Tables 1-2 for chosen layers/neurons (for large studies)")
     p.add_argument("dir", type=Path, help="study folder DIR")
@@ -175,6 +192,8 @@ def _report(result, started: float) -> None:
         print(f"  table   {path}")
     for path in result.figures:
         print(f"  figure  {path}")
+    if result.report is not None:
+        print(f"  report  {result.report}")
     for message in result.messages:
         print(message)
 
@@ -187,9 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, StoreMismatch, ValueError, FileNotFoundError) as err:
         print(f"modalscope: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, read-only or vanished output folder: the store stays consistent
+        if err.errno not in WRITE_ERRORS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"modalscope: error: {where}{err.strerror or err}; finished work is kept: fix this and "
+              f"rerun the same command to continue", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("modalscope: interrupted; finished batches are kept: rerun the same command to "
-              "continue", file=sys.stderr)
+        out = getattr(args, "out", None) or getattr(args, "dir", None)
+        how = f"`modalscope extract --out {out} --resume` (or the same command)" if out else "the same command"
+        print(f"modalscope: interrupted; finished pairs are kept: rerun {how} to continue", file=sys.stderr)
         return 130
     finally:
         dist = sys.modules.get("torch.distributed")
@@ -199,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, started: float) -> int:
     from modalscope import study
+    from modalscope.data.manifest import data_notes
 
     if args.command == "demo":
         from modalscope.demo import demo_config
@@ -217,6 +245,8 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
         store = study.extract_stage(config, manifest)
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"{store.n_done} of {len(manifest)} pairs recorded in {store.path}")
+            for note in data_notes(args.out):
+                print(note)
     elif args.command == "analyze":
         config = _config(args, args.dir)
         manifest = study.prepare_manifest(config)
@@ -229,8 +259,11 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
         paths, message = study.plot_stage(args.dir, args.png, args.stat)
         for path in paths:
             print(f"  figure  {path}")
+        print(f"  report  {study.report_stage(args.dir, args.stat)}")  # its figure links follow
         if message:
             print(message)
+    elif args.command == "report":
+        print(f"  report  {study.report_stage(args.dir, args.stat)}")
     elif args.command == "export":
         for path in study.export_stage(args.dir, args.sites, args.layers, args.neurons, args.name, args.csv):
             print(f"  table   {path}")

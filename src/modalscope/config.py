@@ -31,7 +31,7 @@ class StudyConfig:
     dtype: str = "float32"
     device_map: str | None = None  # "auto": accelerate places layers over all devices
     quantization: str | None = None  # "8bit" | "4bit" (bitsandbytes)
-    batch_size: int = 16
+    batch_size: int | Literal["auto"] = 16  # "auto": halve on out-of-memory
     sort_window: int | None = None  # batches per length-sorted window; None: up to 8 within 1 GiB
     workers: int | None = None  # DataLoader processes preparing batches; None: 0 on CPU, 4 on GPU
     num_pairs: int | None = None
@@ -99,8 +99,8 @@ class StudyConfig:
             raise ValueError("--permutations and --bootstrap need at least 200 resamples")
         if self.tokens not in ("content", "all"):
             raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"--batch-size {self.batch_size}: must be a positive integer or auto")
         if self.sort_window is not None and self.sort_window < 1:
             raise ValueError(f"--sort-window {self.sort_window}: must be at least 1 (1: manifest order)")
         if self.num_pairs is not None and self.num_pairs < 2:

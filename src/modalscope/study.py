@@ -1,15 +1,17 @@
 """The study, top to bottom, as the report's method section reads.
 
-1. Pairs: image-caption pairs, shuffled once with a seed into `manifest.parquet`, reused.
+1. Pairs: image-caption pairs, shuffled once with a seed into `manifest.parquet`, reused;
+   pairs that cannot be used (in either condition) are listed in `skipped.parquet`.
 2. Inputs: each pair twice, unimodally (caption alone; image alone with a minimal prompt).
 3. Recording: every neuron of every decoder layer, reduced over tokens on the device
    (max, mean), stored per input in `activations.zarr`.
 4. Statistics: Δ = max_text - max_image per input and neuron; per neuron mean Δ, sd,
    one-sample t, p, BH q, Cohen's d_z; per layer the mean and its trend.
 5. Tables 1-3, Figure 1 (histograms per layer) and Figure 2 (layer trend).
+6. The report: DIR/report.html, the study on one offline page.
 
-Each stage reads what the previous one wrote in DIR, so `extract`, `analyze`, `plot` and
-`export` also run alone on an existing study folder.
+Each stage reads what the previous one wrote in DIR, so `extract`, `analyze`, `plot`,
+`report` and `export` also run alone on an existing study folder.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ from pathlib import Path
 import pandas as pd
 
 from modalscope.config import StudyConfig
-from modalscope.data.manifest import load_manifest, manifest_hash, save_manifest, shuffle_pairs
+from modalscope.data.manifest import (
+    SKIPPED, TRUNCATED, data_counts, data_notes, load_manifest, manifest_frame, manifest_hash,
+    save_manifest, save_skipped, shuffled,
+)
 from modalscope.data.pairs import DataError, load_coco, load_jsonl
+from modalscope.data.validate import select_usable
 from modalscope.store import STORE, ActivationStore
 from modalscope.tables import (
     INPUT_LAYERS, LAYERS, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY, TABLE3, long_table_csv, table1_rows,
@@ -40,6 +46,7 @@ class StudyResult:
     out_dir: Path
     tables: list[Path] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
+    report: Path | None = None
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -71,7 +78,17 @@ def prepare_manifest(config: StudyConfig) -> pd.DataFrame:
         raise DataError(f"{config.out_dir}: no manifest yet; give --captions/--images or --jsonl")
     if not pairs:
         raise DataError(f"{wanted['source']}: holds no image-caption pairs")
-    frame = shuffle_pairs(pairs, config.seed, config.num_pairs)
+    # Walk the shuffled pairs, checking each in full, until --num-pairs usable ones are found;
+    # the skipped ones go to DIR/skipped.parquet, written before the manifest that commits it.
+    usable, skipped = select_usable(shuffled(pairs, config.seed), config.num_pairs)
+    save_skipped(skipped, config.out_dir)
+    if len(usable) < 2:
+        example = f" (e.g. pair {skipped[0][0].pair_id}: {skipped[0][1]})" if skipped else ""
+        raise DataError(
+            f"{wanted['source']}: {len(usable)} usable image-caption pair(s), a study needs 2; "
+            f"{len(skipped)} skipped{example}; see {config.out_dir / SKIPPED}"
+        )
+    frame = manifest_frame(usable)
     save_manifest(frame, config.out_dir, wanted)
     return frame
 
@@ -91,13 +108,22 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     from modalscope.models.loading import load_model  # torch/transformers only when needed
     from modalscope.record.distributed import Ranks, merge_shards, shard_manifest, shard_path
     from modalscope.record.extract import extract
-    from modalscope.record.inputs import PromptBuilder
+    from modalscope.record.inputs import PromptBuilder, use_model_context
     from modalscope.record.plan import default_sort_window
 
     ranks = Ranks.from_env()
     loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
                         config.device_map, config.quantization)
+    use_model_context(loaded)  # captions longer than the context are cut (record/inputs.py)
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, config.tokens)
+    # --batch-size auto: start big on a GPU (16 on CPU) and halve on out-of-memory; a
+    # resumed study starts from the size its store last used.
+    auto_batch = config.batch_size == "auto"
+    batch_size = config.batch_size
+    if auto_batch:
+        batch_size = 64 if loaded.device.type == "cuda" else 16
+        if (config.out_dir / STORE).exists() and not ranks.parallel:
+            batch_size = int(ActivationStore.open(config.out_dir / STORE).attrs.get("batch_size", batch_size))
     prov = loaded.provenance
     attrs = {
         **{k: prov[k] for k in ("model", "revision", "commit_hash", "weights_fingerprint",
@@ -113,7 +139,7 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
         "seed": config.seed,
         "manifest_hash": manifest_hash(manifest),
         "n_inputs": len(manifest),
-        "batch_size": config.batch_size,
+        "batch_size": batch_size,
         "contrast": "text - image",
         "versions": library_versions(),
     }
@@ -121,36 +147,40 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
     n_layers = loaded.adapter.num_layers(loaded.model)
     row_bytes = 4 * n_layers * sum(widths.values()) * len(config.stats) * len(config.streams)
-    sort_window = config.sort_window or default_sort_window(config.batch_size, row_bytes)
+    sort_window = config.sort_window or default_sort_window(batch_size, row_bytes)
     attrs["sort_window"] = sort_window
 
     def open_or_create(path: Path) -> ActivationStore:
         if path.exists():
             store = ActivationStore.open(path)
             store.check_matches(attrs)
-            return store
-        return ActivationStore.create(
-            path, n_layers, widths, config.batch_size, attrs, config.stats, config.streams
-        )
+        else:
+            store = ActivationStore.create(
+                path, n_layers, widths, batch_size, attrs, config.stats, config.streams
+            )
+        if ranks.leader:  # after the check: a refused study leaves DIR untouched
+            write_frame(builder.truncations(manifest), config.out_dir / TRUNCATED)
+        return store
 
     workers = config.workers
     if workers is None:
         workers = 4 if loaded.device.type == "cuda" else 0
 
     def record(store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
-        extract(loaded, rows, store, config.sites, config.tokens, config.batch_size, progress,
+        extract(loaded, rows, store, config.sites, config.tokens, batch_size, progress,
                 store.stats, float(store.attrs.get("quantile", config.quantile)),
-                image_text="image_text" in store.conditions, workers=workers, sort_window=sort_window)
+                image_text="image_text" in store.conditions, workers=workers, sort_window=sort_window,
+                auto_batch=auto_batch and not ranks.parallel)
 
     path = config.out_dir / STORE
     if not ranks.parallel:
         store = open_or_create(path)
-        store.group.attrs.update({"batch_size": config.batch_size, "sort_window": sort_window})
+        store.group.attrs.update({"batch_size": batch_size, "sort_window": sort_window})
         record(store, manifest, config.progress)
         return store
     shard = open_or_create(shard_path(config.out_dir, ranks.rank))
-    _check_shard_plan(shard, config.batch_size, sort_window)
-    unit = config.batch_size * sort_window
+    _check_shard_plan(shard, batch_size, sort_window)
+    unit = batch_size * sort_window
     record(shard, shard_manifest(manifest, ranks, unit), config.progress and ranks.leader)
     ranks.barrier()
     if ranks.leader:
@@ -202,6 +232,8 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
                                 outlier_factor=config.outlier_factor,
                                 seed=int(store.attrs.get("seed", config.seed)))
     result = run_analysis(store, settings)
+    for entry in result.summary.values():  # per site, beside n_inputs: pairs left out or cut
+        entry.update(data_counts(config.out_dir))
     paths = [
         write_frame(result.neurons, tables_dir / TABLE3, config.csv),
         write_frame(result.layers, tables_dir / LAYERS, config.csv),
@@ -225,60 +257,39 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
 
 def plot_stage(out_dir: Path, png: bool = True, stat: str = "max") -> tuple[list[Path], str | None]:
     """Figures 1 and 2 per site and reduction from DIR/tables, the significant-neuron counts,
-    and PNG copies when a browser exists. `figure2_{site}.html` leads with `stat` and draws
-    max and matched_max side by side; `figure{1,2}_{site}_{other}.html` show each other one."""
-    import json
+    and PNG and SVG copies when a browser exists. `figure2_{site}.html` leads with `stat` and
+    draws max and matched_max side by side; `figure{1,2}_{site}_{other}.html` show each other
+    one. The HTML files share one figures/plotly.min.js (see figures/export.py)."""
+    from modalscope.figures.assemble import StudyTables, study_figures
+    from modalscope.figures.export import NO_BROWSER_MESSAGE, write_html, write_images
 
-    from modalscope.figures.export import write_html, write_pngs
-    from modalscope.figures.histograms import figure1
-    from modalscope.figures.significance import figure_significant
-    from modalscope.figures.trend import figure2
-
-    tables_dir = Path(out_dir) / "tables"
+    tables = StudyTables.read(out_dir)
+    tables.check_stat(stat, out_dir)
     figures_dir = Path(out_dir) / "figures"
-    neurons = pd.read_parquet(tables_dir / TABLE3)
-    layers = pd.read_parquet(tables_dir / LAYERS)
-    counts = pd.read_parquet(tables_dir / SIGNIFICANT)
-    summary = json.loads((tables_dir / SUMMARY).read_text())
-    stats = list(counts["stat"].unique())
-    if stat not in stats:
-        raise ValueError(f"--stat {stat}: {out_dir} has {', '.join(stats)}")
-    figures = {}
-    for site in neurons["site"].unique():
-        entry = summary[site]
-        site_neurons = neurons[neurons["site"] == site]
-        site_layers = layers[layers["site"] == site]
-        trends = {"max": entry, **entry["by_stat"]}
-        for shown in stats:
-            suffix = "" if shown == stat else f"_{shown}"
-            pair = [s for s in ("max", "matched_max") if s in stats and s != shown]
-            compare = pair[0] if shown == stat and pair else None
-            figures[figures_dir / f"figure1_{site}{suffix}.html"] = figure1(
-                _as_primary(site_neurons, shown), site
-            )
-            figures[figures_dir / f"figure2_{site}{suffix}.html"] = figure2(
-                site_layers, trends[shown], site, shown, compare, trends.get(compare),
-            )
-        figures[figures_dir / f"significant_{site}.html"] = figure_significant(
-            counts, site, [s for s in ("max", "matched_max") if s in stats] or stats[:1]
-        )
-    paths = [write_html(fig, path) for path, fig in figures.items()]
-    message = write_pngs({p.with_suffix(".png"): f for p, f in figures.items()}) if png else None
+    figures = {figures_dir / f"{name}.html": fig for name, fig in study_figures(tables, stat).items()}
+    paths = [write_html(fig, path, plotlyjs="directory") for path, fig in figures.items()]
+    message = write_images(figures) if png else None
+    if message == NO_BROWSER_MESSAGE:
+        message = message.replace("DIR", str(out_dir))
     return paths, message
 
 
-def _as_primary(neurons: pd.DataFrame, stat: str) -> pd.DataFrame:
-    """Table 3 with `stat`'s columns under the report's names, for the per-reduction Figure 1."""
-    if stat == "max":
-        return neurons
-    suffix = f"_{stat}"
-    renamed = {c: c[: -len(suffix)] for c in neurons.columns if c.endswith(suffix)}
-    base = neurons.drop(columns=[c for c in renamed.values() if c in neurons.columns])
-    return base.rename(columns=renamed)
+def report_stage(out_dir: Path, stat: str | None = None) -> Path:
+    """DIR/report.html: provenance, the headline figures with their controls, significant
+    counts, the strongest neurons each way and links to every table, in one offline page.
+    `stat` (the reduction it leads with) defaults to the one DIR/study.json recorded."""
+    import json
+
+    from modalscope.report import write_report
+
+    if stat is None:
+        study = Path(out_dir) / "study.json"
+        stat = json.loads(study.read_text())["config"].get("stat", "max") if study.exists() else "max"
+    return write_report(out_dir, stat)
 
 
 def run_study(config: StudyConfig) -> StudyResult:
-    """The whole method on one config: manifest, extraction, statistics, tables, figures."""
+    """The whole method on one config: manifest, extraction, statistics, tables, figures, report."""
     config.validate()
     result = StudyResult(out_dir=config.out_dir)
     clock = time.perf_counter()
@@ -287,6 +298,7 @@ def run_study(config: StudyConfig) -> StudyResult:
     result.timings["extract_s"] = time.perf_counter() - clock
     if int(os.environ.get("RANK", 0)) != 0:
         return result  # under torchrun, rank 0 analyses the merged store
+    result.messages.extend(data_notes(config.out_dir))  # fewer pairs, skipped pairs, cut captions
     clock = time.perf_counter()
     result.tables, skipped = analyze_stage(config, manifest)
     if skipped:
@@ -301,6 +313,7 @@ def run_study(config: StudyConfig) -> StudyResult:
         {"config": config.as_dict(), "timings": result.timings, "versions": library_versions()},
         config.out_dir / "study.json",
     )
+    result.report = report_stage(config.out_dir, config.stat)
     return result
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,8 @@ def write_long_tables(
     ids = pa.array([str(p) for p in pair_ids[: store.n_done]])
     paths = [out_dir / TABLE1.replace(".parquet", f"{suffix}.parquet"),
              out_dir / TABLE2.replace(".parquet", f"{suffix}.parquet")]
-    tmp = [p.with_name(p.name + ".tmp") for p in paths]
-    with pq.ParquetWriter(tmp[0], TABLE1_SCHEMA) as t1, pq.ParquetWriter(tmp[1], TABLE2_SCHEMA) as t2:
+    with atomic(paths[0]) as tmp1, atomic(paths[1]) as tmp2, \
+            pq.ParquetWriter(tmp1, TABLE1_SCHEMA) as t1, pq.ParquetWriter(tmp2, TABLE2_SCHEMA) as t2:
         for site, layer, inputs, cols, values in _blocks(store, sites or store.sites, layers, neurons):
             base = _long_columns(site, layer, inputs, cols, ids)
             n = len(base["layer"])
@@ -145,40 +146,43 @@ def write_long_tables(
                     schema=TABLE2_SCHEMA,
                 )
             )
-    for src, dst in zip(tmp, paths):
-        os.replace(src, dst)
     return paths
+
+
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; renamed onto `path` only if the block ends
+    normally, removed otherwise. Unique per process, so ranks never share one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_frame(frame: pd.DataFrame, path: Path, csv: bool = False) -> Path:
     """Parquet (and a CSV copy beside it when asked), each written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        frame.to_parquet(tmp, index=False)
     if csv:
-        csv_path = path.with_suffix(".csv")
-        frame.to_csv(csv_path.with_name(csv_path.name + ".tmp"), index=False)
-        os.replace(csv_path.with_name(csv_path.name + ".tmp"), csv_path)
+        with atomic(path.with_suffix(".csv")) as tmp:
+            frame.to_csv(tmp, index=False)
     return path
 
 
 def write_json(data: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     return path
 
 
 def long_table_csv(paths: Sequence[Path]) -> None:
     """CSV copies of long tables, converted row group by row group."""
     for path in paths:
-        target = path.with_suffix(".csv")
-        tmp = target.with_name(target.name + ".tmp")
         reader = pq.ParquetFile(path)
-        with open(tmp, "w", encoding="utf-8") as out:
+        with atomic(path.with_suffix(".csv")) as tmp, open(tmp, "w", encoding="utf-8") as out:
             for group in range(reader.num_row_groups):
                 frame = reader.read_row_group(group).to_pandas()
                 frame.to_csv(out, index=False, header=group == 0)
-        os.replace(tmp, target)

@@ -105,16 +105,16 @@ def test_coco_missing_top_level_key_error_names_the_key(tmp_path, missing):
     assert "captions.json" in str(err.value)
 
 
-def test_coco_annotation_with_unknown_image_error_names_annotation_and_image(tmp_path):
+def test_coco_annotation_with_unknown_image_is_a_pair_marked_unusable(tmp_path):
     path = _write_coco(
         tmp_path / "captions.json",
         [{"id": 1, "file_name": "a.jpg"}],
         [{"id": 11, "image_id": 1, "caption": "ok"}, {"id": 4242, "image_id": 77, "caption": "orphan"}],
     )
-    with pytest.raises(DataError) as err:
-        load_coco(path, tmp_path)
-    assert "annotation 4242" in str(err.value)
-    assert "77" in str(err.value)
+    good, orphan = load_coco(path, tmp_path)
+    assert good.problem is None
+    assert orphan == Pair("77", "", "orphan", 4242,
+                          "annotation 4242 points to image id 77, which 'images' does not list")
 
 
 def _write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -169,12 +169,16 @@ def test_jsonl_bad_line_error_names_file_and_line_number(tmp_path, bad):
     assert "\n" not in message
 
 
-def test_jsonl_duplicate_ids_refused(tmp_path):
+def test_jsonl_duplicate_ids_for_different_pairs_mark_every_one_unusable(tmp_path):
     path = _write_jsonl(tmp_path / "pairs.jsonl", [
         json.dumps({"image": "a.png", "caption": "one", "id": "x"}),
         json.dumps({"image": "b.png", "caption": "two", "id": "y"}),
         json.dumps({"image": "c.png", "caption": "three", "id": "x"}),
+        json.dumps({"image": "b.png", "caption": "two", "id": "y"}),  # an exact repeat: kept once
     ])
-    with pytest.raises(DataError, match="unique") as err:
-        load_jsonl(path)
-    assert str(path) in str(err.value)
+    pairs = load_jsonl(path)
+    assert [(p.pair_id, p.caption, p.problem) for p in pairs] == [
+        ("x", "one", "pair id 'x' is used for different pairs (lines 1, 3)"),
+        ("y", "two", None),
+        ("x", "three", "pair id 'x' is used for different pairs (lines 1, 3)"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from modalscope.figures.export import (
     write_pngs,
 )
 from modalscope.figures.histograms import figure1
+from modalscope.figures.style import BLUE, VERMILLION
 from modalscope.figures.trend import figure2
 
 N_LAYERS = 4
@@ -76,8 +78,10 @@ def test_figure1_each_step_shows_exactly_that_layers_two_traces(neurons):
         assert len(visible) == len(fig.data)
         shown = [k for k, v in enumerate(visible) if v]
         assert shown == [2 * i, 2 * i + 1]
-        assert fig.data[2 * i].name == f"layer {i} mean_diff"
-        assert fig.data[2 * i + 1].name == f"layer {i} t_value"
+        # the legend shows the visible pair, so it names the layer on show
+        assert fig.data[2 * i].name == f"layer {i}: mean Δ of its {N_NEURONS} neurons"
+        assert fig.data[2 * i + 1].name == f"layer {i}: t-value of its {N_NEURONS} neurons"
+        assert fig.data[2 * i].showlegend
         assert f"layer {i}" in step.args[1]["title.text"]
         assert SITE in step.args[1]["title.text"]
     assert SITE in fig.layout.title.text and "layer 0" in fig.layout.title.text
@@ -116,9 +120,12 @@ def test_figure1_bars_equal_np_histogram_on_shared_bins(neurons, col, offset):
 
 def test_figure1_axes_zero_lines_and_size_independent_of_neuron_count(neurons):
     fig = figure1(neurons, SITE)
-    assert fig.layout.xaxis.title.text == "mean Δ (text − image)"
-    assert fig.layout.xaxis2.title.text == "t-value"
-    assert fig.layout.yaxis.title.text == "neurons"
+    assert fig.layout.xaxis.title.text == "neuron mean Δ (text − image)<br>activation units, max over tokens"
+    assert fig.layout.xaxis2.title.text.startswith("t-value")
+    assert fig.layout.yaxis.title.text == "neurons (count per bin)"
+    other = figure1(neurons, SITE, stat="frac_active", contrast="image_text − text")
+    assert other.layout.xaxis.title.text == (
+        "neuron mean Δ (image_text − text)<br>share of tokens > 0, frac_active over tokens")
     vlines = [s for s in fig.layout.shapes if s.x0 == 0 and s.x1 == 0]
     assert {s.xref for s in vlines} == {"x", "x2"}
     big = pd.concat([neurons.assign(neuron=neurons.neuron + k * N_NEURONS)
@@ -145,7 +152,7 @@ def test_figure2_regression_line(layers):
     x = np.asarray(reg.x, dtype=float)
     np.testing.assert_allclose(x, np.arange(6))
     np.testing.assert_allclose(np.asarray(reg.y), 0.31 - 0.0123 * x)
-    assert reg.line.color == "red"
+    assert reg.line.color == VERMILLION  # the report's red line, in Okabe-Ito's colour-blind-safe red
     assert reg.line.dash == "dash"
     assert "R² = 0.97" in reg.name
     assert "slope = -0.0123/layer" in reg.name
@@ -163,8 +170,8 @@ def test_figure2_ci_band_mean_and_axes(layers):
     mean = _trace(fig, "layer mean")
     assert mean.mode == "markers+lines"
     np.testing.assert_allclose(np.asarray(mean.y), layers.mean_diff.to_numpy())
-    assert fig.layout.xaxis.title.text == "decoder layer"
-    assert fig.layout.yaxis.title.text == "mean Δ (text − image)"
+    assert fig.layout.xaxis.title.text == "decoder layer (0 = first)"
+    assert fig.layout.yaxis.title.text == "layer mean Δ (text − image)<br>activation units, max over tokens"
     assert SITE in fig.layout.title.text
     assert any(s.y0 == 0 and s.y1 == 0 for s in fig.layout.shapes)
 
@@ -259,11 +266,148 @@ def test_write_pngs_reports_kaleido_failure_without_raising(monkeypatch, tmp_pat
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.skipif(find_browser() is None, reason="no Chrome/Chromium on this machine")
-def test_write_pngs_with_real_browser(tmp_path, layers, neurons):
-    figs = {tmp_path / "figure1.png": figure1(neurons, SITE),
-            tmp_path / "figure2.png": figure2(layers, REGRESSION, SITE)}
-    assert write_pngs(figs) == "wrote 2 PNG figures"
-    for p in figs:
-        assert p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    assert not list(tmp_path.glob("*.tmp"))
+NO_BROWSER = ("no Chrome/Chromium on this machine (`apt-get install chromium` or set BROWSER_PATH; "
+              "`make test` installs it)")
+
+
+def _assert_not_blank(png: Path, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == size
+        rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    ink = (np.abs(rgb - 255).sum(axis=2) > 60).mean()  # share of pixels clearly not white
+    assert ink > 0.02, f"{png.name}: only {ink:.1%} of pixels drawn"
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 16  # more than a flat fill
+    blue = np.array([int(BLUE[i:i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(rgb - blue).sum(axis=2) < 30).any(), f"{png.name}: no data drawn in the palette's blue"
+
+
+@pytest.mark.skipif(find_browser() is None, reason=NO_BROWSER)
+def test_write_images_png_and_svg_in_one_browser_session(tmp_path, layers, neurons, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    import kaleido
+
+    sessions = []
+
+    class Counted(kaleido.Kaleido):
+        def __init__(self, *args, **kwargs):
+            sessions.append(kwargs.get("path"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(kaleido, "Kaleido", Counted)
+    figs = {tmp_path / "figure1.html": figure1(neurons, SITE),
+            tmp_path / "figure2.html": figure2(layers, REGRESSION, SITE)}
+    assert export.write_images(figs) == "wrote 2 PNG and 2 SVG figures"
+    assert sessions == [find_browser()]  # one browser for all four images
+    for path, fig in figs.items():
+        width, height = export.DEFAULT_WIDTH, fig.layout.height
+        _assert_not_blank(path.with_suffix(".png"), (width * export.PNG_SCALE, height * export.PNG_SCALE))
+        root = ET.parse(path.with_suffix(".svg")).getroot()
+        assert root.tag.endswith("svg")
+        assert (float(root.get("width")), float(root.get("height"))) == (width, height)
+        assert len(root.findall(".//{http://www.w3.org/2000/svg}path")) > 10  # drawn, not an empty canvas
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "figure1.png", "figure1.svg", "figure2.png", "figure2.svg"]
+
+
+def test_write_html_directory_mode_shares_one_plotlyjs(tmp_path, layers, neurons):
+    one = write_html(figure2(layers, REGRESSION, SITE), tmp_path / "figure2.html", plotlyjs="directory")
+    two = write_html(figure1(neurons, SITE), tmp_path / "figure1.html", plotlyjs="directory")
+    js = tmp_path / export.PLOTLYJS
+    assert js.read_bytes() == export.plotlyjs_bytes()
+    before = js.stat().st_mtime_ns
+    write_html(figure1(neurons, SITE), two, plotlyjs="directory")
+    assert js.stat().st_mtime_ns == before  # written once, not per figure
+    for page in (one, two):
+        text = page.read_text(encoding="utf-8")
+        assert re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", text) == [export.PLOTLYJS]  # local, no CDN
+        assert len(text) < 100_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure1.html", "figure2.html", export.PLOTLYJS]
+
+
+# ---------------------------------------------------------------- controls, palette, hover
+@pytest.fixture()
+def layers_with_controls(layers) -> pd.DataFrame:
+    frame = layers.copy()
+    for suffix, shift in (("", 0.0), ("_matched_max", 5.0)):
+        mean = frame["mean_diff"] + shift
+        frame[f"mean_diff{suffix}"] = mean
+        frame[f"ci_low{suffix}"], frame[f"ci_high{suffix}"] = mean - 0.3, mean + 0.3
+        frame[f"input_ci_low{suffix}"], frame[f"input_ci_high{suffix}"] = mean - 0.1, mean + 0.1
+        frame[f"null_low{suffix}"], frame[f"null_high{suffix}"] = -0.05, 0.05
+        frame[f"n_text_preferring{suffix}"], frame[f"n_image_preferring{suffix}"] = 30, 12
+    return frame
+
+
+def test_figure2_draws_the_comparison_beside_on_its_own_axis_with_shared_legend(layers_with_controls):
+    compare = {"slope": 0.01, "intercept": 5.3, "r2": 0.5}
+    fig = figure2(layers_with_controls, REGRESSION, SITE, "max", "matched_max", compare)
+    by_name = {t.name: t for t in fig.data}
+    assert by_name["layer mean Δ (max)"].xaxis in (None, "x")
+    assert by_name["layer mean Δ (matched_max)"].xaxis == "x2"
+    np.testing.assert_allclose(np.asarray(by_name["layer mean Δ (matched_max)"].y),
+                               layers_with_controls["mean_diff_matched_max"])
+    fits = [t for t in fig.data if t.name.startswith("linear fit")]
+    assert [t.name.split(",")[0] for t in fits] == ["linear fit (max)", "linear fit (matched_max)"]
+    assert all(t.line.color == VERMILLION and t.line.dash == "dash" for t in fits)
+    # the null band and the spread are one legend entry each for both panels
+    for name in ("sign-flip null, 95% (no preferred modality)", "spread over neurons, 95% (the report's CI)"):
+        bands = [t for t in fig.data if t.name == name]
+        assert len(bands) == 2 and [bool(t.showlegend) for t in bands] == [True, False]
+        assert bands[0].legendgroup == bands[1].legendgroup
+    assert fig.layout.xaxis.title.text == fig.layout.xaxis2.title.text == "decoder layer (0 = first)"
+    assert [a.text for a in fig.layout.annotations][:2] == [
+        "reduction: max", "reduction: matched_max (length-matched)"]
+
+
+def test_figure2_hover_names_layer_intervals_and_significant_counts(layers_with_controls):
+    fig = figure2(layers_with_controls, REGRESSION, SITE)
+    mean = [t for t in fig.data if t.name == "layer mean Δ (max)"][0]
+    for part in ("layer %{x}", "mean Δ", "95% CI over inputs", "sign-flip null", "q < 0.05", "neurons"):
+        assert part in mean.hovertemplate
+    data = np.asarray(mean.customdata, float)
+    np.testing.assert_allclose(data[:, 6:9], [[30, 12, 100]] * len(layers_with_controls))
+
+
+def _colours(fig: go.Figure) -> set[str]:
+    found = set()
+    for t in fig.data:
+        for colour in (getattr(t, "fillcolor", None), t.marker.color if "marker" in t else None,
+                       t.line.color if "line" in t else None):
+            if isinstance(colour, str):
+                found.add(colour)
+    return found
+
+
+def test_every_figure_uses_the_colour_blind_safe_palette(neurons, layers_with_controls):
+    from modalscope.figures import style
+    from modalscope.figures.significance import figure_significant
+
+    okabe_ito = {style.BLUE, style.VERMILLION, style.GREEN, style.ORANGE, style.SKY, style.PURPLE,
+                 style.YELLOW, style.BLACK, style.GREY, "#882255"}
+    allowed = okabe_ito | {style.rgba(c, a) for c in okabe_ito for a in (0.2, 0.22, 0.25)} | {"rgba(0, 0, 0, 0.08)"}
+    counts = pd.DataFrame({"site": SITE, "stat": ["max"] * 2 + ["matched_max"] * 2, "layer": [0, 1] * 2,
+                           "n_text_preferring": [5, 3, 7, 1], "n_image_preferring": [2, 40, 0, 6],
+                           "n_neurons": 50})
+    figures = [figure1(neurons, SITE), figure2(layers_with_controls, REGRESSION, SITE),
+               figure_significant(counts, SITE, ["max", "matched_max"])]
+    for fig in figures:
+        assert _colours(fig) <= allowed, _colours(fig) - allowed
+        assert fig.layout.showlegend is not False
+    sig = figures[2]
+    image_bars = [t for t in sig.data if t.name.startswith("image")]
+    assert all((np.asarray(t.y) <= 0).all() for t in image_bars)  # drawn down ...
+    assert all(not text.startswith("-") for text in sig.layout.yaxis.ticktext)  # ... but counted up
+    assert max(sig.layout.yaxis.tickvals) >= 7 and min(sig.layout.yaxis.tickvals) <= -40
+    assert sig.layout.xaxis.title.text == "decoder layer (0 = first)"
+
+
+@pytest.mark.parametrize("largest,step", [(0, 1), (3, 1), (7, 2), (40, 10), (228, 100), (11008, 5000)])
+def test_count_ticks_are_symmetric_round_and_cover_the_largest(largest, step):
+    from modalscope.figures.significance import count_ticks
+
+    ticks = count_ticks(largest)
+    assert ticks == [-t for t in reversed(ticks)] and 0 in ticks
+    assert ticks[1] - ticks[0] == step and ticks[-1] >= largest

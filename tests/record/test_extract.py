@@ -3,9 +3,6 @@ batches are kept, and rerunning after the fix continues to the same result as a 
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 import zarr
@@ -16,27 +13,13 @@ from modalscope.record.plan import default_sort_window, padded_tokens, plan_wind
 from modalscope.study import extract_stage, prepare_manifest
 
 
-def _jsonl(tmp_path, coco_files, n=8):
-    captions, images = coco_files
-    data = json.loads(captions.read_text())
-    folder = tmp_path / "images"
-    folder.mkdir()
-    lines = []
-    for im in data["images"][:n]:
-        shutil.copy(images / im["file_name"], folder / im["file_name"])
-        caption = next(a["caption"] for a in data["annotations"] if a["image_id"] == im["id"])
-        lines.append(json.dumps({"image": f"images/{im['file_name']}", "caption": caption, "id": im["id"]}))
-    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    return tmp_path / "pairs.jsonl"
-
-
 def _config(out, jsonl, model, sort_window=2):
     return StudyConfig(out_dir=out, model=str(model), jsonl=jsonl, batch_size=2, device="cpu",
                        png=False, progress=False, sort_window=sort_window)
 
 
-def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, coco_files, tiny_model_dir):
-    jsonl = _jsonl(tmp_path, coco_files)
+def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, make_jsonl, tiny_model_dir):
+    jsonl = make_jsonl(8)
     clean = _config(tmp_path / "clean", jsonl, tiny_model_dir)
     extract_stage(clean, prepare_manifest(clean))
 
@@ -63,8 +46,8 @@ def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, coco_fil
         np.testing.assert_array_equal(done[name][:], ref[name][:])
 
 
-def test_dataloader_workers_give_the_same_store_and_one_line_errors(tmp_path, coco_files, tiny_model_dir):
-    jsonl = _jsonl(tmp_path, coco_files, n=6)
+def test_dataloader_workers_give_the_same_store_and_one_line_errors(tmp_path, make_jsonl, tiny_model_dir):
+    jsonl = make_jsonl(6)
     stores = {}
     for workers in (0, 2):
         config = _config(tmp_path / f"w{workers}", jsonl, tiny_model_dir)
@@ -105,10 +88,10 @@ def test_windows_sort_by_length_and_keep_every_row_once():
     assert default_sort_window(16, 1 << 20) == 8
 
 
-def test_length_sorted_windows_keep_manifest_order(tmp_path, coco_files, tiny_model_dir):
+def test_length_sorted_windows_keep_manifest_order(tmp_path, make_jsonl, tiny_model_dir):
     """Records of a length-sorted run sit in the rows of an unsorted run: only batch
     neighbours differ, so values agree to float32 rounding and token counts exactly."""
-    jsonl = _jsonl(tmp_path, coco_files, n=8)
+    jsonl = make_jsonl(8)
     stores = {}
     for window in (1, 4):
         config = _config(tmp_path / f"s{window}", jsonl, tiny_model_dir, sort_window=window)

@@ -4,13 +4,19 @@ Why: the report shuffles its pair list once and reuses that order for every reco
 `DIR/manifest.parquet` is that list; row i is input i everywhere (the store's input axis,
 `input_index` in every table). A rerun reads it back unchanged instead of reshuffling, so
 a later change in the data folder or in the code cannot silently reorder a study.
+
+It holds usable pairs only: the pairs met on the way that could not be used (see
+data/validate.py) are in `DIR/skipped.parquet`, one row each with the reason, written before
+the manifest. Captions cut to fit the model's context are listed in `DIR/truncated.parquet`
+by the extraction. Every file here is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +27,35 @@ import pyarrow.parquet as pq
 from modalscope.data.pairs import DataError, Pair
 
 MANIFEST = "manifest.parquet"
+SKIPPED = "skipped.parquet"
+TRUNCATED = "truncated.parquet"
 COLUMNS = ["input_index", "pair_id", "image_path", "caption", "caption_id"]
+SKIPPED_SCHEMA = pa.schema([("pair_id", pa.string()), ("image_path", pa.string()),
+                            ("caption", pa.string()), ("caption_id", pa.int64()),
+                            ("reason", pa.string())])
+
+
+def shuffled(pairs: list[Pair], seed: int) -> list[Pair]:
+    """Sort by pair id (so the file's order does not matter), then permute with `seed`."""
+    ordered = sorted(pairs, key=lambda p: (len(p.pair_id), p.pair_id))
+    return [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
 
 
 def shuffle_pairs(pairs: list[Pair], seed: int, num_pairs: int | None) -> pd.DataFrame:
-    """Sort by pair id (so the file's order does not matter), permute with `seed`, take a prefix.
+    """The manifest frame of the first `num_pairs` shuffled pairs, none of them checked.
 
     A larger `num_pairs` with the same seed extends the list: the first rows are the same.
     """
     if not pairs:
         raise DataError("the data holds no image-caption pairs")
-    ordered = sorted(pairs, key=lambda p: (len(p.pair_id), p.pair_id))
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    if num_pairs is not None:
-        if num_pairs > len(ordered):
-            raise DataError(f"--num-pairs {num_pairs}: the data holds only {len(ordered)} pairs")
-        order = order[:num_pairs]
-    frame = pd.DataFrame([asdict(ordered[i]) for i in order])
+    if num_pairs is not None and num_pairs > len(pairs):
+        raise DataError(f"--num-pairs {num_pairs}: the data holds only {len(pairs)} pairs")
+    return manifest_frame(shuffled(pairs, seed)[:num_pairs])
+
+
+def manifest_frame(pairs: list[Pair]) -> pd.DataFrame:
+    """Pairs in study order as manifest rows; `input_index` is the row number."""
+    frame = pd.DataFrame([asdict(p) for p in pairs], columns=[f.name for f in fields(Pair)])
     frame.insert(0, "input_index", np.arange(len(frame), dtype=np.int64))
     frame["caption_id"] = frame["caption_id"].astype("Int64")
     return frame[COLUMNS]
@@ -58,10 +76,63 @@ def save_manifest(frame: pd.DataFrame, out_dir: Path, meta: dict) -> Path:
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), b"modalscope": json.dumps(meta).encode()}
     )
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    _write_atomic(table, path)
     return path
+
+
+def save_skipped(skipped: list[tuple[Pair, str]], out_dir: Path) -> Path:
+    """DIR/skipped.parquet: one row per pair the walk refused (written even when empty)."""
+    rows = [{"pair_id": p.pair_id, "image_path": p.image_path, "caption": p.caption,
+             "caption_id": p.caption_id, "reason": reason} for p, reason in skipped]
+    path = Path(out_dir) / SKIPPED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(pa.Table.from_pylist(rows, schema=SKIPPED_SCHEMA), path)
+    return path
+
+
+def load_skipped(out_dir: Path) -> pd.DataFrame:
+    """The skip list of a study (empty for a study without one)."""
+    path = Path(out_dir) / SKIPPED
+    table = pq.read_table(path) if path.exists() else SKIPPED_SCHEMA.empty_table()
+    return table.to_pandas()
+
+
+def data_counts(out_dir: Path) -> dict[str, int]:
+    """How many pairs were skipped and how many captions were cut, for the summary."""
+    truncated = Path(out_dir) / TRUNCATED
+    return {"n_skipped": len(load_skipped(out_dir)),
+            "n_truncated": pq.read_metadata(truncated).num_rows if truncated.exists() else 0}
+
+
+def data_notes(out_dir: Path) -> list[str]:
+    """One line each: fewer pairs than --num-pairs asked for, skipped pairs, cut captions."""
+    out_dir = Path(out_dir)
+    notes = []
+    if (out_dir / MANIFEST).exists():
+        frame, meta = load_manifest(out_dir)
+        wanted = meta.get("num_pairs")
+        if wanted is not None and len(frame) < wanted:
+            notes.append(f"--num-pairs {wanted}: the data holds only {len(frame)} usable pairs; "
+                         f"using all {len(frame)}")
+    skipped = load_skipped(out_dir)
+    if len(skipped):
+        first = skipped.iloc[0]
+        notes.append(f"{len(skipped)} pair(s) skipped in both conditions (e.g. pair {first.pair_id}: "
+                     f"{first.reason}); all listed in {out_dir / SKIPPED}")
+    n_truncated = data_counts(out_dir)["n_truncated"]
+    if n_truncated:
+        notes.append(f"{n_truncated} caption(s) cut to fit the model's context; "
+                     f"listed in {out_dir / TRUNCATED}")
+    return notes
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_manifest(out_dir: Path) -> tuple[pd.DataFrame, dict]:

@@ -3,13 +3,22 @@
 Why: a study is defined by its pairs. COCO gives several captions per image; we keep one,
 chosen deterministically (the annotation with the lowest id) and recorded by its
 annotation id, so a pair always means the same image and the same sentence.
+
+Two kinds of bad input, two outcomes. A file that cannot be read as a whole (not JSON, not
+UTF-8, a COCO file without `images`, a JSONL line that is not a pair record) raises a
+one-line `DataError` naming the file and the line or entry. A pair that is readable but
+unusable (empty caption, annotation of an image `images` does not list, an image id listed
+twice with different files, a pair id used twice for different pairs) is still returned,
+with `problem` saying why; the manifest walk skips it and lists it in DIR/skipped.parquet.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class DataError(ValueError):
@@ -19,42 +28,72 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Pair:
     pair_id: str
-    image_path: str  # absolute path
+    image_path: str  # absolute path ("" when the data names no file)
     caption: str
     caption_id: int | None = None  # COCO annotation id of the chosen caption
+    problem: str | None = None  # why the pair cannot be used, known from the data file alone
+
+
+def caption_problem(caption: Any) -> str | None:
+    """Why a caption cannot be a text input, or None. Unicode of any script is fine."""
+    if not isinstance(caption, str):
+        return f"caption is not text ({_json_type(caption)})"
+    if caption == "":
+        return "caption is empty"
+    if not caption.strip():
+        return "caption is whitespace only"
+    if not any(unicodedata.category(ch)[0] in "LMNPS" for ch in caption):
+        return "caption has no visible characters"
+    return None
 
 
 def load_coco(captions_json: Path, images_dir: Path) -> list[Pair]:
     """One pair per image that has at least one caption, in image-id order."""
     captions_json = Path(captions_json)
-    try:
-        data = json.loads(captions_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{captions_json}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
-        ) from None
+    data = _read_json(captions_json)
+    if not isinstance(data, dict):
+        raise DataError(f"{captions_json}: holds a JSON {_json_type(data)}, not a COCO captions object")
     for key in ("images", "annotations"):
         if key not in data:
             raise DataError(f"{captions_json}: missing '{key}' (not a COCO captions file)")
-    files = {int(image["id"]): image["file_name"] for image in data["images"]}
-    chosen: dict[int, dict] = {}
-    for ann in data["annotations"]:
-        image_id = int(ann["image_id"])
-        if image_id not in chosen or int(ann["id"]) < int(chosen[image_id]["id"]):
-            chosen[image_id] = ann
+        if not isinstance(data[key], list):
+            raise DataError(f"{captions_json}: '{key}' is a {_json_type(data[key])}, not a list")
+    files: dict[int, list[str]] = {}
+    for i, image in enumerate(data["images"]):
+        where = f"{captions_json}: images[{i}]"
+        image_id = _int_field(image, "id", where)
+        name = _field(image, "file_name", where)
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{where}: 'file_name' is {name!r}, not a file name")
+        files.setdefault(image_id, [])
+        if name not in files[image_id]:
+            files[image_id].append(name)
+    chosen: dict[int, tuple[int, int, Any]] = {}  # image id -> (annotation id, index, caption)
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{captions_json}: annotations[{i}]"
+        image_id, ann_id = _int_field(ann, "image_id", where), _int_field(ann, "id", where)
+        caption = _field(ann, "caption", where)
+        if image_id not in chosen or (ann_id, i) < chosen[image_id][:2]:
+            chosen[image_id] = (ann_id, i, caption)
     pairs = []
     for image_id in sorted(chosen):
-        if image_id not in files:
-            raise DataError(
-                f"{captions_json}: annotation {chosen[image_id]['id']} points to unknown "
-                f"image id {image_id}"
-            )
+        ann_id, _, caption = chosen[image_id]
+        names = files.get(image_id)
+        path, problem = "", None
+        if names is None:
+            problem = f"annotation {ann_id} points to image id {image_id}, which 'images' does not list"
+        else:
+            path = str((Path(images_dir) / names[0]).resolve())
+            if len(names) > 1:
+                problem = (f"image id {image_id} is listed in 'images' with {len(names)} different "
+                           f"files ({', '.join(names)})")
         pairs.append(
             Pair(
                 pair_id=str(image_id),
-                image_path=str((Path(images_dir) / files[image_id]).resolve()),
-                caption=str(chosen[image_id]["caption"]).strip(),
-                caption_id=int(chosen[image_id]["id"]),
+                image_path=path,
+                caption=caption.strip() if isinstance(caption, str) else "",
+                caption_id=ann_id,
+                problem=problem or caption_problem(caption),
             )
         )
     return pairs
@@ -63,28 +102,118 @@ def load_coco(captions_json: Path, images_dir: Path) -> list[Pair]:
 def load_jsonl(path: Path) -> list[Pair]:
     """Lines of {"image": path, "caption": text, "id": ...}; image paths are relative to the file."""
     path = Path(path)
-    pairs = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    pairs, lines = [], []
+    with _open(path) as raw_lines:
+        for number, raw in enumerate(raw_lines, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: not UTF-8 text (byte {err.start}); fix or delete the line") from None
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-                image, caption = record["image"], record["caption"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DataError(
-                    f"{path}, line {number}: expected {{\"image\": ..., \"caption\": ..., "
-                    f"\"id\": ...}} ({type(err).__name__}: {err})"
-                ) from None
-            pair_id = str(record.get("id", number))
+            record = _json_line(line.rstrip("\r\n"), where)
+            image, caption = record["image"], record["caption"]
+            pair_id = record.get("id")
+            if pair_id is None:
+                pair_id = number
+            elif isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)):
+                raise DataError(f"{where}: 'id' is a {_json_type(pair_id)}; give a string or an integer")
+            problem = None if isinstance(image, str) and image else (
+                f"'image' is {_json_type(image) if not isinstance(image, str) else 'empty'}, not a file path")
             pairs.append(
                 Pair(
-                    pair_id=pair_id,
-                    image_path=str((path.parent / image).resolve()),
-                    caption=str(caption).strip(),
+                    pair_id=str(pair_id),
+                    image_path=str((path.parent / image).resolve()) if problem is None else "",
+                    caption=caption.strip() if isinstance(caption, str) else "",
+                    problem=problem or caption_problem(caption),
                 )
             )
-    ids = [p.pair_id for p in pairs]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{path}: pair ids are not unique")
-    return pairs
+            lines.append(number)
+    return _one_pair_per_id(pairs, lines)
+
+
+def _one_pair_per_id(pairs: list[Pair], lines: list[int]) -> list[Pair]:
+    """A repeated id: identical repeats collapse to the first; differing ones are all unusable."""
+    by_id: dict[str, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        by_id.setdefault(pair.pair_id, []).append(index)
+    kept = []
+    for index, pair in enumerate(pairs):
+        same = by_id[pair.pair_id]
+        if len(same) == 1:
+            kept.append(pair)
+            continue
+        if len({(pairs[i].image_path, pairs[i].caption) for i in same}) == 1:
+            if index == same[0]:
+                kept.append(pair)
+            continue
+        numbers = ", ".join(str(lines[i]) for i in same)
+        problem = pair.problem or f"pair id {pair.pair_id!r} is used for different pairs (lines {numbers})"
+        kept.append(Pair(pair.pair_id, pair.image_path, pair.caption, pair.caption_id, problem))
+    return kept
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
+        ) from None
+
+
+def _open(path: Path):
+    try:
+        return path.open("rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _json_line(line: str, where: str) -> dict:
+    expected = '{"image": ..., "caption": ..., "id": ...}'
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON (column {err.colno}: {err.msg}); expected {expected}; "
+                        "fix or delete the line") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a JSON {_json_type(record)}; expected {expected}; fix or delete the line")
+    for key in ("image", "caption"):
+        if key not in record:
+            raise DataError(f"{where}: no '{key}'; expected {expected}; fix or delete the line")
+    return record
+
+
+def _field(entry: Any, key: str, where: str) -> Any:
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: a JSON {_json_type(entry)}, not an object")
+    if key not in entry:
+        raise DataError(f"{where}: no '{key}'")
+    return entry[key]
+
+
+def _int_field(entry: Any, key: str, where: str) -> int:
+    value = _field(entry, key, where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise DataError(f"{where}: '{key}' is {value!r}, not an integer")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type: null, boolean, number, string, array, object."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "boolean"), ((int, float), "number"), (str, "string"),
+                       (list, "array"), (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__

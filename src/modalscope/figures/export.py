@@ -1,12 +1,16 @@
-"""Writing figures: offline HTML always, PNG copies when a browser exists.
+"""Writing figures: offline HTML always, PNG and SVG copies when a browser exists.
 
 Design choices:
 
-* HTML embeds plotly.js (``include_plotlyjs=True``, never "cdn") so a report
-  opens on an air-gapped machine. Every file is written to a temp file in the
-  target directory and ``os.replace``d, so a crash never leaves a truncated
-  figure behind.
-* PNGs need Chrome/Chromium (kaleido >= 1 drives a headless browser). A
+* HTML never loads plotly.js from a CDN, so figures open on an air-gapped
+  machine. A study's figures/*.html share ONE ``figures/plotly.min.js`` beside
+  them (``plotlyjs="directory"``: a 22-figure study is ~5 MB instead of
+  ~105 MB with plotly.js in each file); the one file to send someone is
+  DIR/report.html, which embeds plotly.js once and every headline figure.
+  ``plotlyjs="embed"`` still writes a figure that stands alone. Every file is
+  written to a temp file in the target directory and ``os.replace``d, so a
+  crash never leaves a truncated figure behind.
+* PNG and SVG need Chrome/Chromium (kaleido >= 1 drives a headless browser). A
   missing browser is normal on servers, so it is a one-line message, not an
   error. We do NOT use ``plotly.io.write_images`` or kaleido's sync server:
   ``write_images`` calls ``kaleido.write_fig_from_object_sync`` without
@@ -17,43 +21,54 @@ Design choices:
   ``kaleido.Kaleido(path=browser, mathjax=False)`` context (one browser for all
   figures) renders every figure to bytes with ``Kaleido.calc_fig`` (which
   raises on error), in a private thread with its own event loop (safe inside
-  Jupyter). Only when all renders succeed are the PNGs written, atomically.
+  Jupyter); PNG and SVG of all figures come from that one browser session.
+  Only when all renders succeed are the files written, atomically.
   ``mathjax=False`` because kaleido's default loads MathJax from a CDN.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 __all__ = [
     "BROWSER_NAMES",
     "NO_BROWSER_MESSAGE",
+    "PLOTLYJS",
+    "atomic_write",
     "find_browser",
     "write_html",
+    "write_images",
+    "write_plotlyjs",
     "write_pngs",
 ]
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 NO_BROWSER_MESSAGE = (
-    "PNG figures skipped: no Chrome/Chromium found; install one "
-    "(e.g. `apt-get install chromium`) or set BROWSER_PATH, then run "
-    "`modalscope plot DIR`."
+    "PNG/SVG figures skipped: no Chrome/Chromium found; to get them, "
+    "`apt-get install chromium` (or set BROWSER_PATH) and run `modalscope plot DIR`."
 )
+PLOTLYJS = "plotly.min.js"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FORMATS = ("png", "svg")
+HTML_CONFIG = {"displaylogo": False, "responsive": True}
 DEFAULT_WIDTH = 1100
 DEFAULT_HEIGHT = 550
 PNG_SCALE = 2
 RENDER_TIMEOUT_S = 120.0
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
+def atomic_write(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a sibling temp file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,14 +85,32 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_html(fig: go.Figure, path: Path) -> Path:
-    """Write ``fig`` as self-contained offline HTML (plotly.js embedded)."""
+@functools.cache
+def plotlyjs_bytes() -> bytes:
+    """The plotly.js bundle shipped with plotly.py (minified, ~4.6 MB)."""
+    return get_plotlyjs().encode("utf-8")
+
+
+def write_plotlyjs(directory: Path) -> Path:
+    """``directory/plotly.min.js``, written only when missing or another version."""
+    path = Path(directory) / PLOTLYJS
+    data = plotlyjs_bytes()
+    if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return path
+    return atomic_write(path, data)
+
+
+def write_html(fig: go.Figure, path: Path, plotlyjs: Literal["embed", "directory"] = "embed") -> Path:
+    """Write ``fig`` as offline HTML: plotly.js embedded, or read from plotly.min.js beside it."""
+    path = Path(path)
+    if plotlyjs == "directory":
+        write_plotlyjs(path.parent)
     html = fig.to_html(
-        include_plotlyjs=True,
+        include_plotlyjs=True if plotlyjs == "embed" else "directory",
         full_html=True,
-        config={"displaylogo": False, "responsive": True},
+        config=HTML_CONFIG,
     )
-    return _atomic_write(Path(path), html.encode("utf-8"))
+    return atomic_write(path, html.encode("utf-8"))
 
 
 def find_browser() -> str | None:
@@ -97,20 +130,20 @@ def find_browser() -> str | None:
     return None
 
 
-def _png_opts(fig: go.Figure) -> dict:
+def _opts(fig: go.Figure, fmt: str) -> dict:
     return {
-        "format": "png",
+        "format": fmt,
         "width": fig.layout.width or DEFAULT_WIDTH,
         "height": fig.layout.height or DEFAULT_HEIGHT,
-        "scale": PNG_SCALE,
+        "scale": PNG_SCALE if fmt == "png" else 1,
     }
 
 
-def _render_pngs(figs: list[go.Figure], browser: str) -> list[bytes]:
-    """Render all ``figs`` to PNG bytes with ONE kaleido browser."""
+def _render(figs: list[go.Figure], formats: Sequence[str], browser: str) -> list[bytes]:
+    """Render every figure in every format (figure-major) with ONE kaleido browser."""
     import kaleido  # local: importing kaleido is slow and only needed here
 
-    specs = [(fig.to_dict(), _png_opts(fig)) for fig in figs]
+    specs = [(d, _opts(fig, fmt)) for fig in figs for d in [fig.to_dict()] for fmt in formats]
 
     async def render() -> list[bytes]:
         async with kaleido.Kaleido(
@@ -130,28 +163,43 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def write_pngs(figures: dict[Path, go.Figure]) -> str:
-    """Write PNG copies of ``figures`` ({path: figure}); return a one-line status.
+def _looks_like(fmt: str, data: bytes) -> bool:
+    return data.startswith(PNG_MAGIC) if fmt == "png" else b"<svg" in data[:400]
+
+
+def write_images(figures: dict[Path, go.Figure], formats: Sequence[str] = FORMATS) -> str:
+    """Write ``path.with_suffix(.png/.svg)`` of each of ``figures`` ({path: figure}) through
+    one browser session; return a one-line status.
 
     Never raises for a missing browser or a kaleido failure: the returned line
-    says what happened. Either all PNGs are written or none.
+    says what happened. Either all files are written or none.
     """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"image formats {unknown}: choose from {', '.join(FORMATS)}")
+    kinds = "/".join(f.upper() for f in formats)
     if not figures:
-        return "wrote 0 PNG figures"
+        return f"wrote 0 {kinds} figures"
     browser = find_browser()
     if browser is None:
         return NO_BROWSER_MESSAGE
-    paths = [Path(p) for p in figures]
+    paths = [Path(p).with_suffix(f".{fmt}") for p in figures for fmt in formats]
     try:
-        images = _render_pngs(list(figures.values()), browser)
+        images = _render(list(figures.values()), formats, browser)
     except Exception as exc:  # noqa: BLE001 - reported, not raised, by design
-        return f"PNG figures skipped: kaleido failed with browser {browser!r} ({_one_line(exc)})"
-    bad = [str(p) for p, img in zip(paths, images) if not bytes(img).startswith(PNG_MAGIC)]
+        return f"{kinds} figures skipped: kaleido failed with browser {browser!r} ({_one_line(exc)})"
+    bad = [str(p) for p, img in zip(paths, images) if not _looks_like(p.suffix[1:], bytes(img))]
     if len(images) != len(paths) or bad:
-        return f"PNG figures skipped: kaleido returned non-PNG data for {bad or 'some figures'}"
+        return f"{kinds} figures skipped: kaleido returned unexpected data for {bad or 'some figures'}"
     try:
         for p, img in zip(paths, images):
-            _atomic_write(p, bytes(img))
+            atomic_write(p, bytes(img))
     except OSError as exc:
-        return f"PNG figures failed: could not write ({_one_line(exc)})"
-    return f"wrote {len(paths)} PNG figures"
+        return f"{kinds} figures failed: could not write ({_one_line(exc)})"
+    counts = " and ".join(f"{len(figures)} {f.upper()}" for f in formats)
+    return f"wrote {counts} figures"
+
+
+def write_pngs(figures: dict[Path, go.Figure]) -> str:
+    """PNG copies only: ``write_images(figures, ("png",))``."""
+    return write_images(figures, ("png",))

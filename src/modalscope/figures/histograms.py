@@ -13,7 +13,8 @@ Design choices:
 * Non-finite values (e.g. NaN t-values of zero-variance neurons) are dropped
   from the counts; the number dropped is shown in the per-layer title.
 * Trace order is ``[layer0 mean Δ, layer0 t, layer1 mean Δ, layer1 t, ...]``;
-  slider step ``i`` makes traces ``2i`` and ``2i + 1`` visible.
+  slider step ``i`` makes traces ``2i`` and ``2i + 1`` visible. Only visible traces
+  appear in the legend, so it names the layer on show.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from modalscope.figures.style import BLUE, ORANGE, apply_layout, delta_axis
+
 __all__ = ["figure1", "shared_bin_edges", "N_BINS"]
 
 N_BINS = 60
-_COLUMNS = (
-    ("mean_diff", "mean Δ (text − image)", "#1f77b4"),
-    ("t_value", "t-value", "#ff7f0e"),
-)
+T_AXIS = "t-value (one-sample t of Δ over inputs; no unit)"
+
+
+def _columns(stat: str, contrast: str) -> tuple[tuple[str, str, str, str], ...]:
+    """(column, axis title, short name, colour) of the two panels."""
+    return (
+        ("mean_diff", delta_axis(stat, "neuron mean Δ", contrast), "mean Δ", BLUE),
+        ("t_value", T_AXIS, "t-value", ORANGE),
+    )
 
 
 def shared_bin_edges(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
@@ -62,12 +70,18 @@ def _title(site: str, layer: int, n: int, n_nan_t: int) -> str:
     )
 
 
-def figure1(neurons: pd.DataFrame, site: str, n_bins: int = N_BINS) -> go.Figure:
+def figure1(
+    neurons: pd.DataFrame,
+    site: str,
+    n_bins: int = N_BINS,
+    stat: str = "max",
+    contrast: str = "text − image",
+) -> go.Figure:
     """Histograms of neuron mean Δ and t-value per layer, with a layer slider.
 
     ``neurons`` is Table 3 (one row per neuron) with at least the columns
     ``layer``, ``mean_diff`` and ``t_value``; if it has a ``site`` column,
-    only rows of ``site`` are used.
+    only rows of ``site`` are used. ``stat`` and ``contrast`` only name the axes.
     """
     missing = {"layer", "mean_diff", "t_value"} - set(neurons.columns)
     if missing:
@@ -76,24 +90,25 @@ def figure1(neurons: pd.DataFrame, site: str, n_bins: int = N_BINS) -> go.Figure
     if df.empty:
         raise ValueError(f"neurons table for site {site!r} is empty")
 
+    columns = _columns(stat, contrast)
     layers = sorted(int(v) for v in df["layer"].unique())
     by_layer = {int(k): g for k, g in df.groupby("layer", sort=True)}
     edges = {
         col: shared_bin_edges(df[col].to_numpy(dtype=float), n_bins)
-        for col, _, _ in _COLUMNS
+        for col, *_ in columns
     }
 
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=[label for _, label, _ in _COLUMNS],
-        horizontal_spacing=0.08,
+        subplot_titles=[f"neuron mean Δ ({stat})", "t-value"],
+        horizontal_spacing=0.1,
     )
-    y_max = {col: 0 for col, _, _ in _COLUMNS}
+    y_max = {col: 0 for col, *_ in columns}
     titles: list[str] = []
     for i, layer in enumerate(layers):
         g = by_layer[layer]
-        for c, (col, label, color) in enumerate(_COLUMNS, start=1):
+        for c, (col, _, label, color) in enumerate(columns, start=1):
             vals = g[col].to_numpy(dtype=float)
             vals = vals[np.isfinite(vals)]
             counts, e = np.histogram(vals, bins=edges[col])
@@ -109,8 +124,8 @@ def figure1(neurons: pd.DataFrame, site: str, n_bins: int = N_BINS) -> go.Figure
                         "<br>neurons: %{y}<extra>layer " + str(layer) + "</extra>"
                     ),
                     marker=dict(color=color, line=dict(width=0)),
-                    name=f"layer {layer} {col}",
-                    showlegend=False,
+                    name=f"layer {layer}: {label} of its {len(g)} neurons",
+                    showlegend=True,
                     visible=(i == 0),
                 ),
                 row=1,
@@ -132,26 +147,27 @@ def figure1(neurons: pd.DataFrame, site: str, n_bins: int = N_BINS) -> go.Figure
             )
         )
 
-    for c, (col, label, _) in enumerate(_COLUMNS, start=1):
+    for c, (col, axis, _, _) in enumerate(columns, start=1):
         fig.add_vline(x=0, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
         fig.update_xaxes(
-            title_text=label, range=[edges[col][0], edges[col][-1]], row=1, col=c
+            title_text=axis, range=[edges[col][0], edges[col][-1]], row=1, col=c
         )
         fig.update_yaxes(
-            title_text="neurons", range=[0, max(1, y_max[col]) * 1.05], row=1, col=c
+            title_text="neurons (count per bin)", range=[0, max(1, y_max[col]) * 1.05], row=1, col=c
         )
 
-    fig.update_layout(
-        title=dict(text=titles[0]),
+    apply_layout(
+        fig,
+        titles[0],
+        height=600,
         bargap=0,
-        height=520,
-        template="plotly_white",
-        margin=dict(t=90, b=110),
+        margin=dict(t=125, b=150),
+        legend=dict(orientation="h", yanchor="bottom", y=1.07, x=0),
         sliders=[
             dict(
                 active=0,
                 currentvalue=dict(prefix="decoder layer: "),
-                pad=dict(t=50),
+                pad=dict(t=75),
                 steps=steps,
             )
         ],

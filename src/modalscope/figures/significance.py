@@ -7,32 +7,55 @@ mixed or one-sided. Each reduction is a colour pair, so max and matched_max sit 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from modalscope.figures.style import DIRECTION_PAIRS, LAYER_AXIS, apply_layout
+
 # Okabe-Ito, safe for colour-blind readers: (text, image) per reduction.
-COLOURS = [("#0072B2", "#D55E00"), ("#56B4E9", "#E69F00"), ("#009E73", "#CC79A7"),
-           ("#999999", "#F0E442"), ("#000000", "#882255")]
+COLOURS = DIRECTION_PAIRS
+# A hatch per reduction, so the reductions differ in more than colour.
+PATTERNS = ["", "/", ".", "x", "-"]
 
 
 def figure_significant(counts: pd.DataFrame, site: str, stats: list[str]) -> go.Figure:
     """`counts` is significant_neurons.parquet: site, stat, layer, n_text_preferring, ..."""
     rows = counts[counts["site"] == site]
     fig = go.Figure()
-    for (text_colour, image_colour), stat in zip(COLOURS, stats):
+    for k, ((text_colour, image_colour), stat) in enumerate(zip(COLOURS, stats)):
         part = rows[rows["stat"] == stat].sort_values("layer")
-        fig.add_bar(x=part["layer"], y=part["n_text_preferring"], name=f"text-preferring ({stat})",
-                    marker_color=text_colour, offsetgroup=stat,
-                    hovertemplate="layer %{x}<br>%{y} text-preferring neurons<extra>" + stat + "</extra>")
-        fig.add_bar(x=part["layer"], y=-part["n_image_preferring"], name=f"image-preferring ({stat})",
-                    marker_color=image_colour, offsetgroup=stat,
-                    customdata=part["n_image_preferring"],
-                    hovertemplate="layer %{x}<br>%{customdata} image-preferring neurons<extra>" + stat + "</extra>")
-    fig.update_layout(
+        total = part["n_neurons"].to_numpy(float) if "n_neurons" in part else np.full(len(part), np.nan)
+        for direction, sign, colour in (("text", 1, text_colour), ("image", -1, image_colour)):
+            n = part[f"n_{direction}_preferring"].to_numpy()
+            fig.add_bar(
+                x=part["layer"], y=sign * n, name=f"{direction}-preferring ({stat})",
+                marker=dict(color=colour, pattern_shape=PATTERNS[k % len(PATTERNS)]), offsetgroup=stat,
+                customdata=np.column_stack([n, 100 * n / total, total]),
+                hovertemplate=(f"<b>layer %{{x}}</b> ({stat})<br>%{{customdata[0]}} {direction}-preferring "
+                               "neurons with q < 0.05<br>= %{customdata[1]:.1f}% of %{customdata[2]:.0f}"
+                               "<extra></extra>"),
+            )
+    apply_layout(
+        fig, f"{site}: neurons with q < 0.05 per layer (up: text-preferring, down: image-preferring)",
         barmode="relative",
-        title=f"{site}: neurons with q < 0.05 per layer (up: text-preferring, down: image-preferring)",
-        xaxis_title="decoder layer", yaxis_title="neurons (image-preferring drawn below 0)",
-        template="plotly_white", height=500,
+        xaxis_title=LAYER_AXIS, yaxis_title="neurons with q < 0.05 (count)<br>↑ text-preferring, ↓ image-preferring",
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0), margin=dict(t=100),
     )
+    fig.update_xaxes(dtick=1 if rows["layer"].nunique() <= 16 else None)
+    top = rows[rows["stat"].isin(stats)][["n_text_preferring", "n_image_preferring"]].to_numpy()
+    ticks = count_ticks(int(top.max(initial=0)))
+    fig.update_yaxes(tickvals=ticks, ticktext=[f"{abs(t):,}" for t in ticks], zeroline=True,
+                     zerolinecolor="black")
     return fig
+
+
+def count_ticks(largest: int, n: int = 4) -> list[int]:
+    """Ticks from -largest to +largest at a round step, labelled without sign (counts down are counts)."""
+    raw = max(1.0, largest / n)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = int(next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw))
+    k = math.ceil(largest / step) if largest else 1
+    return [i * step for i in range(-k, k + 1)]

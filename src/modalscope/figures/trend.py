@@ -1,15 +1,15 @@
-"""Figure 2: layer mean Δ across decoder depth, with CI band and linear fit.
+"""Figure 2: layer mean Δ across decoder depth, with its uncertainty, controls and linear fit.
 
 Design choices:
 
-* The 95% CI band is ONE closed polygon (``fill="toself"``): x runs up the
-  layers along ``ci_high`` and back down along ``ci_low``. Unlike a pair of
-  ``tonexty`` traces it cannot be broken by trace reordering, and it carries
-  its own legend entry ("95% CI over neurons"). Layers whose CI is not finite
-  (e.g. a single neuron) are left out of the band but kept in the mean line.
-* The regression line is drawn from the caller's ``regression`` dict (the
-  numbers reported in the tables), not refitted here, so figure and table
-  cannot disagree. Its legend name carries R² and slope.
+* Every band is ONE closed polygon (``fill="toself"``): x runs up the layers along the
+  upper edge and back down along the lower one. Unlike a pair of ``tonexty`` traces it
+  cannot be broken by trace reordering, and it carries its own legend entry. Layers whose
+  interval is not finite (e.g. a single neuron) are left out of the band but kept in the
+  mean line.
+* The regression line is drawn from the caller's ``regression`` dict (the numbers reported
+  in the tables), not refitted here, so figure and table cannot disagree. Its legend name
+  carries R² and slope. It is the report's red dashed line, in Okabe-Ito vermillion.
 * A horizontal zero line marks "no modality preference".
 * Controls, drawn when the layers table has them (see docs/method.md): the input-level
   95% CI (t-interval over inputs of each input's layer mean: the inputs are the sampled
@@ -17,6 +17,8 @@ Design choices:
   preferred sign), and a second reduction (by default matched_max, which removes the
   length bias of max over 10 caption vs 576 image tokens) beside the first. The report's
   band over neurons is kept but named for what it is: the neurons' spread.
+* Hovering a layer shows its mean, both intervals, the null band and how many of its
+  neurons are FDR-significant each way.
 """
 
 from __future__ import annotations
@@ -26,21 +28,24 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from modalscope.figures.style import (
+    BLUE, GREEN, LAYER_AXIS, PURPLE, VERMILLION, apply_layout, delta_axis, rgba,
+)
 
 __all__ = ["figure2", "fit_label"]
 
-Y_TITLE = "mean Δ (text − image)"
 
-
-def fit_label(regression: dict) -> str:
-    """Legend name of the regression line, e.g. 'linear fit, R² = 0.97, ...'."""
+def fit_label(regression: dict, stat: str | None = None) -> str:
+    """Legend name of the regression line, e.g. 'linear fit (max), R² = 0.97, ...'."""
     r2 = float(regression["r2"])
     slope = float(regression["slope"])
     r2_txt = f"{r2:.2f}" if math.isfinite(r2) else "n/a"
-    label = f"linear fit, R² = {r2_txt}, slope = {slope:.3g}/layer"
+    label = "linear fit" + (f" ({stat})" if stat else "") + f", R² = {r2_txt}, slope = {slope:.3g}/layer"
     if "slope_ci_low" in regression:
-        label += (f" (bootstrap 95% CI {regression['slope_ci_low']:.3g} to "
-                  f"{regression['slope_ci_high']:.3g};<br>sign-flip permutation p = {regression['slope_p_perm']:.2g})")
+        label += (f"<br>(bootstrap 95% CI {regression['slope_ci_low']:.3g} to "
+                  f"{regression['slope_ci_high']:.3g}; sign-flip p = {regression['slope_p_perm']:.2g})")
     return label
 
 
@@ -62,6 +67,61 @@ def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, name: str, color: str, 
     )
 
 
+def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    return df[name].to_numpy(dtype=float) if name in df.columns else np.full(len(df), np.nan)
+
+
+def _hover(df: pd.DataFrame, stat: str, controls: bool) -> tuple[np.ndarray, str]:
+    """customdata and hovertemplate of a layer-mean line."""
+    names = ["ci_low", "ci_high", "input_ci_low", "input_ci_high", "null_low", "null_high",
+             "n_text_preferring", "n_image_preferring"]
+    data = np.column_stack([_column(df, _col(n, stat)) for n in names] + [_column(df, "n_neurons")])
+    text = ("<b>layer %{x}</b> (" + stat + ")<br>mean Δ = %{y:.4g}"
+            "<br>spread over neurons, 95%: [%{customdata[0]:.3g}, %{customdata[1]:.3g}]")
+    if controls:
+        text += ("<br>95% CI over inputs: [%{customdata[2]:.3g}, %{customdata[3]:.3g}]"
+                 "<br>sign-flip null, 95%: [%{customdata[4]:.3g}, %{customdata[5]:.3g}]")
+    if _col("n_text_preferring", stat) in df.columns:
+        text += "<br>q < 0.05: %{customdata[6]:.0f} text-, %{customdata[7]:.0f} image-preferring"
+    text += " of %{customdata[8]:.0f} neurons<extra></extra>"
+    return data, text
+
+
+def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None, colour: str,
+           symbol: str, col: int | None, first: bool) -> None:
+    """One reduction's bands, layer means and fit; `first` gives the shared bands their legend entry."""
+    x = df["layer"].to_numpy(dtype=float)
+    where = dict(row=1, col=col) if col else {}
+    lo, hi = _column(df, _col("ci_low", stat)), _column(df, _col("ci_high", stat))
+    controls = _col("input_ci_low", stat) in df.columns
+    bands = [(lo, hi, "95% CI over neurons", rgba(colour, 0.2), None)]
+    if controls:
+        bands = [
+            (lo, hi, "spread over neurons, 95% (the report's CI)", "rgba(0, 0, 0, 0.08)", None),
+            (_column(df, _col("null_low", stat)), _column(df, _col("null_high", stat)),
+             "sign-flip null, 95% (no preferred modality)", rgba(PURPLE, 0.22), "dot"),
+            (_column(df, _col("input_ci_low", stat)), _column(df, _col("input_ci_high", stat)),
+             f"95% CI over inputs ({stat})", rgba(colour, 0.25), None),
+        ]
+    for low, high, name, fill, dash in bands:
+        shared = not name.endswith(f"({stat})")
+        band = _band(x, low, high, name, fill, dash)
+        band.update(legendgroup=name, showlegend=first or not shared)
+        fig.add_trace(band, **where)
+    data, hover = _hover(df, stat, controls)
+    fig.add_trace(go.Scatter(
+        x=x, y=df[_col("mean_diff", stat)].to_numpy(dtype=float), mode="markers+lines",
+        name=f"layer mean Δ ({stat})", line=dict(color=colour, width=2.5), marker=dict(size=8, symbol=symbol),
+        customdata=data, hovertemplate=hover,
+    ), **where)
+    if regression:
+        slope, intercept = float(regression["slope"]), float(regression["intercept"])
+        fig.add_trace(go.Scatter(
+            x=x, y=intercept + slope * x, mode="lines", name=fit_label(regression, stat),
+            line=dict(color=VERMILLION, dash="dash", width=2.5), hoverinfo="skip",
+        ), **where)
+
+
 def figure2(
     layers: pd.DataFrame,
     regression: dict,
@@ -69,12 +129,16 @@ def figure2(
     stat: str = "max",
     compare: str | None = "matched_max",
     compare_regression: dict | None = None,
+    contrast: str = "text − image",
 ) -> go.Figure:
-    """Layer mean Δ vs. layer index with 95% CI band and regression line.
+    """Layer mean Δ vs. layer index with 95% bands and the regression line.
 
-    ``layers`` has columns ``layer, mean_diff, ci_low, ci_high, n_neurons``
-    (and optionally ``site``: then only rows of ``site`` are used);
-    ``regression`` is ``{"slope": float, "intercept": float, "r2": float}``.
+    ``layers`` has columns ``layer, mean_diff, ci_low, ci_high, n_neurons`` (suffixed
+    ``_{stat}`` for reductions other than max; optionally ``site``: then only rows of
+    ``site`` are used, and the controls ``input_ci_*``, ``null_*``);
+    ``regression`` is ``{"slope": float, "intercept": float, "r2": float, ...}``.
+    When the table has the controls and ``compare``'s columns, ``compare`` is drawn in a
+    second panel beside ``stat`` (its own y axis: reductions differ in scale).
     """
     need = {"layer", _col("mean_diff", stat), _col("ci_low", stat), _col("ci_high", stat)}
     missing = need - set(layers.columns)
@@ -89,74 +153,31 @@ def figure2(
     if df.empty:
         raise ValueError(f"layers table for site {site!r} is empty")
     df = df.sort_values("layer")
-
-    x = df["layer"].to_numpy(dtype=float)
-    mean = df[_col("mean_diff", stat)].to_numpy(dtype=float)
-    lo = df[_col("ci_low", stat)].to_numpy(dtype=float)
-    hi = df[_col("ci_high", stat)].to_numpy(dtype=float)
     controls = _col("input_ci_low", stat) in df.columns
-    if "n_neurons" in df.columns:
-        n_neurons = df["n_neurons"].to_numpy()
-    else:
-        n_neurons = np.full(len(df), np.nan)
+    beside = bool(controls and compare and _col("input_ci_low", compare) in df.columns)
 
-    fig = go.Figure()
-    if controls:
-        fig.add_trace(_band(x, lo, hi, "spread over neurons (report's 95% CI)", "rgba(128, 128, 128, 0.15)"))
-        fig.add_trace(_band(x, df[_col("null_low", stat)].to_numpy(float), df[_col("null_high", stat)].to_numpy(float),
-                            "sign-flip null, 95%", "rgba(230, 159, 0, 0.25)", dash="dot"))
-        fig.add_trace(_band(x, df[_col("input_ci_low", stat)].to_numpy(float),
-                            df[_col("input_ci_high", stat)].to_numpy(float),
-                            "95% CI over inputs", "rgba(31, 119, 180, 0.3)"))
+    if beside:
+        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.13, subplot_titles=[
+            f"reduction: {stat}", f"reduction: {compare}" + (" (length-matched)" if compare == "matched_max" else "")])
     else:
-        fig.add_trace(_band(x, lo, hi, "95% CI over neurons", "rgba(31, 119, 180, 0.2)"))
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=mean,
-            mode="markers+lines",
-            name=f"layer mean Δ ({stat})",
-            line=dict(color="#1f77b4", width=2),
-            marker=dict(size=7),
-            customdata=np.column_stack([lo, hi, n_neurons]),
-            hovertemplate=(
-                "layer %{x}<br>mean Δ = %{y:.4g}"
-                "<br>95% CI [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
-                "<br>neurons: %{customdata[2]}<extra></extra>"
-            ),
-        )
+        fig = go.Figure()
+    _panel(fig, df, stat, regression, BLUE, "circle", 1 if beside else None, True)
+    if beside:
+        _panel(fig, df, compare, compare_regression, GREEN, "diamond", 2, False)
+    for col in (1, 2) if beside else (None,):
+        where = dict(row=1, col=col) if col else {}
+        fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), **where)
+        fig.update_xaxes(title_text=LAYER_AXIS, dtick=max(1, int(math.ceil(len(df) / 16))), **where)
+    # Beside each other, the panel titles name the reduction; the axis only its unit.
+    fig.update_yaxes(title_text=delta_axis(stat, "layer mean Δ", contrast, not beside),
+                     **(dict(row=1, col=1) if beside else {}))
+    if beside:
+        fig.update_yaxes(title_text=delta_axis(compare, "layer mean Δ", contrast, False), row=1, col=2)
+    apply_layout(
+        fig, f"{site}: layer mean Δ ({contrast}) by decoder layer" + ("" if beside else f", reduction: {stat}"),
+        height=640 if beside else 560,
+        hovermode="closest",
+        legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
+        margin=dict(t=80, b=40, l=80, r=20),
     )
-    slope = float(regression["slope"])
-    intercept = float(regression["intercept"])
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=intercept + slope * x,
-            mode="lines",
-            name=fit_label(regression),
-            line=dict(color="red", dash="dash", width=2),
-            hoverinfo="skip",
-        )
-    )
-    if controls and compare and _col("mean_diff", compare) in df.columns:
-        other = df[_col("mean_diff", compare)].to_numpy(dtype=float)
-        fig.add_trace(_band(x, df[_col("input_ci_low", compare)].to_numpy(float),
-                            df[_col("input_ci_high", compare)].to_numpy(float),
-                            f"95% CI over inputs ({compare})", "rgba(0, 158, 115, 0.25)"))
-        label = f"layer mean Δ ({compare})"
-        if compare_regression:
-            label += f", R² = {float(compare_regression['r2']):.2f}"
-        fig.add_trace(go.Scatter(x=x, y=other, mode="markers+lines", name=label,
-                                 line=dict(color="#009E73", width=2), marker=dict(size=7, symbol="diamond")))
-    fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"))
-    fig.update_layout(
-        title=dict(text=f"{site}: layer mean Δ (text − image) by decoder layer, reduction: {stat}"),
-        xaxis_title="decoder layer",
-        yaxis_title=Y_TITLE,
-        template="plotly_white",
-        height=500,
-        legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
-        margin=dict(t=80, r=40),
-    )
-    fig.update_xaxes(dtick=max(1, int(math.ceil(len(x) / 16))) if len(x) > 1 else 1)
     return fig

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,30 +86,56 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
     )
 
 
-def tiny_llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+@dataclass(frozen=True)
+class LlavaSizes:
+    """Widths and depths of a from-config LLaVA; the image geometry is always LLaVA-1.5's."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 176
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    # Wider than Llama's 0.02 so random activations of the tiny model are not all near zero.
+    initializer_range: float = 0.2
+
+
+TINY = LlavaSizes()
+# The CPU benchmark model (benchmarks/peers.py): ~100 M parameters, 8 Llama layers of
+# 1,024 / 2,752 neurons, a small CLIP tower; the same 576 image tokens.
+MID = LlavaSizes(
+    hidden_size=1024, intermediate_size=2752, num_hidden_layers=8, num_attention_heads=16,
+    num_key_value_heads=16, vision_hidden_size=256, vision_intermediate_size=1024,
+    vision_layers=2, vision_heads=4, initializer_range=0.02,
+)
+
+
+def tiny_llava_config(tokenizer: PreTrainedTokenizerFast, sizes: LlavaSizes = TINY) -> LlavaConfig:
     """LLaVA-1.5 geometry (576 image tokens) with a small Llama and a small CLIP tower."""
     vision = CLIPVisionConfig(
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=32,
+        hidden_size=sizes.vision_hidden_size,
+        intermediate_size=sizes.vision_intermediate_size,
+        num_hidden_layers=sizes.vision_layers,
+        num_attention_heads=sizes.vision_heads,
+        projection_dim=sizes.vision_hidden_size,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_hidden_layers,
+        num_attention_heads=sizes.num_attention_heads,
+        num_key_value_heads=sizes.num_key_value_heads,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        # Wider than Llama's 0.02 so random activations are not all near zero.
-        initializer_range=0.2,
+        initializer_range=sizes.initializer_range,
     )
     return LlavaConfig(
         vision_config=vision,
@@ -122,14 +149,18 @@ def tiny_llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     )
 
 
-def build_tiny_llava(out_dir: Path, corpus: Iterable[str], seed: int = 0) -> Path:
-    """Write the checkpoint once to `out_dir` (atomic: built aside, then renamed)."""
+def build_tiny_llava(
+    out_dir: Path, corpus: Iterable[str], seed: int = 0, sizes: LlavaSizes = TINY
+) -> Path:
+    """Write the checkpoint once to `out_dir` (atomic: built aside, then renamed).
+
+    `sizes=MID` builds the benchmark model instead of the tiny one (same code path)."""
     out_dir = Path(out_dir)
     if (out_dir / COMPLETE_MARKER).exists():
         return out_dir
     hf_logging.disable_progress_bar()
     tokenizer = train_tokenizer(corpus)
-    config = tiny_llava_config(tokenizer)
+    config = tiny_llava_config(tokenizer, sizes)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     image_processor = CLIPImageProcessorPil(

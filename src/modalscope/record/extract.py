@@ -24,6 +24,7 @@ from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load_image
 from modalscope.record.plan import plan_windows
 from modalscope.store import ActivationStore
+from modalscope.tables import write_frame
 
 
 def record_streams(
@@ -85,6 +86,13 @@ class PairBatches(Dataset):
         return item
 
 
+class ExtractionError(ValueError):
+    """Extraction stopped for a reason the user can act on (one line); finished windows are kept."""
+
+
+NONFINITE = "nonfinite.parquet"
+
+
 def extract(
     loaded: LoadedModel,
     manifest: pd.DataFrame,
@@ -98,6 +106,7 @@ def extract(
     image_text: bool = False,
     workers: int = 0,
     sort_window: int = 1,
+    auto_batch: bool = False,
 ) -> int:
     """Record every unfinished input of `manifest` into `store`; returns how many were added.
 
@@ -106,10 +115,49 @@ def extract(
     done, then the ledger advances. Batches are prepared by `workers` DataLoader processes
     (0: in this process), pinned when the model is on a GPU so the copies to it do not
     block; results come back to the host once per batch.
+
+    Out of device memory: with `auto_batch` the batch size is halved and the unfinished
+    window replanned (the store records the size in use, so a resume cuts the same
+    windows); otherwise a one-line ExtractionError names the batch size to try. Non-finite
+    reductions (fp16 overflow, NaN) stop the run: averaging them would poison every
+    statistic, so the pairs are listed in DIR/nonfinite.parquet and the message says which
+    dtype to use instead.
     """
-    builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens)
     start = store.n_done
-    captions = manifest["caption"].iloc[start:].tolist()
+    bar = tqdm(total=len(manifest), initial=start, unit="pair", desc="extract", disable=not progress)
+    while True:
+        try:
+            _extract_windows(loaded, manifest, store, sites, tokens, batch_size, bar, stats, quantile,
+                             image_text, workers, sort_window)
+            break
+        except torch.OutOfMemoryError:
+            _release_memory(loaded)
+            first = manifest["pair_id"].iloc[store.n_done]
+            if not auto_batch or batch_size == 1:
+                smaller = f"--batch-size {max(1, batch_size // 2)} or --batch-size auto" if batch_size > 1 else (
+                    "a smaller --dtype (float16/bfloat16), --quantization or --device-map auto")
+                raise ExtractionError(
+                    f"out of memory on {loaded.device} at --batch-size {batch_size} (window from pair {first}); "
+                    f"rerun the same command with {smaller}: the {store.n_done} finished pairs are kept"
+                ) from None
+            batch_size //= 2
+            store.group.attrs["batch_size"] = batch_size
+            bar.n = store.n_done
+            bar.write(f"out of memory at pair {first}: batch size halved to {batch_size}")
+    bar.close()
+    return len(manifest) - start
+
+
+def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: ActivationStore,
+                     sites: Sequence[str], tokens: TokenScope, batch_size: int, bar: tqdm,
+                     stats: Sequence[str], quantile: float, image_text: bool, workers: int,
+                     sort_window: int) -> None:
+    context = loaded.model.config.text_config.max_position_embeddings
+    builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens, max_length=context)
+    start = store.n_done
+    if start >= len(manifest):
+        return
+    captions = builder.fit_captions(manifest["caption"].iloc[start:])  # as the batches will cut them
     lengths = [len(ids) for ids in builder.tokenizer(captions, add_special_tokens=False)["input_ids"]]
     windows = plan_windows(lengths, start, batch_size, sort_window)
     batches = DataLoader(
@@ -119,24 +167,56 @@ def extract(
         pin_memory=loaded.device.type == "cuda",
         collate_fn=None,
     )
-    bar = tqdm(
-        total=len(manifest), initial=start, unit="pair", desc="extract", disable=not progress
-    )
     items = iter(batches)
     with Recorder(loaded.model, loaded.adapter, sites, stats, quantile) as recorder:
         for window in windows:
             done = []
-            for _ in window.batches:
+            for rows in window.batches:
                 item = next(items)
                 if "error" in item:
                     raise DataError(item["error"])
-                done.append(_record_item(loaded, recorder, item, image_text))
+                records, n_tokens = _record_item(loaded, recorder, item, image_text)
+                _check_finite(records, rows, manifest, store, loaded)
+                done.append((records, n_tokens))
                 bar.update(item["n"])
             rows = np.concatenate(window.batches)
             records, n_tokens = _in_manifest_order(done, np.argsort(rows, kind="stable"))
             store.append(records, n_tokens)
-    bar.close()
-    return len(manifest) - start
+
+
+def _release_memory(loaded: LoadedModel) -> None:
+    if loaded.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, store: ActivationStore,
+                  loaded: LoadedModel) -> None:
+    """Stop at the first batch with a NaN or inf reduction, listing every offending pair
+    (`rows`: the batch's manifest rows)."""
+    found = []
+    for stream, by_site in records.items():
+        for site, by_stat in by_site.items():
+            for stat, values in by_stat.items():
+                bad = ~np.isfinite(values)  # [batch, layer, neuron]
+                for i in np.flatnonzero(bad.any(axis=(1, 2))):
+                    layers = np.flatnonzero(bad[i].any(axis=1))
+                    found.append({"input": int(rows[i]), "pair_id": manifest["pair_id"].iloc[rows[i]],
+                                  "stream": stream, "site": site,
+                                  "stat": stat, "first_layer": int(layers[0]), "n_values": int(bad[i].sum())})
+    if not found:
+        return
+    frame = pd.DataFrame(found).sort_values("input", kind="stable")
+    path = store.path.parent / NONFINITE
+    write_frame(frame, path)
+    first = frame.iloc[0]
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
+    advice = ("fp16 overflows above 65504: rerun with --dtype bfloat16 or float32 into a new --out"
+              if dtype == "float16" else "check the weights and this pair's input; --dtype float32 rules out precision")
+    raise ExtractionError(
+        f"non-finite activations (NaN/inf) for {frame['pair_id'].nunique()} pair(s) of this batch "
+        f"(first: pair {first['pair_id']}, {first['stream']} input, {first['site']} layer {first['first_layer']}) "
+        f"with --dtype {dtype}; {advice}; listed in {path}; not averaged, the {store.n_done} finished pairs are kept"
+    )
 
 
 Records = dict[str, dict[str, dict[str, np.ndarray]]]

@@ -11,19 +11,30 @@ content: it is the same token in every input of both conditions and carries the 
 activations" of LLaMA-family models, so it says nothing about modality. With
 `tokens="all"` every real (non-padding) token except BOS is seen, template tokens included.
 Batches are right-padded so content positions do not move with the batch's longest input.
+
+A caption too long for the model's context (`max_length`, its `max_position_embeddings`) is
+cut at the end, by `fit_caption`, to what fits in the longest prompt (image and caption in one
+turn), and that same cut caption is used in every condition; `truncations` lists the cut ones
+(the study writes them to DIR/truncated.parquet).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
+import pandas as pd
 import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
+from modalscope.data.images import load_rgb
+
 TokenScope = Literal["content", "all"]
 CAPTION_SLOT = "\u0000CAPTION\u0000"
+NO_LIMIT = 10**7  # a tokenizer `model_max_length` at or above this means "not set"
 
 
 @dataclass
@@ -48,11 +59,16 @@ class ModelBatch:
 class PromptBuilder:
     """Turns captions and images into right-padded batches with content masks."""
 
-    def __init__(self, processor: ProcessorMixin, image_token_id: int, tokens: TokenScope):
+    def __init__(self, processor: ProcessorMixin, image_token_id: int, tokens: TokenScope,
+                 max_length: int | None = None):
+        """`max_length`: the model's context in tokens; None takes the tokenizer's
+        `model_max_length` when it is a real limit (the study sets it from the model config)."""
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_token_id = image_token_id
         self.tokens = tokens
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        self.max_length = max_length or (limit if limit and limit < NO_LIMIT else None)
         self.text_prefix, self.text_suffix = self.render(CAPTION_SLOT, image=False).split(
             CAPTION_SLOT
         )
@@ -69,7 +85,65 @@ class PromptBuilder:
             messages, add_generation_prompt=True, tokenize=False
         )
 
+    @cached_property
+    def image_positions(self) -> int:
+        """Sequence positions one `<image>` expands to (576 for LLaVA-1.5), measured once."""
+        enc = self.processor(text=[self.image_prompt], images=[Image.new("RGB", (8, 8))])
+        expanded = sum(1 for t in enc["input_ids"][0] if t == self.image_token_id)
+        return expanded - self.image_prompt.count(self.processor.image_token)
+
+    def _joint_lengths(self, captions: Sequence[str]) -> list[int]:
+        """Tokens of the image-and-caption prompt of each caption, images expanded."""
+        prompts = [self.joint_prefix + c + self.joint_suffix for c in captions]
+        extra = self.joint_prefix.count(self.processor.image_token) * self.image_positions
+        return [len(ids) + extra for ids in self.tokenizer(prompts)["input_ids"]]
+
+    def fit_captions(self, captions: Sequence[str]) -> list[str]:
+        """Each caption, cut at the end where its longest prompt would exceed `max_length`."""
+        captions = list(captions)
+        if self.max_length is None:
+            return captions
+        over = [i for i, n in enumerate(self._joint_lengths(captions)) if n > self.max_length]
+        for i in over:
+            captions[i] = self._cut(captions[i])
+        return captions
+
+    def _cut(self, caption: str) -> str:
+        """The longest prefix (in characters, trailing space dropped) whose prompt fits."""
+        if self._joint_lengths([""])[0] > self.max_length:
+            raise ValueError(f"the prompt template alone is longer than the model's context "
+                             f"({self.max_length} tokens)")
+        lo, hi = 0, len(caption)  # lo fits, hi does not
+        probe = 8 * self.max_length  # a book-length caption: search a short prefix, not all of it
+        if hi > probe and self._joint_lengths([caption[:probe].rstrip()])[0] > self.max_length:
+            hi = probe
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._joint_lengths([caption[:mid].rstrip()])[0] <= self.max_length:
+                lo = mid
+            else:
+                hi = mid
+        return caption[:lo].rstrip()
+
+    def truncations(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        """One row per manifest caption that `fit_captions` cuts: input_index, pair_id,
+        caption_chars, kept_chars, caption_tokens (of its longest prompt), max_length."""
+        captions = manifest["caption"].tolist()
+        fitted = self.fit_captions(captions)
+        cut = [i for i, (a, b) in enumerate(zip(captions, fitted)) if a != b]
+        rows = manifest.iloc[cut]
+        return pd.DataFrame({
+            "input_index": rows["input_index"].to_numpy(dtype="int64"),
+            "pair_id": rows["pair_id"].astype(str).to_numpy(),
+            "caption_chars": [len(captions[i]) for i in cut],
+            "kept_chars": [len(fitted[i]) for i in cut],
+            "caption_tokens": self._joint_lengths([captions[i] for i in cut]) if cut else [],
+            "max_length": [self.max_length] * len(cut),
+        }).astype({"caption_chars": "int64", "kept_chars": "int64", "caption_tokens": "int64",
+                   "max_length": "int64"})
+
     def text_batch(self, captions: list[str]) -> ModelBatch:
+        captions = self.fit_captions(captions)
         prompts = [self.text_prefix + c + self.text_suffix for c in captions]
         enc = self.tokenizer(
             prompts, padding=True, return_offsets_mapping=True, return_tensors="pt"
@@ -101,6 +175,7 @@ class PromptBuilder:
         """The image and its caption in one turn, and the masks of its three streams:
         `image_text` (caption and image tokens; every real token but BOS with tokens="all"),
         `image_text_caption` (its caption tokens) and `image_text_image` (its image tokens)."""
+        captions = self.fit_captions(captions)
         prompts = [self.joint_prefix + c + self.joint_suffix for c in captions]
         enc = self.processor(
             text=prompts, images=images, padding=True, return_offsets_mapping=True,
@@ -129,6 +204,15 @@ class PromptBuilder:
 
 
 def load_image(path: str) -> Image.Image:
-    """Every image becomes RGB the same way, whatever its mode on disk."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """Every image becomes RGB the same way, whatever its mode on disk (data/images.py);
+    raises `ImageProblem` (a ValueError) with the reason when it cannot."""
+    return load_rgb(path)
+
+
+def use_model_context(loaded) -> None:
+    """Make the tokenizer's `model_max_length` the model's context (`max_position_embeddings`
+    of its text config), so every PromptBuilder on this processor cuts to fit it."""
+    text_config = getattr(loaded.model.config, loaded.adapter.text_config, loaded.model.config)
+    context = getattr(text_config, "max_position_embeddings", None)
+    if context:
+        loaded.processor.tokenizer.model_max_length = int(context)

@@ -1,0 +1,60 @@
+"""Which pairs a study can use: a walk over the shuffled pairs, checking each in full.
+
+Why here, before the manifest: the design is paired, so a pair whose image or caption cannot
+be used must be left out of *both* conditions. Checking before any forward keeps the
+extraction loop simple (every manifest row is usable) and makes the choice deterministic:
+the walk follows the seeded order and stops at the `num_pairs`-th usable pair, so the same
+data, seed and `num_pairs` always give the same manifest and the same skip list, and a
+larger `num_pairs` extends both.
+
+A pair is usable when the data file raised no problem for it (see data/pairs.py), its
+caption has visible text, and its image decodes in full with `load_rgb` — the very function
+the extraction uses. Images are decoded by a thread pool (Pillow releases the GIL while
+decoding); results are taken in walk order, so threads never change the outcome.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from modalscope.data.images import ImageProblem, load_rgb
+from modalscope.data.pairs import Pair, caption_problem
+
+THREADS = 8
+MAX_CHUNK = 256  # pairs checked at once; the walk stops within one chunk of its target
+
+
+def pair_problem(pair: Pair) -> str | None:
+    """Why `pair` cannot be used, or None: data-file problems, caption, then the image."""
+    if pair.problem:
+        return pair.problem
+    problem = caption_problem(pair.caption)
+    if problem:
+        return problem
+    try:
+        load_rgb(pair.image_path)
+    except ImageProblem as err:
+        return str(err)
+    return None
+
+
+def select_usable(
+    pairs: list[Pair], num_pairs: int | None, threads: int = THREADS
+) -> tuple[list[Pair], list[tuple[Pair, str]]]:
+    """(usable pairs, [(skipped pair, reason)]) in walk order, up to `num_pairs` usable ones."""
+    target = len(pairs) if num_pairs is None else num_pairs
+    usable: list[Pair] = []
+    skipped: list[tuple[Pair, str]] = []
+    position = 0
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        while len(usable) < target and position < len(pairs):
+            chunk = pairs[position : position + min(MAX_CHUNK, max(16, target - len(usable)))]
+            position += len(chunk)
+            for pair, problem in zip(chunk, pool.map(pair_problem, chunk)):
+                if len(usable) == target:
+                    break
+                if problem is None:
+                    usable.append(pair)
+                else:
+                    skipped.append((pair, problem))
+    return usable, skipped

@@ -1,0 +1,108 @@
+"""Every figure of a study, built from DIR/tables and named by the file it is written to.
+
+Why: `modalscope plot` writes them one file each and the report draws the headline ones in
+one page; both take them from here, so a figure in the report is the figure in figures/.
+Names (the file stems) are a contract with users: `figure1_{site}`, `figure2_{site}` for
+the headline reduction, `figure{1,2}_{site}_{stat}` for each other one, `significant_{site}`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from modalscope.figures.histograms import figure1
+from modalscope.figures.significance import figure_significant
+from modalscope.figures.style import contrast_label
+from modalscope.figures.trend import figure2
+from modalscope.tables import LAYERS, SIGNIFICANT, SUMMARY, TABLE3
+
+
+@dataclass
+class StudyTables:
+    """What the figures and the report read from DIR/tables."""
+
+    neurons: pd.DataFrame  # Table 3, one row per site x layer x neuron
+    layers: pd.DataFrame  # one row per site x layer
+    counts: pd.DataFrame  # significant_neurons: site, stat, layer, n_text_preferring, ...
+    summary: dict  # summary.json: per site, the layer trend
+
+    @classmethod
+    def read(cls, out_dir: Path) -> "StudyTables":
+        tables = Path(out_dir) / "tables"
+        missing = [n for n in (TABLE3, LAYERS, SIGNIFICANT, SUMMARY) if not (tables / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"{tables}: no {', '.join(missing)}; run `modalscope analyze {out_dir}` first")
+        return cls(pd.read_parquet(tables / TABLE3), pd.read_parquet(tables / LAYERS),
+                   pd.read_parquet(tables / SIGNIFICANT), json.loads((tables / SUMMARY).read_text()))
+
+    @property
+    def sites(self) -> list[str]:
+        return [str(s) for s in self.neurons["site"].unique()]
+
+    @property
+    def stats(self) -> list[str]:
+        return [str(s) for s in self.counts["stat"].unique()]
+
+    def check_stat(self, stat: str, out_dir: Path) -> None:
+        if stat not in self.stats:
+            raise ValueError(f"--stat {stat}: {out_dir} has {', '.join(self.stats)}")
+
+    def neurons_as(self, site: str, stat: str) -> pd.DataFrame:
+        """Table 3 of `site` with `stat`'s columns under the report's names (mean_diff, t_value, ...)."""
+        neurons = self.neurons[self.neurons["site"] == site]
+        if stat == "max":
+            return neurons
+        suffix = f"_{stat}"
+        renamed = {c: c[: -len(suffix)] for c in neurons.columns if c.endswith(suffix)}
+        base = neurons.drop(columns=[c for c in renamed.values() if c in neurons.columns])
+        return base.rename(columns=renamed)
+
+    def trend(self, site: str, stat: str) -> dict:
+        entry = self.summary[site]
+        return entry if stat == "max" else entry["by_stat"][stat]
+
+    def contrast(self, site: str) -> str:
+        return contrast_label(self.summary[site].get("contrast"))
+
+
+def comparison(stats: list[str], shown: str) -> str | None:
+    """The reduction drawn beside `shown` in the headline Figure 2: max <-> matched_max."""
+    pair = [s for s in ("max", "matched_max") if s in stats and s != shown]
+    return pair[0] if pair else None
+
+
+def headline_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.Figure]:
+    """Figure 2 (with its controls), Figure 1 and the significant counts of one site."""
+    compare = comparison(tables.stats, stat)
+    contrast = tables.contrast(site)
+    return {
+        f"figure2_{site}": figure2(tables.layers, tables.trend(site, stat), site, stat, compare,
+                                   tables.trend(site, compare) if compare else None, contrast),
+        f"figure1_{site}": figure1(tables.neurons_as(site, stat), site, stat=stat, contrast=contrast),
+        f"significant_{site}": figure_significant(
+            tables.counts, site, [s for s in ("max", "matched_max") if s in tables.stats] or tables.stats[:1]),
+    }
+
+
+def study_figures(tables: StudyTables, stat: str = "max") -> dict[str, go.Figure]:
+    """All figures of the study by file stem; `stat` leads the unsuffixed ones."""
+    figures: dict[str, go.Figure] = {}
+    for site in tables.sites:
+        headline = headline_figures(tables, site, stat)
+        contrast = tables.contrast(site)
+        for shown in tables.stats:
+            if shown == stat:
+                figures[f"figure1_{site}"] = headline[f"figure1_{site}"]
+                figures[f"figure2_{site}"] = headline[f"figure2_{site}"]
+                continue
+            figures[f"figure1_{site}_{shown}"] = figure1(tables.neurons_as(site, shown), site, stat=shown,
+                                                         contrast=contrast)
+            figures[f"figure2_{site}_{shown}"] = figure2(tables.layers, tables.trend(site, shown), site, shown,
+                                                         None, None, contrast)
+        figures[f"significant_{site}"] = headline[f"significant_{site}"]
+    return figures

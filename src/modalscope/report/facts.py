@@ -1,0 +1,200 @@
+"""What the report says, gathered from a study folder: provenance, skipped pairs, the
+significant counts, the strongest neurons each way and the files to link.
+
+Why apart from the page: these are plain data (lists of rows, DataFrames) a test can check
+without parsing HTML, and the page only lays them out. Everything is read, nothing written:
+the store's attributes are opened read-only, and a stage that has not run (no study.json,
+no skipped.parquet, no store) leaves its facts out instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from modalscope.figures.assemble import StudyTables
+from modalscope.store import STORE
+
+SKIPPED = "skipped.parquet"  # written by the data stage (data/manifest.py), absent in older studies
+TRUNCATED = "truncated.parquet"  # captions cut to fit the model's context
+TOP_K = 20
+SIGNIFICANT_Q = 0.05
+# Table 3 columns of the top-neuron tables, as the report names them.
+NEURON_COLUMNS = {"layer": "layer", "neuron": "neuron", "mean_diff": "mean Δ", "sd_diff": "sd Δ",
+                  "t_value": "t", "p_value": "p", "q_value": "q", "cohen_d": "d_z", "p_perm": "p_perm",
+                  "max_abs_activation": "max |act|", "outlier": "outlier"}
+DESCRIPTIONS = {
+    "table1_activations": "Table 1: one row per input × modality × site × layer × neuron",
+    "table2_differences": "Table 2: Δ per input × site × layer × neuron",
+    "table3_neurons": "Table 3: per neuron n, mean Δ, sd, t, p, q, d_z, p_perm (every reduction)",
+    "layers": "per site × layer: mean Δ, 95% CIs over neurons and inputs, null band, counts",
+    "significant_neurons": "FDR-significant neurons per site × reduction × layer × direction",
+    "input_layer_means": "per input: the layer mean of Δ (the input-level unit)",
+    "summary": "per site: the layer trend with bootstrap CI and sign-flip p",
+}
+
+
+@dataclass
+class Provenance:
+    study: list[tuple[str, str]]  # (what, value), in reading order
+    prompts: dict[str, str] = field(default_factory=dict)
+    chat_template: str | None = None
+    versions: list[tuple[str, str, str]] = field(default_factory=list)  # library, recording, analysis
+    timings: list[tuple[str, float]] = field(default_factory=list)  # stage, seconds
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["pair_id", "image_path",
+                                                                                 "caption", "reason"]))
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def store_attrs(out_dir: Path) -> dict:
+    """The store's provenance attributes, read-only ({} when there is no store)."""
+    path = Path(out_dir) / STORE
+    if not path.exists():
+        return {}
+    import zarr
+
+    return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def read_skipped(out_dir: Path) -> pd.DataFrame:
+    """DIR/skipped.parquet (pair_id, image_path, caption, reason); empty when absent."""
+    path = Path(out_dir) / SKIPPED
+    if not path.exists():
+        return Provenance([]).skipped
+    return pd.read_parquet(path)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "—"
+    return str(value)
+
+
+def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
+    out_dir = Path(out_dir)
+    attrs = store_attrs(out_dir)
+    study = _read_json(out_dir / "study.json")
+    config = study.get("config", {})
+    first = tables.summary[tables.sites[0]] if tables.sites else {}
+    skipped = read_skipped(out_dir)
+
+    def pick(key: str) -> object:
+        return attrs.get(key, config.get(key))
+
+    weights = attrs.get("commit_hash") or attrs.get("weights_fingerprint")
+    used = attrs.get("n_done", first.get("n_inputs"))
+    rows = [
+        ("model", pick("model")),
+        ("revision", pick("revision")),
+        ("weights (commit or sha256 of local files)", weights),
+        ("model type", attrs.get("model_type")),
+        ("dtype", pick("dtype")),
+        ("quantization", pick("quantization") or "none"),
+        ("token scope", pick("tokens")),
+        ("sites", pick("sites") or tables.sites),
+        ("reductions over tokens", pick("stats") or tables.stats),
+        ("recorded streams", pick("conditions")),
+        ("contrast Δ", first.get("contrast", config.get("contrast"))),
+        ("seed of the shuffle", pick("seed")),
+        ("FDR control", {"bh": "Benjamini-Hochberg", "by": "Benjamini-Yekutieli"}.get(first.get("fdr"),
+                                                                                        first.get("fdr"))),
+        ("sign-flip permutations", first.get("n_perm")),
+        ("bootstrap resamples", first.get("n_boot")),
+        ("batch size", pick("batch_size")),
+        ("pairs used", used),
+        ("pairs skipped", len(skipped)),
+    ]
+    truncated = out_dir / TRUNCATED
+    if truncated.exists():
+        rows.append(("captions cut to fit the context", pq.read_metadata(truncated).num_rows))
+    if attrs.get("n_inputs") not in (None, used):
+        rows.append(("pairs in the manifest", attrs["n_inputs"]))
+    recorded = attrs.get("versions", {})
+    analysed = study.get("versions", {})
+    versions = [(lib, recorded.get(lib, "—"), analysed.get(lib, "—")) for lib in dict.fromkeys([*recorded, *analysed])]
+    timings = [(stage.removesuffix("_s"), float(sec)) for stage, sec in study.get("timings", {}).items()]
+    return Provenance([(k, _text(v)) for k, v in rows], dict(attrs.get("prompts", {})),
+                      attrs.get("chat_template"), versions, timings, skipped)
+
+
+def top_neurons(tables: StudyTables, site: str, stat: str, k: int = TOP_K) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(text-preferring, image-preferring): the k neurons with the largest |t| each way."""
+    neurons = tables.neurons_as(site, stat)
+    neurons = neurons[neurons["t_value"].notna()]
+    columns = [c for c in NEURON_COLUMNS if c in neurons.columns]
+    text = neurons[neurons["t_value"] > 0].nlargest(k, "t_value")[columns]
+    image = neurons[neurons["t_value"] < 0].nsmallest(k, "t_value")[columns]
+    return text.reset_index(drop=True), image.reset_index(drop=True)
+
+
+def significant_counts(tables: StudyTables, site: str) -> pd.DataFrame:
+    """One row per layer; per reduction, text- and image-preferring counts (q < 0.05)."""
+    rows = tables.counts[tables.counts["site"] == site]
+    wide = rows.pivot(index="layer", columns="stat", values=["n_text_preferring", "n_image_preferring"])
+    order = [s for s in tables.stats if s in rows["stat"].unique()]
+    columns = [(d, s) for s in order for d in ("n_text_preferring", "n_image_preferring")]
+    wide = wide[columns]
+    wide.columns = [f"{s}: {'text' if d == 'n_text_preferring' else 'image'}" for d, s in columns]
+    wide.insert(0, "neurons", rows.groupby("layer")["n_neurons"].first())
+    wide.index = wide.index.astype(str)
+    wide.loc["all layers"] = wide.sum()
+    return wide.astype(int)
+
+
+def trend_rows(tables: StudyTables, site: str) -> pd.DataFrame:
+    """The layer trend of every reduction: slope, its bootstrap CI and sign-flip p, R²."""
+    keys = {"slope": "slope /layer", "slope_ci_low": "slope CI low", "slope_ci_high": "slope CI high",
+            "slope_p_perm": "sign-flip p", "r2": "R²", "r2_ci_low": "R² CI low", "r2_ci_high": "R² CI high",
+            "slope_no_outliers": "slope w/o outliers"}
+    rows = {stat: tables.trend(site, stat) for stat in tables.stats}
+    frame = pd.DataFrame({stat: {label: entry.get(key) for key, label in keys.items()}
+                          for stat, entry in rows.items()}).T
+    frame.index.name = "reduction"
+    return frame.dropna(axis=1, how="all")
+
+
+@dataclass
+class LinkedFile:
+    href: str  # relative to DIR
+    what: str
+    size: int
+    rows: int | None = None
+
+
+def table_files(out_dir: Path) -> list[LinkedFile]:
+    """Every table, the manifest, skipped pairs and study.json, to link."""
+    out_dir = Path(out_dir)
+    found = [out_dir / "manifest.parquet", out_dir / SKIPPED, out_dir / TRUNCATED, out_dir / "study.json"]
+    found += sorted((out_dir / "tables").glob("*"))
+    files = []
+    for path in found:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        what = {"manifest.parquet": "the shuffled pairs (row i is input i)",
+                SKIPPED: "pairs left out, with the reason",
+                TRUNCATED: "captions cut to fit the model's context",
+                "study.json": "config, versions and wall time of each stage"}.get(path.name)
+        what = what or DESCRIPTIONS.get(path.stem.removesuffix("_export"), "")
+        if path.suffix == ".csv":
+            what = "CSV copy"
+        rows = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else None
+        files.append(LinkedFile(path.relative_to(out_dir).as_posix(), what, path.stat().st_size, rows))
+    return files
+
+
+def figure_files(out_dir: Path) -> dict[str, dict[str, str]]:
+    """{figure stem: {"html"|"png"|"svg": href}} of DIR/figures, sorted by stem."""
+    figures: dict[str, dict[str, str]] = {}
+    for path in sorted((Path(out_dir) / "figures").glob("*")):
+        if path.suffix in (".html", ".png", ".svg") and not path.name.startswith("."):
+            figures.setdefault(path.stem, {})[path.suffix[1:]] = f"figures/{path.name}"
+    return figures

@@ -1,0 +1,270 @@
+"""DIR/report.html: the study on one page, offline, plotly.js embedded once.
+
+Design choices:
+
+* One file to open or send: plotly.js (~4.6 MB) sits once in the page's head and every
+  figure is a div plus the call that draws it (`include_plotlyjs=False`), so the page
+  needs no network and no other file; links to the tables and figure files are relative,
+  so the folder can move.
+* The figures are the ones `modalscope plot` writes (figures/assemble.py), for the
+  headline reduction; the numbers beside them come straight from the tables.
+* Every value from the study is HTML-escaped: captions and paths are user data.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import numbers
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from modalscope.figures.assemble import StudyTables, comparison, headline_figures
+from modalscope.figures.export import HTML_CONFIG, atomic_write, plotlyjs_bytes
+from modalscope.report.facts import (
+    NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Provenance, figure_files, provenance, significant_counts, table_files,
+    top_neurons, trend_rows,
+)
+
+REPORT = "report.html"
+SKIPPED_SHOWN = 50
+
+CSS = """
+body { font-family: "Liberation Sans", Arial, Helvetica, sans-serif; margin: 0; color: #222; }
+main { max-width: 1250px; margin: 0 auto; padding: 0 24px 48px; }
+header { background: #f3f5f7; border-bottom: 1px solid #d8dde3; padding: 18px 24px; }
+header > div { max-width: 1250px; margin: 0 auto; }
+header h1 { margin: 0 0 4px; font-size: 24px; }
+header p { margin: 2px 0; color: #555; }
+nav a { margin-right: 14px; }
+h2 { border-bottom: 2px solid #0072B2; padding-bottom: 4px; margin-top: 40px; }
+h3 { margin-top: 28px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+th, td { border: 1px solid #d8dde3; padding: 3px 8px; text-align: right; vertical-align: top; }
+th { background: #f3f5f7; }
+td.l, th.l { text-align: left; }
+tr.ns td { color: #888; }
+table.compact { font-size: 12px; }
+table.compact th, table.compact td { padding: 2px 5px; }
+.kv td:first-child { text-align: left; color: #555; }
+.kv td:last-child { text-align: left; font-family: monospace; word-break: break-all; }
+.grid { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+.note { color: #555; font-size: 14px; max-width: 980px; }
+.figure { border: 1px solid #e3e7eb; margin: 8px 0; }
+pre { background: #f6f8fa; padding: 8px; white-space: pre-wrap; font-size: 12px; }
+"""
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: object, column: str = "") -> str:
+    """A cell: integers with separators, floats to 4 significant digits, tiny p/q in e-notation."""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    if not isinstance(value, numbers.Real):
+        return "—" if value is None else str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "—"
+    if column in ("p", "q", "p_perm", "sign-flip p") and 0 < abs(value) < 1e-4:
+        return f"{value:.2e}"
+    return f"{value:.4g}"
+
+
+def _table(frame: pd.DataFrame, index: str | None = None, row_class=None, cls: str = "") -> str:
+    head = ([f'<th class="l">{_esc(index)}</th>'] if index else []) + [f"<th>{_esc(c)}</th>" for c in frame.columns]
+    body = []
+    for key, row in frame.iterrows():
+        row_attr = f' class="{row_class(row)}"' if row_class and row_class(row) else ""
+        cells = ([f'<td class="l">{_esc(key)}</td>'] if index else []) + [
+            f"<td>{_esc(_num(v, c))}</td>" for c, v in row.items()]
+        body.append(f"<tr{row_attr}>{''.join(cells)}</tr>")
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _kv(rows: list[tuple[str, str]]) -> str:
+    cells = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{cells}</table>'
+
+
+def _figure(fig: go.Figure, name: str) -> str:
+    height = fig.layout.height or 500
+    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}", config=HTML_CONFIG,
+                      default_width="100%", default_height=f"{height}px")
+    return f'<div class="figure">{div}</div>'
+
+
+def _glance(tables: StudyTables, stat: str) -> str:
+    """One row per site: the trend and how many neurons prefer each modality."""
+    rows = []
+    for site in tables.sites:
+        trend = tables.trend(site, stat)
+        counts = tables.counts[(tables.counts["site"] == site) & (tables.counts["stat"] == stat)]
+        ci = (f"{trend['slope_ci_low']:.3g} to {trend['slope_ci_high']:.3g}" if "slope_ci_low" in trend else "—")
+        rows.append({"site": site, "slope /layer": trend["slope"], "bootstrap 95% CI": ci,
+                     "sign-flip p": trend.get("slope_p_perm"), "R²": trend["r2"],
+                     "text-preferring": int(counts["n_text_preferring"].sum()),
+                     "image-preferring": int(counts["n_image_preferring"].sum()),
+                     "neurons": int(counts["n_neurons"].sum())})
+    frame = pd.DataFrame(rows).set_index("site")
+    return ('<section id="glance"><h2>At a glance</h2><p class="note">The layer trend of mean Δ (reduction '
+            f"{_esc(stat)}) and the neurons with q &lt; {SIGNIFICANT_Q} each way, over all layers.</p>"
+            + _table(frame, index="site") + "</section>")
+
+
+def _provenance_section(prov: Provenance) -> str:
+    parts = ['<section id="provenance"><h2>What was run</h2><div class="grid">', "<div>", _kv(prov.study), "</div>"]
+    side = []
+    if prov.timings:
+        total = sum(s for _, s in prov.timings)
+        rows = [(stage, f"{sec:,.1f} s") for stage, sec in prov.timings] + [("total", f"{total:,.1f} s")]
+        side.append("<h3>Wall time</h3>" + _kv(rows))
+    if prov.versions:
+        frame = pd.DataFrame(prov.versions, columns=["library", "recording", "analysis"]).set_index("library")
+        side.append("<h3>Versions</h3>" + _table(frame, index="library"))
+    parts += ["<div>", *side, "</div></div>"]
+    if prov.prompts:
+        parts.append("<h3>Prompts</h3>" + _kv([(k, v) for k, v in prov.prompts.items()]))
+    if prov.chat_template:
+        parts.append(f"<details><summary>chat template</summary><pre>{_esc(prov.chat_template)}</pre></details>")
+    parts.append(_skipped(prov.skipped))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _skipped(skipped: pd.DataFrame) -> str:
+    if skipped.empty:
+        return "<h3>Skipped pairs</h3><p>None: every pair in the manifest was used.</p>"
+    reason = skipped["reason"] if "reason" in skipped.columns else pd.Series("not recorded", index=skipped.index)
+    reasons = reason.value_counts().rename("pairs").to_frame()
+    columns = [c for c in ("pair_id", "image_path", "caption", "reason") if c in skipped.columns]
+    shown = skipped[columns].head(SKIPPED_SHOWN).astype(str)
+    rows = "".join("<tr>" + "".join(f'<td class="l">{_esc(v)}</td>' for v in r) + "</tr>"
+                   for r in shown.itertuples(index=False))
+    more = f" (first {SKIPPED_SHOWN})" if len(skipped) > SKIPPED_SHOWN else ""
+    return (f"<h3>Skipped pairs: {len(skipped):,}</h3>" + _table(reasons, index="reason")
+            + f"<details><summary>the pairs{more}; all in skipped.parquet</summary><table><thead><tr>"
+            + "".join(f'<th class="l">{c}</th>' for c in shown.columns) + f"</tr></thead><tbody>{rows}</tbody>"
+            + "</table></details>")
+
+
+def _figure2_note(stat: str, compare: str | None) -> str:
+    note = (f"The layer mean of the neurons' mean Δ (reduction {_esc(stat)}, blue) with its 95% CI over inputs; "
+            "grey: the spread over neurons (the report's band); purple, dotted: where layer means fall under the "
+            "sign-flip null (no preferred modality); vermillion, dashed: the least-squares line.")
+    if compare:
+        note += (f" Right: the same for {_esc(compare)} (green)"
+                 + (", which removes the length bias of a max over ~10 caption vs 576 image tokens."
+                    if compare == "matched_max" else "."))
+    return note + " Hover a point for its numbers."
+
+
+def _site_section(tables: StudyTables, site: str, stat: str) -> str:
+    figs = headline_figures(tables, site, stat)
+    text, image = top_neurons(tables, site, stat)
+    names = {c: NEURON_COLUMNS[c] for c in text.columns}
+
+    def ns(row: pd.Series) -> str:
+        return "ns" if not row["q"] < SIGNIFICANT_Q else ""
+
+    trend = trend_rows(tables, site)
+    return "\n".join([
+        f'<section id="site-{_esc(site)}"><h2>Site: {_esc(site)}</h2>',
+        f'<h3 id="figure2-{_esc(site)}">Figure 2: layer mean Δ by decoder layer, with its controls</h3>',
+        f'<p class="note">{_figure2_note(stat, comparison(tables.stats, stat))}</p>',
+
+        _figure(figs[f"figure2_{site}"], f"figure2_{site}"),
+        "<p class=\"note\">The trend for every reduction (bootstrap 95% CI over inputs, sign-flip permutation p):</p>",
+        _table(trend, index="reduction"),
+        f'<h3 id="figure1-{_esc(site)}">Figure 1: distributions over neurons, per layer</h3>',
+        _figure(figs[f"figure1_{site}"], f"figure1_{site}"),
+        f'<h3 id="significant-{_esc(site)}">FDR-significant neurons (q &lt; {SIGNIFICANT_Q}) per layer and '
+        "direction</h3>",
+        _figure(figs[f"significant_{site}"], f"significant_{site}"),
+        _table(significant_counts(tables, site), index="layer"),
+        f'<h3 id="top-{_esc(site)}">Top {TOP_K} neurons each way (reduction {_esc(stat)}, by t)</h3>',
+        '<p class="note">Grey rows are not significant after FDR control (q ≥ 0.05).</p><div class="grid">',
+        *(f"<div><h4>{title}</h4>{_table(top.rename(columns=names), row_class=ns, cls='compact')}</div>"
+          for title, top in (("text-preferring (Δ &gt; 0)", text), ("image-preferring (Δ &lt; 0)", image))),
+        "</div></section>",
+    ])
+
+
+def _files_section(out_dir: Path, sites: list[str], stat: str) -> str:
+    rows = []
+    for f in table_files(out_dir):
+        n_rows = f"{f.rows:,}" if f.rows is not None else ""
+        rows.append(f'<tr><td class="l"><a href="{_esc(f.href)}">{_esc(f.href)}</a></td>'
+                    f'<td class="l">{_esc(f.what)}</td><td>{n_rows}</td><td>{f.size / 1e6:,.2f}</td></tr>')
+    figures = []
+    for stem, links in figure_files(out_dir).items():
+        cells = "".join(f'<td class="l"><a href="{_esc(links[k])}">{k}</a></td>' if k in links else "<td></td>"
+                        for k in ("html", "png", "svg"))
+        what = _esc(_figure_what(stem, sites, stat))
+        figures.append(f'<tr><td class="l">{_esc(stem)}</td><td class="l">{what}</td>{cells}</tr>')
+    return "\n".join([
+        '<section id="files"><h2>Tables and files</h2>',
+        '<table><thead><tr><th class="l">file</th><th class="l">what</th><th>rows</th><th>MB</th></tr></thead>',
+        f"<tbody>{''.join(rows)}</tbody></table>",
+        '<h3 id="figure-files">Figures</h3><p class="note">Every figure of the study, one file each (the HTML '
+        "files read figures/plotly.min.js beside them; PNG and SVG when Chromium was found).</p>",
+        '<table><thead><tr><th class="l">figure</th><th class="l">what</th><th class="l" colspan="3">files</th>'
+        f"</tr></thead><tbody>{''.join(figures)}</tbody></table></section>",
+    ])
+
+
+def _figure_what(stem: str, sites: list[str], stat: str) -> str:
+    """'figure2_mlp_matched_max' -> 'Figure 2 (layer trend), site mlp, reduction matched_max'."""
+    kind, _, rest = stem.partition("_")
+    name = {"figure1": "Figure 1 (distributions per layer)", "figure2": "Figure 2 (layer trend)",
+            "significant": "significant neurons per layer"}.get(kind)
+    site = next((s for s in sorted(sites, key=len, reverse=True) if rest == s or rest.startswith(f"{s}_")), None)
+    if name is None or site is None:
+        return ""
+    shown = rest[len(site) + 1:] or (stat if kind != "significant" else "")
+    return f"{name}, site {site}" + (f", reduction {shown}" if shown else "")
+
+
+def _delta_meaning(contrast: str) -> str:
+    """'text − image' -> 'Δ = text − image (positive: more to the text, negative: more to the image)'."""
+    first, _, second = contrast.partition(" − ")
+    return f"Δ = {contrast} (positive: the neuron responds more to the {first}, negative: more to the {second})"
+
+
+def render_report(out_dir: Path, stat: str = "max") -> str:
+    """The report's HTML for the study in `out_dir`, led by reduction `stat`."""
+    out_dir = Path(out_dir)
+    tables = StudyTables.read(out_dir)
+    tables.check_stat(stat, out_dir)
+    prov = provenance(out_dir, tables)
+    model = dict(prov.study).get("model", "")
+    nav = " ".join(['<a href="#glance">at a glance</a>', '<a href="#provenance">what was run</a>']
+                   + [f'<a href="#site-{_esc(s)}">site {_esc(s)}</a>' for s in tables.sites]
+                   + ['<a href="#files">tables and files</a>'])
+    body = [_provenance_section(prov), *(_site_section(tables, s, stat) for s in tables.sites),
+            _files_section(out_dir, tables.sites, stat)]
+    return "\n".join([
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        f"<title>modalscope report: {_esc(Path(model).name or model)}</title>",
+        f"<style>{CSS}</style>",
+        '<script type="text/javascript">', plotlyjs_bytes().decode("utf-8"), "</script></head><body>",
+        f"<header><div><h1>Text or image? Neuron by neuron: {_esc(model)}</h1>",
+        f"<p>Study folder {_esc(out_dir.resolve())}; headline reduction over tokens: {_esc(stat)}; "
+        f"{_esc(_delta_meaning(tables.contrast(tables.sites[0])))}; layers and neurons 0-indexed. "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+        f"<nav>{nav}</nav></div></header><main>", _glance(tables, stat), *body, "</main></body></html>",
+    ])
+
+
+def write_report(out_dir: Path, stat: str = "max") -> Path:
+    """Write DIR/report.html (atomically) and return its path."""
+    return atomic_write(Path(out_dir) / REPORT, render_report(out_dir, stat).encode("utf-8"))
