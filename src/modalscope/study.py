@@ -80,7 +80,8 @@ def prepare_manifest(config: StudyConfig) -> pd.DataFrame:
         raise DataError(f"{wanted['source']}: holds no image-caption pairs")
     # Walk the shuffled pairs, checking each in full, until --num-pairs usable ones are found;
     # the skipped ones go to DIR/skipped.parquet, written before the manifest that commits it.
-    usable, skipped = select_usable(shuffled(pairs, config.seed), config.num_pairs)
+    usable, skipped = select_usable(shuffled(pairs, config.seed), config.num_pairs,
+                                    progress=config.progress)
     save_skipped(skipped, config.out_dir)
     if len(usable) < 2:
         example = f" (e.g. pair {skipped[0][0].pair_id}: {skipped[0][1]})" if skipped else ""

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from tqdm.auto import tqdm
+
 from modalscope.data.images import ImageProblem, load_rgb
 from modalscope.data.pairs import Pair, caption_problem
 
@@ -39,14 +41,16 @@ def pair_problem(pair: Pair) -> str | None:
 
 
 def select_usable(
-    pairs: list[Pair], num_pairs: int | None, threads: int = THREADS
+    pairs: list[Pair], num_pairs: int | None, threads: int = THREADS, progress: bool = False
 ) -> tuple[list[Pair], list[tuple[Pair, str]]]:
-    """(usable pairs, [(skipped pair, reason)]) in walk order, up to `num_pairs` usable ones."""
+    """(usable pairs, [(skipped pair, reason)]) in walk order, up to `num_pairs` usable ones.
+    Decoding every image of a large study takes minutes, hence the progress bar."""
     target = len(pairs) if num_pairs is None else num_pairs
     usable: list[Pair] = []
     skipped: list[tuple[Pair, str]] = []
     position = 0
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    bar = tqdm(total=min(target, len(pairs)), unit="pair", desc="check pairs", disable=not progress)
+    with bar, ThreadPoolExecutor(max_workers=threads) as pool:
         while len(usable) < target and position < len(pairs):
             chunk = pairs[position : position + min(MAX_CHUNK, max(16, target - len(usable)))]
             position += len(chunk)
@@ -55,6 +59,7 @@ def select_usable(
                     break
                 if problem is None:
                     usable.append(pair)
+                    bar.update(1)
                 else:
                     skipped.append((pair, problem))
     return usable, skipped
