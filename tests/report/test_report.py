@@ -4,6 +4,7 @@ each way and links to every table."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -140,3 +141,13 @@ def test_report_leads_with_the_chosen_reduction(copied_study):
     html = (copied_study / REPORT).read_text(encoding="utf-8")
     assert "headline reduction over tokens: matched_max" in html
     assert "Top 20 neurons each way (reduction matched_max, by t)" in html
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="elsewhere the browser tests may skip; in CI they must run")
+def test_ci_has_what_the_browser_tests_need():
+    """`make test` installs Debian's chromium when missing, so in CI the browser and PNG/SVG
+    tests never skip silently."""
+    from modalscope.figures.export import find_browser
+
+    assert find_browser() is not None, "no Chromium: the Makefile's `chromium` step did not install it"
+    import playwright.sync_api  # noqa: F401  (from the dev extra)
