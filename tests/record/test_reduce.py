@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from modalscope.record.reduce import masked_max_mean, masked_order_stats
+from modalscope.record.reduce import masked_max_mean, masked_order_stats, shared_span, span_max_mean
 
 GARBAGE = 1e4  # unmasked positions hold this; any leak into a statistic is obvious
 
@@ -139,3 +139,28 @@ def test_config_offers_exactly_the_reductions_the_hooks_compute():
     from modalscope.record.reduce import ALL_STATS as computed
 
     assert offered == computed
+
+
+def test_shared_span_only_for_one_common_run_of_tokens():
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[:, 2:7] = True
+    assert shared_span(mask) == (2, 7)
+    ragged = mask.clone()
+    ragged[1, 6] = False  # rows of different lengths (text batches)
+    assert shared_span(ragged) is None
+    holes = mask.clone()
+    holes[:, 4] = False  # two runs
+    assert shared_span(holes) is None
+    assert shared_span(torch.zeros(2, 5, dtype=torch.bool)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_span_reduction_equals_the_masked_one(dtype):
+    x = torch.randn(4, 30, 17, generator=torch.Generator().manual_seed(3)).to(dtype)
+    mask = torch.zeros(4, 30, dtype=torch.bool)
+    mask[:, 3:27] = True
+    maxes, means = span_max_mean(x, 3, 27)
+    ref_max, ref_mean = masked_max_mean(x, mask)
+    torch.testing.assert_close(maxes, ref_max, rtol=0, atol=0)  # max is exact
+    torch.testing.assert_close(means, ref_mean)
+    torch.testing.assert_close(means, x[:, 3:27].double().mean(1).float(), rtol=1e-5, atol=1e-6)

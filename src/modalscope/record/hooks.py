@@ -52,6 +52,7 @@ class Recorder(AbstractContextManager["Recorder"]):
         self.quantile = quantile
         self.order_stats = any(s not in reduce.BASIC_STATS for s in self.stats)
         self._streams: dict[str, torch.Tensor] = {}
+        self._spans: dict[str, tuple[int, int] | None] = {}
         self._k: torch.Tensor | None = None
         self.layers = adapter.layers(model)
         self._masks: dict[torch.device, tuple[dict[str, torch.Tensor], torch.Tensor | None]] = {}
@@ -64,7 +65,10 @@ class Recorder(AbstractContextManager["Recorder"]):
 
     @streams.setter
     def streams(self, masks: dict[str, torch.Tensor]) -> None:
+        """Set from host masks (before the batch moves to the device), so that a stream whose
+        tokens are one shared run, as image tokens are, reduces a view (see reduce.shared_span)."""
         self._streams = dict(masks)
+        self._spans = {name: reduce.shared_span(mask) for name, mask in self._streams.items()}
         self._masks.clear()
 
     @property
@@ -113,10 +117,19 @@ class Recorder(AbstractContextManager["Recorder"]):
         masks, k = self._mask_on(activations.device)
         per_stream = {}
         for name, mask in masks.items():
-            maxes, means = reduce.masked_max_mean(activations, mask)
+            span = self._spans.get(name)
+            if span is None:
+                maxes, means = reduce.masked_max_mean(activations, mask)
+            else:
+                maxes, means = reduce.span_max_mean(activations, *span)
             out = {"max": maxes, "mean": means}
             if self.order_stats:
-                out.update(reduce.masked_order_stats(activations, mask, k, self.quantile))
+                if span is None:
+                    out.update(reduce.masked_order_stats(activations, mask, k, self.quantile))
+                else:  # only the span's tokens: the sort skips the rest
+                    view = activations[:, span[0]:span[1]]
+                    full = torch.ones(view.shape[:2], dtype=torch.bool, device=view.device)
+                    out.update(reduce.masked_order_stats(view, full, k, self.quantile))
             per_stream[name] = {s: out[s] for s in self.stats}
         self._results[site][index] = per_stream
 

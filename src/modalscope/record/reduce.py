@@ -38,6 +38,27 @@ def masked_max_mean(
     return maxes, means
 
 
+def shared_span(mask: torch.Tensor) -> tuple[int, int] | None:
+    """(start, stop) when every row of a host mask is the same single run of true positions,
+    else None. Image inputs always are (576 consecutive image positions at one offset), so
+    their reductions can read a view instead of masking a copy of [batch, tokens, neurons].
+    A mask on an accelerator gives None: inspecting it would cost a device sync."""
+    if mask.device.type != "cpu" or mask.ndim != 2 or mask.shape[0] == 0:
+        return None
+    first = mask[0]
+    positions = first.nonzero().flatten()
+    if len(positions) == 0 or not bool((mask == first).all()):
+        return None
+    start, stop = int(positions[0]), int(positions[-1]) + 1
+    return (start, stop) if stop - start == len(positions) else None
+
+
+def span_max_mean(activations: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`masked_max_mean` for a mask that is tokens start..stop-1 in every row: no copy."""
+    view = activations[:, start:stop]
+    return view.amax(dim=1).float(), view.sum(dim=1, dtype=torch.float32) / (stop - start)
+
+
 ORDER_STATS = ("matched_max", "frac_active", "quantile")
 ALL_STATS = BASIC_STATS + ORDER_STATS
 
