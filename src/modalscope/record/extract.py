@@ -23,6 +23,7 @@ from modalscope.models.loading import LoadedModel
 from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load_image
 from modalscope.record.plan import plan_windows
+from modalscope.record.writer import StoreWriter
 from modalscope.store import ActivationStore
 from modalscope.tables import write_frame
 
@@ -168,7 +169,8 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
         collate_fn=None,
     )
     items = iter(batches)
-    with Recorder(loaded.model, loaded.adapter, sites, stats, quantile) as recorder:
+    recorder = Recorder(loaded.model, loaded.adapter, sites, stats, quantile)
+    with recorder, StoreWriter(store) as writer:
         for window in windows:
             done = []
             for rows in window.batches:
@@ -181,7 +183,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
                 bar.update(item["n"])
             rows = np.concatenate(window.batches)
             records, n_tokens = _in_manifest_order(done, np.argsort(rows, kind="stable"))
-            store.append(records, n_tokens)
+            writer.put(records, n_tokens)  # written while the next window runs
 
 
 def _release_memory(loaded: LoadedModel) -> None:
