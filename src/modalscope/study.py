@@ -263,13 +263,14 @@ def plot_stage(out_dir: Path, png: bool = True, stat: str = "max") -> tuple[list
     one. The HTML files share one figures/plotly.min.js (see figures/export.py)."""
     from modalscope.figures.assemble import StudyTables, study_figures
     from modalscope.figures.export import NO_BROWSER_MESSAGE, write_html, write_images
+    from modalscope.figures.histograms import for_static
 
     tables = StudyTables.read(out_dir)
     tables.check_stat(stat, out_dir)
     figures_dir = Path(out_dir) / "figures"
     figures = {figures_dir / f"{name}.html": fig for name, fig in study_figures(tables, stat).items()}
     paths = [write_html(fig, path, plotlyjs="directory") for path, fig in figures.items()]
-    message = write_images(figures) if png else None
+    message = write_images({path: for_static(fig) for path, fig in figures.items()}) if png else None
     if message == NO_BROWSER_MESSAGE:
         message = message.replace("DIR", str(out_dir))
     return paths, message

@@ -21,7 +21,7 @@ from modalscope.figures.export import (
     write_html,
     write_pngs,
 )
-from modalscope.figures.histograms import figure1
+from modalscope.figures.histograms import figure1, for_static
 from modalscope.figures.style import BLUE, VERMILLION
 from modalscope.figures.trend import figure2
 
@@ -411,3 +411,19 @@ def test_count_ticks_are_symmetric_round_and_cover_the_largest(largest, step):
     ticks = count_ticks(largest)
     assert ticks == [-t for t in reversed(ticks)] and 0 in ticks
     assert ticks[1] - ticks[0] == step and ticks[-1] >= largest
+
+
+def test_static_figure1_shows_every_layer_with_the_sliders_counts(neurons):
+    interactive = figure1(neurons, SITE)
+    static = for_static(interactive)
+    assert not static.layout.sliders and len(static.data) == 2
+    layers = sorted(neurons.loc[neurons["site"] == SITE, "layer"].unique().tolist())
+    for column, heatmap in enumerate(static.data):
+        assert list(heatmap.y) == layers
+        bars = interactive.data[column::2]
+        np.testing.assert_array_equal(np.asarray(heatmap.z), np.array([bar.y for bar in bars]))
+        per_layer = neurons[neurons["site"] == SITE].groupby("layer")["mean_diff" if column == 0 else "t_value"]
+        np.testing.assert_array_equal(np.asarray(heatmap.z).sum(axis=1), per_layer.apply(lambda v: np.isfinite(v).sum()))
+    figure2_like = figure1(neurons, SITE)
+    figure2_like.layout.sliders = ()
+    assert for_static(figure2_like) is figure2_like  # only slider figures change

@@ -15,6 +15,8 @@ Design choices:
 * Trace order is ``[layer0 mean Δ, layer0 t, layer1 mean Δ, layer1 t, ...]``;
   slider step ``i`` makes traces ``2i`` and ``2i + 1`` visible. Only visible traces
   appear in the legend, so it names the layer on show.
+* A PNG or SVG cannot move a slider, so static exports get ``figure1_static``: the same
+  bins as two heatmaps, layer on y and bin on x, every layer at once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from plotly.subplots import make_subplots
 
 from modalscope.figures.style import BLUE, ORANGE, apply_layout, delta_axis
 
-__all__ = ["figure1", "shared_bin_edges", "N_BINS"]
+__all__ = ["figure1", "figure1_static", "for_static", "shared_bin_edges", "N_BINS"]
 
 N_BINS = 60
 T_AXIS = "t-value (one-sample t of Δ over inputs; no unit)"
@@ -173,3 +175,38 @@ def figure1(
         ],
     )
     return fig
+
+
+def figure1_static(fig: go.Figure) -> go.Figure:
+    """Every layer of a ``figure1`` at once, for PNG/SVG: per column a heatmap of neurons
+    per bin (x: the shared bins, y: layer), built from the figure's own binned traces."""
+    bars = list(fig.data)
+    layers = [int(step["label"]) for step in fig.layout.sliders[0].steps]
+    static = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                           subplot_titles=[fig.layout.annotations[0].text, fig.layout.annotations[1].text])
+    for c, color in ((1, BLUE), (2, ORANGE)):
+        column = bars[c - 1 :: 2]
+        counts = np.array([np.asarray(bar.y, dtype=float) for bar in column])
+        static.add_trace(
+            go.Heatmap(
+                x=np.asarray(column[0].x), y=layers, z=counts,
+                colorscale=[[0.0, "#ffffff"], [1.0, color]], zmin=0,
+                colorbar=dict(title="neurons", x=0.44 if c == 1 else 1.0, len=0.9),
+                hovertemplate="layer %{y}<br>bin centre %{x:.4g}<br>neurons: %{z}<extra></extra>",
+            ),
+            row=1, col=c,
+        )
+        axis = "xaxis" if c == 1 else "xaxis2"
+        static.add_vline(x=0, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
+        static.update_xaxes(title_text=fig.layout[axis].title.text, range=fig.layout[axis].range, row=1, col=c)
+        static.update_yaxes(title_text="decoder layer (0 = first)", autorange="reversed", dtick=max(1, len(layers) // 16),
+                            row=1, col=c)
+    site_title = fig.layout.title.text.split(" — ")[0]
+    apply_layout(static, f"{site_title}: neuron mean Δ and t-value per layer (colour: neurons per bin)",
+                 height=max(450, 160 + 18 * len(layers)), margin=dict(t=90, b=90))
+    return static
+
+
+def for_static(fig: go.Figure) -> go.Figure:
+    """The figure to export as PNG/SVG: ``figure1_static`` for a slider figure, else itself."""
+    return figure1_static(fig) if fig.layout.sliders else fig
