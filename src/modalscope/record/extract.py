@@ -217,7 +217,7 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
     raise ExtractionError(
         f"non-finite activations (NaN/inf) for {frame['pair_id'].nunique()} pair(s) of this batch "
         f"(first: pair {first['pair_id']}, {first['stream']} input, {first['site']} layer {first['first_layer']}) "
-        f"with --dtype {dtype}; {advice}; listed in {path}; not averaged, the {store.n_done} finished pairs are kept"
+        f"with --dtype {dtype}; {advice}; listed in {path}; not averaged; the finished windows are kept"
     )
 
 
