@@ -70,6 +70,9 @@ def prepare_manifest(config: StudyConfig) -> pd.DataFrame:
                         f"{value!r}; a study keeps its manifest, so use a new --out"
                     )
         return frame
+    if (config.out_dir / STORE).exists():  # its rows belong to a manifest that is gone
+        raise DataError(f"{config.out_dir}: holds {STORE} but no manifest.parquet, so its rows cannot be "
+                        "matched to pairs; use a new --out (nothing was written)")
     if config.jsonl is not None:
         pairs = load_jsonl(config.jsonl)
     elif config.captions is not None:

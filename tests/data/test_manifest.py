@@ -203,3 +203,15 @@ def test_prepare_manifest_without_data_or_manifest_raises(tmp_path):
     with pytest.raises(DataError, match="no manifest"):
         prepare_manifest(_config(tmp_path / "empty"))
     assert not (tmp_path / "empty" / MANIFEST).exists()
+
+
+def test_a_store_without_its_manifest_is_refused_and_left_alone(tmp_path, coco_files):
+    captions, images = coco_files
+    (tmp_path / "activations.zarr").mkdir()
+    (tmp_path / "activations.zarr" / "zarr.json").write_text("{}")
+    config = StudyConfig(out_dir=tmp_path, captions=captions, images=images, num_pairs=4)
+    with pytest.raises(DataError) as err:
+        prepare_manifest(config)
+    assert str(err.value) == (f"{tmp_path}: holds activations.zarr but no manifest.parquet, so its rows cannot "
+                              "be matched to pairs; use a new --out (nothing was written)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["activations.zarr"]
