@@ -1,5 +1,5 @@
 """Every output file is written to a temporary name and renamed: a failed write leaves the old
-file whole and no temporary behind (tables.atomic, data/manifest._write_atomic)."""
+file whole and no temporary behind (files.atomic, which tables, the manifest and the figures share)."""
 
 from __future__ import annotations
 

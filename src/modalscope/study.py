@@ -112,14 +112,13 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     from modalscope.models.loading import load_model  # torch/transformers only when needed
     from modalscope.record.distributed import Ranks, merge_shards, shard_manifest, shard_path
     from modalscope.record.extract import extract
-    from modalscope.record.inputs import PromptBuilder, use_model_context
+    from modalscope.record.inputs import PromptBuilder
     from modalscope.record.plan import default_sort_window
 
     ranks = Ranks.from_env()
     loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
                         config.device_map, config.quantization)
-    use_model_context(loaded)  # captions longer than the context are cut (record/inputs.py)
-    builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, config.tokens)
+    builder = PromptBuilder.for_model(loaded, config.tokens)  # cuts captions to the context
     # --batch-size auto: start big on a GPU (16 on CPU) and halve on out-of-memory; a
     # resumed study starts from the size its store last used.
     auto_batch = config.batch_size == "auto"
@@ -158,13 +157,13 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
         if path.exists():
             store = ActivationStore.open(path)
             store.check_matches(attrs)
-        else:
-            store = ActivationStore.create(
-                path, n_layers, widths, batch_size, attrs, config.stats, config.streams
-            )
-        if ranks.leader:  # after the check: a refused study leaves DIR untouched
+            return store
+        return ActivationStore.create(path, n_layers, widths, batch_size, attrs, config.stats, config.streams)
+
+    def write_truncations() -> None:
+        """After the store check: a refused study leaves DIR untouched."""
+        if ranks.leader:
             write_frame(builder.truncations(manifest), config.out_dir / TRUNCATED)
-        return store
 
     workers = config.workers
     if workers is None:
@@ -174,15 +173,17 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
         extract(loaded, rows, store, config.sites, config.tokens, batch_size, progress,
                 store.stats, float(store.attrs.get("quantile", config.quantile)),
                 image_text="image_text" in store.conditions, workers=workers, sort_window=sort_window,
-                auto_batch=auto_batch and not ranks.parallel)
+                auto_batch=auto_batch and not ranks.parallel, builder=builder)
 
     path = config.out_dir / STORE
     if not ranks.parallel:
         store = open_or_create(path)
+        write_truncations()
         store.group.attrs.update({"batch_size": batch_size, "sort_window": sort_window})
         record(store, manifest, config.progress)
         return store
     shard = open_or_create(shard_path(config.out_dir, ranks.rank))
+    write_truncations()
     _check_shard_plan(shard, batch_size, sort_window)
     unit = batch_size * sort_window
     record(shard, shard_manifest(manifest, ranks, unit), config.progress and ranks.leader)

@@ -11,9 +11,7 @@ truncated file that looks complete.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from modalscope.files import atomic
 from modalscope.store import CONDITIONS, ActivationStore
 
 TABLE1 = "table1_activations.parquet"
@@ -147,19 +146,6 @@ def write_long_tables(
                 )
             )
     return paths
-
-
-@contextmanager
-def atomic(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` to write; renamed onto `path` only if the block ends
-    normally, removed otherwise. Unique per process, so ranks never share one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_frame(frame: pd.DataFrame, path: Path, csv: bool = False) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modalscope.data.pairs import DataError, Pair
+from modalscope.files import atomic
 
 MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.parquet"
@@ -76,7 +76,8 @@ def save_manifest(frame: pd.DataFrame, out_dir: Path, meta: dict) -> Path:
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), b"modalscope": json.dumps(meta).encode()}
     )
-    _write_atomic(table, path)
+    with atomic(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 
@@ -86,7 +87,8 @@ def save_skipped(skipped: list[tuple[Pair, str]], out_dir: Path) -> Path:
              "caption_id": p.caption_id, "reason": reason} for p, reason in skipped]
     path = Path(out_dir) / SKIPPED
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(pa.Table.from_pylist(rows, schema=SKIPPED_SCHEMA), path)
+    with atomic(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=SKIPPED_SCHEMA), tmp)
     return path
 
 
@@ -124,15 +126,6 @@ def data_notes(out_dir: Path) -> list[str]:
         notes.append(f"{n_truncated} caption(s) cut to fit the model's context; "
                      f"listed in {out_dir / TRUNCATED}")
     return notes
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_manifest(out_dir: Path) -> tuple[pd.DataFrame, dict]:

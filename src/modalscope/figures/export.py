@@ -32,7 +32,6 @@ import asyncio
 import functools
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Literal
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
+from modalscope.files import atomic
 
 __all__ = [
     "BROWSER_NAMES",
@@ -69,20 +70,12 @@ RENDER_TIMEOUT_S = 120.0
 
 
 def atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a sibling temp file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` through ``files.atomic``, flushed to disk before the rename."""
+    with atomic(Path(path)) as tmp, open(tmp, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 @functools.cache

@@ -108,6 +108,7 @@ def extract(
     workers: int = 0,
     sort_window: int = 1,
     auto_batch: bool = False,
+    builder: PromptBuilder | None = None,
 ) -> int:
     """Record every unfinished input of `manifest` into `store`; returns how many were added.
 
@@ -125,10 +126,11 @@ def extract(
     dtype to use instead.
     """
     start = store.n_done
+    builder = builder or PromptBuilder.for_model(loaded, tokens)  # one for every retry: it remembers cuts
     bar = tqdm(total=len(manifest), initial=start, unit="pair", desc="extract", disable=not progress)
     while True:
         try:
-            _extract_windows(loaded, manifest, store, sites, tokens, batch_size, bar, stats, quantile,
+            _extract_windows(loaded, manifest, store, sites, builder, batch_size, bar, stats, quantile,
                              image_text, workers, sort_window)
             break
         except torch.OutOfMemoryError:
@@ -150,11 +152,9 @@ def extract(
 
 
 def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: ActivationStore,
-                     sites: Sequence[str], tokens: TokenScope, batch_size: int, bar: tqdm,
+                     sites: Sequence[str], builder: PromptBuilder, batch_size: int, bar: tqdm,
                      stats: Sequence[str], quantile: float, image_text: bool, workers: int,
                      sort_window: int) -> None:
-    context = loaded.model.config.text_config.max_position_embeddings
-    builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, tokens, max_length=context)
     start = store.n_done
     if start >= len(manifest):
         return

@@ -109,7 +109,9 @@ class Recorder(AbstractContextManager["Recorder"]):
             if self.order_stats and self.k is None:
                 raise RuntimeError("set Recorder.k (tokens per pair) to record matched_max")
             k = None if self.k is None else self.k.to(device, non_blocking=True)
-            masks = {n: m.to(device, non_blocking=True) for n, m in self._streams.items()}
+            # A span stream's mask is cut to its span here, once per batch, not per layer.
+            masks = {n: (m if self._spans[n] is None else m[:, slice(*self._spans[n])]).to(device, non_blocking=True)
+                     for n, m in self._streams.items()}
             self._masks[device] = (masks, k)
         return self._masks[device]
 
@@ -117,19 +119,16 @@ class Recorder(AbstractContextManager["Recorder"]):
         masks, k = self._mask_on(activations.device)
         per_stream = {}
         for name, mask in masks.items():
-            span = self._spans.get(name)
+            span = self._spans[name]
             if span is None:
+                tokens = activations
                 maxes, means = reduce.masked_max_mean(activations, mask)
-            else:
+            else:  # a view of the span's tokens: no masked copy, and the sort skips the rest
+                tokens = activations[:, slice(*span)]
                 maxes, means = reduce.span_max_mean(activations, *span)
             out = {"max": maxes, "mean": means}
             if self.order_stats:
-                if span is None:
-                    out.update(reduce.masked_order_stats(activations, mask, k, self.quantile))
-                else:  # only the span's tokens: the sort skips the rest
-                    view = activations[:, span[0]:span[1]]
-                    full = torch.ones(view.shape[:2], dtype=torch.bool, device=view.device)
-                    out.update(reduce.masked_order_stats(view, full, k, self.quantile))
+                out.update(reduce.masked_order_stats(tokens, mask, k, self.quantile))
             per_stream[name] = {s: out[s] for s in self.stats}
         self._results[site][index] = per_stream
 

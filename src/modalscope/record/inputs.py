@@ -76,6 +76,12 @@ class PromptBuilder:
         self.joint_prefix, self.joint_suffix = self.render(CAPTION_SLOT, image=True).split(
             CAPTION_SLOT
         )
+        self._fitted: dict[str, str] = {}  # caption -> as fit_captions cuts it
+
+    @classmethod
+    def for_model(cls, loaded, tokens: TokenScope) -> "PromptBuilder":
+        """The builder of a loaded model, cutting captions to its context."""
+        return cls(loaded.processor, loaded.model.config.image_token_id, tokens, model_context(loaded))
 
     def render(self, text: str, image: bool) -> str:
         content: list[dict[str, str]] = [{"type": "image"}] if image else []
@@ -99,14 +105,17 @@ class PromptBuilder:
         return [len(ids) + extra for ids in self.tokenizer(prompts)["input_ids"]]
 
     def fit_captions(self, captions: Sequence[str]) -> list[str]:
-        """Each caption, cut at the end where its longest prompt would exceed `max_length`."""
+        """Each caption, cut at the end where its longest prompt would exceed `max_length`.
+        Remembered per caption: the study fits the whole manifest once up front, and every
+        batch (text and image_text alike) then looks its captions up instead of tokenizing
+        them again."""
         captions = list(captions)
         if self.max_length is None:
             return captions
-        over = [i for i, n in enumerate(self._joint_lengths(captions)) if n > self.max_length]
-        for i in over:
-            captions[i] = self._cut(captions[i])
-        return captions
+        new = [c for c in dict.fromkeys(captions) if c not in self._fitted]
+        for caption, n in zip(new, self._joint_lengths(new) if new else []):
+            self._fitted[caption] = self._cut(caption) if n > self.max_length else caption
+        return [self._fitted[c] for c in captions]
 
     def _cut(self, caption: str) -> str:
         """The longest prefix (in characters, trailing space dropped) whose prompt fits."""
@@ -209,10 +218,16 @@ def load_image(path: str) -> Image.Image:
     return load_rgb(path)
 
 
-def use_model_context(loaded) -> None:
-    """Make the tokenizer's `model_max_length` the model's context (`max_position_embeddings`
-    of its text config), so every PromptBuilder on this processor cuts to fit it."""
+def model_context(loaded) -> int | None:
+    """The model's context in tokens: `max_position_embeddings` of its text config."""
     text_config = getattr(loaded.model.config, loaded.adapter.text_config, loaded.model.config)
     context = getattr(text_config, "max_position_embeddings", None)
+    return int(context) if context else None
+
+
+def use_model_context(loaded) -> None:
+    """Make the tokenizer's `model_max_length` the model's context, so that PromptBuilders
+    made by hand on this processor cut to fit it too (`PromptBuilder.for_model` needs not)."""
+    context = model_context(loaded)
     if context:
-        loaded.processor.tokenizer.model_max_length = int(context)
+        loaded.processor.tokenizer.model_max_length = context

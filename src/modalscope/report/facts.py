@@ -16,11 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from modalscope.data.manifest import SKIPPED, TRUNCATED, load_skipped
 from modalscope.figures.assemble import StudyTables
 from modalscope.store import STORE
 
-SKIPPED = "skipped.parquet"  # written by the data stage (data/manifest.py), absent in older studies
-TRUNCATED = "truncated.parquet"  # captions cut to fit the model's context
 TOP_K = 20
 SIGNIFICANT_Q = 0.05
 # Table 3 columns of the top-neuron tables, as the report names them.
@@ -63,14 +62,6 @@ def store_attrs(out_dir: Path) -> dict:
     return dict(zarr.open_group(str(path), mode="r").attrs)
 
 
-def read_skipped(out_dir: Path) -> pd.DataFrame:
-    """DIR/skipped.parquet (pair_id, image_path, caption, reason); empty when absent."""
-    path = Path(out_dir) / SKIPPED
-    if not path.exists():
-        return Provenance([]).skipped
-    return pd.read_parquet(path)
-
-
 def _text(value: object) -> str:
     if value is None:
         return "—"
@@ -85,7 +76,7 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
     study = _read_json(out_dir / "study.json")
     config = study.get("config", {})
     first = tables.summary[tables.sites[0]] if tables.sites else {}
-    skipped = read_skipped(out_dir)
+    skipped = load_skipped(out_dir)  # empty for studies older than the skip list
 
     def pick(key: str) -> object:
         return attrs.get(key, config.get(key))
