@@ -7,6 +7,7 @@ The checkpoint is built by the same code as `modalscope demo` and loaded through
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,43 @@ def loaded(tiny_model_dir: Path):
     from modalscope.models.loading import load_model
 
     return load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+
+
+# Real model files (config, tokenizer, processor, template; no weights) ------------------------
+REAL_MODELS = Path(os.environ.get("MODALSCOPE_REAL_MODELS")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "real-models")
+
+
+def real_files(name: str) -> Path:
+    """The folder of a hub repository's real small files; in CI they must be there."""
+    folder = REAL_MODELS / name
+    if not (folder / "config.json").is_file():
+        message = (f"real model files expected in {folder} (../shared/real-models beside the "
+                   "repository, or set MODALSCOPE_REAL_MODELS)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """llava-hf/llava-1.5-7b-hf's own tokenizer, processor, template and config, shrunk to 2
+    decoder layers of width 64 with random weights (read from ../shared, not copied: Llama 2
+    licence)."""
+    from modalscope.models.shrunk import build_shrunk
+
+    return build_shrunk(real_files("llava-1.5"), tmp_path_factory.mktemp("real") / "llava-1.5-shrunk")
+
+
+@pytest.fixture(scope="session")
+def real_loaded(real_llava_dir: Path):
+    from modalscope.models.loading import load_model
+
+    return load_model(str(real_llava_dir), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session", params=["tiny", "llava-1.5"])
+def any_loaded(request: pytest.FixtureRequest):
+    """The fidelity tests run on both: the demo's tiny LLaVA and the real LLaVA-1.5 files."""
+    return request.getfixturevalue("loaded" if request.param == "tiny" else "real_loaded")

@@ -30,6 +30,12 @@ def builder(loaded):
     return PromptBuilder(loaded.processor, loaded.model.config.image_token_id, "content")
 
 
+@pytest.fixture(scope="module")
+def any_builder(any_loaded):
+    """The builder of the tiny demo model or of the real LLaVA-1.5 files (see conftest)."""
+    return PromptBuilder.for_model(any_loaded, "content")
+
+
 def _masked_reference(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample loop: select the masked rows, then max and mean."""
     maxes, means = [], []
@@ -41,27 +47,27 @@ def _masked_reference(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
 
 
 @pytest.mark.parametrize("condition", ["text", "image"])
-def test_residual_site_equals_output_hidden_states(loaded, builder, pairs, condition):
+def test_residual_site_equals_output_hidden_states(any_loaded, any_builder, pairs, condition):
     captions, images = pairs
-    batch = builder.text_batch(captions) if condition == "text" else builder.image_batch(images)
-    with Recorder(loaded.model, loaded.adapter, ["residual"]) as rec:
-        got = record_batch(loaded, rec, batch)["residual"]
+    batch = any_builder.text_batch(captions) if condition == "text" else any_builder.image_batch(images)
+    with Recorder(any_loaded.model, any_loaded.adapter, ["residual"]) as rec:
+        got = record_batch(any_loaded, rec, batch)["residual"]
     with torch.inference_mode():
-        out = loaded.model.model(**batch.inputs, output_hidden_states=True, use_cache=False)
+        out = any_loaded.model.model(**batch.inputs, output_hidden_states=True, use_cache=False)
     hidden = out.hidden_states
-    n_layers = loaded.adapter.num_layers(loaded.model)
-    norm = loaded.model.get_submodule(loaded.adapter.final_norm)
+    n_layers = any_loaded.adapter.num_layers(any_loaded.model)
+    norm = any_loaded.model.get_submodule(any_loaded.adapter.final_norm)
     for layer in range(n_layers - 1):
         ref_max, ref_mean = _masked_reference(hidden[layer + 1], batch.content)
         torch.testing.assert_close(got["max"][:, layer], ref_max)
         torch.testing.assert_close(got["mean"][:, layer], ref_mean)
     # The last layer's hook output is before the final norm: norm(it) is hidden_states[-1].
     last_output = {}
-    layer = loaded.adapter.layers(loaded.model)[-1]
+    layer = any_loaded.adapter.layers(any_loaded.model)[-1]
     handle = layer.register_forward_hook(lambda m, a, o: last_output.setdefault("h", o))
     try:
         with torch.inference_mode():
-            loaded.model.model(**batch.inputs, use_cache=False)
+            any_loaded.model.model(**batch.inputs, use_cache=False)
     finally:
         handle.remove()
     with torch.inference_mode():
@@ -71,22 +77,22 @@ def test_residual_site_equals_output_hidden_states(loaded, builder, pairs, condi
     torch.testing.assert_close(got["mean"][:, -1], ref_mean)
 
 
-def test_mlp_site_equals_gated_product_by_hand(loaded, builder, pairs):
+def test_mlp_site_equals_gated_product_by_hand(any_loaded, any_builder, pairs):
     captions, _ = pairs
-    batch = builder.text_batch(captions)
-    layers = loaded.adapter.layers(loaded.model)
+    batch = any_builder.text_batch(captions)
+    layers = any_loaded.adapter.layers(any_loaded.model)
     mlp_inputs: dict[int, torch.Tensor] = {}
     handles = [
         layer.mlp.register_forward_pre_hook(lambda m, a, i=i: mlp_inputs.setdefault(i, a[0]))
         for i, layer in enumerate(layers)
     ]
     try:
-        with Recorder(loaded.model, loaded.adapter, ["mlp"]) as rec:
-            got = record_batch(loaded, rec, batch)["mlp"]
+        with Recorder(any_loaded.model, any_loaded.adapter, ["mlp"]) as rec:
+            got = record_batch(any_loaded, rec, batch)["mlp"]
     finally:
         for h in handles:
             h.remove()
-    assert got["max"].shape == (len(captions), len(layers), loaded.model.config.text_config.intermediate_size)
+    assert got["max"].shape == (len(captions), len(layers), any_loaded.model.config.text_config.intermediate_size)
     with torch.no_grad():
         for i, layer in enumerate(layers):
             x = mlp_inputs[i]
@@ -99,13 +105,13 @@ def test_mlp_site_equals_gated_product_by_hand(loaded, builder, pairs):
 
 
 @pytest.mark.parametrize("condition", ["text", "image"])
-def test_batched_equals_unbatched(loaded, builder, pairs, condition):
+def test_batched_equals_unbatched(any_loaded, any_builder, pairs, condition):
     captions, images = pairs
-    make = builder.text_batch if condition == "text" else builder.image_batch
+    make = any_builder.text_batch if condition == "text" else any_builder.image_batch
     items = captions if condition == "text" else images
-    with Recorder(loaded.model, loaded.adapter, ["residual", "mlp"]) as rec:
-        together = record_batch(loaded, rec, make(items))
-        alone = [record_batch(loaded, rec, make([item])) for item in items]
+    with Recorder(any_loaded.model, any_loaded.adapter, ["residual", "mlp"]) as rec:
+        together = record_batch(any_loaded, rec, make(items))
+        alone = [record_batch(any_loaded, rec, make([item])) for item in items]
     for site in ("residual", "mlp"):
         for stat in ("max", "mean"):
             stacked = torch.cat([a[site][stat] for a in alone])

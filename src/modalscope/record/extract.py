@@ -38,14 +38,28 @@ def record_streams(
     """One forward of the decoder stack, reduced once per stream mask;
     returns {stream: {site: {stat: [batch, layer, neuron]}}}.
 
-    k [batch]: tokens per pair for matched_max, min(text, image) content tokens.
+    k [batch]: tokens per pair for matched_max (`matched_k`), at most every stream's own count.
     """
+    if k is not None:
+        for name, mask in streams.items():
+            short = (k > mask.sum(1)).nonzero().flatten().tolist()
+            if short:  # the expected max over k of T < k tokens is undefined: a bug, not data
+                raise AssertionError(f"bug: matched_max k={int(k[short[0]])} exceeds the "
+                                     f"{int(mask[short[0]].sum())} tokens of stream {name} (row {short[0]})")
     batch = batch.to(loaded.device)
     recorder.streams = streams
     recorder.k = k
     with torch.inference_mode():
         loaded.model.model(**batch.inputs, use_cache=False)
     return recorder.collect()
+
+
+def matched_k(n_tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One k per pair for matched_max: the fewest content tokens of any stream recorded for
+    the pair ({stream: [batch]}), so every stream's expected max is over at most its own
+    tokens. The caption can tokenize to fewer pieces after `<image>\n` than after `USER: `
+    (SentencePiece merges depend on the preceding text), so the text stream alone is not it."""
+    return torch.stack([n.to(torch.long) for n in n_tokens.values()]).amin(dim=0)
 
 
 def record_batch(
@@ -159,7 +173,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
     if start >= len(manifest):
         return
     captions = builder.fit_captions(manifest["caption"].iloc[start:])  # as the batches will cut them
-    lengths = [len(ids) for ids in builder.tokenizer(captions, add_special_tokens=False)["input_ids"]]
+    lengths = builder.caption_tokens(captions)
     windows = plan_windows(lengths, start, batch_size, sort_window)
     batches = DataLoader(
         PairBatches(manifest, builder, [b for w in windows for b in w.batches], image_text),
@@ -213,7 +227,7 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
     first = frame.iloc[0]
     dtype = str(loaded.model.dtype).removeprefix("torch.")
     advice = ("fp16 overflows above 65504: rerun with --dtype bfloat16 or float32 into a new --out"
-              if dtype == "float16" else "check the weights and this pair's input; --dtype float32 rules out precision")
+              if dtype == "float16" else "the model's own forward gave NaN/inf on this input: check the weights")
     raise ExtractionError(
         f"non-finite activations (NaN/inf) for {frame['pair_id'].nunique()} pair(s) of this batch "
         f"(first: pair {first['pair_id']}, {first['stream']} input, {first['site']} layer {first['first_layer']}) "
@@ -229,14 +243,16 @@ def _record_item(loaded: LoadedModel, recorder: Recorder, item: dict, image_text
     """All forwards of one batch: {stream: {site: {stat: [batch, layer, neuron]}}} and the
     number of tokens each stream's reductions saw."""
     text, image = item["text"], item["image"]
-    k = torch.minimum(text.n_content, image.n_content)  # [batch]
-    records = {"text": record_batch(loaded, recorder, text, k)}
-    records["image"] = record_batch(loaded, recorder, image, k)
-    n_tokens = {"text": text.n_content.tolist(), "image": image.n_content.tolist()}
+    counts = {"text": text.n_content, "image": image.n_content}
     if image_text:
         joint, streams = item["joint"]
+        counts.update({name: mask.sum(1) for name, mask in streams.items()})
+    k = matched_k(counts)
+    records = {"text": record_batch(loaded, recorder, text, k)}
+    records["image"] = record_batch(loaded, recorder, image, k)
+    if image_text:
         records.update(record_streams(loaded, recorder, joint, streams, k))
-        n_tokens.update({name: m.sum(1).tolist() for name, m in streams.items()})
+    n_tokens = {name: n.tolist() for name, n in counts.items()}
     arrays = {c: {s: {st: v.numpy() for st, v in by_stat.items()} for s, by_stat in r.items()}
               for c, r in records.items()}
     return arrays, n_tokens

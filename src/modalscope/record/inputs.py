@@ -5,21 +5,38 @@ with a user turn holding only the caption (no `pixel_values`, so the vision towe
 projector never run); image-only is a user turn holding only the image, the minimal prompt
 (`USER: <image>\n ASSISTANT:` for LLaVA-1.5). Both conditions share one template.
 
+Captions are text, never control. A tokenizer parses special-token strings wherever they
+appear, so a caption holding `<image>`, `</s>` or `<|im_start|>` would become an image
+placeholder, an end of sequence or a turn marker (and the processor would count one image
+too many). So the prompt is never tokenized as one string: the rendered template is cut
+around the caption (`PromptPieces`) into
+  head  - up to the template's last control token before the caption (`USER: <image>`),
+          tokenized by the processor, which expands the image placeholder and makes pixels;
+  text  - the plain-text run holding the caption (`\n{caption} ASSISTANT:`), tokenized with
+          every added token treated as ordinary text (`PlainText`);
+  tail  - from the next control token on, tokenized normally.
+Tokenizers process the text between control tokens independently, so for a caption without
+control strings the concatenation is exactly what the whole string gives; the builder checks
+that on probe captions when it is made and refuses a tokenizer for which it is not.
+
 Content tokens are what the reduction sees by default: for text, the tokens whose character
 offsets overlap the caption; for image, the positions holding the image token. BOS is never
-content: it is the same token in every input of both conditions and carries the "massive
-activations" of LLaMA-family models, so it says nothing about modality. With
-`tokens="all"` every real (non-padding) token except BOS is seen, template tokens included.
-Batches are right-padded so content positions do not move with the batch's longest input.
+content, wherever the template emits it: it is the same token in every input of both
+conditions and carries the "massive activations" of LLaMA-family models, so it says nothing
+about modality. With `tokens="all"` every real (non-padding) token except BOS is seen,
+template tokens included. Batches are right-padded so content positions do not move with the
+batch's longest input.
 
 A caption too long for the model's context (`max_length`, its `max_position_embeddings`) is
-cut at the end, by `fit_caption`, to what fits in the longest prompt (image and caption in one
+cut at the end, by `fit_captions`, to what fits in the longest prompt (image and caption in one
 turn), and that same cut caption is used in every condition; `truncations` lists the cut ones
 (the study writes them to DIR/truncated.parquet).
 """
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +45,7 @@ from typing import Literal
 import pandas as pd
 import torch
 from PIL import Image
+from tokenizers import Encoding, Tokenizer
 from transformers import ProcessorMixin
 
 from modalscope.data.images import load_rgb
@@ -35,11 +53,14 @@ from modalscope.data.images import load_rgb
 TokenScope = Literal["content", "all"]
 CAPTION_SLOT = "\u0000CAPTION\u0000"
 NO_LIMIT = 10**7  # a tokenizer `model_max_length` at or above this means "not set"
+# Captions whose pieces must tokenize like the whole prompt (checked when a builder is made).
+PROBES = ("A dog runs on the beach.", "TWO DOGS PLAYING", "APPLE logo on a laptop")
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "offset_mapping")
 
 
 @dataclass
 class ModelBatch:
-    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask[, pixel_values]
+    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask[, pixel_values, ...]
     content: torch.Tensor  # [batch, tokens] bool: positions the reduction sees
 
     @property
@@ -56,6 +77,50 @@ class ModelBatch:
         return ModelBatch(inputs=inputs, content=self.content.to(device, non_blocking=True))
 
 
+@dataclass(frozen=True)
+class PromptPieces:
+    """A rendered prompt cut around its caption slot (see the module docstring)."""
+
+    head: str
+    left: str  # template text before the caption, inside the caption's plain-text run
+    right: str  # template text after it, up to the next control token
+    tail: str
+
+    @classmethod
+    def cut(cls, rendered: str, controls: Sequence[str]) -> "PromptPieces":
+        prefix, suffix = rendered.split(CAPTION_SLOT)
+        start = max((prefix.rfind(c) + len(c) for c in controls if c in prefix), default=0)
+        stop = min((suffix.find(c) for c in controls if c in suffix), default=len(suffix))
+        return cls(prefix[:start], prefix[start:], suffix[:stop], suffix[stop:])
+
+    def text(self, caption: str) -> str:
+        return self.left + caption + self.right
+
+    def whole(self, caption: str) -> str:
+        return self.head + self.text(caption) + self.tail
+
+
+class PlainText:
+    """The model's tokenizer with every added token (special or not) read as ordinary text.
+
+    `split_special_tokens=True` is not enough: it leaves non-special added tokens (Qwen's
+    `<tool_call>`) as control tokens. This is a copy of the fast tokenizer's backend with
+    every added token flagged special and special-token matching switched off.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        for token in spec.get("added_tokens") or []:
+            token["special"] = True
+        spec["padding"] = spec["truncation"] = None
+        self.backend = Tokenizer.from_str(json.dumps(spec))
+        self.backend.encode_special_tokens = True
+        self.controls = tuple(sorted((t["content"] for t in spec.get("added_tokens") or []), key=len, reverse=True))
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return self.backend.encode_batch(list(texts), add_special_tokens=False)
+
+
 class PromptBuilder:
     """Turns captions and images into right-padded batches with content masks."""
 
@@ -69,19 +134,36 @@ class PromptBuilder:
         self.tokens = tokens
         limit = getattr(self.tokenizer, "model_max_length", None)
         self.max_length = max_length or (limit if limit and limit < NO_LIMIT else None)
-        self.text_prefix, self.text_suffix = self.render(CAPTION_SLOT, image=False).split(
-            CAPTION_SLOT
-        )
+        self.plain = PlainText(self.tokenizer)
+        self.text_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=False), self.plain.controls)
+        self.joint_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=True), self.plain.controls)
         self.image_prompt = self.render("", image=True)
-        self.joint_prefix, self.joint_suffix = self.render(CAPTION_SLOT, image=True).split(
-            CAPTION_SLOT
-        )
+        self._text_head = self.tokenizer(self.text_pieces.head)["input_ids"]
+        self._text_tail = self.tokenizer(self.text_pieces.tail, add_special_tokens=False)["input_ids"]
+        self._joint_tail = self.tokenizer(self.joint_pieces.tail, add_special_tokens=False)["input_ids"]
         self._fitted: dict[str, str] = {}  # caption -> as fit_captions cuts it
+        self._check_pieces()
 
     @classmethod
     def for_model(cls, loaded, tokens: TokenScope) -> "PromptBuilder":
         """The builder of a loaded model, cutting captions to its context."""
         return cls(loaded.processor, loaded.model.config.image_token_id, tokens, model_context(loaded))
+
+    @property
+    def text_prefix(self) -> str:
+        return self.text_pieces.head + self.text_pieces.left
+
+    @property
+    def text_suffix(self) -> str:
+        return self.text_pieces.right + self.text_pieces.tail
+
+    @property
+    def joint_prefix(self) -> str:
+        return self.joint_pieces.head + self.joint_pieces.left
+
+    @property
+    def joint_suffix(self) -> str:
+        return self.joint_pieces.right + self.joint_pieces.tail
 
     def render(self, text: str, image: bool) -> str:
         content: list[dict[str, str]] = [{"type": "image"}] if image else []
@@ -91,18 +173,49 @@ class PromptBuilder:
             messages, add_generation_prompt=True, tokenize=False
         )
 
+    def _check_pieces(self) -> None:
+        """Refuse a tokenizer for which the pieces do not tokenize like the whole prompt."""
+        probe = Image.new("RGB", (8, 8))
+        for caption in PROBES:
+            whole = self.tokenizer(self.text_pieces.whole(caption))["input_ids"]
+            joint = self.processor(text=[self.joint_pieces.whole(caption)], images=[probe])["input_ids"][0]
+            ours = self.text_batch([caption]).inputs["input_ids"][0].tolist()
+            ours_joint = self.image_text_batch([probe], [caption])[0].inputs["input_ids"][0].tolist()
+            if ours != list(whole) or ours_joint != list(joint):
+                raise ValueError(
+                    f"the tokenizer of this model ({type(self.tokenizer).__name__}) tokenizes a caption "
+                    f"differently alone than inside its prompt ({caption!r}); modalscope cannot keep "
+                    "captions as plain text for it"
+                )
+
+    # Caption text -------------------------------------------------------------------------
+    def _caption_runs(self, pieces: PromptPieces, captions: Sequence[str]
+                      ) -> tuple[list[list[int]], list[list[bool]]]:
+        """Token ids of each caption's plain-text run and which of them overlap the caption."""
+        runs = self.plain.encode([pieces.text(c) for c in captions])
+        start = len(pieces.left)
+        ids, spans = [], []
+        for caption, run in zip(captions, runs):
+            end = start + len(caption)
+            ids.append(run.ids)
+            spans.append([a < end and b > start for a, b in run.offsets])
+        return ids, spans
+
     @cached_property
-    def image_positions(self) -> int:
-        """Sequence positions one `<image>` expands to (576 for LLaVA-1.5), measured once."""
-        enc = self.processor(text=[self.image_prompt], images=[Image.new("RGB", (8, 8))])
-        expanded = sum(1 for t in enc["input_ids"][0] if t == self.image_token_id)
-        return expanded - self.image_prompt.count(self.processor.image_token)
+    def _joint_head_length(self) -> int:
+        """Tokens of the image-and-caption prompt's head, image expanded (LLaVA-1.5: one
+        image of 576 positions), measured once on a probe image."""
+        enc = self.processor(text=[self.joint_pieces.head], images=[Image.new("RGB", (8, 8))])
+        return len(enc["input_ids"][0])
 
     def _joint_lengths(self, captions: Sequence[str]) -> list[int]:
         """Tokens of the image-and-caption prompt of each caption, images expanded."""
-        prompts = [self.joint_prefix + c + self.joint_suffix for c in captions]
-        extra = self.joint_prefix.count(self.processor.image_token) * self.image_positions
-        return [len(ids) + extra for ids in self.tokenizer(prompts)["input_ids"]]
+        ids, _ = self._caption_runs(self.joint_pieces, captions)
+        return [self._joint_head_length + len(run) + len(self._joint_tail) for run in ids]
+
+    def caption_tokens(self, captions: Sequence[str]) -> list[int]:
+        """Content tokens of each caption in the text prompt (the length batches sort by)."""
+        return [sum(span) for span in self._caption_runs(self.text_pieces, captions)[1]]
 
     def fit_captions(self, captions: Sequence[str]) -> list[str]:
         """Each caption, cut at the end where its longest prompt would exceed `max_length`.
@@ -151,19 +264,31 @@ class PromptBuilder:
         }).astype({"caption_chars": "int64", "kept_chars": "int64", "caption_tokens": "int64",
                    "max_length": "int64"})
 
+    # Batches -------------------------------------------------------------------------------
+    def _assemble(self, heads: Sequence[Sequence[int]], runs: list[list[int]], spans: list[list[bool]],
+                  tail: Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Right-padded input_ids and attention_mask of head + caption run + tail per row, and
+        the caption mask [batch, tokens]."""
+        rows = [list(h) + r + list(tail) for h, r in zip(heads, runs)]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        caption = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (row, head, span) in enumerate(zip(rows, heads, spans)):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+            caption[i, len(head) : len(head) + len(span)] = torch.tensor(span, dtype=torch.bool)
+        return {"input_ids": ids, "attention_mask": mask}, caption
+
+    def _text(self, captions: Sequence[str]) -> tuple[ModelBatch, torch.Tensor]:
+        runs, spans = self._caption_runs(self.text_pieces, self.fit_captions(captions))
+        inputs, caption = self._assemble([self._text_head] * len(runs), runs, spans, self._text_tail)
+        real = self._real_tokens(inputs["input_ids"], inputs["attention_mask"])
+        return ModelBatch(inputs=inputs, content=caption if self.tokens == "content" else real), caption
+
     def text_batch(self, captions: list[str]) -> ModelBatch:
-        captions = self.fit_captions(captions)
-        prompts = [self.text_prefix + c + self.text_suffix for c in captions]
-        enc = self.tokenizer(
-            prompts, padding=True, return_offsets_mapping=True, return_tensors="pt"
-        )
-        offsets = enc.pop("offset_mapping")  # [batch, tokens, 2]
-        start = len(self.text_prefix)
-        end = torch.tensor([start + len(c) for c in captions])[:, None]
-        overlaps = (offsets[..., 0] < end) & (offsets[..., 1] > start)
-        real = self._real_tokens(enc["input_ids"], enc["attention_mask"])
-        content = overlaps & real if self.tokens == "content" else real
-        return ModelBatch(inputs=dict(enc), content=content)
+        return self._text(captions)[0]
 
     def image_batch(self, images: list[Image.Image]) -> ModelBatch:
         enc = self.processor(
@@ -184,32 +309,56 @@ class PromptBuilder:
         """The image and its caption in one turn, and the masks of its three streams:
         `image_text` (caption and image tokens; every real token but BOS with tokens="all"),
         `image_text_caption` (its caption tokens) and `image_text_image` (its image tokens)."""
-        captions = self.fit_captions(captions)
-        prompts = [self.joint_prefix + c + self.joint_suffix for c in captions]
-        enc = self.processor(
-            text=prompts, images=images, padding=True, return_offsets_mapping=True,
-            return_tensors="pt",
-        )
-        offsets = enc["offset_mapping"]  # of the text with <image> expanded to every position
-        inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+        enc = self.processor(text=[self.joint_pieces.head] * len(images), images=images,
+                             padding=True, return_tensors="pt")
+        heads = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
+        runs, spans = self._caption_runs(self.joint_pieces, self.fit_captions(captions))
+        inputs, caption = self._assemble(heads, runs, spans, self._joint_tail)
+        inputs.update({k: v for k, v in enc.items() if k not in TEXT_KEYS})  # pixel_values, ...
         is_image = inputs["input_ids"] == self.image_token_id
-        token = self.processor.image_token
-        expanded = self.joint_prefix.count(token)
-        start = len(self.joint_prefix) + (is_image.sum(1, keepdim=True) - expanded) * len(token)
-        end = start + torch.tensor([len(c) for c in captions])[:, None]
         real = self._real_tokens(inputs["input_ids"], inputs["attention_mask"])
-        caption = (offsets[..., 0] < end) & (offsets[..., 1] > start) & real & ~is_image
         content = (caption | is_image) if self.tokens == "content" else real
         streams = {"image_text": content, "image_text_caption": caption, "image_text_image": is_image}
         return ModelBatch(inputs=inputs, content=content), streams
 
     def _real_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Non-padding tokens, minus the leading BOS (right padding keeps it at position 0)."""
+        """Non-padding tokens that are not BOS, wherever the template put one."""
         real = attention_mask.bool()
         bos = self.tokenizer.bos_token_id
-        if bos is not None:
-            real[:, 0] &= input_ids[:, 0] != bos
-        return real
+        return real & (input_ids != bos) if bos is not None else real
+
+    # Checks --------------------------------------------------------------------------------
+    def pair_problem(self, caption: str, image: Image.Image, image_text: bool = True) -> str | None:
+        """Why this pair's model inputs cannot be prepared, or None. Run on every pair before
+        the manifest is written, so a pair that would fail mid-extraction is skipped instead:
+        every stream has content tokens, and the caption tokens decode back to the caption."""
+        try:
+            text, caption_mask = self._text([caption])
+            masks = {"text": text.content, "text caption": caption_mask}
+            if image_text:
+                joint, streams = self.image_text_batch([image], [caption])
+                masks.update(streams)
+                ids = {"text caption": text.inputs["input_ids"], "image_text_caption": joint.inputs["input_ids"]}
+            else:
+                masks["image"] = self.image_batch([image]).content
+                ids = {"text caption": text.inputs["input_ids"]}
+        except Exception as err:  # noqa: BLE001 - any tokenizer/processor failure skips the pair
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            return f"cannot prepare the model inputs ({type(err).__name__}: {reason})"
+        empty = [name for name, mask in masks.items() if not mask.any()]
+        if empty:
+            return f"caption gives no content tokens in the {empty[0]} input"
+        want = _plain(self.fit_captions([caption])[0])
+        for name, row in ids.items():
+            mask = masks["text caption" if name == "text caption" else "image_text_caption"]
+            got = self.tokenizer.decode(row[0][mask[0]].tolist(), skip_special_tokens=False)
+            if _plain(got) != want:
+                return f"caption tokens of the {name.split()[0]} input decode to {got!r}, not to the caption"
+        return None
+
+
+def _plain(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
 
 
 def load_image(path: str) -> Image.Image:
