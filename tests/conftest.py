@@ -7,12 +7,12 @@ The checkpoint is built by the same code as `modalscope demo` and loaded through
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from modalscope.data.synthetic import build_synthetic_coco
+from real_models import real_files
 
 
 @pytest.fixture(scope="session")
@@ -42,23 +42,7 @@ def loaded(tiny_model_dir: Path):
     return load_model(str(tiny_model_dir), dtype="float32", device="cpu")
 
 
-# Real model files (config, tokenizer, processor, template; no weights) ------------------------
-REAL_MODELS = Path(os.environ.get("MODALSCOPE_REAL_MODELS")
-                   or Path(__file__).resolve().parents[1].parent / "shared" / "real-models")
-
-
-def real_files(name: str) -> Path:
-    """The folder of a hub repository's real small files; in CI they must be there."""
-    folder = REAL_MODELS / name
-    if not (folder / "config.json").is_file():
-        message = (f"real model files expected in {folder} (../shared/real-models beside the "
-                   "repository, or set MODALSCOPE_REAL_MODELS)")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return folder
-
-
+# Real model files (config, tokenizer, processor, template; no weights): see real_models.py
 @pytest.fixture(scope="session")
 def real_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """llava-hf/llava-1.5-7b-hf's own tokenizer, processor, template and config, shrunk to 2

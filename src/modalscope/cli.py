@@ -241,10 +241,9 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     elif args.command == "extract":
         config = _config(args, args.out, **_stored_settings(args))
         config.validate()
-        manifest = study.prepare_manifest_ranked(config)
-        store = study.extract_stage(config, manifest)
+        store = study.extract_stage(config)
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"{store.n_done} of {len(manifest)} pairs recorded in {store.path}")
+            print(f"{store.n_done} of {store.attrs['n_inputs']} pairs recorded in {store.path}")
             for note in data_notes(args.out):
                 print(note)
     elif args.command == "analyze":

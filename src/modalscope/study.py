@@ -30,8 +30,8 @@ from modalscope.data.manifest import (
     SKIPPED, TRUNCATED, data_counts, data_notes, load_manifest, manifest_frame, manifest_hash,
     save_manifest, save_skipped, shuffled,
 )
-from modalscope.data.pairs import DataError, load_coco, load_jsonl
-from modalscope.data.validate import select_usable
+from modalscope.data.pairs import DataError, Pair, load_coco, load_jsonl
+from modalscope.data.validate import Prepare, select_usable
 from modalscope.store import STORE, ActivationStore
 from modalscope.tables import (
     INPUT_LAYERS, LAYERS, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY, TABLE3, long_table_csv, table1_rows,
@@ -56,8 +56,27 @@ def library_versions() -> dict[str, str]:
 
 
 # 1. Pairs -------------------------------------------------------------------------------
-def prepare_manifest(config: StudyConfig) -> pd.DataFrame:
-    """Reuse DIR/manifest.parquet if it exists (refusing a conflicting request), else make it."""
+def read_pairs(config: StudyConfig) -> list[Pair]:
+    """The pairs of the study's data file (COCO or JSONL); a file that cannot be read as a
+    whole is a one-line DataError. Cheap next to loading a model, so it comes first."""
+    if config.jsonl is not None:
+        pairs = load_jsonl(config.jsonl)
+    elif config.captions is not None:
+        pairs = load_coco(config.captions, config.images)
+    else:
+        raise DataError(f"{config.out_dir}: no manifest yet; give --captions/--images or --jsonl")
+    if not pairs:
+        raise DataError(f"{_source(config)}: holds no image-caption pairs")
+    return pairs
+
+
+def prepare_manifest(config: StudyConfig, prepare: Prepare | None = None,
+                     pairs: list[Pair] | None = None) -> pd.DataFrame:
+    """Reuse DIR/manifest.parquet if it exists (refusing a conflicting request), else make it
+    from `pairs` (default: `read_pairs(config)`).
+
+    `prepare(caption, image)`: the model's check that a pair's inputs can be made (the
+    extraction passes its PromptBuilder's); without it only the data are checked."""
     wanted = {"seed": config.seed, "num_pairs": config.num_pairs, "source": _source(config)}
     path = config.out_dir / "manifest.parquet"
     if path.exists():
@@ -73,18 +92,11 @@ def prepare_manifest(config: StudyConfig) -> pd.DataFrame:
     if (config.out_dir / STORE).exists():  # its rows belong to a manifest that is gone
         raise DataError(f"{config.out_dir}: holds {STORE} but no manifest.parquet, so its rows cannot be "
                         "matched to pairs; use a new --out (nothing was written)")
-    if config.jsonl is not None:
-        pairs = load_jsonl(config.jsonl)
-    elif config.captions is not None:
-        pairs = load_coco(config.captions, config.images)
-    else:
-        raise DataError(f"{config.out_dir}: no manifest yet; give --captions/--images or --jsonl")
-    if not pairs:
-        raise DataError(f"{wanted['source']}: holds no image-caption pairs")
+    pairs = read_pairs(config) if pairs is None else pairs
     # Walk the shuffled pairs, checking each in full, until --num-pairs usable ones are found;
     # the skipped ones go to DIR/skipped.parquet, written before the manifest that commits it.
     usable, skipped = select_usable(shuffled(pairs, config.seed), config.num_pairs,
-                                    progress=config.progress)
+                                    progress=config.progress, prepare=prepare)
     save_skipped(skipped, config.out_dir)
     if len(usable) < 2:
         example = f" (e.g. pair {skipped[0][0].pair_id}: {skipped[0][1]})" if skipped else ""
@@ -103,9 +115,12 @@ def _source(config: StudyConfig) -> str | None:
 
 
 # 2-3. Inputs and recording ----------------------------------------------------------------
-def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStore:
+def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> ActivationStore:
     """Record every condition for every pair not yet in the store (a rerun continues).
 
+    The model and its processor are loaded (and refused in one line if they cannot be used)
+    before anything is written to DIR; then, without a `manifest`, the pairs are checked
+    against them (`prepare_manifest_ranked`) and the manifest is written.
     Under torchrun each rank records its shard into DIR/shards/rank{r}.zarr, then rank 0
     merges the shards into DIR/activations.zarr (see record/distributed.py).
     """
@@ -116,9 +131,16 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame) -> ActivationStor
     from modalscope.record.plan import default_sort_window
 
     ranks = Ranks.from_env()
+    ranks.start()
+    fresh = manifest is None and ranks.leader and not (config.out_dir / "manifest.parquet").exists()
+    pairs = read_pairs(config) if fresh and not (config.out_dir / STORE).exists() else None
     loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
                         config.device_map, config.quantization)
     builder = PromptBuilder.for_model(loaded, config.tokens)  # cuts captions to the context
+    if manifest is None:
+        image_text = "image_text" in config.conditions
+        manifest = prepare_manifest_ranked(
+            config, lambda caption, image: builder.pair_problem(caption, image, image_text), pairs)
     # --batch-size auto: start big on a GPU (16 on CPU) and halve on out-of-memory; a
     # resumed study starts from the size its store last used.
     auto_batch = config.batch_size == "auto"
@@ -204,14 +226,15 @@ def _check_shard_plan(shard: ActivationStore, batch_size: int, sort_window: int)
         )
 
 
-def prepare_manifest_ranked(config: StudyConfig) -> pd.DataFrame:
+def prepare_manifest_ranked(config: StudyConfig, prepare: Prepare | None = None,
+                            pairs: list[Pair] | None = None) -> pd.DataFrame:
     """`prepare_manifest`, made by rank 0 first under torchrun, then read by the others."""
     from modalscope.record.distributed import Ranks
 
     ranks = Ranks.from_env()
     ranks.start()
     if ranks.leader:
-        manifest = prepare_manifest(config)
+        manifest = prepare_manifest(config, prepare, pairs)
     ranks.barrier()
     if not ranks.leader:
         manifest = prepare_manifest(config)
@@ -246,7 +269,7 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
         write_frame(significance_table(result.layers, store.stats), tables_dir / SIGNIFICANT, config.csv),
         write_json(result.summary, tables_dir / SUMMARY),
     ]
-    rows = table1_rows(store)
+    rows = table1_rows(store, contrast)
     if config.long_tables == "never" or (
         config.long_tables == "auto" and rows > LONG_TABLE_AUTO_LIMIT
     ):
@@ -254,7 +277,7 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
             f"Tables 1-2 not written ({rows:,} rows); use `modalscope export "
             f"{config.out_dir} --layers ... --neurons ...` for the part you need"
         )
-    long_paths = write_long_tables(store, manifest["pair_id"].tolist(), tables_dir)
+    long_paths = write_long_tables(store, manifest["pair_id"].tolist(), tables_dir, contrast=contrast)
     if config.csv:
         long_table_csv(long_paths)
     return long_paths + paths, None
@@ -299,8 +322,8 @@ def run_study(config: StudyConfig) -> StudyResult:
     config.validate()
     result = StudyResult(out_dir=config.out_dir)
     clock = time.perf_counter()
-    manifest = prepare_manifest_ranked(config)
-    extract_stage(config, manifest)
+    extract_stage(config)  # model checked, then pairs (DIR/manifest.parquet), then recorded
+    manifest, _ = load_manifest(config.out_dir)
     result.timings["extract_s"] = time.perf_counter() - clock
     if int(os.environ.get("RANK", 0)) != 0:
         return result  # under torchrun, rank 0 analyses the merged store
@@ -315,8 +338,11 @@ def run_study(config: StudyConfig) -> StudyResult:
     if png_message:
         result.messages.append(png_message)
     result.timings["plot_s"] = time.perf_counter() - clock
+    from modalscope.seeds import record as seed_record  # the streams the seed was split into
+
     write_json(
-        {"config": config.as_dict(), "timings": result.timings, "versions": library_versions()},
+        {"config": config.as_dict(), "timings": result.timings, "versions": library_versions(),
+         "seeds": seed_record(int(ActivationStore.open(config.out_dir / STORE).attrs.get("seed", config.seed)))},
         config.out_dir / "study.json",
     )
     result.report = report_stage(config.out_dir, config.stat)

@@ -8,14 +8,24 @@ data, seed and `num_pairs` always give the same manifest and the same skip list,
 larger `num_pairs` extends both.
 
 A pair is usable when the data file raised no problem for it (see data/pairs.py), its
-caption has visible text, and its image decodes in full with `load_rgb` — the very function
-the extraction uses. Images are decoded by a thread pool (Pillow releases the GIL while
-decoding); results are taken in walk order, so threads never change the outcome.
+caption has visible text, its image decodes in full with `load_rgb` — the very function
+the extraction uses — and, when the study passes its model's `prepare` check, the model's
+inputs for the pair can be made (the caption gives content tokens that decode back to it, the
+processor accepts the image). So a pair that would fail mid-extraction is skipped here, in
+both conditions, instead of stopping every rerun at the same place. Images are decoded by a
+thread pool (Pillow releases the GIL while decoding); `prepare` runs one pair at a time (a
+tokenizer's padding state is not thread-safe); results are taken in walk order, so threads
+never change the outcome.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from PIL import Image
 
 from tqdm.auto import tqdm
 
@@ -26,25 +36,35 @@ THREADS = 8
 MAX_CHUNK = 256  # pairs checked at once; the walk stops within one chunk of its target
 
 
-def pair_problem(pair: Pair) -> str | None:
-    """Why `pair` cannot be used, or None: data-file problems, caption, then the image."""
+# prepare(caption, image) -> why the model's inputs for the pair cannot be made, or None
+Prepare = Callable[[str, Image.Image], "str | None"]
+
+
+def pair_problem(pair: Pair, prepare: Prepare | None = None, lock: threading.Lock | None = None) -> str | None:
+    """Why `pair` cannot be used, or None: data-file problems, caption, the image, then the
+    model's inputs (`prepare`, under `lock`)."""
     if pair.problem:
         return pair.problem
     problem = caption_problem(pair.caption)
     if problem:
         return problem
     try:
-        load_rgb(pair.image_path)
+        image = load_rgb(pair.image_path)
     except ImageProblem as err:
         return str(err)
-    return None
+    if prepare is None:
+        return None
+    with lock or threading.Lock():
+        return prepare(pair.caption, image)
 
 
 def select_usable(
-    pairs: list[Pair], num_pairs: int | None, threads: int = THREADS, progress: bool = False
+    pairs: list[Pair], num_pairs: int | None, threads: int = THREADS, progress: bool = False,
+    prepare: Prepare | None = None,
 ) -> tuple[list[Pair], list[tuple[Pair, str]]]:
     """(usable pairs, [(skipped pair, reason)]) in walk order, up to `num_pairs` usable ones.
     Decoding every image of a large study takes minutes, hence the progress bar."""
+    check = partial(pair_problem, prepare=prepare, lock=threading.Lock())
     target = len(pairs) if num_pairs is None else num_pairs
     usable: list[Pair] = []
     skipped: list[tuple[Pair, str]] = []
@@ -54,7 +74,7 @@ def select_usable(
         while len(usable) < target and position < len(pairs):
             chunk = pairs[position : position + min(MAX_CHUNK, max(16, target - len(usable)))]
             position += len(chunk)
-            for pair, problem in zip(chunk, pool.map(pair_problem, chunk)):
+            for pair, problem in zip(chunk, pool.map(check, chunk)):
                 if len(usable) == target:
                     break
                 if problem is None:

@@ -4,22 +4,32 @@ Why: the embedded tiny checkpoint and a real `llava-hf/llava-1.5-7b-hf` go throu
 calls, so the tests exercise what a real study runs. We also compute the provenance that
 the store records: which weights (hub revision / commit, or a fingerprint of local files),
 which dtype, which template.
+
+Fail fast, in one line: loading 14 GB of weights takes minutes, so everything that can be
+refused without them is refused first, in this order: the device (`--device cuda` without
+CUDA), the model's location (a missing local folder, an unreachable hub), its config (an
+unsupported `model_type`, naming the supported ones), its processor (a missing optional
+package). Each raises `ModelError`, which the CLI prints as one line; the study calls this
+before it writes anything to its folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PretrainedConfig, ProcessorMixin
 from transformers.utils import logging as hf_logging
 
-from modalscope.models import ModelAdapter, adapter_for
+from modalscope.models import ADAPTERS, ModelAdapter, adapter_for
 
+# Packages transformers' processors import on demand, as their error messages name them.
+OPTIONAL_PACKAGES = ("torchvision", "sentencepiece", "protobuf", "tiktoken", "timm", "av", "decord")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -36,10 +46,96 @@ class LoadedModel:
         return self.model.get_input_embeddings().weight.device
 
 
+class ModelError(ValueError):
+    """The model cannot be used as asked; the message is one line saying what to do."""
+
+
 def resolve_device(device: str) -> torch.device:
+    """The torch device of `--device`, refused in one line when this machine has none such."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps, auto)") from None
+    if resolved.type == "cuda":
+        build = f"torch {torch.__version__}" + (", a CPU-only build" if torch.version.cuda is None else "")
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device {device}: torch sees no CUDA GPU on this machine ({build}); "
+                             "use --device cpu (or auto)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ModelError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"--device {device}: the Apple MPS backend is not available here; use --device cpu")
+    return resolved
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].rstrip(".:") if text else type(err).__name__
+
+
+def read_config(model_id: str, revision: str | None = None) -> PretrainedConfig:
+    """The model's config alone (kilobytes), with the model's location and family checked."""
+    local = Path(model_id).expanduser()
+    if local.exists():
+        if not local.is_dir() or not (local / "config.json").is_file():
+            raise ModelError(f"--model {model_id}: not a model folder (a folder holding config.json, "
+                             "the weights and the processor files)")
+    elif model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id:
+        raise ModelError(f"--model {model_id}: no such folder")
+    hub_logging = _quiet_hub()
+    try:
+        config = AutoConfig.from_pretrained(model_id, revision=revision)
+    except OSError as err:
+        if local.exists():
+            raise ModelError(f"--model {model_id}: cannot read its config.json ({_first_line(err)})") from None
+        raise ModelError(
+            f"--model {model_id}: no local folder of that name, and the model hub did not provide it "
+            f"({_first_line(err)}); offline? download it where there is a network and pass the local "
+            "folder as --model"
+        ) from None
+    except ValueError as err:  # a model_type transformers itself does not know
+        raise ModelError(f"--model {model_id}: {_first_line(err)}; modalscope supports model types "
+                         f"{', '.join(ADAPTERS)}") from None
+    finally:
+        hub_logging()
+    try:
+        adapter_for(config.model_type)  # refused here, before any weight is read
+    except ValueError as err:
+        raise ModelError(f"--model {model_id}: {err}") from None
+    return config
+
+
+def _quiet_hub():
+    """Silence huggingface_hub's retry warnings (one per attempt) while we ask the hub; the
+    caller gets one line instead. Returns the function that restores the previous level."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    return lambda: logger.setLevel(level)
+
+
+def load_processor(model_id: str, revision: str | None = None) -> ProcessorMixin:
+    """The model's processor (PIL image backend), or a one-line error naming what is missing."""
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, revision=revision, backend="pil")
+    except ImportError as err:
+        text = str(err)
+        package = getattr(err, "name", None) or next(
+            (p for p in OPTIONAL_PACKAGES if re.search(rf"\b{p}\b", text, re.IGNORECASE)), None)
+        if package is None and "video processor" in text.lower():
+            package = "torchvision"  # transformers 5.23 builds video processors only on torchvision
+        what = f"pip install {package}" if package else "install the package it names"
+        raise ModelError(f"--model {model_id}: its processor needs a package that is not installed "
+                         f"({_first_line(err)}); {what}") from None
+    except (OSError, ValueError) as err:
+        raise ModelError(f"--model {model_id}: cannot load its processor ({_first_line(err)})") from None
+    processor.tokenizer.padding_side = "right"
+    return processor
 
 
 def weights_fingerprint(model_dir: Path) -> str:
@@ -93,19 +189,22 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     placed = device_map is not None or quantization is not None
+    target = None if placed else resolve_device(device)
+    quantized = quantization_config(quantization)
+    config = read_config(model_id, revision)
+    adapter = adapter_for(config.model_type)
+    processor = load_processor(model_id, revision)
     model = AutoModelForImageTextToText.from_pretrained(
         model_id,
         revision=revision,
+        config=config,
         dtype=DTYPES[dtype],
         device_map=device_map or ("auto" if quantization else None),
-        quantization_config=quantization_config(quantization),
+        quantization_config=quantized,
     )
-    if not placed:
-        model.to(resolve_device(device))
+    if target is not None:
+        model.to(target)
     model.eval()
-    processor = AutoProcessor.from_pretrained(model_id, revision=revision, backend="pil")
-    processor.tokenizer.padding_side = "right"
-    adapter = adapter_for(model.config.model_type)
     local = Path(model_id)
     provenance = {
         "model": str(local.resolve()) if local.is_dir() else model_id,
