@@ -91,14 +91,37 @@ class PairBatches(Dataset):
         try:
             captions = rows["caption"].tolist()
             images = [_open(row) for row in rows.itertuples()]
-            text = self.builder.text_batch(captions)
-            _check_content(text, rows, "text")
+            item = self._prepare(images, captions)
+            _check_content(item["text"], rows, "text")
         except DataError as err:
             return {"error": str(err)}
-        item = {"text": text, "image": self.builder.image_batch(images), "n": len(rows)}
+        except Exception as err:  # noqa: BLE001 - a tokenizer/processor failure: name its pair
+            return {"error": self._culprit(rows, images, err)}
+        return item
+
+    def _prepare(self, images: list[Image.Image], captions: list[str]) -> dict:
+        item = {"text": self.builder.text_batch(captions), "image": self.builder.image_batch(images),
+                "n": len(captions)}
         if self.image_text:
             item["joint"] = self.builder.image_text_batch(images, captions)
         return item
+
+    def _culprit(self, rows: pd.DataFrame, images: list[Image.Image], err: Exception) -> str:
+        """One line naming the first pair of the batch whose inputs fail alone. The manifest's
+        pairs passed the same preparation when it was made, so this is a change of model or
+        processor since: the line says to start a new study folder."""
+        for row, image in zip(rows.itertuples(), images):
+            try:
+                self._prepare([image], [row.caption])
+            except Exception as alone:  # noqa: BLE001
+                err = alone
+                break
+        else:
+            row = rows.iloc[0]
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return (f"{row.image_path}: pair {row.pair_id}: cannot prepare the model inputs "
+                f"({type(err).__name__}: {reason}); it passed this check when DIR/manifest.parquet was "
+                "made, so the model or processor changed: start a new --out")
 
 
 class ExtractionError(ValueError):
