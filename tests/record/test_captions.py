@@ -147,3 +147,81 @@ def test_awkward_corpus_pairs_are_usable_or_have_a_reason(real_loaded, image):
             assert problem is None, (caption, problem)
         else:
             assert problem, caption
+
+
+def _study(tmp_path, real_llava_dir, odd: str):
+    """Five pairs; the third one's caption is `odd` (a JSON string literal)."""
+    import json
+
+    from modalscope.config import StudyConfig
+
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(5):
+        Image.new("RGB", (60 + i, 40), (40 * i, 90, 200)).save(tmp_path / f"images/{i}.png")
+        caption = odd if i == 2 else f"a photo number {i}"
+        lines.append(f'{{"image": "images/{i}.png", "caption": "{caption}", "id": "p{i}"}}')
+        json.loads(lines[-1])
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return StudyConfig(out_dir=tmp_path / "study", model=str(real_llava_dir), jsonl=tmp_path / "pairs.jsonl",
+                       device="cpu", batch_size=2, progress=False, stats=("max", "mean"), n_perm=200, n_boot=200)
+
+
+def test_a_pair_that_cannot_be_prepared_is_skipped_before_the_manifest(real_llava_dir, tmp_path):
+    """LLaVA-1.5's tokenizer reads U+2581 (the SentencePiece space mark) as a space, so the
+    caption's tokens cannot decode back to it: the pair is skipped in both conditions."""
+    import pandas as pd
+
+    from modalscope.study import extract_stage
+
+    config = _study(tmp_path, real_llava_dir, "a\u2581dog on grass")
+    store = extract_stage(config)
+    manifest = pd.read_parquet(config.out_dir / "manifest.parquet")
+    skipped = pd.read_parquet(config.out_dir / "skipped.parquet")
+    assert sorted(manifest["pair_id"]) == ["p0", "p1", "p3", "p4"] and store.n_done == 4
+    assert skipped["pair_id"].tolist() == ["p2"]
+    assert skipped["reason"].iloc[0] == ("caption tokens of the text input decode to 'a dog on grass', "
+                                         "not to the caption")
+
+
+def test_a_lone_surrogate_caption_is_skipped_by_the_data_check(real_llava_dir, tmp_path):
+    """Valid JSON, visible text, but no tokenizer (nor Parquet) can encode it."""
+    import pandas as pd
+
+    from modalscope.study import prepare_manifest
+
+    config = _study(tmp_path, real_llava_dir, "a dog \\ud800 on grass")
+    manifest = prepare_manifest(config)
+    skipped = pd.read_parquet(config.out_dir / "skipped.parquet")
+    assert "p2" not in set(manifest["pair_id"]) and skipped["pair_id"].tolist() == ["p2"]
+    assert skipped["reason"].iloc[0].startswith("caption is not valid Unicode: a lone surrogate U+D800 at character 6")
+    assert skipped["caption"].iloc[0] == "a dog \\ud800 on grass"  # stored escaped
+
+
+def test_a_batch_that_fails_mid_extraction_names_its_pair_and_file(real_llava_dir, tmp_path):
+    """Every manifest pair passed the model's preparation check, so a batch can fail only if the
+    processor changed since; should one, the error names its pair and image in one line instead
+    of repeating a tokenizer message naming nothing. (The failing processor is a subclass that
+    raises on one caption; no such caption exists for the real one.)"""
+    import numpy as np
+
+    from modalscope.record.extract import PairBatches
+    from modalscope.study import prepare_manifest
+
+    class Changed(PromptBuilder):
+        def text_batch(self, captions):
+            if "number 2" in " ".join(captions):
+                raise ValueError("boom\nsecond line")
+            return super().text_batch(captions)
+
+    config = _study(tmp_path, real_llava_dir, "a photo number 2")
+    manifest = prepare_manifest(config)
+    from modalscope.models.loading import load_model
+
+    loaded = load_model(str(real_llava_dir), device="cpu")
+    builder = Changed(loaded.processor, loaded.model.config.image_token_id, "content")
+    item = PairBatches(manifest, builder, [np.arange(5)], image_text=True)[0]
+    row = manifest[manifest["pair_id"] == "p2"].iloc[0]
+    assert item["error"] == (f"{row.image_path}: pair p2: cannot prepare the model inputs (ValueError: boom); it "
+                             "passed this check when DIR/manifest.parquet was made, so the model or processor "
+                             "changed: start a new --out")

@@ -44,6 +44,10 @@ def caption_problem(caption: Any) -> str | None:
         return "caption is whitespace only"
     if not any(unicodedata.category(ch)[0] in "LMNPS" for ch in caption):
         return "caption has no visible characters"
+    lone = next((i for i, ch in enumerate(caption) if unicodedata.category(ch) == "Cs"), None)
+    if lone is not None:  # JSON allows "\ud800"; no tokenizer (or Parquet) can encode it
+        return (f"caption is not valid Unicode: a lone surrogate U+{ord(caption[lone]):04X} at character "
+                f"{lone} (a broken \\u escape in the data file)")
     return None
 
 
