@@ -21,7 +21,7 @@ ATTRS = {"model": "tiny/llava", "weights": "abc", "dtype": "float32", "chat_temp
          "tokens": "content", "manifest_hash": "0" * 64, "seed": 0}
 T1_COLUMNS = ["input_index", "pair_id", "site", "modality", "layer", "neuron",
               "max_activation", "mean_activation"]
-T2_COLUMNS = ["input_index", "pair_id", "site", "layer", "neuron", "delta", "delta_mean"]
+T2_COLUMNS = ["input_index", "pair_id", "site", "layer", "neuron", "delta", "delta_mean", "contrast"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def filled(tmp_path_factory) -> tuple[ActivationStore, dict, list[str]]:
 
 def _read(path: Path) -> pd.DataFrame:
     frame = pd.read_parquet(path)
-    for name in ("pair_id", "site", "modality"):
+    for name in ("pair_id", "site", "modality", "contrast"):
         if name in frame:
             frame[name] = frame[name].astype(str)
     return frame
@@ -105,6 +105,7 @@ def _check_table2_values(t2: pd.DataFrame, values: dict) -> None:
         assert delta.dtype == np.float32 and part["delta"].dtype == np.float32
         np.testing.assert_array_equal(part["delta"].to_numpy(), delta[idx])
         np.testing.assert_array_equal(part["delta_mean"].to_numpy(), delta_mean[idx])
+        assert set(part["contrast"]) == {"text - image"}
 
 
 def test_table1_values_equal_store_values_at_input_layer_neuron(filled, long_tables):
@@ -171,6 +172,33 @@ def test_filtered_by_layer_only_keeps_every_site_and_neuron(filled, tmp_path):
     assert set(t1["layer"]) == {1} and set(t1["site"]) == set(WIDTHS)
     _check_table1_values(t1, values)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_table2_holds_and_names_the_chosen_contrast(filled, tmp_path):
+    """--contrast image-text: Δ = image - text (by hand from the stored float32 values), and
+    the `contrast` column says so; the old writer wrote text - image whatever was asked."""
+    store, values, pair_ids = filled
+    paths = write_long_tables(store, pair_ids, tmp_path, contrast=("image", "text"))
+    t1, t2 = _read(paths[0]), _read(paths[1])
+    assert list(t2.columns) == T2_COLUMNS and set(t2["contrast"]) == {"image - text"}
+    assert set(t1["modality"]) == {"text", "image"} and table1_rows(store, ("image", "text")) == len(t1)
+    for site, part in t2.groupby("site"):
+        idx = (part["input_index"].to_numpy(), part["layer"].to_numpy(), part["neuron"].to_numpy())
+        expected = values[site, "image", "max"][idx] - values[site, "text", "max"][idx]
+        np.testing.assert_array_equal(part["delta"].to_numpy(), expected)
+        np.testing.assert_array_equal(
+            part["delta_mean"].to_numpy(), values[site, "image", "mean"][idx] - values[site, "text", "mean"][idx])
+    with pytest.raises(ValueError, match="image_text_caption"):
+        write_long_tables(store, pair_ids, tmp_path / "no", contrast=("image_text_caption", "text"))
+
+
+def test_every_delta_table_names_its_contrast(analyzed):
+    from modalscope.stats.analyze import significance_table
+
+    neurons, layers, summary = analyzed
+    assert set(neurons["contrast"]) == set(layers["contrast"]) == {"text - image"}
+    assert set(significance_table(layers, list(STATS))["contrast"]) == {"text - image"}
+    assert {entry["contrast"] for entry in summary.values()} == {"text - image"}
 
 
 # Table 3, layers, summary ---------------------------------------------------------------

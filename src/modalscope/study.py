@@ -32,6 +32,7 @@ from modalscope.data.manifest import (
 )
 from modalscope.data.pairs import DataError, Pair, load_coco, load_jsonl
 from modalscope.data.validate import Prepare, select_usable
+from modalscope.seeds import record as seed_streams
 from modalscope.store import STORE, ActivationStore
 from modalscope.tables import (
     INPUT_LAYERS, LAYERS, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY, TABLE3, long_table_csv, table1_rows,
@@ -165,7 +166,7 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
         "manifest_hash": manifest_hash(manifest),
         "n_inputs": len(manifest),
         "batch_size": batch_size,
-        "contrast": "text - image",
+        "contrast": " - ".join(config.contrast_pair),  # the study's; tables name the one they hold
         "versions": library_versions(),
     }
 
@@ -338,11 +339,10 @@ def run_study(config: StudyConfig) -> StudyResult:
     if png_message:
         result.messages.append(png_message)
     result.timings["plot_s"] = time.perf_counter() - clock
-    from modalscope.seeds import record as seed_record  # the streams the seed was split into
-
+    seed = int(ActivationStore.open(config.out_dir / STORE).attrs.get("seed", config.seed))
     write_json(
         {"config": config.as_dict(), "timings": result.timings, "versions": library_versions(),
-         "seeds": seed_record(int(ActivationStore.open(config.out_dir / STORE).attrs.get("seed", config.seed)))},
+         "seeds": seed_streams(seed)},  # which random stream the shuffle, sign flips and bootstrap drew
         config.out_dir / "study.json",
     )
     result.report = report_stage(config.out_dir, config.stat)
@@ -370,8 +370,10 @@ def export_stage(
         if not 0 <= neuron < width:
             raise ValueError(f"--neurons {neuron}: the site has neurons 0-{width - 1}")
     manifest, _ = load_manifest(Path(out_dir))
+    contrast = tuple(str(store.attrs.get("contrast", "text - image")).split(" - "))
     paths = write_long_tables(
-        store, manifest["pair_id"].tolist(), Path(out_dir) / "tables", sites, layers, neurons, name
+        store, manifest["pair_id"].tolist(), Path(out_dir) / "tables", sites, layers, neurons, name,
+        contrast=contrast,
     )
     if csv:
         long_table_csv(paths)

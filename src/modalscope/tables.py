@@ -6,11 +6,18 @@ billions of rows, so they stream from the store in row groups, one (site, layer,
 chunk) at a time, and `modalscope export` writes them with layer/neuron filters.
 Every file is written to a temporary name and renamed, so a crash never leaves a
 truncated file that looks complete.
+
+Table 2's `delta` is the study's contrast (`--contrast A-B`: Δ = A - B; text - image by
+default), and its `contrast` column says which, so the file names what it holds on its own.
+Table 1 holds text and image plus any other stream the contrast reads, so Table 2 can be
+checked against it. JSON is written strictly (NaN and ±inf as null: other readers than
+Python's reject the bare `NaN` token); `read_summary` turns null back into NaN.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -50,14 +57,21 @@ TABLE2_SCHEMA = pa.schema(
         ("site", pa.dictionary(pa.int8(), pa.string())),
         ("layer", pa.int16()),
         ("neuron", pa.int32()),
-        ("delta", pa.float32()),  # max_text - max_image, the report's Δ
-        ("delta_mean", pa.float32()),  # mean_text - mean_image
+        ("delta", pa.float32()),  # max_A - max_B of the contrast (the report's Δ: text - image)
+        ("delta_mean", pa.float32()),  # mean_A - mean_B
+        ("contrast", pa.dictionary(pa.int8(), pa.string())),  # "A - B", e.g. "text - image"
     ]
 )
+DEFAULT_CONTRAST = ("text", "image")
 
 
-def table1_rows(store: ActivationStore) -> int:
-    return store.n_done * len(CONDITIONS) * store.n_layers * sum(store.width(s) for s in store.sites)
+def modalities(contrast: Sequence[str] = DEFAULT_CONTRAST) -> tuple[str, ...]:
+    """Table 1's modalities: text and image, then any other stream the contrast reads."""
+    return tuple(dict.fromkeys((*CONDITIONS, *contrast)))
+
+
+def table1_rows(store: ActivationStore, contrast: Sequence[str] = DEFAULT_CONTRAST) -> int:
+    return store.n_done * len(modalities(contrast)) * store.n_layers * sum(store.width(s) for s in store.sites)
 
 
 def _repeat(value: str, n: int) -> pa.DictionaryArray:
@@ -70,6 +84,7 @@ def _blocks(
     sites: Sequence[str],
     layers: Sequence[int] | None,
     neurons: Sequence[int] | None,
+    conditions: Sequence[str] = CONDITIONS,
 ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, dict[str, dict[str, np.ndarray]]]]:
     """(site, layer, input indices, neuron indices, values[condition][stat] [inputs, neurons])
     per chunk of inputs."""
@@ -82,7 +97,7 @@ def _blocks(
                         s: store.read_layer(site, c, s, layer, start, stop)[:, cols]
                         for s in ("max", "mean")
                     }
-                    for c in CONDITIONS
+                    for c in conditions
                 }
                 yield site, layer, np.arange(start, stop), cols, values
 
@@ -109,18 +124,26 @@ def write_long_tables(
     layers: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
     suffix: str = "",
+    contrast: Sequence[str] = DEFAULT_CONTRAST,
 ) -> list[Path]:
-    """Stream Tables 1 and 2 (optionally filtered) into `out_dir`; returns the paths."""
+    """Stream Tables 1 and 2 (optionally filtered) into `out_dir`; returns the paths.
+
+    Table 2's Δ is `contrast[0] - contrast[1]`, named in its `contrast` column."""
+    first, second = contrast
+    missing = [c for c in (first, second) if c not in store.conditions]
+    if missing:
+        raise ValueError(f"contrast {first} - {second}: the store did not record {', '.join(missing)}")
+    shown = modalities(contrast)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = pa.array([str(p) for p in pair_ids[: store.n_done]])
     paths = [out_dir / TABLE1.replace(".parquet", f"{suffix}.parquet"),
              out_dir / TABLE2.replace(".parquet", f"{suffix}.parquet")]
     with atomic(paths[0]) as tmp1, atomic(paths[1]) as tmp2, \
             pq.ParquetWriter(tmp1, TABLE1_SCHEMA) as t1, pq.ParquetWriter(tmp2, TABLE2_SCHEMA) as t2:
-        for site, layer, inputs, cols, values in _blocks(store, sites or store.sites, layers, neurons):
+        for site, layer, inputs, cols, values in _blocks(store, sites or store.sites, layers, neurons, shown):
             base = _long_columns(site, layer, inputs, cols, ids)
             n = len(base["layer"])
-            for condition in CONDITIONS:
+            for condition in shown:
                 t1.write_table(
                     pa.table(
                         {
@@ -134,13 +157,14 @@ def write_long_tables(
                         schema=TABLE1_SCHEMA,
                     )
                 )
-            text, image = values["text"], values["image"]
+            a, b = values[first], values[second]
             t2.write_table(
                 pa.table(
                     {
                         **base,
-                        "delta": pa.array((text["max"] - image["max"]).ravel()),
-                        "delta_mean": pa.array((text["mean"] - image["mean"]).ravel()),
+                        "delta": pa.array((a["max"] - b["max"]).ravel()),
+                        "delta_mean": pa.array((a["mean"] - b["mean"]).ravel()),
+                        "contrast": _repeat(f"{first} - {second}", n),
                     },
                     schema=TABLE2_SCHEMA,
                 )
@@ -158,10 +182,37 @@ def write_frame(frame: pd.DataFrame, path: Path, csv: bool = False) -> Path:
     return path
 
 
+def _strict(value: object) -> object:
+    """`value` with every non-finite float (NaN, ±inf) as None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def write_json(data: dict, path: Path) -> Path:
+    """Strict JSON (non-finite numbers as null), written atomically."""
+    text = json.dumps(_strict(data), indent=2, allow_nan=False) + "\n"
     with atomic(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def _nan_for_null(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return math.nan if value is None else value
+
+
+def read_summary(path: Path) -> dict:
+    """summary.json as written by the analysis, null read back as NaN (every null there
+    is a number that was not finite)."""
+    return _nan_for_null(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def long_table_csv(paths: Sequence[Path]) -> None:

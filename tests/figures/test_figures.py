@@ -427,3 +427,63 @@ def test_static_figure1_shows_every_layer_with_the_sliders_counts(neurons):
     figure2_like = figure1(neurons, SITE)
     figure2_like.layout.sliders = ()
     assert for_static(figure2_like) is figure2_like  # only slider figures change
+
+
+# ---------------------------------------------------------------- labels name the contrast
+def _labels(fig: go.Figure) -> list[str]:
+    """Every text a reader sees: title, axis titles, subplot titles, legend names, hovers, slider titles."""
+    layout = fig.layout
+    found = [layout.title.text or ""]
+    found += [layout[a].title.text or "" for a in layout if a.startswith(("xaxis", "yaxis"))]
+    found += [a.text for a in layout.annotations or ()]
+    found += [t.name or "" for t in fig.data] + [t.hovertemplate or "" for t in fig.data if "hovertemplate" in t]
+    for slider in layout.sliders or ():
+        found += [step.args[1]["title.text"] for step in slider.steps]
+    return found
+
+
+def _counts() -> pd.DataFrame:
+    return pd.DataFrame({"site": SITE, "stat": ["max"] * 2 + ["matched_max"] * 2, "layer": [0, 1] * 2,
+                         "n_text_preferring": [5, 3, 7, 1], "n_image_preferring": [2, 40, 0, 6], "n_neurons": 50})
+
+
+def test_figures_under_another_contrast_name_both_streams_not_text_or_image(neurons, layers_with_controls):
+    from modalscope.figures.significance import figure_significant
+
+    contrast = "image_text_caption − text"
+    figures = {
+        "figure1": figure1(neurons, SITE, contrast=contrast),
+        "figure2": figure2(layers_with_controls, REGRESSION, SITE, "max", "matched_max",
+                           {"slope": 0.01, "intercept": 5.3, "r2": 0.5}, contrast),
+        "significant": figure_significant(_counts(), SITE, ["max", "matched_max"], contrast),
+    }
+    for name, fig in figures.items():
+        labels = " | ".join(_labels(fig))
+        assert "preferring" not in labels and "modality" not in labels, name  # no text-/image-preferring
+        assert "image_text_caption" in labels, name
+    sig = figures["significant"]
+    assert [t.name for t in sig.data] == ["image_text_caption > text (max)", "text > image_text_caption (max)",
+                                          "image_text_caption > text (matched_max)",
+                                          "text > image_text_caption (matched_max)"]
+    assert np.asarray(sig.data[1].y).tolist() == [-2, -40]  # Δ < 0 drawn down, as before
+    assert sig.layout.title.text.endswith("(up: image_text_caption > text, down: text > image_text_caption)")
+    assert "↑ image_text_caption > text, ↓ text > image_text_caption" in sig.layout.yaxis.title.text
+    mean = [t for t in figures["figure2"].data if t.name == "layer mean Δ (max)"][0]
+    assert "%{customdata[6]:.0f} image_text_caption > text, %{customdata[7]:.0f} text > image_text_caption" \
+        in mean.hovertemplate
+    assert any(t.name == "sign-flip null, 95% (no preference between image_text_caption and text)"
+               for t in figures["figure2"].data)
+    assert figures["figure2"].layout.title.text.startswith(f"{SITE}: layer mean Δ (image_text_caption − text)")
+    steps = figures["figure1"].layout.sliders[0].steps
+    assert all("mean difference (image_text_caption − text)" in s.args[1]["title.text"] for s in steps)
+
+
+def test_figures_of_the_default_contrast_keep_text_preferring(neurons, layers_with_controls):
+    from modalscope.figures.significance import figure_significant
+
+    sig = figure_significant(_counts(), SITE, ["max"])
+    assert [t.name for t in sig.data] == ["text-preferring (max)", "image-preferring (max)"]
+    assert sig.layout.title.text.endswith("(up: text-preferring, down: image-preferring)")
+    mean = [t for t in figure2(layers_with_controls, REGRESSION, SITE).data if t.name == "layer mean Δ (max)"][0]
+    assert "text-preferring" in mean.hovertemplate and "image-preferring" in mean.hovertemplate
+    assert "mean difference (text − image)" in figure1(neurons, SITE).layout.title.text

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from modalscope.data.pairs import DataError, Pair
 from modalscope.files import atomic
+from modalscope.seeds import generator
 
 MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.parquet"
@@ -36,9 +37,10 @@ SKIPPED_SCHEMA = pa.schema([("pair_id", pa.string()), ("image_path", pa.string()
 
 
 def shuffled(pairs: list[Pair], seed: int) -> list[Pair]:
-    """Sort by pair id (so the file's order does not matter), then permute with `seed`."""
+    """Sort by pair id (so the file's order does not matter), then permute with the seed's
+    "shuffle" stream (see seeds.py: independent of the sign flips and the bootstrap)."""
     ordered = sorted(pairs, key=lambda p: (len(p.pair_id), p.pair_id))
-    return [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    return [ordered[i] for i in generator(seed, "shuffle").permutation(len(ordered))]
 
 
 def shuffle_pairs(pairs: list[Pair], seed: int, num_pairs: int | None) -> pd.DataFrame:
@@ -83,13 +85,20 @@ def save_manifest(frame: pd.DataFrame, out_dir: Path, meta: dict) -> Path:
 
 def save_skipped(skipped: list[tuple[Pair, str]], out_dir: Path) -> Path:
     """DIR/skipped.parquet: one row per pair the walk refused (written even when empty)."""
-    rows = [{"pair_id": p.pair_id, "image_path": p.image_path, "caption": p.caption,
+    rows = [{"pair_id": p.pair_id, "image_path": p.image_path, "caption": _storable(p.caption),
              "caption_id": p.caption_id, "reason": reason} for p, reason in skipped]
     path = Path(out_dir) / SKIPPED
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=SKIPPED_SCHEMA), tmp)
     return path
+
+
+def _storable(caption: object) -> object:
+    """A skipped caption as Parquet can hold it: lone surrogates (invalid UTF-8) escaped."""
+    if isinstance(caption, str):
+        return caption.encode("utf-8", "backslashreplace").decode("utf-8")
+    return caption
 
 
 def load_skipped(out_dir: Path) -> pd.DataFrame:

@@ -8,7 +8,6 @@ the headline reduction, `figure{1,2}_{site}_{stat}` for each other one, `signifi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from modalscope.figures.histograms import figure1
 from modalscope.figures.significance import figure_significant
 from modalscope.figures.style import contrast_label
 from modalscope.figures.trend import figure2
-from modalscope.tables import LAYERS, SIGNIFICANT, SUMMARY, TABLE3
+from modalscope.tables import LAYERS, SIGNIFICANT, SUMMARY, TABLE3, read_summary
 
 
 @dataclass
@@ -38,7 +37,7 @@ class StudyTables:
         if missing:
             raise FileNotFoundError(f"{tables}: no {', '.join(missing)}; run `modalscope analyze {out_dir}` first")
         return cls(pd.read_parquet(tables / TABLE3), pd.read_parquet(tables / LAYERS),
-                   pd.read_parquet(tables / SIGNIFICANT), json.loads((tables / SUMMARY).read_text()))
+                   pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY))
 
     @property
     def sites(self) -> list[str]:
@@ -67,6 +66,7 @@ class StudyTables:
         return entry if stat == "max" else entry["by_stat"][stat]
 
     def contrast(self, site: str) -> str:
+        """'text − image' (or the study's --contrast): the label every figure and the report use."""
         return contrast_label(self.summary[site].get("contrast"))
 
 
@@ -85,7 +85,8 @@ def headline_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.
                                    tables.trend(site, compare) if compare else None, contrast),
         f"figure1_{site}": figure1(tables.neurons_as(site, stat), site, stat=stat, contrast=contrast),
         f"significant_{site}": figure_significant(
-            tables.counts, site, [s for s in ("max", "matched_max") if s in tables.stats] or tables.stats[:1]),
+            tables.counts, site, [s for s in ("max", "matched_max") if s in tables.stats] or tables.stats[:1],
+            contrast),
     }
 
 

@@ -8,8 +8,9 @@ Design choices:
   ~105 MB with plotly.js in each file); the one file to send someone is
   DIR/report.html, which embeds plotly.js once and every headline figure.
   ``plotlyjs="embed"`` still writes a figure that stands alone. Every file is
-  written to a temp file in the target directory and ``os.replace``d, so a
-  crash never leaves a truncated figure behind.
+  written to a temp file in the target directory, synced and ``os.replace``d
+  (``files.atomic``, shared with the tables), so a crash never leaves a truncated
+  figure behind.
 * PNG and SVG need Chrome/Chromium (kaleido >= 1 drives a headless browser). A
   missing browser is normal on servers, so it is a one-line message, not an
   error. We do NOT use ``plotly.io.write_images`` or kaleido's sync server:
@@ -70,11 +71,10 @@ RENDER_TIMEOUT_S = 120.0
 
 
 def atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through ``files.atomic``, flushed to disk before the rename."""
+    """Write ``data`` to ``path`` through ``files.atomic`` (which syncs it to disk before the
+    rename, and the folder after it, as it does for every table)."""
     with atomic(Path(path)) as tmp, open(tmp, "xb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     return Path(path)
 
 

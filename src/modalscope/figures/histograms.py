@@ -26,7 +26,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from modalscope.figures.style import BLUE, ORANGE, apply_layout, delta_axis
+from modalscope.figures.style import BLUE, DEFAULT_CONTRAST, ORANGE, apply_layout, delta_axis
 
 __all__ = ["figure1", "figure1_static", "for_static", "shared_bin_edges", "N_BINS"]
 
@@ -64,10 +64,10 @@ def _select_site(neurons: pd.DataFrame, site: str) -> pd.DataFrame:
     return neurons
 
 
-def _title(site: str, layer: int, n: int, n_nan_t: int) -> str:
+def _title(site: str, layer: int, n: int, n_nan_t: int, contrast: str = DEFAULT_CONTRAST) -> str:
     extra = f"; {n_nan_t} NaN t-values dropped" if n_nan_t else ""
     return (
-        f"{site} — layer {layer}: t-value vs. mean difference across neurons "
+        f"{site} — layer {layer}: t-value vs. mean difference ({contrast}) across neurons "
         f"(n = {n}{extra})"
     )
 
@@ -77,13 +77,13 @@ def figure1(
     site: str,
     n_bins: int = N_BINS,
     stat: str = "max",
-    contrast: str = "text − image",
+    contrast: str = DEFAULT_CONTRAST,
 ) -> go.Figure:
     """Histograms of neuron mean Δ and t-value per layer, with a layer slider.
 
     ``neurons`` is Table 3 (one row per neuron) with at least the columns
     ``layer``, ``mean_diff`` and ``t_value``; if it has a ``site`` column,
-    only rows of ``site`` are used. ``stat`` and ``contrast`` only name the axes.
+    only rows of ``site`` are used. ``stat`` and ``contrast`` only name the axes and titles.
     """
     missing = {"layer", "mean_diff", "t_value"} - set(neurons.columns)
     if missing:
@@ -134,7 +134,7 @@ def figure1(
                 col=c,
             )
         n_nan_t = int((~np.isfinite(g["t_value"].to_numpy(dtype=float))).sum())
-        titles.append(_title(site, layer, len(g), n_nan_t))
+        titles.append(_title(site, layer, len(g), n_nan_t, contrast))
 
     n_traces = 2 * len(layers)
     steps = []

@@ -40,9 +40,48 @@ def delta_axis(stat: str = "max", what: str = "mean Δ", contrast: str = "text �
     return f"{what} ({contrast})<br>{unit}" + (f", {stat} over tokens" if name_stat else "")
 
 
+DEFAULT_CONTRAST = "text − image"
+
+
 def contrast_label(contrast: str | None) -> str:
     """'text - image' (as summary.json writes it) -> 'text − image'."""
     return (contrast or "text - image").replace(" - ", " − ")
+
+
+def contrast_sides(contrast: str = DEFAULT_CONTRAST) -> tuple[str, str]:
+    """'image_text_caption − text' -> ('image_text_caption', 'text'): Δ = first − second."""
+    first, _, second = contrast_label(contrast).partition(" − ")
+    return first, second
+
+
+def direction_names(contrast: str = DEFAULT_CONTRAST) -> tuple[str, str]:
+    """Short names of Δ > 0 and Δ < 0: ('text', 'image') for the report's contrast, else
+    ('A > B', 'B > A'), so a count is never called text or image when it is not.
+
+    Why: the tables keep the columns `n_text_preferring` / `n_image_preferring` (a
+    contract), but under `--contrast image_text_caption-text` they count
+    image_text_caption > text and the reverse; every label says that instead."""
+    first, second = contrast_sides(contrast)
+    if (first, second) == ("text", "image"):
+        return first, second
+    return f"{first} > {second}", f"{second} > {first}"
+
+
+def preferring(contrast: str = DEFAULT_CONTRAST) -> tuple[str, str]:
+    """Long names of Δ > 0 and Δ < 0: ('text-preferring', 'image-preferring') for the
+    report's contrast, else ('A > B', 'B > A')."""
+    up, down = direction_names(contrast)
+    if contrast_sides(contrast) == ("text", "image"):
+        return f"{up}-preferring", f"{down}-preferring"
+    return up, down
+
+
+def no_preference(contrast: str = DEFAULT_CONTRAST) -> str:
+    """What the sign-flip null stands for, in the contrast's words."""
+    if contrast_sides(contrast) == ("text", "image"):
+        return "no preferred modality"
+    first, second = contrast_sides(contrast)
+    return f"no preference between {first} and {second}"
 
 
 def apply_layout(fig: go.Figure, title: str, height: int = 500, **layout: object) -> go.Figure:

@@ -18,7 +18,8 @@ Design choices:
   length bias of max over 10 caption vs 576 image tokens) beside the first. The report's
   band over neurons is kept but named for what it is: the neurons' spread.
 * Hovering a layer shows its mean, both intervals, the null band and how many of its
-  neurons are FDR-significant each way.
+  neurons are FDR-significant each way, named by the contrast (text-/image-preferring for
+  text − image, "A > B" / "B > A" for any other).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from modalscope.figures.style import (
-    BLUE, GREEN, LAYER_AXIS, PURPLE, VERMILLION, apply_layout, delta_axis, rgba,
+    BLUE, DEFAULT_CONTRAST, GREEN, LAYER_AXIS, PURPLE, VERMILLION, apply_layout, delta_axis, no_preference,
+    preferring, rgba,
 )
 
 __all__ = ["figure2", "fit_label"]
@@ -71,7 +73,7 @@ def _column(df: pd.DataFrame, name: str) -> np.ndarray:
     return df[name].to_numpy(dtype=float) if name in df.columns else np.full(len(df), np.nan)
 
 
-def _hover(df: pd.DataFrame, stat: str, controls: bool) -> tuple[np.ndarray, str]:
+def _hover(df: pd.DataFrame, stat: str, controls: bool, contrast: str) -> tuple[np.ndarray, str]:
     """customdata and hovertemplate of a layer-mean line."""
     names = ["ci_low", "ci_high", "input_ci_low", "input_ci_high", "null_low", "null_high",
              "n_text_preferring", "n_image_preferring"]
@@ -82,13 +84,14 @@ def _hover(df: pd.DataFrame, stat: str, controls: bool) -> tuple[np.ndarray, str
         text += ("<br>95% CI over inputs: [%{customdata[2]:.3g}, %{customdata[3]:.3g}]"
                  "<br>sign-flip null, 95%: [%{customdata[4]:.3g}, %{customdata[5]:.3g}]")
     if _col("n_text_preferring", stat) in df.columns:
-        text += "<br>q < 0.05: %{customdata[6]:.0f} text-, %{customdata[7]:.0f} image-preferring"
+        up, down = preferring(contrast)
+        text += f"<br>q < 0.05: %{{customdata[6]:.0f}} {up}, %{{customdata[7]:.0f}} {down}"
     text += " of %{customdata[8]:.0f} neurons<extra></extra>"
     return data, text
 
 
 def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None, colour: str,
-           symbol: str, col: int | None, first: bool) -> None:
+           symbol: str, col: int | None, first: bool, contrast: str) -> None:
     """One reduction's bands, layer means and fit; `first` gives the shared bands their legend entry."""
     x = df["layer"].to_numpy(dtype=float)
     where = dict(row=1, col=col) if col else {}
@@ -99,7 +102,7 @@ def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None,
         bands = [
             (lo, hi, "spread over neurons, 95% (the report's CI)", "rgba(0, 0, 0, 0.08)", None),
             (_column(df, _col("null_low", stat)), _column(df, _col("null_high", stat)),
-             "sign-flip null, 95% (no preferred modality)", rgba(PURPLE, 0.22), "dot"),
+             f"sign-flip null, 95% ({no_preference(contrast)})", rgba(PURPLE, 0.22), "dot"),
             (_column(df, _col("input_ci_low", stat)), _column(df, _col("input_ci_high", stat)),
              f"95% CI over inputs ({stat})", rgba(colour, 0.25), None),
         ]
@@ -108,7 +111,7 @@ def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None,
         band = _band(x, low, high, name, fill, dash)
         band.update(legendgroup=name, showlegend=first or not shared)
         fig.add_trace(band, **where)
-    data, hover = _hover(df, stat, controls)
+    data, hover = _hover(df, stat, controls, contrast)
     fig.add_trace(go.Scatter(
         x=x, y=df[_col("mean_diff", stat)].to_numpy(dtype=float), mode="markers+lines",
         name=f"layer mean Δ ({stat})", line=dict(color=colour, width=2.5), marker=dict(size=8, symbol=symbol),
@@ -129,7 +132,7 @@ def figure2(
     stat: str = "max",
     compare: str | None = "matched_max",
     compare_regression: dict | None = None,
-    contrast: str = "text − image",
+    contrast: str = DEFAULT_CONTRAST,
 ) -> go.Figure:
     """Layer mean Δ vs. layer index with 95% bands and the regression line.
 
@@ -161,9 +164,9 @@ def figure2(
             f"reduction: {stat}", f"reduction: {compare}" + (" (length-matched)" if compare == "matched_max" else "")])
     else:
         fig = go.Figure()
-    _panel(fig, df, stat, regression, BLUE, "circle", 1 if beside else None, True)
+    _panel(fig, df, stat, regression, BLUE, "circle", 1 if beside else None, True, contrast)
     if beside:
-        _panel(fig, df, compare, compare_regression, GREEN, "diamond", 2, False)
+        _panel(fig, df, compare, compare_regression, GREEN, "diamond", 2, False, contrast)
     for col in (1, 2) if beside else (None,):
         where = dict(row=1, col=col) if col else {}
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), **where)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from modalscope.data.manifest import SKIPPED, TRUNCATED, load_skipped
 from modalscope.figures.assemble import StudyTables
+from modalscope.figures.style import direction_names
 from modalscope.store import STORE
 
 TOP_K = 20
@@ -104,6 +105,10 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
         ("pairs used", used),
         ("pairs skipped", len(skipped)),
     ]
+    if "seeds" in study:  # one stream each, spawned from the seed (seeds.py)
+        rows.insert(next(i for i, (k, _) in enumerate(rows) if k == "seed of the shuffle") + 1,
+                    ("random streams of the seed", f"{study['seeds'].get('derivation', '')}: "
+                     + ", ".join(study["seeds"].get("streams", {}))))
     truncated = out_dir / TRUNCATED
     if truncated.exists():
         rows.append(("captions cut to fit the context", pq.read_metadata(truncated).num_rows))
@@ -118,7 +123,8 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
 
 
 def top_neurons(tables: StudyTables, site: str, stat: str, k: int = TOP_K) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(text-preferring, image-preferring): the k neurons with the largest |t| each way."""
+    """(Δ > 0, Δ < 0), i.e. (text-preferring, image-preferring) for text − image: the k
+    neurons with the largest |t| each way."""
     neurons = tables.neurons_as(site, stat)
     neurons = neurons[neurons["t_value"].notna()]
     columns = [c for c in NEURON_COLUMNS if c in neurons.columns]
@@ -128,13 +134,15 @@ def top_neurons(tables: StudyTables, site: str, stat: str, k: int = TOP_K) -> tu
 
 
 def significant_counts(tables: StudyTables, site: str) -> pd.DataFrame:
-    """One row per layer; per reduction, text- and image-preferring counts (q < 0.05)."""
+    """One row per layer; per reduction, the counts (q < 0.05) with Δ > 0 and Δ < 0, in
+    columns named by the contrast ('max: text', 'max: image' for text − image)."""
     rows = tables.counts[tables.counts["site"] == site]
     wide = rows.pivot(index="layer", columns="stat", values=["n_text_preferring", "n_image_preferring"])
     order = [s for s in tables.stats if s in rows["stat"].unique()]
     columns = [(d, s) for s in order for d in ("n_text_preferring", "n_image_preferring")]
     wide = wide[columns]
-    wide.columns = [f"{s}: {'text' if d == 'n_text_preferring' else 'image'}" for d, s in columns]
+    up, down = direction_names(tables.contrast(site))
+    wide.columns = [f"{s}: {up if d == 'n_text_preferring' else down}" for d, s in columns]
     wide.insert(0, "neurons", rows.groupby("layer")["n_neurons"].first())
     wide.index = wide.index.astype(str)
     wide.loc["all layers"] = wide.sum()

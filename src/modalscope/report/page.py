@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 
 from modalscope.figures.assemble import StudyTables, comparison, headline_figures
 from modalscope.figures.export import HTML_CONFIG, atomic_write, plotlyjs_bytes
+from modalscope.figures.style import contrast_sides, no_preference, preferring
 from modalscope.report.facts import (
     NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Provenance, figure_files, provenance, significant_counts, table_files,
     top_neurons, trend_rows,
@@ -108,12 +109,13 @@ def _glance(tables: StudyTables, stat: str) -> str:
     rows = []
     for site in tables.sites:
         trend = tables.trend(site, stat)
+        up, down = preferring(tables.contrast(site))
         counts = tables.counts[(tables.counts["site"] == site) & (tables.counts["stat"] == stat)]
         ci = (f"{trend['slope_ci_low']:.3g} to {trend['slope_ci_high']:.3g}" if "slope_ci_low" in trend else "—")
         rows.append({"site": site, "slope /layer": trend["slope"], "bootstrap 95% CI": ci,
                      "sign-flip p": trend.get("slope_p_perm"), "R²": trend["r2"],
-                     "text-preferring": int(counts["n_text_preferring"].sum()),
-                     "image-preferring": int(counts["n_image_preferring"].sum()),
+                     up: int(counts["n_text_preferring"].sum()),
+                     down: int(counts["n_image_preferring"].sum()),
                      "neurons": int(counts["n_neurons"].sum())})
     frame = pd.DataFrame(rows).set_index("site")
     return ('<section id="glance"><h2>At a glance</h2><p class="note">The layer trend of mean Δ (reduction '
@@ -157,10 +159,11 @@ def _skipped(skipped: pd.DataFrame) -> str:
             + "</table></details>")
 
 
-def _figure2_note(stat: str, compare: str | None) -> str:
-    note = (f"The layer mean of the neurons' mean Δ (reduction {_esc(stat)}, blue) with its 95% CI over inputs; "
-            "grey: the spread over neurons (the report's band); purple, dotted: where layer means fall under the "
-            "sign-flip null (no preferred modality); vermillion, dashed: the least-squares line.")
+def _figure2_note(stat: str, compare: str | None, contrast: str) -> str:
+    note = (f"The layer mean of the neurons' mean Δ ({_esc(contrast)}; reduction {_esc(stat)}, blue) with its 95% "
+            "CI over inputs; grey: the spread over neurons (the report's band); purple, dotted: where layer means "
+            f"fall under the sign-flip null ({_esc(no_preference(contrast))}); vermillion, dashed: the "
+            "least-squares line.")
     if compare:
         note += (f" Right: the same for {_esc(compare)} (green)"
                  + (", which removes the length bias of a max over ~10 caption vs 576 image tokens."
@@ -177,10 +180,12 @@ def _site_section(tables: StudyTables, site: str, stat: str) -> str:
         return "ns" if not row["q"] < SIGNIFICANT_Q else ""
 
     trend = trend_rows(tables, site)
+    contrast = tables.contrast(site)
+    up, down = preferring(contrast)
     return "\n".join([
         f'<section id="site-{_esc(site)}"><h2>Site: {_esc(site)}</h2>',
         f'<h3 id="figure2-{_esc(site)}">Figure 2: layer mean Δ by decoder layer, with its controls</h3>',
-        f'<p class="note">{_figure2_note(stat, comparison(tables.stats, stat))}</p>',
+        f'<p class="note">{_figure2_note(stat, comparison(tables.stats, stat), contrast)}</p>',
 
         _figure(figs[f"figure2_{site}"], f"figure2_{site}"),
         "<p class=\"note\">The trend for every reduction (bootstrap 95% CI over inputs, sign-flip permutation p):</p>",
@@ -194,7 +199,7 @@ def _site_section(tables: StudyTables, site: str, stat: str) -> str:
         f'<h3 id="top-{_esc(site)}">Top {TOP_K} neurons each way (reduction {_esc(stat)}, by t)</h3>',
         '<p class="note">Grey rows are not significant after FDR control (q ≥ 0.05).</p><div class="grid">',
         *(f"<div><h4>{title}</h4>{_table(top.rename(columns=names), row_class=ns, cls='compact')}</div>"
-          for title, top in (("text-preferring (Δ &gt; 0)", text), ("image-preferring (Δ &lt; 0)", image))),
+          for title, top in ((f"{_esc(up)} (Δ &gt; 0)", text), (f"{_esc(down)} (Δ &lt; 0)", image))),
         "</div></section>",
     ])
 
@@ -236,8 +241,14 @@ def _figure_what(stem: str, sites: list[str], stat: str) -> str:
 
 def _delta_meaning(contrast: str) -> str:
     """'text − image' -> 'Δ = text − image (positive: more to the text, negative: more to the image)'."""
-    first, _, second = contrast.partition(" − ")
+    first, second = contrast_sides(contrast)
     return f"Δ = {contrast} (positive: the neuron responds more to the {first}, negative: more to the {second})"
+
+
+def _question(contrast: str) -> str:
+    """The page's question: 'Text or image?' for the report's contrast, else 'A or B?'."""
+    first, second = contrast_sides(contrast)
+    return f"{first[:1].upper()}{first[1:]} or {second}?"
 
 
 def render_report(out_dir: Path, stat: str = "max") -> str:
@@ -257,7 +268,7 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
         f"<title>modalscope report: {_esc(Path(model).name or model)}</title>",
         f"<style>{CSS}</style>",
         '<script type="text/javascript">', plotlyjs_bytes().decode("utf-8"), "</script></head><body>",
-        f"<header><div><h1>Text or image? Neuron by neuron: {_esc(model)}</h1>",
+        f"<header><div><h1>{_esc(_question(tables.contrast(tables.sites[0])))} Neuron by neuron: {_esc(model)}</h1>",
         f"<p>Study folder {_esc(out_dir.resolve())}; headline reduction over tokens: {_esc(stat)}; "
         f"{_esc(_delta_meaning(tables.contrast(tables.sites[0])))}; layers and neurons 0-indexed. "
         f"Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",

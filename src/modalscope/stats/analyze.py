@@ -15,6 +15,14 @@ of inputs or a fixed-size block, so peak memory barely grows with the number of 
 
 Column names for the max reduction are the report's (`mean_diff`, `t_value`, ...); the
 same columns for another reduction carry its name as a suffix (`mean_diff_matched_max`).
+Every table holding a Δ also has a `contrast` column ("text - image", or what `--contrast`
+chose), so a table read on its own says what was subtracted from what: the names
+`n_text_preferring` / `n_image_preferring` are kept for scripts, and count Δ > 0 / Δ < 0
+of that contrast.
+
+Randomness: `settings.seed` is the study's `--seed`; the sign flips and the bootstrap take
+their own streams of it (see seeds.py), so they are independent of each other and of the
+shuffle that ordered the inputs.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import pandas as pd
 
 from modalscope.stats import controls
 from modalscope.stats.layers import layer_mean_ci, layer_trend
-from modalscope.stats.moments import RunningMoments
 from modalscope.stats.tests import one_sample_t
 from modalscope.store import ActivationStore
 
@@ -54,6 +61,11 @@ class SiteAnalysis:
     nulls: dict[str, dict] = field(default_factory=dict)  # stat -> sign-flip null of the trend
 
 
+def contrast_name(contrast: tuple[str, str]) -> str:
+    """'text - image': how summary.json and the tables' `contrast` column name Δ = first - second."""
+    return " - ".join(contrast)
+
+
 def column(name: str, stat: str) -> str:
     """The report's column name for the max reduction, suffixed for any other."""
     return name if stat == PRIMARY_STAT else f"{name}_{stat}"
@@ -78,17 +90,16 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
         peak = np.zeros(width)  # [neuron] largest |max activation| of the contrasted inputs
         frame: dict[str, object] = {"site": site, "layer": layer, "neuron": np.arange(width)}
         for stat in stats:
-            moments, perm = RunningMoments(), controls.PermutationT()
+            perm = controls.PermutationT()  # its moments are Table 3's: one t for both
             for start, stop, a, b in _delta_blocks(store, site, layer, stat, settings.contrast):
                 if stat == PRIMARY_STAT:
                     peak = np.fmax(peak, np.fmax(np.nanmax(np.abs(a), 0), np.nanmax(np.abs(b), 0)))
                 delta = a - b
-                moments.add(delta)
                 perm.add(delta, signs.block(start, stop))
                 with warnings.catch_warnings():  # all-NaN rows give NaN, as intended
                     warnings.simplefilter("ignore", RuntimeWarning)
                     input_means[stat][start:stop, layer] = np.nanmean(delta, axis=1)
-            tests = one_sample_t(moments)
+            tests = one_sample_t(perm.moments)
             for name in TEST_COLUMNS:
                 if name == "n" and stat != PRIMARY_STAT:
                     continue  # the same inputs for every reduction
@@ -106,7 +117,8 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
         )
     ordered = ["site", "layer", "neuron"] + [
         column(n, s) for s in stats for n in TEST_COLUMNS if n != "n" or s == PRIMARY_STAT
-    ] + ["max_abs_activation", "outlier"]
+    ] + ["max_abs_activation", "outlier", "contrast"]
+    table["contrast"] = contrast_name(settings.contrast)
     nulls = {s: controls.trend_null(input_means[s], signs) for s in stats}
     return SiteAnalysis(table[ordered], input_means, nulls)
 
@@ -149,6 +161,7 @@ def layer_table(site: SiteAnalysis, stats: list[str]) -> pd.DataFrame:
                 row["n_neurons"] = n
                 row["n_outliers"] = int(group["outlier"].sum())
     table = pd.DataFrame(rows)
+    table["contrast"] = neurons["contrast"].iloc[0]
     first = ["site", "layer", "mean_diff", "ci_low", "ci_high", "n_neurons"]
     return table[first + [c for c in table.columns if c not in first]]
 
@@ -186,7 +199,7 @@ def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = Non
         site = analyze_site(store, name, settings)
         layers = layer_table(site, store.stats)
         entry = trend_entry(layers, site, PRIMARY_STAT, settings)
-        entry.update({"n_inputs": store.n_done, "contrast": " - ".join(settings.contrast),
+        entry.update({"n_inputs": store.n_done, "contrast": contrast_name(settings.contrast),
                       "fdr": settings.fdr, "n_perm": settings.n_perm, "n_boot": settings.n_boot})
         entry["by_stat"] = {
             stat: trend_entry(layers, site, stat, settings)
@@ -201,6 +214,7 @@ def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = Non
             input_frames.append(pd.DataFrame({
                 "site": name, "stat": stat, "input_index": inputs.ravel(),
                 "layer": layer_index.ravel(), "mean_delta": means.ravel(),
+                "contrast": contrast_name(settings.contrast),
             }))
     return Analysis(
         pd.concat(neuron_frames, ignore_index=True),
@@ -219,12 +233,15 @@ def analyze(
 
 
 def significance_table(layers: pd.DataFrame, stats: list[str]) -> pd.DataFrame:
-    """Long form of the FDR-significant counts: site, stat, layer, per direction."""
+    """Long form of the FDR-significant counts: site, stat, layer, per direction, and the
+    contrast whose Δ > 0 (`n_text_preferring`) and Δ < 0 (`n_image_preferring`) they count."""
     frames = []
+    contrast = layers["contrast"] if "contrast" in layers else contrast_name(CONTRAST)
     for stat in stats:
         frame = layers[["site", "layer", column("n_text_preferring", stat),
                         column("n_image_preferring", stat), "n_neurons"]].copy()
         frame.columns = ["site", "layer", "n_text_preferring", "n_image_preferring", "n_neurons"]
         frame.insert(1, "stat", stat)
+        frame["contrast"] = contrast
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -18,8 +18,10 @@ the input, so they are correlated). This module gives:
   (Sun et al. 2024), neurons whose few huge values can dominate layer means.
 
 All take what a streaming caller has: an [input, layer] matrix of per-input layer means
-(small), or [input, neuron] blocks of one layer a chunk of inputs at a time. Randomness
-comes from `np.random.default_rng(seed)`, so results are reproducible.
+(small), or [input, neuron] blocks of one layer a chunk of inputs at a time. `seed` is the
+study's `--seed`; the sign flips and the bootstrap each draw from their own stream of it
+(`seeds.generator(seed, "sign_flips")`, `seeds.generator(seed, "bootstrap")`), independent
+of each other and of the shuffle of the pairs, so results are reproducible and uncoupled.
 
 Memory: nothing here holds a [permutation or replicate, input] float64 matrix. The signs
 are kept as bits (P·I/8 bytes) and widened a block of inputs at a time, and bootstrap
@@ -39,7 +41,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from modalscope.stats.tests import benjamini_hochberg, benjamini_yekutieli
+from modalscope.seeds import generator
+from modalscope.stats.moments import RunningMoments
+from modalscope.stats.tests import benjamini_hochberg, benjamini_yekutieli, t_from_moments
 
 BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inputs are many)
 BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements
@@ -103,7 +107,7 @@ def bootstrap_trend(
     values = np.where(finite > 0, x, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         slope, r2 = _line_fit(values.sum(0) / finite.sum(0))
-    rng = np.random.default_rng(seed)
+    rng = generator(seed, "bootstrap")
     rows = _block_rows(n_inputs, BOOT_CHUNK)
     slopes, r2s = np.empty(n_boot), np.empty(n_boot)
     for start in range(0, n_boot, rows):
@@ -151,7 +155,7 @@ class SignFlips:
             raise ValueError(f"need n_inputs, n_perm >= 0, got {n_inputs}, {n_perm}")
         self.n_inputs, self.n_perm = int(n_inputs), int(n_perm)
         self.bits = np.empty((self.n_perm, (self.n_inputs + 7) // 8), dtype=np.uint8)
-        rng = np.random.default_rng(seed)
+        rng = generator(seed, "sign_flips")
         rows = _block_rows(self.n_inputs, self.n_perm)
         for start in range(0, self.n_perm, rows):
             stop = min(start + rows, self.n_perm)
@@ -239,52 +243,56 @@ def trend_null(
 class PermutationT:
     """Per-neuron sign-flip permutation test of the one-sample t, over chunks of inputs.
 
-    Keeps S = Σ_i s_i Δ_i [P, N], Σ Δ, Σ Δ² and n [N]. Since (s_i Δ_i)² = Δ_i², every
-    permuted t needs only S: t = m / √((ΣΔ² − n·m²) / ((n − 1)·n)) with m = S / n.
+    Keeps S = Σ_i s_i Δ_i [P, N] and the running moments (n, mean, M2; Chan's update) of
+    Δ [N], which are Table 3's moments too (`moments`). The observed t comes from them
+    through `tests.t_from_moments`, the function Table 3 uses, so both agree and both say
+    NaN for a constant Δ. Since (s_i Δ_i)² = Δ_i², a permuted sample with mean m = S / n
+    has Σ(s_i Δ_i - m)² = M2 + n·(mean - m)·(mean + m), so every permuted t needs only S;
+    written this way (not ΣΔ² - n·m²) the all-plus row gives back M2 exactly.
     Feed the sign columns of the same inputs as the Δ rows (e.g. `signs[:, start:stop]`,
     or `SignFlips.block(start, stop)`). NaN Δ are skipped (count 0 for that neuron).
     """
 
     def __init__(self) -> None:
         self.s: np.ndarray | None = None
-        self.total = self.total_sq = self.n = np.zeros(0)
+        self.moments = RunningMoments()
+
+    @property
+    def n(self) -> np.ndarray:
+        """[N] the number of non-NaN Δ per neuron."""
+        return self.moments.n
 
     def add(self, delta_block: np.ndarray, signs_block: np.ndarray) -> None:
         delta = np.asarray(delta_block, dtype=np.float64)
         signs = np.asarray(signs_block, dtype=np.float64)
         if delta.ndim != 2 or signs.ndim != 2 or signs.shape[1] != delta.shape[0]:
             raise ValueError(f"signs {signs.shape} do not match delta block {delta.shape}")
-        finite = np.isfinite(delta)
-        values = np.where(finite, delta, 0.0)
-        part = signs @ values
+        part = signs @ np.where(np.isnan(delta), 0.0, delta)
+        if self.s is not None and part.shape != self.s.shape:
+            raise ValueError(f"block gives {part.shape}, accumulated {self.s.shape}")
         if self.s is None:
             self.s = part
-            self.total, self.total_sq = values.sum(0), (values**2).sum(0)
-            self.n = finite.sum(0).astype(np.float64)
-            return
-        if part.shape != self.s.shape:
-            raise ValueError(f"block gives {part.shape}, accumulated {self.s.shape}")
-        self.s += part
-        self.total += values.sum(0)
-        self.total_sq += (values**2).sum(0)
-        self.n += finite.sum(0)
+        else:
+            self.s += part  # in place: S is the one [P, N] array kept
+        self.moments.add(delta)
 
-    def _t(self, total: np.ndarray) -> np.ndarray:
-        n = self.n
+    def _t_signed(self, total: np.ndarray) -> np.ndarray:
+        """t of sign-flipped samples with sums `total` [rows, N]; a constant one gives ∞."""
+        n, mean, m2 = self.moments.n, self.moments.mean, self.moments.m2
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / n
-            var = np.maximum(self.total_sq - n * mean**2, 0.0) / ((n - 1) * n)
-            return np.where(n > 1, mean / np.sqrt(var), np.nan)
+            m = total / n
+            sd = np.sqrt(np.maximum(m2 + n * (mean - m) * (mean + m), 0.0) / (n - 1))
+        return t_from_moments(m, sd, n, undefined=np.inf)
 
     def t_observed(self) -> np.ndarray:
-        """[N] the ordinary one-sample t of Δ (NaN where undefined)."""
-        return self._t(self.total)
+        """[N] the ordinary one-sample t of Δ, Table 3's (NaN for constant Δ or n < 2)."""
+        return t_from_moments(self.moments.mean, self.moments.sd, self.moments.n)
 
     def t_perm(self) -> np.ndarray:
         """[P, N] the t of each sign-flipped sample."""
         if self.s is None:
             raise ValueError("no inputs added")
-        return self._t(self.s)
+        return self._t_signed(self.s)
 
     def p_values(self, rows: int = 256) -> np.ndarray:
         """[N] two-sided permutation p-values, (1 + #|t_perm| ≥ |t|) / (P + 1).
@@ -298,7 +306,7 @@ class PermutationT:
         bound = np.abs(t_obs) * (1 - _TIE)
         count = np.zeros(t_obs.shape)
         for start in range(0, self.s.shape[0], rows):
-            count += (np.abs(self._t(self.s[start : start + rows])) >= bound).sum(axis=0)
+            count += (np.abs(self._t_signed(self.s[start : start + rows])) >= bound).sum(axis=0)
         p = (1.0 + count) / (self.s.shape[0] + 1)
         return np.where(np.isfinite(t_obs), p, np.nan)
 
@@ -339,7 +347,14 @@ def significant_counts(
 def outlier_flags(
     max_activation_abs: np.ndarray | Sequence[np.ndarray], factor: float = 100.0
 ) -> np.ndarray | list[np.ndarray]:
-    """True where a neuron's max |activation| > factor × its layer's median of them.
+    """True where a neuron's max |activation| > factor × its layer's reference scale.
+
+    The reference is the median over the layer's *active* neurons: those whose max
+    |activation| is neither NaN nor 0. Why not the plain median: a layer where half the
+    neurons never leave 0 (dead units) has median 0, and 0 × factor would flag every
+    neuron that moves at all. A dead neuron has no scale to compare with, so it is left
+    out of the median, and it is never flagged itself (0 is not > anything ≥ 0). A layer
+    with no active neuron flags nothing. Where no neuron is 0 this is the plain median.
 
     An array is [..., N] with neurons on the last axis (e.g. [L, N]); the result has its
     shape. A sequence of per-layer arrays (widths may differ) gives a list of bool arrays.
@@ -347,8 +362,9 @@ def outlier_flags(
     """
     if isinstance(max_activation_abs, np.ndarray):
         values = np.abs(max_activation_abs.astype(np.float64))
+        active = np.where(values > 0, values, np.nan)  # NaN and 0 both leave the median
         with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN layer
-            median = np.nanmedian(values, axis=-1, keepdims=True)
-            return values > factor * median
+            warnings.simplefilter("ignore", RuntimeWarning)  # a layer without active neurons
+            reference = np.nanmedian(active, axis=-1, keepdims=True)
+            return values > factor * reference
     return [outlier_flags(np.asarray(layer), factor) for layer in max_activation_abs]
