@@ -1,9 +1,11 @@
 """Model families (adapters), loading, and the tiny offline checkpoint."""
 
-from modalscope.models.adapter import SITES, ModelAdapter
+from modalscope.models.adapter import SITES, ModelAdapter, Site
 from modalscope.models.llava import LLAVA
+from modalscope.models.llava_next import LLAVA_NEXT
 
-ADAPTERS: dict[str, ModelAdapter] = {"llava": LLAVA}
+FAMILIES: tuple[ModelAdapter, ...] = (LLAVA, LLAVA_NEXT)
+ADAPTERS: dict[str, ModelAdapter] = {t: family for family in FAMILIES for t in family.model_types}
 
 
 def adapter_for(model_type: str) -> ModelAdapter:
@@ -16,4 +18,4 @@ def adapter_for(model_type: str) -> ModelAdapter:
         ) from None
 
 
-__all__ = ["ADAPTERS", "SITES", "ModelAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "FAMILIES", "SITES", "ModelAdapter", "Site", "adapter_for"]

@@ -119,10 +119,13 @@ def _quiet_hub():
     return lambda: logger.setLevel(level)
 
 
-def load_processor(model_id: str, revision: str | None = None) -> ProcessorMixin:
-    """The model's processor (PIL image backend), or a one-line error naming what is missing."""
+def load_processor(model_id: str, revision: str | None = None, adapter: ModelAdapter | None = None
+                   ) -> ProcessorMixin:
+    """The model's processor (PIL image backend; the family's own loader where AutoProcessor
+    would build parts a study never uses), or a one-line error naming what is missing."""
+    load = adapter.load_processor if adapter is not None and adapter.load_processor else AutoProcessor.from_pretrained
     try:
-        processor = AutoProcessor.from_pretrained(model_id, revision=revision, backend="pil")
+        processor = load(model_id, revision=revision, backend="pil")
     except ImportError as err:
         text = str(err)
         package = getattr(err, "name", None) or next(
@@ -193,7 +196,7 @@ def load_model(
     quantized = quantization_config(quantization)
     config = read_config(model_id, revision)
     adapter = adapter_for(config.model_type)
-    processor = load_processor(model_id, revision)
+    processor = load_processor(model_id, revision, adapter)
     model = AutoModelForImageTextToText.from_pretrained(
         model_id,
         revision=revision,

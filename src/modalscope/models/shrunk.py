@@ -40,9 +40,8 @@ class ShrunkSizes:
     vision_heads: int = 2
 
 
-def shrunk_config(real_dir: Path, sizes: ShrunkSizes = ShrunkSizes()):
-    """The real config with only its depths and widths replaced."""
-    config = AutoConfig.from_pretrained(real_dir)
+def shrink_llava_like(config, sizes: ShrunkSizes) -> None:
+    """A LLaMA/Mistral-style `text_config` and a CLIP-style `vision_config`, made small in place."""
     text = config.text_config
     text.num_hidden_layers = sizes.layers
     text.hidden_size = sizes.hidden_size
@@ -56,6 +55,14 @@ def shrunk_config(real_dir: Path, sizes: ShrunkSizes = ShrunkSizes()):
     vision.num_attention_heads = sizes.vision_heads
     if hasattr(vision, "projection_dim"):
         vision.projection_dim = sizes.vision_hidden_size
+
+
+def shrunk_config(real_dir: Path, sizes: ShrunkSizes = ShrunkSizes()):
+    """The real config with only its depths and widths replaced (by its family's `shrink`)."""
+    from modalscope.models import adapter_for
+
+    config = AutoConfig.from_pretrained(real_dir)
+    (adapter_for(config.model_type).shrink or shrink_llava_like)(config, sizes)
     return config
 
 

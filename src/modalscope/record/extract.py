@@ -1,15 +1,16 @@
 """The extraction loop: each pair twice, unimodally, reduced on the device, stored per batch.
 
-Why this shape: the text-only forward gets only token ids (the vision tower and projector
-never run); the image-only forward gets the minimal prompt and the pixels. We call the
-inner `LlavaModel` (`model.model`), not the generation head: the lm_head's vocabulary
-projection is not needed for recording. Progress is committed per window of batches (see
+Why this shape: the text-only forward gets only token ids (the vision modules never run, and
+a guard raises if one would); the image-only forward gets the minimal prompt and the pixels.
+We call the family's forward entry (for LLaVA the inner `LlavaModel`, `model.model`), not the
+generation head: the lm_head's vocabulary projection is not needed for recording. Progress is committed per window of batches (see
 record/plan.py), so a rerun of the same command continues after the last finished window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from modalscope.data.pairs import DataError
 from modalscope.models.loading import LoadedModel
-from modalscope.record.hooks import Recorder
+from modalscope.record.hooks import Recorder, vision_guard
 from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load_image
 from modalscope.record.plan import plan_windows
 from modalscope.record.writer import StoreWriter
@@ -49,8 +50,10 @@ def record_streams(
     batch = batch.to(loaded.device)
     recorder.streams = streams
     recorder.k = k
-    with torch.inference_mode():
-        loaded.model.model(**batch.inputs, use_cache=False)
+    forward = loaded.adapter.forward_module(loaded.model)
+    text_only = not any(key in batch.inputs for key in loaded.adapter.vision_inputs)
+    with torch.inference_mode(), vision_guard(loaded.model, loaded.adapter) if text_only else nullcontext():
+        forward(**batch.inputs, use_cache=False)
     return recorder.collect()
 
 

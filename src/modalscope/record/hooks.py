@@ -5,14 +5,18 @@ so a failed forward never leaves a model instrumented. Each hook reduces over th
 tokens of the current batch on the layer's own device (see `reduce.py`) and keeps only
 [batch, neurons] per layer; `collect()` moves everything to the host once per batch.
 
-Sites: `residual` hooks the decoder layer's output; `mlp` is a forward *pre*-hook on
-`down_proj`, whose input is act(gate_proj(x)) * up_proj(x).
+Sites come from the family's table (models/adapter.py `Site`): a site recorded at a module's
+output is a forward hook, one recorded at its input a forward *pre*-hook (`mlp`: the input of
+`down_proj`, act(gate_proj(x)) * up_proj(x)).
+
+`vision_guard` makes "text-only never runs the vision tower" a run-time fact: while it is
+active, a forward that reaches any of the family's vision modules raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import nn
@@ -84,7 +88,7 @@ class Recorder(AbstractContextManager["Recorder"]):
         for index, layer in enumerate(self.layers):
             for site in self.sites:
                 module = self.adapter.site_module(layer, site)
-                if site == "residual":
+                if self.adapter.site(site).tensor == "output":
                     handle = module.register_forward_hook(self._output_hook(site, index))
                 else:
                     handle = module.register_forward_pre_hook(self._input_hook(site, index))
@@ -165,3 +169,22 @@ class Recorder(AbstractContextManager["Recorder"]):
             out[name].setdefault(site, {})[stat] = values.reshape(shape)
         self._reset()
         return out
+
+
+@contextmanager
+def vision_guard(model: nn.Module, adapter: ModelAdapter) -> Iterator[None]:
+    """Inside the block, a forward that reaches a vision module raises instead of running it:
+    the text-only condition must see token ids only."""
+
+    def refuse(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            raise RuntimeError(f"bug: a text-only input reached {name}, which it must never run")
+
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(refuse(name)) for name in adapter.vision_modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -49,13 +49,13 @@ from tokenizers import Encoding, Tokenizer
 from transformers import ProcessorMixin
 
 from modalscope.data.images import load_rgb
+from modalscope.models.adapter import GENERIC, ModelAdapter
 
 TokenScope = Literal["content", "all"]
 CAPTION_SLOT = "\u0000CAPTION\u0000"
 NO_LIMIT = 10**7  # a tokenizer `model_max_length` at or above this means "not set"
 # Captions whose pieces must tokenize like the whole prompt (checked when a builder is made).
 PROBES = ("A dog runs on the beach.", "TWO DOGS PLAYING", "APPLE logo on a laptop")
-TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "offset_mapping")
 
 
 @dataclass
@@ -125,19 +125,23 @@ class PromptBuilder:
     """Turns captions and images into right-padded batches with content masks."""
 
     def __init__(self, processor: ProcessorMixin, image_token_id: int, tokens: TokenScope,
-                 max_length: int | None = None):
+                 max_length: int | None = None, adapter: ModelAdapter = GENERIC):
         """`max_length`: the model's context in tokens; None takes the tokenizer's
-        `model_max_length` when it is a real limit (the study sets it from the model config)."""
+        `model_max_length` when it is a real limit (the study sets it from the model config).
+        `adapter`: the family's facts (chat turns, processor outputs, never-content tokens)."""
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_token_id = image_token_id
         self.tokens = tokens
+        self.adapter = adapter
         limit = getattr(self.tokenizer, "model_max_length", None)
         self.max_length = max_length or (limit if limit and limit < NO_LIMIT else None)
+        never = [self.tokenizer.bos_token_id, *self.tokenizer.convert_tokens_to_ids(list(adapter.never_content))]
+        self.never_content = torch.tensor(sorted({i for i in never if i is not None}), dtype=torch.long)
         self.plain = PlainText(self.tokenizer)
         self.text_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=False), self.plain.controls)
         self.joint_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=True), self.plain.controls)
-        self.image_prompt = self.render("", image=True)
+        self.image_prompt = self.render(None, image=True)
         self._text_head = self.tokenizer(self.text_pieces.head)["input_ids"]
         self._text_tail = self.tokenizer(self.text_pieces.tail, add_special_tokens=False)["input_ids"]
         self._joint_tail = self.tokenizer(self.joint_pieces.tail, add_special_tokens=False)["input_ids"]
@@ -147,7 +151,8 @@ class PromptBuilder:
     @classmethod
     def for_model(cls, loaded, tokens: TokenScope) -> "PromptBuilder":
         """The builder of a loaded model, cutting captions to its context."""
-        return cls(loaded.processor, loaded.model.config.image_token_id, tokens, model_context(loaded))
+        adapter = loaded.adapter
+        return cls(loaded.processor, adapter.image_token_id(loaded.model.config), tokens, model_context(loaded), adapter)
 
     @property
     def text_prefix(self) -> str:
@@ -165,12 +170,11 @@ class PromptBuilder:
     def joint_suffix(self) -> str:
         return self.joint_pieces.right + self.joint_pieces.tail
 
-    def render(self, text: str, image: bool) -> str:
-        content: list[dict[str, str]] = [{"type": "image"}] if image else []
-        content.append({"type": "text", "text": text})
-        messages = [{"role": "user", "content": content}]
+    def render(self, text: str | None, image: bool) -> str:
+        """The chat template's rendering of one user turn (None text with an image: the
+        family's minimal image-only prompt), ready for the assistant's answer."""
         return self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            self.adapter.conversation(text, image), add_generation_prompt=True, tokenize=False
         )
 
     def _check_pieces(self) -> None:
@@ -297,11 +301,25 @@ class PromptBuilder:
             padding=True,
             return_tensors="pt",
         )
-        inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values")}
-        real = self._real_tokens(inputs["input_ids"], inputs["attention_mask"])
-        is_image = inputs["input_ids"] == self.image_token_id
+        inputs = {k: enc[k] for k in ("input_ids", "attention_mask", *self._model_keys) if k in enc}
+        is_image, real = self._image_and_real(enc, inputs)
         content = is_image if self.tokens == "content" else real
         return ModelBatch(inputs=inputs, content=content)
+
+    def _image_and_real(self, enc: dict, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image content positions and real tokens [batch, tokens], both read from each input's
+        own ids: image placeholders (minus any the family says are not content, such as
+        LLaVA-NeXT's row newlines), and every non-padding token but the never-content ones."""
+        placeholders = inputs["input_ids"] == self.image_token_id
+        image = placeholders
+        if self.adapter.image_content is not None:
+            image = self.adapter.image_content(self.processor, enc, placeholders)
+        real = self._real_tokens(inputs["input_ids"], inputs["attention_mask"]) & ~(placeholders & ~image)
+        return image, real
+
+    @property
+    def _model_keys(self) -> tuple[str, ...]:
+        return (*self.adapter.vision_inputs, *self.adapter.token_inputs)
 
     def image_text_batch(
         self, images: list[Image.Image], captions: list[str]
@@ -314,18 +332,22 @@ class PromptBuilder:
         heads = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
         runs, spans = self._caption_runs(self.joint_pieces, self.fit_captions(captions))
         inputs, caption = self._assemble(heads, runs, spans, self._joint_tail)
-        inputs.update({k: v for k, v in enc.items() if k not in TEXT_KEYS})  # pixel_values, ...
-        is_image = inputs["input_ids"] == self.image_token_id
-        real = self._real_tokens(inputs["input_ids"], inputs["attention_mask"])
+        inputs.update({k: enc[k] for k in self.adapter.vision_inputs if k in enc})  # untouched
+        for key in self.adapter.token_inputs:  # per-token arrays: the head's, then zeros
+            if key in enc:
+                values = torch.zeros_like(inputs["input_ids"], dtype=enc[key].dtype)
+                for row, (head, mask) in enumerate(zip(heads, enc["attention_mask"])):
+                    values[row, : len(head)] = enc[key][row][mask.bool()]
+                inputs[key] = values
+        is_image, real = self._image_and_real(enc, inputs)
         content = (caption | is_image) if self.tokens == "content" else real
         streams = {"image_text": content, "image_text_caption": caption, "image_text_image": is_image}
         return ModelBatch(inputs=inputs, content=content), streams
 
     def _real_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Non-padding tokens that are not BOS, wherever the template put one."""
-        real = attention_mask.bool()
-        bos = self.tokenizer.bos_token_id
-        return real & (input_ids != bos) if bos is not None else real
+        """Non-padding tokens that are not BOS (wherever the template put one) nor one of the
+        family's never-content tokens."""
+        return attention_mask.bool() & ~torch.isin(input_ids, self.never_content)
 
     # Checks --------------------------------------------------------------------------------
     def pair_problem(self, caption: str, image: Image.Image, image_text: bool = True) -> str | None:
