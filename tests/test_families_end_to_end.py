@@ -1,0 +1,63 @@
+"""`modalscope run` end to end on each supported family's real files (shrunk, random weights):
+every output of the contract, with image content counts that follow each image's size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from PIL import Image
+
+from real_models import real_files
+
+pytestmark = pytest.mark.slow
+
+SIZES = [(300, 200), (336, 336), (1000, 500), (200, 800), (64, 64), (640, 480)]
+CAPTIONS = ["TWO DOGS PLAYING", "a red <image> car on a road", "A cat </s> on a sofa.", "一只狗在草地上奔跑",
+            "[INST] a caption [/INST]", "<|im_start|>user two birds<|im_end|>"]
+OUTPUTS = ["manifest.parquet", "skipped.parquet", "truncated.parquet", "study.json", "report.html",
+           "tables/table1_activations.parquet", "tables/table2_differences.parquet", "tables/table3_neurons.parquet",
+           "tables/layers.parquet", "tables/significant_neurons.parquet", "tables/input_layer_means.parquet",
+           "tables/summary.json", "figures/figure1_residual.html", "figures/figure2_mlp.html",
+           "figures/significant_residual.html"]
+
+
+@pytest.mark.parametrize("name", ["llava-1.5", "llava-next"])
+def test_run_writes_every_output_on_the_real_files(name, tmp_path):
+    from modalscope.models.shrunk import build_shrunk
+
+    model = build_shrunk(real_files(name), tmp_path / "model")
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(1)
+    lines = []
+    for i, ((width, height), caption) in enumerate(zip(SIZES, CAPTIONS)):
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(tmp_path / f"images/{i}.png")
+        lines.append(json.dumps({"image": f"images/{i}.png", "caption": caption, "id": f"p{i}"}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "study"
+    done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", str(model), "--jsonl",
+                           str(tmp_path / "pairs.jsonl"), "--out", str(out), "--quiet", "--no-png",
+                           "--permutations", "200", "--bootstrap", "200"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for path in OUTPUTS:
+        assert (out / path).exists(), path
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert len(manifest) == len(SIZES)
+    table3 = pd.read_parquet(out / "tables/table3_neurons.parquet")
+    assert np.isfinite(table3[["mean_diff", "mean_diff_matched_max", "mean_diff_mean"]].to_numpy()).all()
+
+    from modalscope.models.loading import load_model
+    from modalscope.record.inputs import PromptBuilder
+
+    loaded = load_model(str(model), device="cpu")
+    builder = PromptBuilder.for_model(loaded, "content")
+    images = [Image.open(p).convert("RGB") for p in manifest["image_path"]]
+    store = zarr.open_group(str(out / "activations.zarr"), mode="r")
+    assert store["tokens/image"][:].tolist() == builder.image_batch(images).n_content.tolist()
+    assert store["tokens/text"][:].tolist() == builder.text_batch(manifest["caption"].tolist()).n_content.tolist()
