@@ -55,7 +55,8 @@ def _sites(text: str) -> tuple[str, ...]:
 def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=model_required,
-                   help="hub id or local folder of a LLaVA checkpoint (e.g. llava-hf/llava-1.5-7b-hf)")
+                   help="hub id or local folder of a supported model (README: Supported models), "
+                        "e.g. llava-hf/llava-1.5-7b-hf")
     g.add_argument("--revision", help="hub revision (branch, tag or commit) to load")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
