@@ -11,15 +11,15 @@ repository would; only the numbers in its weights are random.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.utils import logging as hf_logging
+
+from modalscope.models.tiny import write_checkpoint
 
 # Files of a hub repository that are not the model's inputs side: not copied.
 NOT_COPIED = {"config.json", "README.md", "SOURCE.txt", "LICENSE", "LICENSE.txt", ".gitattributes"}
@@ -76,16 +76,11 @@ def build_shrunk(real_dir: Path, out_dir: Path, seed: int = 0, sizes: ShrunkSize
     config = shrunk_config(real_dir, sizes)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config).eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(staging)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
         for path in sorted(real_dir.iterdir()):
             if path.is_file() and path.name not in NOT_COPIED and path.suffix != ".safetensors":
-                shutil.copy2(path, staging / path.name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+                shutil.copy2(path, folder / path.name)
+
+    return write_checkpoint(out_dir, write)

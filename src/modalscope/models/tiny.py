@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,11 +175,21 @@ def build_tiny_llava(
         num_additional_image_tokens=1,
         chat_template=LLAVA15_CHAT_TEMPLATE,
     )
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    return write_checkpoint(out_dir, write)
+
+
+def write_checkpoint(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """`write(folder)` into a staging folder beside `out_dir`, then rename it onto `out_dir`:
+    a build killed half-way never leaves a folder that looks like a checkpoint."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-llava-", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        write(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
