@@ -15,12 +15,16 @@ before it writes anything to its folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PretrainedConfig, ProcessorMixin
@@ -87,7 +91,7 @@ def read_config(model_id: str, revision: str | None = None) -> PretrainedConfig:
         raise ModelError(f"--model {model_id}: no such folder")
     hub_logging = _quiet_hub()
     try:
-        config = AutoConfig.from_pretrained(model_id, revision=revision)
+        config = AutoConfig.from_pretrained(model_id, **hub_options(model_id, revision))
     except OSError as err:
         if local.exists():
             raise ModelError(f"--model {model_id}: cannot read its config.json ({_first_line(err)})") from None
@@ -108,6 +112,27 @@ def read_config(model_id: str, revision: str | None = None) -> PretrainedConfig:
     return config
 
 
+def hub_options(model_id: str, revision: str | None) -> dict[str, Any]:
+    """`from_pretrained` options: the revision, and `local_files_only` when `model_id` is no
+    local folder and the hub cannot be reached. Without a network huggingface_hub retries for
+    ~25 s before failing; one quick connection attempt instead, then the local cache only (a
+    model downloaded before still loads)."""
+    options: dict[str, Any] = {"revision": revision}
+    if not Path(model_id).expanduser().exists() and not _hub_reachable():
+        options["local_files_only"] = True
+    return options
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _quiet_hub():
     """Silence huggingface_hub's retry warnings (one per attempt) while we ask the hub; the
     caller gets one line instead. Returns the function that restores the previous level."""
@@ -125,7 +150,7 @@ def load_processor(model_id: str, revision: str | None = None, adapter: ModelAda
     would build parts a study never uses), or a one-line error naming what is missing."""
     load = adapter.load_processor if adapter is not None and adapter.load_processor else AutoProcessor.from_pretrained
     try:
-        processor = load(model_id, revision=revision, backend="pil")
+        processor = load(model_id, backend="pil", **hub_options(model_id, revision))
     except ImportError as err:
         text = str(err)
         package = getattr(err, "name", None) or next(
@@ -199,7 +224,7 @@ def load_model(
     processor = load_processor(model_id, revision, adapter)
     model = AutoModelForImageTextToText.from_pretrained(
         model_id,
-        revision=revision,
+        **hub_options(model_id, revision),
         config=config,
         dtype=DTYPES[dtype],
         device_map=device_map or ("auto" if quantization else None),
