@@ -58,6 +58,11 @@ def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
                    help="hub id or local folder of a supported model (README: Supported models), "
                         "e.g. llava-hf/llava-1.5-7b-hf")
     g.add_argument("--revision", help="hub revision (branch, tag or commit) to load")
+    g.add_argument("--base-model", metavar="MODEL",
+                   help="the language model the VLM was trained from (e.g. lmsys/vicuna-7b-v1.5 for "
+                        "LLaVA-1.5-7B): also run the text inputs through it, with the same token ids "
+                        "(stream text_base; contrast text - text_base)")
+    g.add_argument("--base-revision", help="hub revision of --base-model")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="model weights dtype; reductions accumulate in float32 regardless")
@@ -177,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
     fields = {k: getattr(args, k) for k in (
-        "model", "revision", "device", "dtype", "device_map", "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
+        "model", "revision", "base_model", "base_revision", "device", "dtype", "device_map", "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
         "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr", "n_perm", "n_boot",
         "outlier_factor", "stat", "long_tables", "csv", "png") if hasattr(args, k)}
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -283,7 +288,9 @@ def _stored_settings(args: argparse.Namespace) -> dict[str, object]:
     if not args.resume:
         return {"model": attrs["model"]}
     conditions = tuple(c for c in ("text", "image", "image_text") if c in attrs["conditions"])
+    base = attrs.get("base_model") or {}
     return {"model": attrs["model"], "revision": attrs.get("revision"), "dtype": attrs["dtype"],
+            "base_model": base.get("model"), "base_revision": base.get("revision"),
             "quantization": attrs.get("quantization"),
             "sites": tuple(attrs["sites"]), "tokens": attrs["tokens"], "stats": tuple(attrs["stats"]),
             "conditions": conditions, "quantile": attrs["quantile"],

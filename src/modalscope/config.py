@@ -15,6 +15,8 @@ ALL_STATS = ("max", "mean", "matched_max", "frac_active", "quantile")
 # streams: all content, its caption tokens, its image tokens).
 CONDITIONS = ("text", "image", "image_text")
 JOINT_STREAMS = ("image_text", "image_text_caption", "image_text_image")
+# The text input through --base-model, the language model the VLM was trained from.
+BASE_STREAM = "text_base"
 
 
 @dataclass
@@ -27,6 +29,8 @@ class StudyConfig:
     images: Path | None = None  # COCO image folder
     jsonl: Path | None = None  # or: JSONL of {"image", "caption", "id"}
     revision: str | None = None
+    base_model: str | None = None  # the language model the VLM was trained from (stream text_base)
+    base_revision: str | None = None
     device: str = "auto"
     dtype: str = "float32"
     device_map: str | None = None  # "auto": accelerate places layers over all devices
@@ -64,9 +68,11 @@ class StudyConfig:
 
     @property
     def streams(self) -> tuple[str, ...]:
-        """What the store records per pair: text, image and, with image_text, its streams."""
+        """What the store records per pair: text, image, with image_text its streams, and with
+        a base model its text stream."""
         joint = JOINT_STREAMS if "image_text" in self.conditions else ()
-        return ("text", "image", *joint)
+        base = (BASE_STREAM,) if self.base_model else ()
+        return ("text", "image", *joint, *base)
 
     @property
     def contrast_pair(self) -> tuple[str, str]:

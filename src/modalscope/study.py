@@ -137,11 +137,22 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
     pairs = read_pairs(config) if fresh and not (config.out_dir / STORE).exists() else None
     loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
                         config.device_map, config.quantization)
+    if not loaded.adapter.has_vision:
+        raise ValueError(f"--model {config.model}: a language model without vision ({loaded.provenance['model_type']}): "
+                         "the image conditions cannot run on it; pass it as --base-model of its vision-language model")
+    base = _load_base(config, loaded, ranks) if config.base_model else None
     builder = PromptBuilder.for_model(loaded, config.tokens)  # cuts captions to the context
+    check_base = _base_check(config, builder, base)
+    check_base([])  # the template, before anything is written
     if manifest is None:
         image_text = "image_text" in config.conditions
-        manifest = prepare_manifest_ranked(
-            config, lambda caption, image: builder.pair_problem(caption, image, image_text), pairs)
+
+        def prepare(caption, image):
+            check_base([caption])  # refuses the study (one line) before the manifest is written
+            return builder.pair_problem(caption, image, image_text)
+
+        manifest = prepare_manifest_ranked(config, prepare, pairs)
+    check_base(manifest["caption"].tolist())  # a manifest made before
     # --batch-size auto: start big on a GPU (16 on CPU) and halve on out-of-memory; a
     # resumed study starts from the size its store last used.
     auto_batch = config.batch_size == "auto"
@@ -169,6 +180,9 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
         "contrast": " - ".join(config.contrast_pair),  # the study's; tables name the one they hold
         "versions": library_versions(),
     }
+    if base is not None:  # the base language model's provenance, checked on resume with conditions
+        attrs["base_model"] = {k: base.provenance[k] for k in ("model", "revision", "commit_hash",
+                                                                "weights_fingerprint", "model_type")}
 
     widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
     n_layers = loaded.adapter.num_layers(loaded.model)
@@ -196,7 +210,7 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
         extract(loaded, rows, store, config.sites, config.tokens, batch_size, progress,
                 store.stats, float(store.attrs.get("quantile", config.quantile)),
                 image_text="image_text" in store.conditions, workers=workers, sort_window=sort_window,
-                auto_batch=auto_batch and not ranks.parallel, builder=builder)
+                auto_batch=auto_batch and not ranks.parallel, builder=builder, base=base)
 
     path = config.out_dir / STORE
     if not ranks.parallel:
@@ -215,6 +229,40 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
         merge_shards(open_or_create(path), config.out_dir, ranks.world_size, len(manifest), unit)
     ranks.barrier()
     return ActivationStore.open(path)
+
+
+def _load_base(config: StudyConfig, loaded, ranks):
+    """The base language model, refused in one line unless its neurons match the VLM's:
+    the same number of decoder layers and the same width at every site."""
+    from modalscope.models.loading import load_model
+
+    base = load_model(config.base_model, config.base_revision, config.dtype, ranks.device(config.device),
+                      config.device_map, config.quantization)
+    if base.adapter.has_vision:
+        raise ValueError(f"--base-model {config.base_model}: a vision-language model; give the language model "
+                         f"{config.model} was trained from")
+    ours = (loaded.adapter.num_layers(loaded.model), [loaded.adapter.width(loaded.model, s) for s in config.sites])
+    theirs = (base.adapter.num_layers(base.model), [base.adapter.width(base.model, s) for s in config.sites])
+    if ours != theirs:
+        raise ValueError(f"--base-model {config.base_model}: {theirs[0]} layers of widths {theirs[1]} "
+                         f"({', '.join(config.sites)}), {config.model} has {ours[0]} of {ours[1]}: "
+                         "its neurons cannot be matched index by index")
+    return base
+
+
+def _base_check(config: StudyConfig, builder, base):
+    """captions -> None, or a one-line ValueError where the base model's tokenizer would read the
+    VLM's text inputs (the template, then each caption) differently: the base gets the VLM's
+    token ids, which must be the same text to it."""
+    from modalscope.record.inputs import base_mismatch
+
+    def check(captions: list[str]) -> None:
+        where = base_mismatch(builder, base.processor.tokenizer, captions) if base is not None else None
+        if where:
+            raise ValueError(f"--base-model {config.base_model}: its tokenizer reads {where} differently from "
+                             f"{config.model}'s, so the same token ids would not be the same text")
+
+    return check
 
 
 def _check_shard_plan(shard: ActivationStore, batch_size: int, sort_window: int) -> None:

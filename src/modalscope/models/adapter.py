@@ -74,6 +74,7 @@ class ModelAdapter:
     sites: tuple[Site, ...] = DECODER_SITES
     text_config: str = "text_config"  # config field of the language model's config
     image_only_text: str | None = ""  # the text item of the minimal image-only turn (None: none)
+    model_class: str = "AutoModelForImageTextToText"  # the transformers Auto class that loads it
     load_processor: Callable[..., Any] | None = None  # when AutoProcessor cannot build it
     shrink: Callable[[Any, Any], None] | None = None  # (config, ShrunkSizes): a laptop-sized copy
     # (processor, processor outputs, is_image [batch, tokens]) -> the image content positions,
@@ -105,8 +106,14 @@ class ModelAdapter:
         path = self.site(site).module
         return layer.get_submodule(path) if path else layer
 
-    def image_token_id(self, config: Any) -> int:
-        return int(getattr(config, self.image_token))
+    @property
+    def has_vision(self) -> bool:
+        return bool(self.vision_inputs)
+
+    def image_token_id(self, config: Any) -> int | None:
+        """The image placeholder's id; None for a family without vision."""
+        value = getattr(config, self.image_token, None) if self.has_vision else None
+        return None if value is None else int(value)
 
     def conversation(self, text: str | None, image: bool) -> list[dict[str, Any]]:
         """The messages of one user turn: caption alone, image alone (the minimal prompt,

@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PretrainedConfig, ProcessorMixin
+import transformers
+from transformers import AutoConfig, AutoProcessor, PretrainedConfig, ProcessorMixin
 from transformers.utils import logging as hf_logging
 
 from modalscope.models import ADAPTERS, ModelAdapter, adapter_for
@@ -222,7 +223,7 @@ def load_model(
     config = read_config(model_id, revision)
     adapter = adapter_for(config.model_type)
     processor = load_processor(model_id, revision, adapter)
-    model = AutoModelForImageTextToText.from_pretrained(
+    model = getattr(transformers, adapter.model_class).from_pretrained(
         model_id,
         **hub_options(model_id, revision),
         config=config,

@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from modalscope.config import BASE_STREAM
 from modalscope.data.pairs import DataError
 from modalscope.models.loading import LoadedModel
 from modalscope.record.hooks import Recorder, vision_guard
@@ -149,8 +150,10 @@ def extract(
     sort_window: int = 1,
     auto_batch: bool = False,
     builder: PromptBuilder | None = None,
+    base: LoadedModel | None = None,
 ) -> int:
     """Record every unfinished input of `manifest` into `store`; returns how many were added.
+    With `base` (the base language model), its text stream too, from the same token ids.
 
     Pairs are batched by caption length inside windows of `sort_window` batches (see
     record/plan.py); each window is appended in manifest order once all its batches are
@@ -171,7 +174,7 @@ def extract(
     while True:
         try:
             _extract_windows(loaded, manifest, store, sites, builder, batch_size, bar, stats, quantile,
-                             image_text, workers, sort_window)
+                             image_text, workers, sort_window, base)
             break
         except torch.OutOfMemoryError:
             _release_memory(loaded)
@@ -194,7 +197,7 @@ def extract(
 def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: ActivationStore,
                      sites: Sequence[str], builder: PromptBuilder, batch_size: int, bar: tqdm,
                      stats: Sequence[str], quantile: float, image_text: bool, workers: int,
-                     sort_window: int) -> None:
+                     sort_window: int, base: LoadedModel | None = None) -> None:
     start = store.n_done
     if start >= len(manifest):
         return
@@ -210,14 +213,16 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
     )
     items = iter(batches)
     recorder = Recorder(loaded.model, loaded.adapter, sites, stats, quantile)
-    with recorder, StoreWriter(store) as writer:
+    base_recorder = Recorder(base.model, base.adapter, sites, stats, quantile) if base else nullcontext()
+    with recorder, base_recorder, StoreWriter(store) as writer:
         for window in windows:
             done = []
             for rows in window.batches:
                 item = next(items)
                 if "error" in item:
                     raise DataError(item["error"])
-                records, n_tokens = _record_item(loaded, recorder, item, image_text)
+                records, n_tokens = _record_item(loaded, recorder, item, image_text,
+                                                 (base, base_recorder) if base else None)
                 _check_finite(records, rows, manifest, store, loaded)
                 done.append((records, n_tokens))
                 bar.update(item["n"])
@@ -264,12 +269,15 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
 Records = dict[str, dict[str, dict[str, np.ndarray]]]
 
 
-def _record_item(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool
-                 ) -> tuple[Records, dict[str, list[int]]]:
+def _record_item(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool,
+                 base: tuple[LoadedModel, Recorder] | None = None) -> tuple[Records, dict[str, list[int]]]:
     """All forwards of one batch: {stream: {site: {stat: [batch, layer, neuron]}}} and the
-    number of tokens each stream's reductions saw."""
+    number of tokens each stream's reductions saw. `base`: the base language model and its
+    recorder, which get the text input's very token ids (stream text_base)."""
     text, image = item["text"], item["image"]
     counts = {"text": text.n_content, "image": image.n_content}
+    if base is not None:
+        counts[BASE_STREAM] = text.n_content
     if image_text:
         joint, streams = item["joint"]
         counts.update({name: mask.sum(1) for name, mask in streams.items()})
@@ -278,10 +286,22 @@ def _record_item(loaded: LoadedModel, recorder: Recorder, item: dict, image_text
     records["image"] = record_batch(loaded, recorder, image, k)
     if image_text:
         records.update(record_streams(loaded, recorder, joint, streams, k))
+    if base is not None:
+        records[BASE_STREAM] = record_batch(base[0], base[1], for_base(text, base[0]), k)
     n_tokens = {name: n.tolist() for name, n in counts.items()}
     arrays = {c: {s: {st: v.numpy() for st, v in by_stat.items()} for s, by_stat in r.items()}
               for c, r in records.items()}
     return arrays, n_tokens
+
+
+def for_base(text: ModelBatch, base: LoadedModel) -> ModelBatch:
+    """The VLM's text input for its base model: the same ids and masks, padding given the
+    base's own pad id (the VLM's may lie beyond the base vocabulary, as LLaVA's `<pad>` does)."""
+    pad = base.processor.tokenizer.pad_token_id
+    pad = 0 if pad is None else pad
+    ids = text.inputs["input_ids"].masked_fill(text.inputs["attention_mask"] == 0, pad)
+    return ModelBatch(inputs={"input_ids": ids, "attention_mask": text.inputs["attention_mask"]},
+                      content=text.content)
 
 
 def _in_manifest_order(done: list[tuple[Records, dict[str, list[int]]]], order: np.ndarray

@@ -124,7 +124,7 @@ class PlainText:
 class PromptBuilder:
     """Turns captions and images into right-padded batches with content masks."""
 
-    def __init__(self, processor: ProcessorMixin, image_token_id: int, tokens: TokenScope,
+    def __init__(self, processor: ProcessorMixin, image_token_id: int | None, tokens: TokenScope,
                  max_length: int | None = None, adapter: ModelAdapter = GENERIC):
         """`max_length`: the model's context in tokens; None takes the tokenizer's
         `model_max_length` when it is a real limit (the study sets it from the model config).
@@ -140,11 +140,13 @@ class PromptBuilder:
         self.never_content = torch.tensor(sorted({i for i in never if i is not None}), dtype=torch.long)
         self.plain = PlainText(self.tokenizer)
         self.text_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=False), self.plain.controls)
-        self.joint_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=True), self.plain.controls)
-        self.image_prompt = self.render(None, image=True)
         self._text_head = self.tokenizer(self.text_pieces.head)["input_ids"]
         self._text_tail = self.tokenizer(self.text_pieces.tail, add_special_tokens=False)["input_ids"]
-        self._joint_tail = self.tokenizer(self.joint_pieces.tail, add_special_tokens=False)["input_ids"]
+        self.vision = adapter.has_vision  # False: a language model, the text input only
+        if self.vision:
+            self.joint_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=True), self.plain.controls)
+            self.image_prompt = self.render(None, image=True)
+            self._joint_tail = self.tokenizer(self.joint_pieces.tail, add_special_tokens=False)["input_ids"]
         self._fitted: dict[str, str] = {}  # caption -> as fit_captions cuts it
         self._check_pieces()
 
@@ -182,10 +184,12 @@ class PromptBuilder:
         probe = Image.new("RGB", (8, 8))
         for caption in PROBES:
             whole = self.tokenizer(self.text_pieces.whole(caption))["input_ids"]
-            joint = self.processor(text=[self.joint_pieces.whole(caption)], images=[probe])["input_ids"][0]
             ours = self.text_batch([caption]).inputs["input_ids"][0].tolist()
-            ours_joint = self.image_text_batch([probe], [caption])[0].inputs["input_ids"][0].tolist()
-            if ours != list(whole) or ours_joint != list(joint):
+            joint = ours_joint = None
+            if self.vision:
+                joint = list(self.processor(text=[self.joint_pieces.whole(caption)], images=[probe])["input_ids"][0])
+                ours_joint = self.image_text_batch([probe], [caption])[0].inputs["input_ids"][0].tolist()
+            if ours != list(whole) or ours_joint != joint:
                 raise ValueError(
                     f"the tokenizer of this model ({type(self.tokenizer).__name__}) tokenizes a caption "
                     f"differently alone than inside its prompt ({caption!r}); modalscope cannot keep "
@@ -213,7 +217,11 @@ class PromptBuilder:
         return len(enc["input_ids"][0])
 
     def _joint_lengths(self, captions: Sequence[str]) -> list[int]:
-        """Tokens of the image-and-caption prompt of each caption, images expanded."""
+        """Tokens of the longest prompt of each caption: image and caption, image expanded
+        (the text prompt for a model without vision)."""
+        if not self.vision:
+            ids, _ = self._caption_runs(self.text_pieces, captions)
+            return [len(self._text_head) + len(run) + len(self._text_tail) for run in ids]
         ids, _ = self._caption_runs(self.joint_pieces, captions)
         return [self._joint_head_length + len(run) + len(self._joint_tail) for run in ids]
 
@@ -377,6 +385,21 @@ class PromptBuilder:
             if _plain(got) != want:
                 return f"caption tokens of the {name.split()[0]} input decode to {got!r}, not to the caption"
         return None
+
+
+def base_mismatch(builder: PromptBuilder, tokenizer, captions: Sequence[str]) -> str | None:
+    """Where a base model's tokenizer would read the VLM's text inputs differently (the base
+    gets the VLM's ids, which must mean the same text to it): "the template", the first such
+    caption, or None."""
+    head = tokenizer(builder.text_pieces.head)["input_ids"]
+    tail = tokenizer(builder.text_pieces.tail, add_special_tokens=False)["input_ids"]
+    if list(head) != list(builder._text_head) or list(tail) != list(builder._text_tail):
+        return "the template"
+    runs = [builder.text_pieces.text(c) for c in builder.fit_captions(captions)]
+    for caption, ours, theirs in zip(captions, builder.plain.encode(runs), PlainText(tokenizer).encode(runs)):
+        if ours.ids != theirs.ids:
+            return repr(caption)
+    return None
 
 
 def _plain(text: str) -> str:
