@@ -27,7 +27,7 @@ OUTPUTS = ["manifest.parquet", "skipped.parquet", "truncated.parquet", "study.js
            "figures/significant_residual.html"]
 
 
-@pytest.mark.parametrize("name", ["llava-1.5", "llava-next"])
+@pytest.mark.parametrize("name", ["llava-1.5", "llava-next", "qwen2.5-vl"])
 def test_run_writes_every_output_on_the_real_files(name, tmp_path):
     from modalscope.models.shrunk import build_shrunk
 

@@ -30,12 +30,23 @@ def _one_line(done: subprocess.CompletedProcess, *words: str) -> str:
     return done.stderr
 
 
-@pytest.mark.parametrize("name, model_type", [("llava-next", "llava_next"), ("qwen2.5-vl", "qwen2_5_vl")])
-def test_unsupported_model_type_is_refused_from_the_config_alone(name, model_type, tmp_path):
-    """The real repositories' files hold no weights: reaching the weights would fail otherwise."""
-    folder = real_files(name)
+def test_unsupported_model_type_is_refused_from_the_config_alone(real_llava_dir, tmp_path):
+    """A family modalscope has no adapter for (transformers knows it): refused from config.json,
+    naming the supported types; the folder's weights are never read."""
+    folder = tmp_path / "idefics2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "idefics2"}))
     done = _run(["--model", str(folder)], tmp_path)
-    _one_line(done, f"model type {model_type!r} is not supported yet", "supported: llava")
+    _one_line(done, "model type 'idefics2' is not supported yet", "supported: llava, llava_next, qwen2_5_vl")
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("name", ["llava-next", "qwen2.5-vl"])
+def test_a_repository_without_weights_is_one_line(name, tmp_path):
+    """The real repositories' small files hold no weights: config and processor pass, the
+    weights fail, in one line, before anything is written."""
+    done = _run(["--model", str(real_files(name))], tmp_path)
+    _one_line(done, "cannot load its weights")
     assert not (tmp_path / "study").exists()
 
 

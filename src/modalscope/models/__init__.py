@@ -1,10 +1,12 @@
 """Model families (adapters), loading, and the tiny offline checkpoint."""
 
 from modalscope.models.adapter import SITES, ModelAdapter, Site
+from modalscope.models.causal_lm import CAUSAL_LM
 from modalscope.models.llava import LLAVA
 from modalscope.models.llava_next import LLAVA_NEXT
+from modalscope.models.qwen2_vl import QWEN2_5_VL, QWEN2_VL
 
-FAMILIES: tuple[ModelAdapter, ...] = (LLAVA, LLAVA_NEXT)
+FAMILIES: tuple[ModelAdapter, ...] = (LLAVA, LLAVA_NEXT, QWEN2_5_VL, QWEN2_VL, CAUSAL_LM)
 ADAPTERS: dict[str, ModelAdapter] = {t: family for family in FAMILIES for t in family.model_types}
 
 

@@ -223,14 +223,17 @@ def load_model(
     config = read_config(model_id, revision)
     adapter = adapter_for(config.model_type)
     processor = load_processor(model_id, revision, adapter)
-    model = getattr(transformers, adapter.model_class).from_pretrained(
-        model_id,
-        **hub_options(model_id, revision),
-        config=config,
-        dtype=DTYPES[dtype],
-        device_map=device_map or ("auto" if quantization else None),
-        quantization_config=quantized,
-    )
+    try:
+        model = getattr(transformers, adapter.model_class).from_pretrained(
+            model_id,
+            **hub_options(model_id, revision),
+            config=config,
+            dtype=DTYPES[dtype],
+            device_map=device_map or ("auto" if quantization else None),
+            quantization_config=quantized,
+        )
+    except OSError as err:  # no weight files (a repository's small files only), a broken download
+        raise ModelError(f"--model {model_id}: cannot load its weights ({_first_line(err)})") from None
     if target is not None:
         model.to(target)
     model.eval()
