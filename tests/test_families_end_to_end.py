@@ -13,7 +13,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from real_models import real_files
+from real_models import qwen2_vl_files, real_files
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,12 @@ OUTPUTS = ["manifest.parquet", "skipped.parquet", "truncated.parquet", "study.js
            "figures/significant_residual.html"]
 
 
-@pytest.mark.parametrize("name", ["llava-1.5", "llava-next", "qwen2.5-vl"])
+@pytest.mark.parametrize("name", ["llava-1.5", "llava-next", "qwen2.5-vl", "qwen2-vl"])
 def test_run_writes_every_output_on_the_real_files(name, tmp_path):
     from modalscope.models.shrunk import build_shrunk
 
-    model = build_shrunk(real_files(name), tmp_path / "model")
+    files = qwen2_vl_files(tmp_path / "qwen2-vl") if name == "qwen2-vl" else real_files(name)
+    model = build_shrunk(files, tmp_path / "model")
     (tmp_path / "images").mkdir()
     rng = np.random.default_rng(1)
     lines = []

@@ -9,7 +9,6 @@ tokenizer, image processor settings and template).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 from modalscope.record.extract import record_batch, record_streams
 from modalscope.record.hooks import Recorder, vision_guard
 from modalscope.record.inputs import PromptBuilder
-from real_models import real_files
+from real_models import qwen2_vl_files, real_files
 
 IMAGE_PAD, VISION_START, VISION_END, IM_START = 151655, 151652, 151653, 151644
 # (width, height) -> <|image_pad|> tokens of the real preprocessor (multiples of 28 px, at least 56 x 56)
@@ -31,28 +30,13 @@ SITES = ["residual", "mlp"]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def _qwen2_vl_config(real: dict) -> dict:
-    """Qwen2-VL-7B-Instruct's config.json: the decoder and token ids of Qwen2.5-VL-7B, and the
-    Qwen2-VL vision tower (full attention, `embed_dim` the ViT width, `hidden_size` its output)."""
-    config = dict(real, model_type="qwen2_vl", architectures=["Qwen2VLForConditionalGeneration"])
-    config["vision_config"] = {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
-                               "hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
-                               "spatial_patch_size": 14, "temporal_patch_size": 2}
-    return config
-
-
 @pytest.fixture(scope="module")
 def qwen_dirs(tmp_path_factory) -> dict[str, Path]:
     from modalscope.models.shrunk import build_shrunk
 
     real = real_files("qwen2.5-vl")
     root = tmp_path_factory.mktemp("qwen")
-    qwen2_real = root / "qwen2-vl-real"
-    shutil.copytree(real, qwen2_real)
-    config = json.loads((real / "config.json").read_text())
-    (qwen2_real / "config.json").write_text(json.dumps(_qwen2_vl_config(config), indent=2))
-    pre = json.loads((real / "preprocessor_config.json").read_text())
-    (qwen2_real / "preprocessor_config.json").write_text(json.dumps(dict(pre, processor_class="Qwen2VLProcessor")))
+    qwen2_real = qwen2_vl_files(root / "qwen2-vl-real")
     return {"qwen2_5_vl": build_shrunk(real, root / "qwen2.5-vl-shrunk"),
             "qwen2_vl": build_shrunk(qwen2_real, root / "qwen2-vl-shrunk")}
 
