@@ -35,8 +35,8 @@ from modalscope.data.validate import Prepare, select_usable
 from modalscope.seeds import record as seed_streams
 from modalscope.store import STORE, ActivationStore
 from modalscope.tables import (
-    INPUT_LAYERS, LAYERS, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY, TABLE3, long_table_csv, table1_rows,
-    write_frame, write_json, write_long_tables,
+    INPUT_LAYERS, INPUT_LAYERS_VS_BASE, LAYERS, LAYERS_VS_BASE, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY,
+    TABLE3, long_table_csv, table1_rows, write_frame, write_json, write_long_tables,
 )
 
 LIBRARIES = ("modalscope", "torch", "transformers", "tokenizers", "numpy", "scipy", "zarr", "pyarrow", "plotly")
@@ -308,9 +308,11 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     settings = AnalysisSettings(contrast=contrast, fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
                                 outlier_factor=config.outlier_factor,
                                 seed=int(store.attrs.get("seed", config.seed)))
-    result = run_analysis(store, settings)
+    result = run_analysis(store, settings)  # with text_base recorded, also Δ_base = text - text_base
     for entry in result.summary.values():  # per site, beside n_inputs: pairs left out or cut
         entry.update(data_counts(config.out_dir))
+        if "vs_base" in entry:
+            entry["vs_base"].update(data_counts(config.out_dir))
     paths = [
         write_frame(result.neurons, tables_dir / TABLE3, config.csv),
         write_frame(result.layers, tables_dir / LAYERS, config.csv),
@@ -318,6 +320,13 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
         write_frame(significance_table(result.layers, store.stats), tables_dir / SIGNIFICANT, config.csv),
         write_json(result.summary, tables_dir / SUMMARY),
     ]
+    base_tables = {LAYERS_VS_BASE: "layers", INPUT_LAYERS_VS_BASE: "input_means"}
+    for name, part in base_tables.items():
+        if result.vs_base is not None:
+            paths.append(write_frame(getattr(result.vs_base, part), tables_dir / name, config.csv))
+        else:  # a previous analysis's Δ_base would not match these tables
+            for stale in (tables_dir / name, (tables_dir / name).with_suffix(".csv")):
+                stale.unlink(missing_ok=True)
     rows = table1_rows(store, contrast)
     if config.long_tables == "never" or (
         config.long_tables == "auto" and rows > LONG_TABLE_AUTO_LIMIT

@@ -3,7 +3,9 @@
 Why: `modalscope plot` writes them one file each and the report draws the headline ones in
 one page; both take them from here, so a figure in the report is the figure in figures/.
 Names (the file stems) are a contract with users: `figure1_{site}`, `figure2_{site}` for
-the headline reduction, `figure{1,2}_{site}_{stat}` for each other one, `significant_{site}`.
+the headline reduction, `figure{1,2}_{site}_{stat}` for each other one, `significant_{site}`,
+and, when the study recorded the base LLM's text stream, `figure2_{site}_vs_base`: Figure 2 of
+Δ_base = text − text_base (tables/layers_vs_base.parquet, summary.json's `vs_base`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from modalscope.figures.histograms import figure1
 from modalscope.figures.significance import figure_significant
 from modalscope.figures.style import contrast_label
 from modalscope.figures.trend import figure2
-from modalscope.tables import LAYERS, SIGNIFICANT, SUMMARY, TABLE3, read_summary
+from modalscope.tables import LAYERS, LAYERS_VS_BASE, SIGNIFICANT, SUMMARY, TABLE3, read_summary
+
+VS_BASE = "_vs_base"  # file stem suffix of the base-LLM contrast's figures
 
 
 @dataclass
@@ -29,6 +33,7 @@ class StudyTables:
     layers: pd.DataFrame  # one row per site x layer
     counts: pd.DataFrame  # significant_neurons: site, stat, layer, n_text_preferring, ...
     summary: dict  # summary.json: per site, the layer trend
+    layers_vs_base: pd.DataFrame | None = None  # layers_vs_base: Δ_base = text − text_base, if analysed
 
     @classmethod
     def read(cls, out_dir: Path) -> "StudyTables":
@@ -36,8 +41,9 @@ class StudyTables:
         missing = [n for n in (TABLE3, LAYERS, SIGNIFICANT, SUMMARY) if not (tables / n).exists()]
         if missing:
             raise FileNotFoundError(f"{tables}: no {', '.join(missing)}; run `modalscope analyze {out_dir}` first")
+        base = pd.read_parquet(tables / LAYERS_VS_BASE) if (tables / LAYERS_VS_BASE).exists() else None
         return cls(pd.read_parquet(tables / TABLE3), pd.read_parquet(tables / LAYERS),
-                   pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY))
+                   pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY), base)
 
     @property
     def sites(self) -> list[str]:
@@ -69,6 +75,19 @@ class StudyTables:
         """'text − image' (or the study's --contrast): the label every figure and the report use."""
         return contrast_label(self.summary[site].get("contrast"))
 
+    def has_vs_base(self, site: str) -> bool:
+        """Whether the analysis also measured Δ_base = text − text_base at `site`."""
+        return (self.layers_vs_base is not None and "vs_base" in self.summary.get(site, {})
+                and site in set(self.layers_vs_base["site"].astype(str)))
+
+    def trend_vs_base(self, site: str, stat: str) -> dict:
+        entry = self.summary[site]["vs_base"]
+        return entry if stat == "max" else entry["by_stat"][stat]
+
+    def contrast_vs_base(self, site: str) -> str:
+        """'text − text_base', as summary.json's `vs_base` entry names it."""
+        return contrast_label(self.summary[site]["vs_base"].get("contrast", "text - text_base"))
+
 
 def comparison(stats: list[str], shown: str) -> str | None:
     """The reduction drawn beside `shown` in the headline Figure 2: max <-> matched_max."""
@@ -90,6 +109,13 @@ def headline_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.
     }
 
 
+def figure2_vs_base(tables: StudyTables, site: str, stat: str) -> go.Figure:
+    """Figure 2 of Δ_base = text − text_base at `site`, reduction `stat`: layer mean with its
+    bands, the sign-flip null and the regression, labelled by that contrast."""
+    return figure2(tables.layers_vs_base, tables.trend_vs_base(site, stat), site, stat, None, None,
+                   tables.contrast_vs_base(site))
+
+
 def study_figures(tables: StudyTables, stat: str = "max") -> dict[str, go.Figure]:
     """All figures of the study by file stem; `stat` leads the unsuffixed ones."""
     figures: dict[str, go.Figure] = {}
@@ -106,4 +132,6 @@ def study_figures(tables: StudyTables, stat: str = "max") -> dict[str, go.Figure
             figures[f"figure2_{site}_{shown}"] = figure2(tables.layers, tables.trend(site, shown), site, shown,
                                                          None, None, contrast)
         figures[f"significant_{site}"] = headline[f"significant_{site}"]
+        if tables.has_vs_base(site):
+            figures[f"figure2_{site}{VS_BASE}"] = figure2_vs_base(tables, site, stat)
     return figures

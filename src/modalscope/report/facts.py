@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -35,6 +36,8 @@ DESCRIPTIONS = {
     "significant_neurons": "FDR-significant neurons per site × reduction × layer × direction",
     "input_layer_means": "per input: the layer mean of Δ (the input-level unit)",
     "summary": "per site: the layer trend with bootstrap CI and sign-flip p",
+    "layers_vs_base": "per site × layer: the same for Δ_base = text − text_base (the base LLM)",
+    "input_layer_means_vs_base": "per input: the layer mean of Δ_base = text − text_base",
 }
 
 
@@ -109,6 +112,12 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
         rows.insert(next(i for i, (k, _) in enumerate(rows) if k == "seed of the shuffle") + 1,
                     ("random streams of the seed", f"{study['seeds'].get('derivation', '')}: "
                      + ", ".join(study["seeds"].get("streams", {}))))
+    base = attrs.get("base_model")
+    if isinstance(base, dict) and base.get("model"):  # --base-model: its text stream, text_base
+        at = next(i for i, (k, _) in enumerate(rows) if k == "model type") + 1
+        rows[at:at] = [("base model", base["model"]),
+                       ("base model weights (commit or sha256 of local files)",
+                        base.get("commit_hash") or base.get("weights_fingerprint") or base.get("revision"))]
     truncated = out_dir / TRUNCATED
     if truncated.exists():
         rows.append(("captions cut to fit the context", pq.read_metadata(truncated).num_rows))
@@ -159,6 +168,54 @@ def trend_rows(tables: StudyTables, site: str) -> pd.DataFrame:
                           for stat, entry in rows.items()}).T
     frame.index.name = "reduction"
     return frame.dropna(axis=1, how="all")
+
+
+@dataclass
+class Forgetting:
+    """The numbers of the report's paragraph on Δ_base = text − text_base at one site."""
+
+    base_model: str | None  # the store's base_model["model"]
+    contrast: str  # 'text − text_base'
+    stat: str
+    slope: float
+    slope_ci_low: float  # bootstrap 95% CI over inputs
+    slope_ci_high: float
+    slope_p_perm: float
+    first_nonzero_layer: int | None  # the first layer with a neuron whose mean Δ_base is not exactly 0
+    first_layer_ci_excludes_0: int | None  # the first layer whose 95% CI over inputs of the layer mean excludes 0
+    n_up: int  # neurons with q_vs_base < 0.05 and Δ_base > 0 (VLM > base), all layers
+    n_down: int  # ... and Δ_base < 0 (base > VLM)
+    n_neurons: int
+
+
+def forgetting(out_dir: Path, tables: StudyTables, site: str, stat: str) -> Forgetting | None:
+    """What the report says about Δ_base at `site`, or None when it was not analysed."""
+    if not tables.has_vs_base(site):
+        return None
+    from modalscope.stats.analyze import VS_BASE, column
+
+    base = store_attrs(out_dir).get("base_model")
+    trend = tables.trend_vs_base(site, stat)
+    layers = tables.layers_vs_base[tables.layers_vs_base["site"].astype(str) == site].sort_values("layer")
+    low = layers[column("input_ci_low", stat)].to_numpy(dtype=float)
+    high = layers[column("input_ci_high", stat)].to_numpy(dtype=float)
+    excludes = (low > 0) | (high < 0)  # NaN bounds compare False: not a difference
+    neurons = tables.neurons[tables.neurons["site"].astype(str) == site]
+    mean = neurons[column("mean_diff", stat) + VS_BASE].to_numpy(dtype=float)
+    q = neurons[column("q_value", stat) + VS_BASE].to_numpy(dtype=float)
+    nonzero = neurons["layer"].to_numpy()[np.isfinite(mean) & (mean != 0)]
+    significant = q < SIGNIFICANT_Q
+
+    def first(flags: np.ndarray) -> int | None:
+        hits = layers["layer"].to_numpy()[flags]
+        return int(hits[0]) if hits.size else None
+
+    return Forgetting(
+        base.get("model") if isinstance(base, dict) else None, tables.contrast_vs_base(site), stat,
+        float(trend["slope"]), float(trend.get("slope_ci_low", np.nan)), float(trend.get("slope_ci_high", np.nan)),
+        float(trend.get("slope_p_perm", np.nan)), int(nonzero.min()) if nonzero.size else None, first(excludes),
+        int((significant & (mean > 0)).sum()), int((significant & (mean < 0)).sum()), int(np.isfinite(mean).sum()),
+    )
 
 
 @dataclass

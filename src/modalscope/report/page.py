@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from modalscope.figures.assemble import StudyTables, comparison, headline_figures
+from modalscope.figures.assemble import VS_BASE, StudyTables, comparison, figure2_vs_base, headline_figures
 from modalscope.figures.export import HTML_CONFIG, atomic_write, plotlyjs_bytes
-from modalscope.figures.style import contrast_sides, no_preference, preferring
+from modalscope.figures.style import contrast_sides, direction_names, no_preference, preferring
 from modalscope.report.facts import (
-    NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Provenance, figure_files, provenance, significant_counts, table_files,
-    top_neurons, trend_rows,
+    NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Forgetting, Provenance, figure_files, forgetting, provenance,
+    significant_counts, table_files, top_neurons, trend_rows,
 )
 
 REPORT = "report.html"
@@ -171,7 +171,46 @@ def _figure2_note(stat: str, compare: str | None, contrast: str) -> str:
     return note + " Hover a point for its numbers."
 
 
-def _site_section(tables: StudyTables, site: str, stat: str) -> str:
+FORGETTING_TITLE = "Text-only forgetting (Δ = text − text_base)"
+
+
+def _forgetting_paragraph(facts: Forgetting, model: str) -> str:
+    """The numbers of Δ_base at one site, in words (HTML, escaped), without a cause."""
+    up, down = (_esc(d) for d in direction_names(facts.contrast))
+    base = _esc(facts.base_model or "the base language model")
+    ci = (f"bootstrap 95% CI over inputs {_num(facts.slope_ci_low)} to {_num(facts.slope_ci_high)}; "
+          if math.isfinite(facts.slope_ci_low) else "")
+    text = [f"Δ_base = {_esc(facts.contrast)}: the same text-only inputs, with the same token ids, through "
+            f"{_esc(model)} and through the language model it was trained from, {base} (reduction "
+            f"{_esc(facts.stat)}). The layer mean of Δ_base changes by {_num(facts.slope)} per layer ({ci}"
+            f"sign-flip p = {_num(facts.slope_p_perm, 'p')})."]
+    if facts.first_nonzero_layer is None:
+        text.append("Δ_base is exactly 0 in every neuron of every layer.")
+    elif facts.first_nonzero_layer > 0:
+        last = facts.first_nonzero_layer - 1
+        text.append(f"Δ_base is exactly 0 in every neuron of layer{'s 0–' if last else ' '}{last}.")
+    if facts.first_layer_ci_excludes_0 is None:
+        text.append("In no layer does the 95% CI over inputs of the layer mean exclude 0.")
+    else:
+        text.append("The first layer whose layer mean differs from 0 (its 95% CI over inputs excludes 0) is "
+                    f"layer {facts.first_layer_ci_excludes_0}.")
+    text.append(f"Over all layers, {facts.n_up:,} of {facts.n_neurons:,} neurons have q_vs_base &lt; "
+                f"{SIGNIFICANT_Q} with Δ_base &gt; 0 ({up}) and {facts.n_down:,} with Δ_base &lt; 0 ({down}).")
+    text.append("These numbers say where and by how much the two models' activations differ on identical "
+                "inputs; they do not say why, nor whether the difference matters for what either model outputs.")
+    return " ".join(text)
+
+
+def _forgetting_section(tables: StudyTables, site: str, stat: str, facts: Forgetting, model: str) -> str:
+    return "\n".join([
+        f'<h3 id="forgetting-{_esc(site)}">{_esc(FORGETTING_TITLE)}</h3>',
+        f'<p class="note">{_forgetting_paragraph(facts, model)}</p>',
+        _figure(figure2_vs_base(tables, site, stat), f"figure2_{site}{VS_BASE}"),
+    ])
+
+
+def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | None = None,
+                  model: str = "") -> str:
     figs = headline_figures(tables, site, stat)
     text, image = top_neurons(tables, site, stat)
     names = {c: NEURON_COLUMNS[c] for c in text.columns}
@@ -200,7 +239,9 @@ def _site_section(tables: StudyTables, site: str, stat: str) -> str:
         '<p class="note">Grey rows are not significant after FDR control (q ≥ 0.05).</p><div class="grid">',
         *(f"<div><h4>{title}</h4>{_table(top.rename(columns=names), row_class=ns, cls='compact')}</div>"
           for title, top in ((f"{_esc(up)} (Δ &gt; 0)", text), (f"{_esc(down)} (Δ &lt; 0)", image))),
-        "</div></section>",
+        "</div>",
+        *([_forgetting_section(tables, site, stat, base, model)] if base is not None else []),
+        "</section>",
     ])
 
 
@@ -230,6 +271,10 @@ def _files_section(out_dir: Path, sites: list[str], stat: str) -> str:
 def _figure_what(stem: str, sites: list[str], stat: str) -> str:
     """'figure2_mlp_matched_max' -> 'Figure 2 (layer trend), site mlp, reduction matched_max'."""
     kind, _, rest = stem.partition("_")
+    if kind == "figure2" and rest.endswith(VS_BASE):  # 'figure2_mlp_vs_base'
+        site = rest.removesuffix(VS_BASE)
+        return f"Figure 2 (layer trend) of Δ_base = text − text_base, site {site}, reduction {stat}" \
+            if site in sites else ""
     name = {"figure1": "Figure 1 (distributions per layer)", "figure2": "Figure 2 (layer trend)",
             "significant": "significant neurons per layer"}.get(kind)
     site = next((s for s in sorted(sites, key=len, reverse=True) if rest == s or rest.startswith(f"{s}_")), None)
@@ -261,7 +306,8 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
     nav = " ".join(['<a href="#glance">at a glance</a>', '<a href="#provenance">what was run</a>']
                    + [f'<a href="#site-{_esc(s)}">site {_esc(s)}</a>' for s in tables.sites]
                    + ['<a href="#files">tables and files</a>'])
-    body = [_provenance_section(prov), *(_site_section(tables, s, stat) for s in tables.sites),
+    body = [_provenance_section(prov),
+            *(_site_section(tables, s, stat, forgetting(out_dir, tables, s, stat), model) for s in tables.sites),
             _files_section(out_dir, tables.sites, stat)]
     return "\n".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',

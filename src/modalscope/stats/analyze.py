@@ -20,6 +20,14 @@ chose), so a table read on its own says what was subtracted from what: the names
 `n_text_preferring` / `n_image_preferring` are kept for scripts, and count Δ > 0 / Δ < 0
 of that contrast.
 
+The base-LLM contrast: when the store recorded `text_base` (the VLM's text inputs through
+`--base-model`) and the study's contrast is not already text - text_base, the same analysis
+runs a second time for Δ_base = text - text_base (`base_contrast`, `run_analysis`): its
+Table 3 columns join the study's with the suffix `_vs_base` (`mean_diff_vs_base`,
+`t_value_mean_vs_base`, ...; FDR over the site's neurons, as for the main contrast), and its
+layer summary, per-input layer means and trend are kept beside the main ones
+(`Analysis.vs_base`, `summary[site]["vs_base"]`). Without `text_base` nothing changes.
+
 Randomness: `settings.seed` is the study's `--seed`; the sign flips and the bootstrap take
 their own streams of it (see seeds.py), so they are independent of each other and of the
 shuffle that ordered the inputs.
@@ -28,7 +36,7 @@ shuffle that ordered the inputs.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -39,6 +47,8 @@ from modalscope.stats.tests import one_sample_t
 from modalscope.store import ActivationStore
 
 CONTRAST = ("text", "image")  # Δ = text - image, as in the report
+BASE_CONTRAST = ("text", "text_base")  # Δ_base: the VLM's text input minus the base LLM's
+VS_BASE = "_vs_base"  # suffix of Δ_base's Table 3 columns, after the usual name
 PRIMARY_STAT = "max"
 TEST_COLUMNS = ["n", "mean_diff", "sd_diff", "t_value", "p_value", "q_value", "cohen_d", "p_perm"]
 ALPHA = 0.05
@@ -187,10 +197,39 @@ class Analysis:
     layers: pd.DataFrame  # layer summary with controls
     summary: dict[str, dict]  # per site: the trend with its input-level uncertainty
     input_means: pd.DataFrame  # site, stat, input_index, layer, mean_delta
+    vs_base: "Analysis | None" = None  # Δ_base = text - text_base, when the store has text_base
 
 
-def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = None) -> Analysis:
-    """Every table of the analysis for every site of the store."""
+def base_contrast(store: ActivationStore, contrast: tuple[str, str]) -> tuple[str, str] | None:
+    """text - text_base when the store recorded the base LLM's stream and the study's own
+    contrast is not already that one; else None."""
+    if BASE_CONTRAST[1] not in store.conditions or tuple(contrast) == BASE_CONTRAST:
+        return None
+    return BASE_CONTRAST
+
+
+def vs_base_columns(stats: list[str]) -> list[str]:
+    """Table 3 columns of Δ_base taken beside the main contrast's, unsuffixed (`mean_diff`,
+    `t_value_mean`, ...): every test column of every reduction but `n` (the same inputs)."""
+    return [column(n, s) for s in stats for n in TEST_COLUMNS if n != "n"]
+
+
+def _join_vs_base(neurons: pd.DataFrame, base: pd.DataFrame, stats: list[str]) -> pd.DataFrame:
+    """Table 3 with Δ_base's test columns appended as `{column}_vs_base`, and its contrast
+    as `contrast_vs_base`; rows are matched on site, layer and neuron."""
+    keys = ["site", "layer", "neuron"]
+    names = vs_base_columns(stats) + ["contrast"]
+    extra = base[keys + names].rename(columns={c: c + VS_BASE for c in names})
+    joined = neurons.merge(extra, on=keys, how="left", validate="one_to_one")
+    if len(joined) != len(neurons):
+        raise AssertionError("Table 3 rows of the base contrast do not match the study's")
+    return joined
+
+
+def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = None,
+                 vs_base: bool = True) -> Analysis:
+    """Every table of the analysis for every site of the store; with `vs_base` and a store
+    that recorded `text_base`, also Δ_base = text - text_base (see the module docstring)."""
     settings = settings or AnalysisSettings(seed=int(store.attrs.get("seed", 0)))
     if store.n_done < 2:
         raise ValueError(f"{store.path}: {store.n_done} finished inputs; a t-test needs at least 2")
@@ -216,12 +255,20 @@ def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = Non
                 "layer": layer_index.ravel(), "mean_delta": means.ravel(),
                 "contrast": contrast_name(settings.contrast),
             }))
-    return Analysis(
+    result = Analysis(
         pd.concat(neuron_frames, ignore_index=True),
         pd.concat(layer_frames, ignore_index=True),
         summary,
         pd.concat(input_frames, ignore_index=True),
     )
+    second = base_contrast(store, settings.contrast) if vs_base else None
+    if second is not None:  # the same machinery, the same seed (so the same sign flips), Δ_base
+        base = run_analysis(store, replace(settings, contrast=second), vs_base=False)
+        result.neurons = _join_vs_base(result.neurons, base.neurons, store.stats)
+        for name in store.sites:
+            summary[name]["vs_base"] = base.summary[name]
+        result.vs_base = base
+    return result
 
 
 def analyze(
