@@ -5,8 +5,6 @@ or listed in skipped.parquet with a reason."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import unicodedata
 
 import numpy as np
@@ -16,6 +14,7 @@ import zarr
 from PIL import Image
 
 from awkward import AWKWARD
+from cli_run import modalscope
 
 
 def _plain(text: str) -> str:
@@ -33,9 +32,8 @@ def test_awkward_captions_run_end_to_end_on_the_real_llava_files(real_llava_dir,
         lines.append(json.dumps({"image": f"images/{i}.png", "caption": caption, "id": f"p{i}"}))
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "study"
-    done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", str(real_llava_dir),
-                           "--jsonl", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=1200)
+    done = modalscope("run", "--model", str(real_llava_dir),
+                           "--jsonl", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
 
     manifest = pd.read_parquet(out / "manifest.parquet")

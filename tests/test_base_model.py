@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from cli_run import modalscope
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +43,10 @@ def test_text_minus_text_base_is_zero_before_the_changed_layers(base_and_vlm, co
     base, vlm = base_and_vlm
     captions, images = coco_files
     out = tmp_path / "study"
-    done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", str(vlm), "--base-model", str(base),
+    done = modalscope("run", "--model", str(vlm), "--base-model", str(base),
                            "--captions", str(captions), "--images", str(images), "--num-pairs", "12",
                            "--contrast", "text-text_base", "--out", str(out), "--quiet", "--no-png",
-                           "--permutations", "200", "--bootstrap", "200", "--conditions", "text,image"],
-                          capture_output=True, text=True, timeout=600)
+                           "--permutations", "200", "--bootstrap", "200", "--conditions", "text,image")
     assert done.returncode == 0, done.stderr[-3000:]
     t3 = pd.read_parquet(out / "tables/table3_neurons.parquet")
     assert (t3["contrast"] == "text - text_base").all()
@@ -83,10 +82,9 @@ def test_a_base_with_other_widths_or_another_tokenizer_is_refused_in_one_line(ba
             shutil.copy(real_llava_dir / name, other_tokenizer / name)
     for candidate, words in ((narrow, "layers of widths"), (other_tokenizer, "reads"), (vlm, "a vision-language model")):
         out = tmp_path / f"study-{candidate.name}"
-        done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", str(vlm), "--base-model",
+        done = modalscope("run", "--model", str(vlm), "--base-model",
                                str(candidate), "--captions", str(captions), "--images", str(images),
-                               "--num-pairs", "4", "--out", str(out), "--quiet"],
-                              capture_output=True, text=True, timeout=600)
+                               "--num-pairs", "4", "--out", str(out), "--quiet")
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
         assert words in done.stderr, done.stderr
         assert not out.exists()  # refused before anything is written
@@ -101,11 +99,10 @@ def default_study(base_and_vlm, coco_files, tmp_path_factory) -> Path:
     base, vlm = base_and_vlm
     captions, images = coco_files
     out = tmp_path_factory.mktemp("default") / "study"
-    done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", str(vlm), "--base-model", str(base),
+    done = modalscope("run", "--model", str(vlm), "--base-model", str(base),
                            "--captions", str(captions), "--images", str(images), "--num-pairs", "12",
                            "--out", str(out), "--quiet", "--no-png", "--permutations", "200", "--bootstrap", "200",
-                           "--conditions", "text,image"],
-                          capture_output=True, text=True, timeout=600)
+                           "--conditions", "text,image")
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

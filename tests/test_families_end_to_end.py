@@ -4,8 +4,6 @@ every output of the contract, with image content counts that follow each image's
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -13,6 +11,7 @@ import pytest
 import zarr
 from PIL import Image
 
+from cli_run import modalscope
 from real_models import qwen2_vl_files, real_files
 
 pytestmark = pytest.mark.slow
@@ -41,10 +40,9 @@ def test_run_writes_every_output_on_the_real_files(name, tmp_path):
         lines.append(json.dumps({"image": f"images/{i}.png", "caption": caption, "id": f"p{i}"}))
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "study"
-    done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", str(model), "--jsonl",
+    done = modalscope("run", "--model", str(model), "--jsonl",
                            str(tmp_path / "pairs.jsonl"), "--out", str(out), "--quiet", "--no-png",
-                           "--permutations", "200", "--bootstrap", "200"],
-                          capture_output=True, text=True, timeout=900)
+                           "--permutations", "200", "--bootstrap", "200")
     assert done.returncode == 0, done.stderr[-3000:]
     for path in OUTPUTS:
         assert (out / path).exists(), path

@@ -3,10 +3,9 @@ processor); as --model it is refused in one line, since it has no image conditio
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
+
+from cli_run import modalscope
 
 
 def _base(tiny_model_dir, folder):
@@ -41,9 +40,8 @@ def test_a_plain_lm_loads_with_its_tokenizer_and_records_the_text_path(tiny_mode
 def test_a_plain_lm_as_model_is_refused_in_one_line(tiny_model_dir, coco_files, tmp_path):
     folder = _base(tiny_model_dir, tmp_path / "base")
     captions, images = coco_files
-    done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", str(folder), "--captions",
-                           str(captions), "--images", str(images), "--out", str(tmp_path / "study"), "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    done = modalscope("run", "--model", str(folder), "--captions",
+                           str(captions), "--images", str(images), "--out", str(tmp_path / "study"), "--quiet")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert "a language model without vision (llama)" in done.stderr and "--base-model" in done.stderr
     assert not (tmp_path / "study").exists()

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_run import Done, modalscope
 from real_models import real_files
 
 
-def _run(args: list[str], tmp_path: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+def _run(args: list[str], tmp_path: Path, capsys=None) -> Done:
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"image": "a.png", "caption": "A dog.", "id": 1}) + "\n")
-    return subprocess.run([sys.executable, "-m", "modalscope", "run", "--jsonl", str(pairs),
-                           "--out", str(tmp_path / "study"), "--quiet", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return modalscope("run", "--jsonl", pairs, "--out", tmp_path / "study", "--quiet", *args)
 
 
-def _one_line(done: subprocess.CompletedProcess, *words: str) -> str:
+def _one_line(done: Done, *words: str) -> str:
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("modalscope: error: "), done.stderr
     for word in words:
@@ -30,44 +27,44 @@ def _one_line(done: subprocess.CompletedProcess, *words: str) -> str:
     return done.stderr
 
 
-def test_unsupported_model_type_is_refused_from_the_config_alone(real_llava_dir, tmp_path):
+def test_unsupported_model_type_is_refused_from_the_config_alone(real_llava_dir, tmp_path, capsys):
     """A family modalscope has no adapter for (transformers knows it): refused from config.json,
     naming the supported types; the folder's weights are never read."""
     folder = tmp_path / "idefics2"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "idefics2"}))
-    done = _run(["--model", str(folder)], tmp_path)
+    done = _run(["--model", str(folder)], tmp_path, capsys)
     _one_line(done, "model type 'idefics2' is not supported yet", "supported: llava, llava_next, qwen2_5_vl")
     assert not (tmp_path / "study").exists()
 
 
 @pytest.mark.parametrize("name", ["llava-next", "qwen2.5-vl"])
-def test_a_repository_without_weights_is_one_line(name, tmp_path):
+def test_a_repository_without_weights_is_one_line(name, tmp_path, capsys):
     """The real repositories' small files hold no weights: config and processor pass, the
     weights fail, in one line, before anything is written."""
-    done = _run(["--model", str(real_files(name))], tmp_path)
+    done = _run(["--model", str(real_files(name))], tmp_path, capsys)
     _one_line(done, "cannot load its weights")
     assert not (tmp_path / "study").exists()
 
 
-def test_missing_local_folder_is_one_line(tmp_path):
-    done = _run(["--model", str(tmp_path / "no-such-model")], tmp_path)
+def test_missing_local_folder_is_one_line(tmp_path, capsys):
+    done = _run(["--model", str(tmp_path / "no-such-model")], tmp_path, capsys)
     _one_line(done, "no such folder")
-    done = _run(["--model", str(tmp_path / "pairs.jsonl")], tmp_path)
+    done = _run(["--model", str(tmp_path / "pairs.jsonl")], tmp_path, capsys)
     _one_line(done, "not a model folder")
     assert not (tmp_path / "study").exists()
 
 
-def test_unreachable_hub_id_says_offline_and_that_a_local_folder_works(tmp_path):
+def test_unreachable_hub_id_says_offline_and_that_a_local_folder_works(tmp_path, capsys):
     """These machines have no network: the hub lookup fails (after huggingface_hub's retries)."""
-    done = _run(["--model", "llava-hf/llava-1.5-7b-hf"], tmp_path)
+    done = _run(["--model", "llava-hf/llava-1.5-7b-hf"], tmp_path, capsys)
     _one_line(done, "--model llava-hf/llava-1.5-7b-hf", "offline?", "local folder")
     assert not (tmp_path / "study").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_cuda_without_cuda_is_one_line(real_llava_dir, tmp_path):
-    done = _run(["--model", str(real_llava_dir), "--device", "cuda"], tmp_path)
+def test_cuda_without_cuda_is_one_line(real_llava_dir, tmp_path, capsys):
+    done = _run(["--model", str(real_llava_dir), "--device", "cuda"], tmp_path, capsys)
     _one_line(done, "--device cuda: torch sees no CUDA GPU", "--device cpu")
     assert not (tmp_path / "study").exists()
 

@@ -122,8 +122,10 @@ def bootstrap_trend(
         del weights
         slopes[start : start + size], r2s[start : start + size] = _line_fit(means)
     tails = [50 * (1 - level), 50 * (1 + level)]
-    s_low, s_high = np.nanpercentile(slopes, tails)
-    r_low, r_high = np.nanpercentile(r2s, tails)
+    with warnings.catch_warnings():  # fewer than 3 layers: every slope is NaN, and so its CI
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s_low, s_high = np.nanpercentile(slopes, tails)
+        r_low, r_high = np.nanpercentile(r2s, tails)
     return {
         "slope": float(slope[0]),
         "r2": float(r2[0]),
