@@ -29,10 +29,66 @@ through the model, records the max and mean activation of every neuron of every
 decoder layer, and tests per neuron whether Δ = max_text - max_image differs from 0.
 
 Start with `modalscope demo --out demo-out` (tiny model, synthetic data, offline; open
-demo-out/report.html), then
-`modalscope run --model llava-hf/llava-1.5-7b-hf --captions captions_val2017.json
---images val2017/ --num-pairs 5000 --out study/`.
+demo-out/report.html). For a real study, `modalscope init` writes a commented study.toml
+(LLaVA-1.5-7B on COCO val2017); edit it, then `modalscope run --config study.toml`.
+Every run writes DIR/study.toml, its complete settings: `modalscope run --config
+DIR/study.toml --out NEW` repeats it. Flags given on the command line beat the file.
 """
+# Flags whose dest is not the StudyConfig field of the same name (see study_file.KEYS).
+FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dtype", "device_map",
+               "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
+               "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr",
+               "n_perm", "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
+CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run writes DIR/study.toml): "
+               "every option under [data], [model], [conditions], [reductions], [statistics], [output], "
+               "keys named like the flags (num_pairs, permutations, ...); a flag given here beats the file")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with options spelled out in full and errors on one line.
+
+    Why: argparse's prefix matching lets `--num-pair 5` pass as `--num-pairs` (and would let a
+    future option change what an old command means), and its usage dump buries the one line
+    that matters. An unknown option gets the closest valid one instead."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.commands = {}
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = sys.argv[1:] if args is None else list(args)
+        # An unknown option first: argparse would report a missing required one before it.
+        command = next((a for a in args if a in self.commands), None)
+        if command is not None:
+            sub = self.commands[command]
+            known = {o for a in sub._actions for o in a.option_strings}
+            rest = args[args.index(command) + 1:]
+            unknown = [a for a in rest if a.startswith("--") and a != "--" and a.split("=", 1)[0] not in known]
+            if unknown:
+                self.error(self._unrecognized(unknown, sub))
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self._unrecognized(extras, self.commands.get(getattr(parsed, "command", None), self)))
+        return parsed
+
+    @staticmethod
+    def _unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
+        from modalscope.study_file import suggest_option
+
+        options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        unknown = next((e for e in extras if e.startswith("-")), None)
+        if unknown is None:
+            return f"unrecognized arguments: {' '.join(extras)}"
+        name = unknown.split("=", 1)[0]
+        close = suggest_option(name, options)
+        hint = f"did you mean {close}?" if close else f"see `{parser.prog} --help`"
+        return f"unrecognized option {name}; {hint}"
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"modalscope: error: {message}\n")
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -54,6 +110,7 @@ def _sites(text: str) -> tuple[str, ...]:
 
 def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
     g = p.add_argument_group("model")
+    p.add_argument("--config", type=Path, metavar="STUDY.TOML", help=CONFIG_HELP)
     g.add_argument("--model", required=model_required,
                    help="hub id or local folder of a supported model (README: Supported models), "
                         "e.g. llava-hf/llava-1.5-7b-hf")
@@ -129,11 +186,15 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
+    """The CLI. With `config_given` (a --config on the command line) the study folder and
+    --model may come from the file, so argparse does not require them."""
+    parser = _Parser(
         prog="modalscope", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices
+    out_help = "study folder DIR (with --config, default: its [output] out)"
 
     p = sub.add_parser("demo", help="whole study on the embedded tiny LLaVA and synthetic COCO set")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder (assets are built in DIR/assets)")
@@ -146,12 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     _analysis_options(p)
     _output_options(p)
 
+    p = sub.add_parser("init", help="write a commented starter study.toml (LLaVA-1.5-7B on COCO val2017)")
+    p.add_argument("path", type=Path, nargs="?", default=Path("study.toml"), metavar="PATH",
+                   help="where to write it (default ./study.toml; an existing file is never overwritten)")
+
     p = sub.add_parser("run", help="whole study: manifest, extract, analyze, plot, report")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder DIR")
-    _study_options(p, model_required=True)
+    p.add_argument("--out", type=Path, required=not config_given, metavar="DIR", help=out_help)
+    _study_options(p, model_required=not config_given)
 
     p = sub.add_parser("extract", help="record activations into DIR/activations.zarr (continues a stopped run)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder DIR")
+    p.add_argument("--out", type=Path, required=not config_given, metavar="DIR", help=out_help)
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped extraction in DIR with the settings it recorded "
                         "(model, revision, dtype, sites, tokens, reductions, conditions, batch size)")
@@ -160,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in [("analyze", "statistics and tables from DIR/activations.zarr"),
                        ("plot", "figures (HTML, PNG, SVG) and DIR/report.html from DIR/tables")]:
         p = sub.add_parser(name, help=text)
-        p.add_argument("dir", type=Path, help="study folder DIR")
+        p.add_argument("dir", type=Path, nargs="?" if config_given else None, help=out_help)
+        p.add_argument("--config", type=Path, metavar="STUDY.TOML", help=CONFIG_HELP)
         if name == "analyze":
             _analysis_options(p)
         _output_options(p)
@@ -180,11 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace, out_dir: Path, **extra: object) -> StudyConfig:
-    fields = {k: getattr(args, k) for k in (
-        "model", "revision", "base_model", "base_revision", "device", "dtype", "device_map", "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
-        "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr", "n_perm", "n_boot",
-        "outlier_factor", "stat", "long_tables", "csv", "png") if hasattr(args, k)}
+def _config(args: argparse.Namespace, out_dir: Path | None, **extra: object) -> StudyConfig:
+    """The study of the flags, or with --config of the file with the flags the user gave on top
+    (`args.given`: a default never beats the file); `extra` beats both."""
+    if getattr(args, "config", None) is not None:
+        given = getattr(args, "given", set())
+        overrides: dict[str, object] = {k: getattr(args, k) for k in FLAG_FIELDS if k in given}
+        if "quiet" in given:
+            overrides["progress"] = not args.quiet
+        if out_dir is not None:
+            overrides["out_dir"] = out_dir
+        overrides.update(extra)
+        return StudyConfig.from_toml(args.config, **overrides)
+    fields = {k: getattr(args, k) for k in FLAG_FIELDS if hasattr(args, k)}
     fields = {k: v for k, v in fields.items() if v is not None}
     fields.update(extra)
     return StudyConfig(out_dir=out_dir, progress=not getattr(args, "quiet", False), **fields)
@@ -204,8 +278,31 @@ def _report(result, started: float) -> None:
         print(message)
 
 
+def _given(argv: list[str], config_given: bool) -> set[str]:
+    """The dests the user actually typed: the same parse with every default suppressed."""
+    parser = build_parser(config_given)
+    for p in (parser, *parser.commands.values()):
+        for action in p._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line, with `given`: with --config, the options the user typed (only
+    those beat the file)."""
+    config_given = any(a == "--config" or a.startswith("--config=") for a in argv)
+    args = build_parser(config_given).parse_args(argv)
+    args.given = _given(argv, config_given) if config_given else set()
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        args = parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2), already printed
+        return stop.code if isinstance(stop.code, int) else 0
     started = time.perf_counter()
     try:
         return _dispatch(args, started)
@@ -242,15 +339,30 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
         overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
         config = demo_config(args.out, progress=not args.quiet, **overrides)
         _report(study.run_study(config), started)
+    elif args.command == "init":
+        from modalscope.study_file import write_starter
+
+        path = write_starter(args.path)
+        print(f"wrote {path}: check the data paths in [data], then `modalscope run --config {path}`")
     elif args.command == "run":
         _report(study.run_study(_config(args, args.out)), started)
     elif args.command == "extract":
-        config = _config(args, args.out, **_stored_settings(args))
+        out, model = args.out, args.model
+        if args.config is not None:  # the folder and model may come from the file
+            from modalscope.study_file import read
+
+            settings = read(args.config)
+            out = out or settings.get("out_dir")
+            model = model or settings.get("model")
+            if out is None:
+                raise ValueError(f"{args.config}: no [output] out; give the study folder there or with --out DIR")
+        config = _config(args, Path(out), **_stored_settings(Path(out), model, args.resume))
         config.validate()
         store = study.extract_stage(config)
         if int(os.environ.get("RANK", 0)) == 0:
+            study.write_study_file(config)  # the model and data passed their checks
             print(f"{store.n_done} of {store.attrs['n_inputs']} pairs recorded in {store.path}")
-            for note in data_notes(args.out):
+            for note in data_notes(config.out_dir):
                 print(note)
     elif args.command == "analyze":
         config = _config(args, args.dir)
@@ -261,10 +373,14 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
         if skipped:
             print(skipped)
     elif args.command == "plot":
-        paths, message = study.plot_stage(args.dir, args.png, args.stat)
+        out, png, stat = args.dir, args.png, args.stat
+        if args.config is not None:
+            config = _config(args, args.dir)
+            out, png, stat = config.out_dir, config.png, config.stat
+        paths, message = study.plot_stage(out, png, stat)
         for path in paths:
             print(f"  figure  {path}")
-        print(f"  report  {study.report_stage(args.dir, args.stat)}")  # its figure links follow
+        print(f"  report  {study.report_stage(out, stat)}")  # its figure links follow
         if message:
             print(message)
     elif args.command == "report":
@@ -275,17 +391,17 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
     return 0
 
 
-def _stored_settings(args: argparse.Namespace) -> dict[str, object]:
+def _stored_settings(out: Path, model: str | None, resume: bool) -> dict[str, object]:
     """`extract --resume` (or without --model) continues with what DIR's store recorded."""
-    if args.model and not args.resume:
+    if model and not resume:
         return {}
     from modalscope.store import STORE, ActivationStore
 
-    path = args.out / STORE
+    path = out / STORE
     if not path.exists():
         raise ValueError(f"{path}: nothing to resume; give --model and data to start a study")
     attrs = ActivationStore.open(path).attrs
-    if not args.resume:
+    if not resume:
         return {"model": attrs["model"]}
     conditions = tuple(c for c in ("text", "image", "image_text") if c in attrs["conditions"])
     base = attrs.get("base_model") or {}

@@ -101,8 +101,9 @@ class StudyConfig:
             raise ValueError(f"--quantile {self.quantile}: must be between 0 and 1")
         if self.fdr not in ("bh", "by"):
             raise ValueError(f"--fdr {self.fdr!r}: choose bh or by")
-        if self.n_perm < 200 or self.n_boot < 200:
-            raise ValueError("--permutations and --bootstrap need at least 200 resamples")
+        for flag, value in (("--permutations", self.n_perm), ("--bootstrap", self.n_boot)):
+            if value < 200:
+                raise ValueError(f"{flag} {value}: needs at least 200 resamples")
         if self.tokens not in ("content", "all"):
             raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
@@ -122,6 +123,20 @@ class StudyConfig:
             if value is not None and not value.exists():
                 raise ValueError(f"--{name} {value}: no such file or folder")
         return self
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: object) -> "StudyConfig":
+        """The validated study of a study file (`modalscope init` writes one; every run writes
+        DIR/study.toml); `overrides` (field=value) beat the file. See study_file.py."""
+        from modalscope.study_file import load
+
+        return load(path, **overrides)
+
+    def to_toml(self, path: str | Path) -> Path:
+        """Write every setting to a study file that `from_toml` reads back equal (atomically)."""
+        from modalscope.study_file import write
+
+        return write(self, path)
 
     def as_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

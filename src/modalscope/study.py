@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -402,8 +402,33 @@ def run_study(config: StudyConfig) -> StudyResult:
          "seeds": seed_streams(seed)},  # which random stream the shuffle, sign flips and bootstrap drew
         config.out_dir / "study.json",
     )
+    write_study_file(config)
     result.report = report_stage(config.out_dir, config.stat)
     return result
+
+
+# The study file's data keys: kept from DIR/study.toml when a rerun names no data (it reuses
+# the manifest), so the file still repeats the study from its data.
+DATA_KEYS = ("captions", "images", "jsonl", "num_pairs", "seed")
+
+
+def write_study_file(config: StudyConfig) -> Path:
+    """DIR/study.toml: every setting of the study, defaults included, so that `modalscope run
+    --config DIR/study.toml --out NEW` repeats it. Written once the model and the data passed
+    their checks (never for a refused study); paths are absolute so it works from any folder."""
+    from modalscope.study_file import StudyFileError, read
+
+    path = config.out_dir / "study.toml"
+    settings: dict[str, object] = {}
+    if config.captions is None and config.jsonl is None and path.exists():
+        try:
+            settings = {k: v for k, v in read(path).items() if k in DATA_KEYS}
+        except StudyFileError:
+            settings = {}
+    resolved = replace(config, **settings)
+    paths = {name: Path(value).resolve() for name in ("out_dir", "captions", "images", "jsonl")
+             if (value := getattr(resolved, name)) is not None}
+    return replace(resolved, **paths).to_toml(path)
 
 
 def export_stage(

@@ -227,9 +227,10 @@ class LinkedFile:
 
 
 def table_files(out_dir: Path) -> list[LinkedFile]:
-    """Every table, the manifest, skipped pairs and study.json, to link."""
+    """Every table, the manifest, skipped pairs, study.json and study.toml, to link."""
     out_dir = Path(out_dir)
-    found = [out_dir / "manifest.parquet", out_dir / SKIPPED, out_dir / TRUNCATED, out_dir / "study.json"]
+    found = [out_dir / "manifest.parquet", out_dir / SKIPPED, out_dir / TRUNCATED, out_dir / "study.json",
+             out_dir / "study.toml"]
     found += sorted((out_dir / "tables").glob("*"))
     files = []
     for path in found:
@@ -238,7 +239,9 @@ def table_files(out_dir: Path) -> list[LinkedFile]:
         what = {"manifest.parquet": "the shuffled pairs (row i is input i)",
                 SKIPPED: "pairs left out, with the reason",
                 TRUNCATED: "captions cut to fit the model's context",
-                "study.json": "config, versions and wall time of each stage"}.get(path.name)
+                "study.json": "config, versions and wall time of each stage",
+                "study.toml": "every setting: `modalscope run --config study.toml --out NEW` repeats the study",
+                }.get(path.name)
         what = what or DESCRIPTIONS.get(path.stem.removesuffix("_export"), "")
         if path.suffix == ".csv":
             what = "CSV copy"
