@@ -4,14 +4,14 @@ and the stage commands alone on the finished folder."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
+
+from cli_run import modalscope
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +25,6 @@ TABLE_COLUMNS = {
 }
 N_PAIRS = 48
 LAYERS, WIDTHS = 4, {"residual": 64, "mlp": 176}
-
-
-def modalscope(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modalscope", *args],
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import zarr
 
+from cli_run import modalscope
+
 pytestmark = pytest.mark.slow
 N_PAIRS, BATCH = 24, 2
 
@@ -47,7 +49,7 @@ def pairs(tmp_path_factory, coco_files) -> Path:
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_model_dir, pairs):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    subprocess.run(_extract(clean, tiny_model_dir, pairs), check=True, capture_output=True, timeout=300)
+    assert modalscope(*_extract(clean, tiny_model_dir, pairs)[3:]).returncode == 0  # in process: no kill
 
     rng = np.random.default_rng(int(time.time()))
     target = int(rng.integers(2, N_PAIRS // BATCH - 2)) * BATCH
@@ -65,8 +67,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_model_dir, pairs):
     stopped = _n_done(killed / "activations.zarr")
     assert 0 < stopped < N_PAIRS, f"killed too late to test anything ({stopped})"
 
-    done = subprocess.run([sys.executable, "-m", "modalscope", "extract", "--out", str(killed),
-                           "--resume", "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=300)
+    done = modalscope("extract", "--out", killed, "--resume", "--device", "cpu", "--quiet")
     assert done.returncode == 0, done.stderr
     a = zarr.open_group(str(clean / "activations.zarr"), mode="r")
     b = zarr.open_group(str(killed / "activations.zarr"), mode="r")
@@ -87,7 +88,6 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_model_dir, pairs):
 
 
 def test_resume_without_a_study_is_refused_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "modalscope", "extract", "--out", str(tmp_path), "--resume"],
-                          capture_output=True, text=True, timeout=120)
+    done = modalscope("extract", "--out", tmp_path, "--resume")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "nothing to resume" in done.stderr

@@ -393,13 +393,11 @@ def test_skips_and_cuts_are_counted_in_the_summary_and_said_in_one_line_each(two
 
 
 def test_cli_prints_a_bad_data_file_in_one_line_and_exits_2(tmp_path):
-    import subprocess
-    import sys
+    from cli_run import modalscope
 
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"image": "a.jpg", "caption": "A."}\n["b.jpg", "B."]\n')
-    done = subprocess.run([sys.executable, "-m", "modalscope", "run", "--model", "unused", "--jsonl", str(path),
-                           "--out", str(tmp_path / "study")], capture_output=True, text=True, timeout=300)
+    done = modalscope("run", "--model", "unused", "--jsonl", path, "--out", tmp_path / "study")
     assert done.returncode == 2
     assert done.stderr == (f"modalscope: error: {path}, line 2: a JSON array; expected "
                            '{"image": ..., "caption": ..., "id": ...}; fix or delete the line\n')
