@@ -254,10 +254,12 @@ def _base_check(config: StudyConfig, builder, base):
     """captions -> None, or a one-line ValueError where the base model's tokenizer would read the
     VLM's text inputs (the template, then each caption) differently: the base gets the VLM's
     token ids, which must be the same text to it."""
-    from modalscope.record.inputs import base_mismatch
+    from modalscope.record.inputs import BaseTokens
+
+    tokens = BaseTokens(builder, base.processor.tokenizer) if base is not None else None
 
     def check(captions: list[str]) -> None:
-        where = base_mismatch(builder, base.processor.tokenizer, captions) if base is not None else None
+        where = tokens.mismatch(captions) if tokens is not None else None
         if where:
             raise ValueError(f"--base-model {config.base_model}: its tokenizer reads {where} differently from "
                              f"{config.model}'s, so the same token ids would not be the same text")

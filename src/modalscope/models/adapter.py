@@ -49,6 +49,13 @@ DECODER_SITES = (
 )
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line (its first, without a closing period), for the
+    one-line errors and skip reasons that quote a library's message."""
+    text = str(err).strip()
+    return text.splitlines()[0].rstrip(".:") if text else type(err).__name__
+
+
 def user_turn(text: str | None, image: bool) -> list[dict[str, Any]]:
     """One user turn in the transformers chat format: an image item first, then the text."""
     content: list[dict[str, str]] = [{"type": "image"}] if image else []

@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoProcessor, PretrainedConfig, ProcessorM
 from transformers.utils import logging as hf_logging
 
 from modalscope.models import ADAPTERS, ModelAdapter, adapter_for
+from modalscope.models.adapter import first_line
 
 # Packages transformers' processors import on demand, as their error messages name them.
 OPTIONAL_PACKAGES = ("torchvision", "sentencepiece", "protobuf", "tiktoken", "timm", "av", "decord")
@@ -76,11 +77,6 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].rstrip(".:") if text else type(err).__name__
-
-
 def read_config(model_id: str, revision: str | None = None) -> PretrainedConfig:
     """The model's config alone (kilobytes), with the model's location and family checked."""
     local = Path(model_id).expanduser()
@@ -95,14 +91,14 @@ def read_config(model_id: str, revision: str | None = None) -> PretrainedConfig:
         config = AutoConfig.from_pretrained(model_id, **hub_options(model_id, revision))
     except OSError as err:
         if local.exists():
-            raise ModelError(f"--model {model_id}: cannot read its config.json ({_first_line(err)})") from None
+            raise ModelError(f"--model {model_id}: cannot read its config.json ({first_line(err)})") from None
         raise ModelError(
             f"--model {model_id}: no local folder of that name, and the model hub did not provide it "
-            f"({_first_line(err)}); offline? download it where there is a network and pass the local "
+            f"({first_line(err)}); offline? download it where there is a network and pass the local "
             "folder as --model"
         ) from None
     except ValueError as err:  # a model_type transformers itself does not know
-        raise ModelError(f"--model {model_id}: {_first_line(err)}; modalscope supports model types "
+        raise ModelError(f"--model {model_id}: {first_line(err)}; modalscope supports model types "
                          f"{', '.join(ADAPTERS)}") from None
     finally:
         hub_logging()
@@ -160,9 +156,9 @@ def load_processor(model_id: str, revision: str | None = None, adapter: ModelAda
             package = "torchvision"  # transformers 5.23 builds video processors only on torchvision
         what = f"pip install {package}" if package else "install the package it names"
         raise ModelError(f"--model {model_id}: its processor needs a package that is not installed "
-                         f"({_first_line(err)}); {what}") from None
+                         f"({first_line(err)}); {what}") from None
     except (OSError, ValueError) as err:
-        raise ModelError(f"--model {model_id}: cannot load its processor ({_first_line(err)})") from None
+        raise ModelError(f"--model {model_id}: cannot load its processor ({first_line(err)})") from None
     processor.tokenizer.padding_side = "right"
     return processor
 
@@ -233,7 +229,7 @@ def load_model(
             quantization_config=quantized,
         )
     except OSError as err:  # no weight files (a repository's small files only), a broken download
-        raise ModelError(f"--model {model_id}: cannot load its weights ({_first_line(err)})") from None
+        raise ModelError(f"--model {model_id}: cannot load its weights ({first_line(err)})") from None
     if target is not None:
         model.to(target)
     model.eval()

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from modalscope.config import BASE_STREAM
 from modalscope.data.pairs import DataError
+from modalscope.models.adapter import first_line
 from modalscope.models.loading import LoadedModel
 from modalscope.record.hooks import Recorder, vision_guard
 from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load_image
@@ -122,9 +123,8 @@ class PairBatches(Dataset):
                 break
         else:
             row = rows.iloc[0]
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return (f"{row.image_path}: pair {row.pair_id}: cannot prepare the model inputs "
-                f"({type(err).__name__}: {reason}); it passed this check when DIR/manifest.parquet was "
+                f"({type(err).__name__}: {first_line(err)}); it passed this check when DIR/manifest.parquet was "
                 "made, so the model or processor changed: start a new --out")
 
 

@@ -49,7 +49,7 @@ from tokenizers import Encoding, Tokenizer
 from transformers import ProcessorMixin
 
 from modalscope.data.images import load_rgb
-from modalscope.models.adapter import GENERIC, ModelAdapter
+from modalscope.models.adapter import GENERIC, ModelAdapter, first_line
 
 TokenScope = Literal["content", "all"]
 CAPTION_SLOT = "\u0000CAPTION\u0000"
@@ -365,41 +365,47 @@ class PromptBuilder:
         try:
             text, caption_mask = self._text([caption])
             masks = {"text": text.content, "text caption": caption_mask}
+            decoded = [("text", text.inputs["input_ids"][0], caption_mask[0])]  # (input, ids, caption)
             if image_text:
                 joint, streams = self.image_text_batch([image], [caption])
                 masks.update(streams)
-                ids = {"text caption": text.inputs["input_ids"], "image_text_caption": joint.inputs["input_ids"]}
+                decoded.append(("image_text", joint.inputs["input_ids"][0], streams["image_text_caption"][0]))
             else:
                 masks["image"] = self.image_batch([image]).content
-                ids = {"text caption": text.inputs["input_ids"]}
         except Exception as err:  # noqa: BLE001 - any tokenizer/processor failure skips the pair
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            return f"cannot prepare the model inputs ({type(err).__name__}: {reason})"
+            return f"cannot prepare the model inputs ({type(err).__name__}: {first_line(err)[:200]})"
         empty = [name for name, mask in masks.items() if not mask.any()]
         if empty:
             return f"caption gives no content tokens in the {empty[0]} input"
         want = _plain(self.fit_captions([caption])[0])
-        for name, row in ids.items():
-            mask = masks["text caption" if name == "text caption" else "image_text_caption"]
-            got = self.tokenizer.decode(row[0][mask[0]].tolist(), skip_special_tokens=False)
+        for name, ids, mask in decoded:
+            got = self.tokenizer.decode(ids[mask].tolist(), skip_special_tokens=False)
             if _plain(got) != want:
-                return f"caption tokens of the {name.split()[0]} input decode to {got!r}, not to the caption"
+                return f"caption tokens of the {name} input decode to {got!r}, not to the caption"
         return None
 
 
-def base_mismatch(builder: PromptBuilder, tokenizer, captions: Sequence[str]) -> str | None:
-    """Where a base model's tokenizer would read the VLM's text inputs differently (the base
-    gets the VLM's ids, which must mean the same text to it): "the template", the first such
-    caption, or None."""
-    head = tokenizer(builder.text_pieces.head)["input_ids"]
-    tail = tokenizer(builder.text_pieces.tail, add_special_tokens=False)["input_ids"]
-    if list(head) != list(builder._text_head) or list(tail) != list(builder._text_tail):
-        return "the template"
-    runs = [builder.text_pieces.text(c) for c in builder.fit_captions(captions)]
-    for caption, ours, theirs in zip(captions, builder.plain.encode(runs), PlainText(tokenizer).encode(runs)):
-        if ours.ids != theirs.ids:
-            return repr(caption)
-    return None
+class BaseTokens:
+    """Whether a base model's tokenizer reads the VLM's text inputs as the VLM does (the base
+    gets the VLM's ids, which must mean the same text to it). Made once: copying a tokenizer
+    into `PlainText` takes seconds for a 150k vocabulary, and the manifest walk asks per pair."""
+
+    def __init__(self, builder: PromptBuilder, tokenizer) -> None:
+        self.builder = builder
+        self.plain = PlainText(tokenizer)
+        head = tokenizer(builder.text_pieces.head)["input_ids"]
+        tail = tokenizer(builder.text_pieces.tail, add_special_tokens=False)["input_ids"]
+        self.template_differs = list(head) != list(builder._text_head) or list(tail) != list(builder._text_tail)
+
+    def mismatch(self, captions: Sequence[str]) -> str | None:
+        """"the template", the first caption read differently (repr), or None."""
+        if self.template_differs:
+            return "the template"
+        runs = [self.builder.text_pieces.text(c) for c in self.builder.fit_captions(captions)]
+        for caption, ours, theirs in zip(captions, self.builder.plain.encode(runs), self.plain.encode(runs)):
+            if ours.ids != theirs.ids:
+                return repr(caption)
+        return None
 
 
 def _plain(text: str) -> str:
