@@ -42,6 +42,21 @@ def loaded(tiny_model_dir: Path):
     return load_model(str(tiny_model_dir), dtype="float32", device="cpu")
 
 
+# One small real study (the tiny LLaVA, 16 pairs), made by `run_study`: the report tests and the
+# bit-identical output check read it.
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, coco_files) -> Path:
+    from modalscope import StudyConfig, run_study
+
+    captions, images = coco_files
+    config = StudyConfig(out_dir=tmp_path_factory.mktemp("study"), model=str(tiny_model_dir), captions=captions,
+                         images=images, num_pairs=16, batch_size=8, device="cpu", n_perm=200, n_boot=200,
+                         png=False, progress=False)
+    result = run_study(config)
+    assert result.report == config.out_dir / "report.html"
+    return config.out_dir
+
+
 # Real model files (config, tokenizer, processor, template; no weights): see real_models.py
 @pytest.fixture(scope="session")
 def real_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -227,3 +227,9 @@ def test_delta_base_layer_tables_summary_figure_and_report(default_study, base_a
         assert (facts.n_up, facts.n_down) == tuple(counts.loc[site, ["n_text_preferring", "n_image_preferring"]])
         assert facts.slope == pytest.approx(summary[site]["vs_base"]["slope"], rel=1e-12)
         assert f"{facts.n_up:,} of {facts.n_neurons:,} neurons have q_vs_base" in report
+
+
+def test_the_base_contrast_outputs_are_bit_identical_to_the_committed_ones(default_study):
+    from test_golden_outputs import check_golden
+
+    check_golden(default_study, "base_contrast")
