@@ -18,7 +18,7 @@ host (the bare forward returns None).
 - `tl`: the TransformerLens 4 bridge for LLaVA, `run_with_cache` with a names filter, then
   reduced. The bridge forces eager attention (so its hook_pattern fires) and runs the whole
   `LlavaForConditionalGeneration` (lm_head included); both are part of its cost.
-- `modalscope`: `Recorder` + `record_batch`, modalscope's own extraction code path.
+- `modalscope`: `Recorder` + `reduce_content`, modalscope's own extraction code path.
 
 All of them run under `torch.inference_mode()` with `use_cache=False`.
 """
@@ -193,9 +193,9 @@ class Modalscope(Contender):
         self.recorder = Recorder(self.model, loaded.adapter, SITES, STATS).__enter__()
 
     def run(self, batch) -> Reductions:
-        from modalscope.record.extract import record_batch
+        from modalscope.record.extract import reduce_content
 
-        return record_batch(self.loaded, self.recorder, batch)
+        return reduce_content(self.loaded, self.recorder, batch)
 
     def close(self) -> None:
         self.recorder.__exit__(None, None, None)

@@ -10,7 +10,7 @@ study's: a caption-only prompt (20 tokens, 12 of them caption) and the image-onl
 the device once; image decoding and tokenisation are not timed.
 
 For each batch size the contenders run in turn (bare forward, modalscope's Recorder and
-record_batch, the HF hidden-states baseline, nnsight if installed; see contenders.py), each
+reduce_content, the HF hidden-states baseline, nnsight if installed; see contenders.py), each
 on its own copy of the weights, `--repeats` rounds after `--warmup`; a pair is one text and
 one image forward. Reported: pairs/s (median), modalscope's time / the bare forward's
 (median of per-round ratios), MFU (model FLOPs per second over the device's dense bf16

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from modalscope.models.adapter import SITES
+from modalscope.record.reductions import ALL_STATS, ALWAYS, ReductionSpec
 
 LongTables = Literal["auto", "always", "never"]
-# Reductions over tokens recorded per input (see record/reduce.py); max and mean always.
-ALL_STATS = ("max", "mean", "matched_max", "frac_active", "quantile")
 # Forwards per pair: caption alone, image alone, and both in one turn (recorded as three
 # streams: all content, its caption tokens, its image tokens).
 CONDITIONS = ("text", "image", "image_text")
@@ -63,7 +62,7 @@ class StudyConfig:
             if value is not None:
                 setattr(self, name, Path(value))
         self.sites = tuple(self.sites)
-        self.stats = tuple(dict.fromkeys(("max", "mean", *self.stats)))
+        self.stats = tuple(dict.fromkeys((*ALWAYS, *self.stats)))
         self.conditions = tuple(dict.fromkeys(("text", "image", *self.conditions)))
 
     @property
@@ -73,6 +72,11 @@ class StudyConfig:
         joint = JOINT_STREAMS if "image_text" in self.conditions else ()
         base = (BASE_STREAM,) if self.base_model else ()
         return ("text", "image", *joint, *base)
+
+    @property
+    def reductions(self) -> ReductionSpec:
+        """The reductions recorded per input and their parameters (record/reductions/)."""
+        return ReductionSpec(self.stats, self.quantile)
 
     @property
     def contrast_pair(self) -> tuple[str, str]:

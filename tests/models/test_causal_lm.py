@@ -19,7 +19,7 @@ def _base(tiny_model_dir, folder):
 
 def test_a_plain_lm_loads_with_its_tokenizer_and_records_the_text_path(tiny_model_dir, loaded, tmp_path):
     from modalscope.models.loading import load_model
-    from modalscope.record.extract import for_base, record_batch
+    from modalscope.record.extract import for_base, reduce_content
     from modalscope.record.hooks import Recorder
     from modalscope.record.inputs import PromptBuilder
 
@@ -29,7 +29,7 @@ def test_a_plain_lm_loads_with_its_tokenizer_and_records_the_text_path(tiny_mode
     text = PromptBuilder.for_model(loaded, "content").text_batch(["A red circle.", "Two blue squares on white."])
     batch = for_base(text, base)
     with Recorder(base.model, base.adapter, ["residual"]) as rec:
-        got = record_batch(base, rec, batch)["residual"]
+        got = reduce_content(base, rec, batch)["residual"]
     with torch.inference_mode():
         hidden = base.model.model(**batch.inputs, output_hidden_states=True).hidden_states
     for b in range(2):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modalscope.record.extract import record_batch, record_streams
+from modalscope.record.extract import reduce_content, reduce_forward
 from modalscope.record.hooks import Recorder, vision_guard
 from modalscope.record.inputs import PromptBuilder
 from real_models import real_files
@@ -101,7 +101,7 @@ def test_recording_equals_output_hidden_states(next_loaded, builder, images, con
         batch, streams = builder.image_text_batch(images, CAPTIONS)
     masks = streams or {"content": batch.content}
     with Recorder(next_loaded.model, next_loaded.adapter, ["residual"]) as rec:
-        got = record_streams(next_loaded, rec, batch, masks)
+        got = reduce_forward(next_loaded, rec, batch, masks)
     with torch.inference_mode():
         hidden = next_loaded.adapter.forward_module(next_loaded.model)(
             **batch.inputs, output_hidden_states=True, use_cache=False).hidden_states
@@ -115,8 +115,8 @@ def test_recording_equals_output_hidden_states(next_loaded, builder, images, con
 
 def test_batched_equals_unbatched_across_image_sizes(next_loaded, builder, images):
     with Recorder(next_loaded.model, next_loaded.adapter, ["residual", "mlp"]) as rec:
-        together = record_batch(next_loaded, rec, builder.image_batch(images))
-        alone = [record_batch(next_loaded, rec, builder.image_batch([image])) for image in images]
+        together = reduce_content(next_loaded, rec, builder.image_batch(images))
+        alone = [reduce_content(next_loaded, rec, builder.image_batch([image])) for image in images]
     for site in ("residual", "mlp"):
         for stat in ("max", "mean"):
             torch.testing.assert_close(together[site][stat], torch.cat([a[site][stat] for a in alone]),
@@ -129,9 +129,9 @@ def test_text_only_never_runs_a_vision_module_and_the_guard_says_so(next_loaded,
         lambda m, a, o, name=name: calls.__setitem__(name, calls[name] + 1)) for name in calls]
     try:
         with Recorder(next_loaded.model, next_loaded.adapter, ["residual"]) as rec:
-            record_batch(next_loaded, rec, builder.text_batch(CAPTIONS))
+            reduce_content(next_loaded, rec, builder.text_batch(CAPTIONS))
             assert set(calls.values()) == {0}
-            record_batch(next_loaded, rec, builder.image_batch(images[:1]))
+            reduce_content(next_loaded, rec, builder.image_batch(images[:1]))
             assert set(calls.values()) == {1}
     finally:
         for handle in handles:

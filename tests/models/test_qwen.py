@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modalscope.record.extract import record_batch, record_streams
+from modalscope.record.extract import reduce_content, reduce_forward
 from modalscope.record.hooks import Recorder, vision_guard
 from modalscope.record.inputs import PromptBuilder
 from real_models import qwen2_vl_files, real_files
@@ -130,10 +130,10 @@ def test_recorded_sites_equal_hidden_states_and_neurons_by_hand(any_qwen, images
     image = builder.image_batch(images)
     joint, streams = builder.image_text_batch(images, CAPTIONS)
     with Recorder(loaded.model, loaded.adapter, SITES) as rec:
-        got_text = record_batch(loaded, rec, text)
-        got_image = record_batch(loaded, rec, image)
-        got_joint = record_streams(loaded, rec, joint, streams)
-        again = record_batch(loaded, rec, text)  # after image forwards (the model caches rope_deltas)
+        got_text = reduce_content(loaded, rec, text)
+        got_image = reduce_content(loaded, rec, image)
+        got_joint = reduce_forward(loaded, rec, joint, streams)
+        again = reduce_content(loaded, rec, text)  # after image forwards (the model caches rope_deltas)
     assert got_text["residual"]["max"].shape == (len(CAPTIONS), 2, 64)
     assert got_text["mlp"]["max"].shape == (len(CAPTIONS), 2, 176)
     assert (loaded.adapter.width(loaded.model, "residual"), loaded.adapter.width(loaded.model, "mlp")) == (64, 176)
@@ -198,9 +198,9 @@ def test_text_only_never_runs_the_vision_tower_and_the_guard_refuses_it(qwen, im
         text = builder.text_batch(CAPTIONS)
         assert set(text.inputs) == {"input_ids", "attention_mask"}
         with Recorder(loaded.model, loaded.adapter, SITES) as rec:
-            record_batch(loaded, rec, text)
+            reduce_content(loaded, rec, text)
             assert calls == {"visual": 0, "merger": 0}
-            record_batch(loaded, rec, builder.image_batch(images))
+            reduce_content(loaded, rec, builder.image_batch(images))
     finally:
         for handle in handles:
             handle.remove()
@@ -324,10 +324,10 @@ def test_batched_equals_unbatched(qwen, images, condition):
     def record(indices):
         caps, ims = [CAPTIONS[i] for i in indices], [images[i] for i in indices]
         if condition == "text":
-            return record_batch(loaded, rec, builder.text_batch(caps))
+            return reduce_content(loaded, rec, builder.text_batch(caps))
         if condition == "image":
-            return record_batch(loaded, rec, builder.image_batch(ims))
-        return record_streams(loaded, rec, *builder.image_text_batch(ims, caps))["image_text"]
+            return reduce_content(loaded, rec, builder.image_batch(ims))
+        return reduce_forward(loaded, rec, *builder.image_text_batch(ims, caps))["image_text"]
 
     with Recorder(loaded.model, loaded.adapter, SITES) as rec:
         together = record(range(len(images)))
@@ -343,8 +343,8 @@ def test_image_tokens_of_the_joint_input_equal_image_only_by_causality(qwen, ima
     builder = _builder(loaded)
     joint, streams = builder.image_text_batch(images, CAPTIONS)
     with Recorder(loaded.model, loaded.adapter, SITES) as rec:
-        alone = record_batch(loaded, rec, builder.image_batch(images))
-        together = record_streams(loaded, rec, joint, streams)["image_text_image"]
+        alone = reduce_content(loaded, rec, builder.image_batch(images))
+        together = reduce_forward(loaded, rec, joint, streams)["image_text_image"]
     for site in SITES:
         for stat in ("max", "mean"):
             torch.testing.assert_close(together[site][stat], alone[site][stat], **TOL)

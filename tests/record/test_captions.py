@@ -11,7 +11,7 @@ from PIL import Image
 
 from awkward import AWKWARD, SPECIAL_TEXT, varied
 from modalscope.data.pairs import caption_problem
-from modalscope.record.extract import matched_k, record_streams
+from modalscope.record.extract import matched_k, reduce_forward
 from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import PromptBuilder
 
@@ -59,8 +59,8 @@ def test_matched_max_is_finite_and_equals_max_where_k_is_the_stream_length(real_
     k = matched_k(counts)
     stats = ["max", "mean", "matched_max"]
     with Recorder(real_loaded.model, real_loaded.adapter, ["residual", "mlp"], stats) as rec:
-        got = record_streams(real_loaded, rec, joint, streams, k)
-        got["text"] = record_streams(real_loaded, rec, text, {"text": text.content}, k)["text"]
+        got = reduce_forward(real_loaded, rec, joint, streams, k)
+        got["text"] = reduce_forward(real_loaded, rec, text, {"text": text.content}, k)["text"]
     for stream, by_site in got.items():
         for site, by_stat in by_site.items():
             for stat, values in by_stat.items():
@@ -75,7 +75,7 @@ def test_k_above_a_stream_length_is_a_bug_not_a_precision_problem(real_loaded):
     text = builder.text_batch(["TWO DOGS PLAYING"])
     with Recorder(real_loaded.model, real_loaded.adapter, ["residual"], ["max", "matched_max"]) as rec:
         with pytest.raises(AssertionError, match="bug: matched_max k=9 exceeds the 8 tokens of stream text"):
-            record_streams(real_loaded, rec, text, {"text": text.content}, torch.tensor([9]))
+            reduce_forward(real_loaded, rec, text, {"text": text.content}, torch.tensor([9]))
 
 
 def test_k_fits_every_stream_for_thousands_of_varied_captions(real_loaded, image):

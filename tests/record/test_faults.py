@@ -78,14 +78,14 @@ def test_fp16_overflow_stops_naming_pairs_and_dtype(tmp_path, make_jsonl, tiny_m
 
 def _oom_above(monkeypatch, limit):
     """The forward runs out of memory for batches larger than `limit` (what CUDA raises)."""
-    real = extract_module.record_streams
+    real = extract_module.reduce_forward
 
-    def record_streams(loaded, recorder, batch, streams, k=None):
+    def reduce_forward(loaded, recorder, batch, streams, k=None):
         if batch.content.shape[0] > limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(loaded, recorder, batch, streams, k)
 
-    monkeypatch.setattr(extract_module, "record_streams", record_streams)
+    monkeypatch.setattr(extract_module, "reduce_forward", reduce_forward)
 
 
 def test_out_of_memory_names_the_batch_size_to_try(tmp_path, make_jsonl, tiny_model_dir, monkeypatch):

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from modalscope.record.extract import record_batch
+from modalscope.record.extract import reduce_content
 from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import PromptBuilder, load_image
-from modalscope.record.reduce import masked_max_mean
+from reducing import masked_max_mean
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_residual_site_equals_output_hidden_states(any_loaded, any_builder, pair
     captions, images = pairs
     batch = any_builder.text_batch(captions) if condition == "text" else any_builder.image_batch(images)
     with Recorder(any_loaded.model, any_loaded.adapter, ["residual"]) as rec:
-        got = record_batch(any_loaded, rec, batch)["residual"]
+        got = reduce_content(any_loaded, rec, batch)["residual"]
     with torch.inference_mode():
         out = any_loaded.model.model(**batch.inputs, output_hidden_states=True, use_cache=False)
     hidden = out.hidden_states
@@ -88,7 +88,7 @@ def test_mlp_site_equals_gated_product_by_hand(any_loaded, any_builder, pairs):
     ]
     try:
         with Recorder(any_loaded.model, any_loaded.adapter, ["mlp"]) as rec:
-            got = record_batch(any_loaded, rec, batch)["mlp"]
+            got = reduce_content(any_loaded, rec, batch)["mlp"]
     finally:
         for h in handles:
             h.remove()
@@ -110,8 +110,8 @@ def test_batched_equals_unbatched(any_loaded, any_builder, pairs, condition):
     make = any_builder.text_batch if condition == "text" else any_builder.image_batch
     items = captions if condition == "text" else images
     with Recorder(any_loaded.model, any_loaded.adapter, ["residual", "mlp"]) as rec:
-        together = record_batch(any_loaded, rec, make(items))
-        alone = [record_batch(any_loaded, rec, make([item])) for item in items]
+        together = reduce_content(any_loaded, rec, make(items))
+        alone = [reduce_content(any_loaded, rec, make([item])) for item in items]
     for site in ("residual", "mlp"):
         for stat in ("max", "mean"):
             stacked = torch.cat([a[site][stat] for a in alone])
@@ -162,9 +162,9 @@ def test_device_map_auto_records_the_same_values(tiny_model_dir, loaded, builder
     captions, images = pairs
     k = torch.tensor([3] * len(captions))
     with Recorder(placed.model, placed.adapter, ["residual", "mlp"], ["max", "matched_max"]) as rec:
-        got = record_batch(placed, rec, builder.image_batch(images), k)
+        got = reduce_content(placed, rec, builder.image_batch(images), k)
     with Recorder(loaded.model, loaded.adapter, ["residual", "mlp"], ["max", "matched_max"]) as rec:
-        ref = record_batch(loaded, rec, builder.image_batch(images), k)
+        ref = reduce_content(loaded, rec, builder.image_batch(images), k)
     for site in ("residual", "mlp"):
         for stat in ("max", "matched_max"):
             torch.testing.assert_close(got[site][stat], ref[site][stat])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modalscope.record.extract import record_batch
+from modalscope.record.extract import reduce_content
 from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import PromptBuilder
 
@@ -46,9 +46,9 @@ def test_text_only_never_runs_vision_tower_or_projector(loaded, images):
     counts, handles = _count_calls(loaded)
     try:
         with Recorder(loaded.model, loaded.adapter, ["residual"]) as rec:
-            record_batch(loaded, rec, builder.text_batch(CAPTIONS))
+            reduce_content(loaded, rec, builder.text_batch(CAPTIONS))
             assert all(c == 0 for c in counts.values()), counts
-            record_batch(loaded, rec, builder.image_batch(images))
+            reduce_content(loaded, rec, builder.image_batch(images))
     finally:
         for h in handles:
             h.remove()
@@ -149,14 +149,14 @@ def test_image_text_streams_mask_caption_and_image_tokens(any_loaded, images):
 def test_image_tokens_of_the_joint_input_equal_image_only_by_causality(loaded, images):
     """Image tokens precede the caption, so under causal attention they cannot see it: their
     reductions in the image_text input equal those of the image-only input."""
-    from modalscope.record.extract import record_streams
+    from modalscope.record.extract import reduce_forward
 
     builder = _builder(loaded)
     joint, streams = builder.image_text_batch(images, CAPTIONS)
     k = torch.tensor([5, 7])
     with Recorder(loaded.model, loaded.adapter, ["residual", "mlp"], ["max", "mean", "matched_max"]) as rec:
-        alone = record_batch(loaded, rec, builder.image_batch(images), k)
-        together = record_streams(loaded, rec, joint, streams, k)["image_text_image"]
+        alone = reduce_content(loaded, rec, builder.image_batch(images), k)
+        together = reduce_forward(loaded, rec, joint, streams, k)["image_text_image"]
     for site in ("residual", "mlp"):
         for stat in ("max", "mean", "matched_max"):
             torch.testing.assert_close(together[site][stat], alone[site][stat], rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""`masked_order_stats` equals brute-force references and removes the length bias of max."""
+"""The reductions equal brute-force references and matched_max removes the length bias of max."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from modalscope.record.reduce import masked_max_mean, masked_order_stats, shared_span, span_max_mean
+from modalscope.record.tokens import shared_span
+from reducing import ORDER, masked_max_mean, masked_order_stats, span_reductions
 
 GARBAGE = 1e4  # unmasked positions hold this; any leak into a statistic is obvious
 
@@ -134,11 +135,26 @@ def test_matched_max_removes_length_bias_that_raw_max_has():
     assert raw.mean() < -20 * raw.std() / raw.numel() ** 0.5
 
 
-def test_config_offers_exactly_the_reductions_the_hooks_compute():
+def test_every_registered_reduction_keeps_the_contract():
+    """Whatever module is added to record/reductions: float32 [batch, neurons], NaN for a row
+    without content, the same on the span path as on the masked one, and listed by the config."""
     from modalscope.config import ALL_STATS as offered
-    from modalscope.record.reduce import ALL_STATS as computed
+    from modalscope.record.reductions import ALL_STATS, ReductionSpec, implementation, reduce_tokens
 
-    assert offered == computed
+    assert offered == ALL_STATS and ALL_STATS[:5] == ("max", "mean", "matched_max", "frac_active", "quantile")
+    acts, mask = _batch([3, 0, 5], tokens=8, neurons=4)
+    mask_span = torch.zeros(3, 8, dtype=torch.bool)
+    mask_span[:, 2:7] = True
+    k = torch.tensor([2, 1, 3])
+    for name in ALL_STATS:
+        module = implementation(name)
+        assert isinstance(module.NEEDS_K, bool) and module.__doc__, name
+        out = reduce_tokens(acts, mask, ReductionSpec((name,)), k)[name]
+        assert out.dtype == torch.float32 and out.shape == (3, 4), name
+        assert out[1].isnan().all() and out[[0, 2]].isfinite().all(), name
+        spans = span_reductions(acts, 2, 7, (name,), k)[name]
+        masked = reduce_tokens(acts, mask_span, ReductionSpec((name,)), k)[name]
+        torch.testing.assert_close(spans, masked, rtol=0, atol=0, msg=name)
 
 
 def test_shared_span_only_for_one_common_run_of_tokens():
@@ -159,7 +175,8 @@ def test_span_reduction_equals_the_masked_one(dtype):
     x = torch.randn(4, 30, 17, generator=torch.Generator().manual_seed(3)).to(dtype)
     mask = torch.zeros(4, 30, dtype=torch.bool)
     mask[:, 3:27] = True
-    maxes, means = span_max_mean(x, 3, 27)
+    out = span_reductions(x, 3, 27)
+    maxes, means = out["max"], out["mean"]
     ref_max, ref_mean = masked_max_mean(x, mask)
     torch.testing.assert_close(maxes, ref_max, rtol=0, atol=0)  # max is exact
     torch.testing.assert_close(means, ref_mean)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modalscope.record.reduce import masked_max_mean, masked_order_stats
+from reducing import masked_max_mean, masked_order_stats
 from modalscope.stats.moments import RunningMoments
 from modalscope.stats.tests import one_sample_t
 

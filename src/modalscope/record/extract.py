@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -26,12 +27,13 @@ from modalscope.models.loading import LoadedModel
 from modalscope.record.hooks import Recorder, vision_guard
 from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load_image
 from modalscope.record.plan import plan_windows
+from modalscope.record.reductions import ReductionSpec
 from modalscope.record.writer import StoreWriter
 from modalscope.store import ActivationStore
 from modalscope.tables import write_frame
 
 
-def record_streams(
+def reduce_forward(
     loaded: LoadedModel,
     recorder: Recorder,
     batch: ModelBatch,
@@ -50,8 +52,7 @@ def record_streams(
                 raise AssertionError(f"bug: matched_max k={int(k[short[0]])} exceeds the "
                                      f"{int(mask[short[0]].sum())} tokens of stream {name} (row {short[0]})")
     batch = batch.to(loaded.device)
-    recorder.streams = streams
-    recorder.k = k
+    recorder.select(streams, k)
     forward = loaded.adapter.forward_module(loaded.model)
     text_only = not any(key in batch.inputs for key in loaded.adapter.vision_inputs)
     with torch.inference_mode(), vision_guard(loaded.model, loaded.adapter) if text_only else nullcontext():
@@ -67,11 +68,11 @@ def matched_k(n_tokens: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([n.to(torch.long) for n in n_tokens.values()]).amin(dim=0)
 
 
-def record_batch(
+def reduce_content(
     loaded: LoadedModel, recorder: Recorder, batch: ModelBatch, k: torch.Tensor | None = None
 ) -> dict[str, dict[str, torch.Tensor]]:
     """One forward reduced over the batch's content tokens: {site: {stat: [batch, layer, neuron]}}."""
-    return record_streams(loaded, recorder, batch, {"content": batch.content}, k)["content"]
+    return reduce_forward(loaded, recorder, batch, {"content": batch.content}, k)["content"]
 
 
 class PairBatches(Dataset):
@@ -135,31 +136,35 @@ class ExtractionError(ValueError):
 NONFINITE = "nonfinite.parquet"
 
 
-def extract(
-    loaded: LoadedModel,
-    manifest: pd.DataFrame,
-    store: ActivationStore,
-    sites: Sequence[str],
-    tokens: TokenScope,
-    batch_size: int,
-    progress: bool = True,
-    stats: Sequence[str] = ("max", "mean"),
-    quantile: float = 0.9,
-    image_text: bool = False,
-    workers: int = 0,
-    sort_window: int = 1,
-    auto_batch: bool = False,
-    builder: PromptBuilder | None = None,
-    base: LoadedModel | None = None,
-) -> int:
+@dataclass(frozen=True)
+class Extraction:
+    """How a store is recorded: which sites and reductions, over which tokens, in what batches.
+
+    `sort_window`: batches per length-sorted window (record/plan.py); `workers`: DataLoader
+    processes preparing batches (0: in this process); `auto_batch`: halve the batch size on
+    out-of-memory instead of stopping."""
+
+    sites: tuple[str, ...]
+    tokens: TokenScope = "content"
+    batch_size: int = 16
+    reductions: ReductionSpec = ReductionSpec()
+    image_text: bool = False
+    workers: int = 0
+    sort_window: int = 1
+    auto_batch: bool = False
+    progress: bool = True
+
+
+def extract(loaded: LoadedModel, manifest: pd.DataFrame, store: ActivationStore, how: Extraction,
+            builder: PromptBuilder | None = None, base: LoadedModel | None = None) -> int:
     """Record every unfinished input of `manifest` into `store`; returns how many were added.
     With `base` (the base language model), its text stream too, from the same token ids.
 
-    Pairs are batched by caption length inside windows of `sort_window` batches (see
+    Pairs are batched by caption length inside windows of `how.sort_window` batches (see
     record/plan.py); each window is appended in manifest order once all its batches are
-    done, then the ledger advances. Batches are prepared by `workers` DataLoader processes
-    (0: in this process), pinned when the model is on a GPU so the copies to it do not
-    block; results come back to the host once per batch.
+    done, then the ledger advances. Batches are prepared by `how.workers` DataLoader
+    processes, pinned when the model is on a GPU so the copies to it do not block; results
+    come back to the host once per batch.
 
     Out of device memory: with `auto_batch` the batch size is halved and the unfinished
     window replanned (the store records the size in use, so a resume cuts the same
@@ -169,51 +174,49 @@ def extract(
     dtype to use instead.
     """
     start = store.n_done
-    builder = builder or PromptBuilder.for_model(loaded, tokens)  # one for every retry: it remembers cuts
-    bar = tqdm(total=len(manifest), initial=start, unit="pair", desc="extract", disable=not progress)
+    builder = builder or PromptBuilder.for_model(loaded, how.tokens)  # one for every retry: it remembers cuts
+    bar = tqdm(total=len(manifest), initial=start, unit="pair", desc="extract", disable=not how.progress)
     while True:
         try:
-            _extract_windows(loaded, manifest, store, sites, builder, batch_size, bar, stats, quantile,
-                             image_text, workers, sort_window, base)
+            _extract_windows(loaded, manifest, store, how, builder, bar, base)
             break
         except torch.OutOfMemoryError:
             _release_memory(loaded)
             first = manifest["pair_id"].iloc[store.n_done]
-            if not auto_batch or batch_size == 1:
-                smaller = f"--batch-size {max(1, batch_size // 2)} or --batch-size auto" if batch_size > 1 else (
+            size = how.batch_size
+            if not how.auto_batch or size == 1:
+                smaller = f"--batch-size {max(1, size // 2)} or --batch-size auto" if size > 1 else (
                     "a smaller --dtype (float16/bfloat16), --quantization or --device-map auto")
                 raise ExtractionError(
-                    f"out of memory on {loaded.device} at --batch-size {batch_size} (window from pair {first}); "
+                    f"out of memory on {loaded.device} at --batch-size {size} (window from pair {first}); "
                     f"rerun the same command with {smaller}: the {store.n_done} finished pairs are kept"
                 ) from None
-            batch_size //= 2
-            store.group.attrs["batch_size"] = batch_size
+            how = replace(how, batch_size=size // 2)
+            store.group.attrs["batch_size"] = how.batch_size
             bar.n = store.n_done
-            bar.write(f"out of memory at pair {first}: batch size halved to {batch_size}")
+            bar.write(f"out of memory at pair {first}: batch size halved to {how.batch_size}")
     bar.close()
     return len(manifest) - start
 
 
-def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: ActivationStore,
-                     sites: Sequence[str], builder: PromptBuilder, batch_size: int, bar: tqdm,
-                     stats: Sequence[str], quantile: float, image_text: bool, workers: int,
-                     sort_window: int, base: LoadedModel | None = None) -> None:
+def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: ActivationStore, how: Extraction,
+                     builder: PromptBuilder, bar: tqdm, base: LoadedModel | None = None) -> None:
     start = store.n_done
     if start >= len(manifest):
         return
     captions = builder.fit_captions(manifest["caption"].iloc[start:])  # as the batches will cut them
     lengths = builder.caption_tokens(captions)
-    windows = plan_windows(lengths, start, batch_size, sort_window)
+    windows = plan_windows(lengths, start, how.batch_size, how.sort_window)
     batches = DataLoader(
-        PairBatches(manifest, builder, [b for w in windows for b in w.batches], image_text),
+        PairBatches(manifest, builder, [b for w in windows for b in w.batches], how.image_text),
         batch_size=None,
-        num_workers=workers,
+        num_workers=how.workers,
         pin_memory=loaded.device.type == "cuda",
         collate_fn=None,
     )
     items = iter(batches)
-    recorder = Recorder(loaded.model, loaded.adapter, sites, stats, quantile)
-    base_recorder = Recorder(base.model, base.adapter, sites, stats, quantile) if base else nullcontext()
+    recorder = Recorder(loaded.model, loaded.adapter, how.sites, how.reductions)
+    base_recorder = Recorder(base.model, base.adapter, how.sites, how.reductions) if base else nullcontext()
     with recorder, base_recorder, StoreWriter(store) as writer:
         for window in windows:
             done = []
@@ -221,7 +224,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
                 item = next(items)
                 if "error" in item:
                     raise DataError(item["error"])
-                records, n_tokens = _record_item(loaded, recorder, item, image_text,
+                records, n_tokens = _forward_all(loaded, recorder, item, how.image_text,
                                                  (base, base_recorder) if base else None)
                 _check_finite(records, rows, manifest, store, loaded)
                 done.append((records, n_tokens))
@@ -269,7 +272,7 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
 Records = dict[str, dict[str, dict[str, np.ndarray]]]
 
 
-def _record_item(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool,
+def _forward_all(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool,
                  base: tuple[LoadedModel, Recorder] | None = None) -> tuple[Records, dict[str, list[int]]]:
     """All forwards of one batch: {stream: {site: {stat: [batch, layer, neuron]}}} and the
     number of tokens each stream's reductions saw. `base`: the base language model and its
@@ -282,12 +285,12 @@ def _record_item(loaded: LoadedModel, recorder: Recorder, item: dict, image_text
         joint, streams = item["joint"]
         counts.update({name: mask.sum(1) for name, mask in streams.items()})
     k = matched_k(counts)
-    records = {"text": record_batch(loaded, recorder, text, k)}
-    records["image"] = record_batch(loaded, recorder, image, k)
+    records = {"text": reduce_content(loaded, recorder, text, k)}
+    records["image"] = reduce_content(loaded, recorder, image, k)
     if image_text:
-        records.update(record_streams(loaded, recorder, joint, streams, k))
+        records.update(reduce_forward(loaded, recorder, joint, streams, k))
     if base is not None:
-        records[BASE_STREAM] = record_batch(base[0], base[1], for_base(text, base[0]), k)
+        records[BASE_STREAM] = reduce_content(base[0], base[1], for_base(text, base[0]), k)
     n_tokens = {name: n.tolist() for name, n in counts.items()}
     arrays = {c: {s: {st: v.numpy() for st, v in by_stat.items()} for s, by_stat in r.items()}
               for c, r in records.items()}

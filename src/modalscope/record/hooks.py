@@ -2,7 +2,7 @@
 
 Why: like baukit's `Trace`, recording is a context manager that always removes its hooks,
 so a failed forward never leaves a model instrumented. Each hook reduces over the content
-tokens of the current batch on the layer's own device (see `reduce.py`) and keeps only
+tokens of the current batch on the layer's own device (see `reductions/`) and keeps only
 [batch, neurons] per layer; `collect()` moves everything to the host once per batch.
 
 Sites come from the family's table (models/adapter.py `Site`): a site recorded at a module's
@@ -23,19 +23,20 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from modalscope.models import ModelAdapter
-from modalscope.record import reduce
+from modalscope.record.reductions import ReductionSpec, reduce_view
+from modalscope.record.tokens import TokenView, shared_span
 
 
 class Recorder(AbstractContextManager["Recorder"]):
-    """Record masked reductions per site and layer for every forward inside the block.
+    """Record the spec's reductions per site and layer for every forward inside the block.
 
     Usage:
-        with Recorder(model, adapter, sites, stats) as rec:
-            rec.streams = {"text": mask}      # name -> [batch, tokens] bool; several masks
-                                              # reduce one forward several ways
-            rec.k = k                         # [batch] tokens per pair for matched_max
+        with Recorder(model, adapter, sites, ReductionSpec(("max", "matched_max"))) as rec:
+            rec.select({"text": mask}, k)   # stream name -> [batch, tokens] bool (several masks
+                                            # reduce one forward several ways); k [batch]: tokens
+                                            # per pair, for the reductions that need it
             model.model(**batch.inputs)
-            out = rec.collect()               # {stream: {site: {stat: [batch, layer, neuron]}}}
+            out = rec.collect()             # {stream: {site: {reduction: [batch, layer, neuron]}}}
     """
 
     def __init__(
@@ -43,18 +44,13 @@ class Recorder(AbstractContextManager["Recorder"]):
         model: nn.Module,
         adapter: ModelAdapter,
         sites: Sequence[str],
-        stats: Sequence[str] = reduce.BASIC_STATS,
-        quantile: float = 0.9,
+        reductions: ReductionSpec | Sequence[str] = ReductionSpec(),
     ):
-        unknown = set(stats) - set(reduce.ALL_STATS)
-        if unknown:
-            raise ValueError(f"unknown statistics {sorted(unknown)}; choose from {reduce.ALL_STATS}")
         self.model = model
         self.adapter = adapter
         self.sites = tuple(sites)
-        self.stats = tuple(stats)
-        self.quantile = quantile
-        self.order_stats = any(s not in reduce.BASIC_STATS for s in self.stats)
+        self.spec = ReductionSpec.of(reductions)
+        self._needs_k = self.spec.needs_k
         self._streams: dict[str, torch.Tensor] = {}
         self._spans: dict[str, tuple[int, int] | None] = {}
         self._k: torch.Tensor | None = None
@@ -63,24 +59,12 @@ class Recorder(AbstractContextManager["Recorder"]):
         self._handles: list[RemovableHandle] = []
         self._results: dict[str, list[dict[str, dict[str, torch.Tensor]] | None]] = {}
 
-    @property
-    def streams(self) -> dict[str, torch.Tensor]:
-        return self._streams
-
-    @streams.setter
-    def streams(self, masks: dict[str, torch.Tensor]) -> None:
-        """Set from host masks (before the batch moves to the device), so that a stream whose
-        tokens are one shared run, as image tokens are, reduces a view (see reduce.shared_span)."""
+    def select(self, masks: dict[str, torch.Tensor], k: torch.Tensor | None = None) -> None:
+        """The next forward's streams, from host masks (before the batch moves to the device),
+        so that a stream whose tokens are one shared run, as image tokens are, reduces a view
+        (see tokens.shared_span)."""
         self._streams = dict(masks)
-        self._spans = {name: reduce.shared_span(mask) for name, mask in self._streams.items()}
-        self._masks.clear()
-
-    @property
-    def k(self) -> torch.Tensor | None:
-        return self._k
-
-    @k.setter
-    def k(self, k: torch.Tensor | None) -> None:
+        self._spans = {name: shared_span(mask) for name, mask in self._streams.items()}
         self._k = k
         self._masks.clear()
 
@@ -108,44 +92,34 @@ class Recorder(AbstractContextManager["Recorder"]):
     def _mask_on(self, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Stream masks and k, copied once per batch to each device that holds layers."""
         if not self._streams:
-            raise RuntimeError("set Recorder.streams before running the model")
+            raise RuntimeError("call Recorder.select(masks, k) before running the model")
         if device not in self._masks:
-            if self.order_stats and self.k is None:
-                raise RuntimeError("set Recorder.k (tokens per pair) to record matched_max")
-            k = None if self.k is None else self.k.to(device, non_blocking=True)
+            if self._needs_k and self._k is None:
+                raise RuntimeError("Recorder.select needs k (tokens per pair) to record matched_max")
+            k = None if self._k is None else self._k.to(device, non_blocking=True)
             # A span stream's mask is cut to its span here, once per batch, not per layer.
             masks = {n: (m if self._spans[n] is None else m[:, slice(*self._spans[n])]).to(device, non_blocking=True)
                      for n, m in self._streams.items()}
             self._masks[device] = (masks, k)
         return self._masks[device]
 
-    def _record(self, site: str, index: int, activations: torch.Tensor) -> None:
+    def _reduce(self, site: str, index: int, activations: torch.Tensor) -> None:
         masks, k = self._mask_on(activations.device)
-        per_stream = {}
-        for name, mask in masks.items():
-            span = self._spans[name]
-            if span is None:
-                tokens = activations
-                maxes, means = reduce.masked_max_mean(activations, mask)
-            else:  # a view of the span's tokens: no masked copy, and the sort skips the rest
-                tokens = activations[:, slice(*span)]
-                maxes, means = reduce.span_max_mean(activations, *span)
-            out = {"max": maxes, "mean": means}
-            if self.order_stats:
-                out.update(reduce.masked_order_stats(tokens, mask, k, self.quantile))
-            per_stream[name] = {s: out[s] for s in self.stats}
-        self._results[site][index] = per_stream
+        self._results[site][index] = {
+            name: reduce_view(TokenView.of(activations, mask, self._spans[name], k), self.spec)
+            for name, mask in masks.items()
+        }
 
     def _output_hook(self, site: str, index: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
-            self._record(site, index, hidden)
+            self._reduce(site, index, hidden)
 
         return hook
 
     def _input_hook(self, site: str, index: int):
         def hook(module: nn.Module, args: tuple) -> None:
-            self._record(site, index, args[0])
+            self._reduce(site, index, args[0])
 
         return hook
 
@@ -157,9 +131,9 @@ class Recorder(AbstractContextManager["Recorder"]):
         for site, per_layer in self._results.items():
             if any(r is None for r in per_layer):
                 raise RuntimeError(f"site {site!r}: some layers did not run in this forward")
-            home = per_layer[0][next(iter(self._streams))][self.stats[0]].device  # type: ignore[index]
+            home = per_layer[0][next(iter(self._streams))][self.spec.names[0]].device  # type: ignore[index]
             for name in self._streams:
-                for stat in self.stats:
+                for stat in self.spec.names:
                     stacked = torch.stack([r[name][stat].to(home) for r in per_layer], dim=1)  # type: ignore[index]
                     keys.append((name, site, stat, stacked.shape))
                     parts.append(stacked.flatten(1))  # [batch, layer * neuron]

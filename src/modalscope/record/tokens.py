@@ -1,0 +1,97 @@
+"""One (stream, layer)'s tokens as every reduction sees them.
+
+Why one view: a decoder layer's activations are [batch, tokens, neurons]; each stream (the
+caption of a text input, the 576 image positions of an image input, the caption part of an
+image-and-caption input) selects its content tokens with a mask. The reductions of
+`reductions/` all read this one view, so the work they share is done once per stream and
+layer: the content counts, and the sort that every order statistic (matched_max, the
+quantile, the share of active tokens) needs, computed the first time one asks for it.
+
+A stream whose content tokens are one run at the same offset in every row (image tokens
+always are: `shared_span`) is a view of that run, so nothing is masked or copied for it.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+
+def shared_span(mask: torch.Tensor) -> tuple[int, int] | None:
+    """(start, stop) when every row of a host mask is the same single run of true positions,
+    else None. A mask on an accelerator gives None: inspecting it would cost a device sync."""
+    if mask.device.type != "cpu" or mask.ndim != 2 or mask.shape[0] == 0:
+        return None
+    first = mask[0]
+    positions = first.nonzero().flatten()
+    if len(positions) == 0 or not bool((mask == first).all()):
+        return None
+    start, stop = int(positions[0]), int(positions[-1]) + 1
+    return (start, stop) if stop - start == len(positions) else None
+
+
+class TokenView:
+    """values [batch, tokens, neurons] (any float dtype), mask [batch, tokens] bool on the same
+    device, k [batch] int64 (tokens per pair for matched_max, or None); `span` says that every
+    position of `values` is content in every row (`values` is then the span's view and the mask
+    all true)."""
+
+    def __init__(self, values: torch.Tensor, mask: torch.Tensor, k: torch.Tensor | None = None,
+                 span: bool = False) -> None:
+        self.values, self.mask, self.k, self.span = values, mask, k, span
+
+    @classmethod
+    def of(cls, activations: torch.Tensor, mask: torch.Tensor, span: tuple[int, int] | None,
+           k: torch.Tensor | None = None) -> "TokenView":
+        """The view of one stream: `mask` is already cut to `span` when there is one."""
+        if span is None:
+            return cls(activations, mask, k)
+        return cls(activations[:, slice(*span)], mask, k, span=True)
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions in `values` (for a span: its length, the same content count in every row)."""
+        return self.values.shape[1]
+
+    @cached_property
+    def keep(self) -> torch.Tensor:
+        """[batch, tokens, 1] the mask, broadcastable against `values`."""
+        return self.mask.unsqueeze(-1)
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """[batch] int64 content tokens per row."""
+        return self.mask.sum(dim=1)
+
+    @cached_property
+    def empty(self) -> torch.Tensor:
+        """[batch, 1] rows without a content token: every reduction gives them NaN."""
+        return (self.counts == 0).unsqueeze(1)
+
+    @cached_property
+    def sorted(self) -> torch.Tensor:
+        """[batch, tokens, neurons] float32: row b's content values ascending at positions
+        0..T_b-1, then zeros (padding must not meet a 0 weight as inf, which gives NaN).
+
+        Memory (N = batch x tokens x neurons): the sort holds the +inf-filled copy and the
+        sorted values (input dtype) plus int64 indices (freed at once); what is kept is the
+        float32 copy. Sorting is exact in any dtype, so this is the same in bf16 and fp32
+        up to the input's own rounding."""
+        filled = self.values if self.span else self.values.masked_fill(~self.keep, float("inf"))
+        ordered = torch.sort(filled, dim=1).values
+        del filled
+        values = ordered.float()
+        del ordered
+        values.masked_fill_(~self.valid, 0.0)
+        return values
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """[tokens] 0..T-1 on the values' device."""
+        return torch.arange(self.n_tokens, device=self.values.device)
+
+    @cached_property
+    def valid(self) -> torch.Tensor:
+        """[batch, tokens, 1] true where `sorted` holds a content value."""
+        return (self.positions.unsqueeze(0) < self.counts.unsqueeze(1)).unsqueeze(-1)

@@ -1,0 +1,27 @@
+"""The registry's reductions under the names the reduction tests read best."""
+
+from __future__ import annotations
+
+import torch
+
+from modalscope.record.reductions import ReductionSpec, reduce_tokens, reduce_view
+from modalscope.record.tokens import TokenView
+
+ORDER = ("matched_max", "frac_active", "quantile")
+
+
+def masked_max_mean(acts: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = reduce_tokens(acts, mask, ("max", "mean"))
+    return out["max"], out["mean"]
+
+
+def masked_order_stats(acts: torch.Tensor, mask: torch.Tensor, k: torch.Tensor,
+                       quantile: float = 0.9) -> dict[str, torch.Tensor]:
+    return reduce_tokens(acts, mask, ReductionSpec(ORDER, quantile), k)
+
+
+def span_reductions(acts: torch.Tensor, start: int, stop: int, names=("max", "mean"),
+                    k: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The span path: a view of tokens start..stop-1 of every row, no mask applied."""
+    mask = torch.ones(acts.shape[0], stop - start, dtype=torch.bool)
+    return reduce_view(TokenView.of(acts, mask, (start, stop), k), ReductionSpec(tuple(names)))
