@@ -127,7 +127,8 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
     """
     from modalscope.models.loading import load_model  # torch/transformers only when needed
     from modalscope.record.distributed import Ranks, merge_shards, shard_manifest, shard_path
-    from modalscope.record.extract import extract
+    from modalscope.record.extract import Extraction, extract
+    from modalscope.record.reductions import ReductionSpec
     from modalscope.record.inputs import PromptBuilder
     from modalscope.record.plan import default_sort_window
 
@@ -207,10 +208,11 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
         workers = 4 if loaded.device.type == "cuda" else 0
 
     def record(store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
-        extract(loaded, rows, store, config.sites, config.tokens, batch_size, progress,
-                store.stats, float(store.attrs.get("quantile", config.quantile)),
-                image_text="image_text" in store.conditions, workers=workers, sort_window=sort_window,
-                auto_batch=auto_batch and not ranks.parallel, builder=builder, base=base)
+        how = Extraction(sites=tuple(config.sites), tokens=config.tokens, batch_size=batch_size,
+                         reductions=ReductionSpec.from_attrs(store.attrs), image_text="image_text" in store.conditions,
+                         workers=workers, sort_window=sort_window, auto_batch=auto_batch and not ranks.parallel,
+                         progress=progress)
+        extract(loaded, rows, store, how, builder=builder, base=base)
 
     path = config.out_dir / STORE
     if not ranks.parallel:
