@@ -6,7 +6,7 @@ conditions (one site, float32 as extraction writes them) is analysed in fresh pr
 - `scipy`: the whole Δ = text - image array in memory (float64, filled layer by layer, so
   no float32 copies of both conditions are held at once), then
   `scipy.stats.ttest_1samp(delta, 0, axis=0)`: the obvious way, and the reference t-values.
-- `modalscope`: `stats.analyze.analyze_site`, what `modalscope analyze` runs per site: one
+- `modalscope`: `analysis.analyze_site`, what `modalscope analyze` runs per site: one
   layer and one chunk of inputs at a time, running moments (the t-test), the sign-flip
   permutation test (1,000 permutations), per-input layer means, and the table.
 - `modalscope t only`: the same stream feeding only `RunningMoments` and `one_sample_t`.
@@ -66,9 +66,9 @@ def child(method: str, store_path: Path, out: Path, n_perm: int) -> dict:
     """Run one method in this (fresh) process; write its t-values [layer, neuron] to `out`."""
     from scipy import stats as sps
 
-    from modalscope.stats.analyze import AnalysisSettings, analyze_site
+    from modalscope.analysis import AnalysisSettings, analyze_site
     from modalscope.stats.moments import RunningMoments
-    from modalscope.stats.tests import one_sample_t
+    from modalscope.stats.ttest import one_sample_t
     from modalscope.store import ActivationStore
 
     store = ActivationStore.open(store_path)

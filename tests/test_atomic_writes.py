@@ -123,7 +123,7 @@ def test_a_real_analysis_summary_with_nan_is_strict_json(tmp_path):
 
     import numpy as np
 
-    from modalscope.stats.analyze import AnalysisSettings, run_analysis
+    from modalscope.analysis import AnalysisSettings, run_analysis
     from modalscope.store import CONDITIONS, STATS, ActivationStore
 
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from scipy import stats as sps
 from modalscope import seeds
 from modalscope.data.manifest import shuffled
 from modalscope.data.pairs import Pair
-from modalscope.stats.controls import SignFlips, bootstrap_trend, sign_flips
+from modalscope.stats.controls import SignFlips, bootstrap_trend
 
 
 def _child(seed: int, index: int) -> np.random.Generator:
@@ -57,7 +57,7 @@ def test_shuffle_uses_the_shuffle_stream_not_default_rng():
 
 
 def test_sign_flips_use_their_own_stream():
-    got = sign_flips(50, n_perm=40, seed=3)
+    got = SignFlips(50, 40, 3).block()
     np.testing.assert_array_equal(got, _child(3, 1).integers(0, 2, size=(40, 50)) * 2.0 - 1.0)
     old = np.random.default_rng(3).integers(0, 2, size=(40, 50)) * 2.0 - 1.0
     assert not np.array_equal(got, old)

@@ -1,4 +1,4 @@
-"""Tables 1-2 streamed from the store, and Table 3 / layers / summary from stats.analyze."""
+"""Tables 1-2 streamed from the store, and Table 3 / layers / summary from the analysis."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from modalscope.stats.analyze import analyze
+from modalscope.analysis import run_analysis
 from modalscope.store import CONDITIONS, STATS, ActivationStore
 from modalscope.tables import TABLE1, TABLE2, table1_rows, write_long_tables
 
@@ -193,7 +193,7 @@ def test_table2_holds_and_names_the_chosen_contrast(filled, tmp_path):
 
 
 def test_every_delta_table_names_its_contrast(analyzed):
-    from modalscope.stats.analyze import significance_table
+    from modalscope.stats.layer_summary import significance_table
 
     neurons, layers, summary = analyzed
     assert set(neurons["contrast"]) == set(layers["contrast"]) == {"text - image"}
@@ -205,7 +205,8 @@ def test_every_delta_table_names_its_contrast(analyzed):
 @pytest.fixture(scope="module")
 def analyzed(filled):
     store, _, _ = filled
-    return analyze(store)
+    result = run_analysis(store)
+    return result.neurons, result.layers, result.summary
 
 
 def _delta64(values: dict, site: str, stat: str = "max") -> np.ndarray:

@@ -300,7 +300,8 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
 
     Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
     """
-    from modalscope.stats.analyze import AnalysisSettings, run_analysis, significance_table
+    from modalscope.analysis import AnalysisSettings, run_analysis
+    from modalscope.stats.layer_summary import significance_table
 
     store = ActivationStore.open(config.out_dir / STORE)
     tables_dir = config.out_dir / "tables"

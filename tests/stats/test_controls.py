@@ -11,15 +11,14 @@ from scipy import stats as sps
 
 from modalscope.stats.controls import (
     PermutationT,
+    SignFlips,
     bootstrap_trend,
-    fdr,
     input_layer_interval,
     outlier_flags,
-    sign_flips,
     significant_counts,
     trend_null,
 )
-from modalscope.stats.tests import benjamini_hochberg, benjamini_yekutieli
+from modalscope.stats.fdr import benjamini_hochberg, benjamini_yekutieli, fdr
 
 
 def _trend_data(n_inputs=80, n_layers=10, slope=-0.05, seed=0, input_sd=1.0, noise_sd=0.1):
@@ -78,11 +77,11 @@ def test_bootstrap_point_estimate_and_ci_on_a_true_trend():
 
 
 def test_sign_flips_reproducible_and_balanced():
-    s = sign_flips(50, n_perm=400, seed=3)
+    s = SignFlips(50, 400, 3).block()
     assert s.shape == (400, 50) and s.dtype == np.float64
     assert set(np.unique(s)) == {-1.0, 1.0}
-    np.testing.assert_array_equal(s, sign_flips(50, n_perm=400, seed=3))
-    assert not np.array_equal(s, sign_flips(50, n_perm=400, seed=4))
+    np.testing.assert_array_equal(s, SignFlips(50, 400, 3).block())
+    assert not np.array_equal(s, SignFlips(50, 400, 4).block())
     assert abs((s > 0).mean() - 0.5) < 0.02
 
 
@@ -97,7 +96,7 @@ def test_permutation_p_values_uniform_under_null():
     rng = np.random.default_rng(10)
     n_perm = 300
     delta = rng.normal(size=(60, 2000))
-    p = _perm_t(delta, sign_flips(60, n_perm, seed=11)).p_values()
+    p = _perm_t(delta, SignFlips(60, n_perm, 11).block()).p_values()
     steps = np.arange(1, n_perm + 2) / (n_perm + 1)
     assert np.isin(p, steps).all()  # p = k / (P + 1), k = 1..P+1
     jittered = p - rng.uniform(size=p.size) / (n_perm + 1)  # uniform on (0, 1] if p is
@@ -110,14 +109,14 @@ def test_permutation_p_values_minimal_under_strong_effect():
     n_perm = 300
     delta = rng.normal(1.0, 1.0, size=(60, 200))
     delta[:, :100] *= -1  # both directions: the test is two-sided
-    p = _perm_t(delta, sign_flips(60, n_perm, seed=13)).p_values()
+    p = _perm_t(delta, SignFlips(60, n_perm, 13).block()).p_values()
     np.testing.assert_array_equal(p, np.full(200, 1 / (n_perm + 1)))
 
 
 def test_permutation_t_chunks_equal_one_pass():
     rng = np.random.default_rng(14)
     delta = rng.normal(0.2, 1.0, size=(47, 30))
-    signs = sign_flips(47, 200, seed=15)
+    signs = SignFlips(47, 200, 15).block()
     one, three = _perm_t(delta, signs, 1), _perm_t(delta, signs, 3)
     np.testing.assert_allclose(three.s, one.s, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(three.t_perm(), one.t_perm(), rtol=1e-10)
@@ -128,7 +127,7 @@ def test_permutation_t_chunks_equal_one_pass():
 def test_permutation_t_identity_row_is_the_one_sample_t():
     rng = np.random.default_rng(16)
     delta = rng.normal(0.3, 1.0, size=(25, 40))
-    signs = np.vstack([np.ones(25), -np.ones(25), sign_flips(25, 10, seed=17)])
+    signs = np.vstack([np.ones(25), -np.ones(25), SignFlips(25, 10, 17).block()])
     test = _perm_t(delta, signs, 2)
     ref = sps.ttest_1samp(delta, 0.0, axis=0).statistic
     np.testing.assert_allclose(test.t_perm()[0], ref, rtol=1e-9)
@@ -154,14 +153,14 @@ def test_permutation_p_equals_brute_force_over_all_sign_vectors():
 
 def test_permutation_t_constant_delta_is_nan():
     delta = np.column_stack([np.full(10, 0.5), np.arange(10.0)])
-    p = _perm_t(delta, sign_flips(10, 50, seed=0)).p_values()
+    p = _perm_t(delta, SignFlips(10, 50, 0).block()).p_values()
     assert np.isnan(p[0]) and 0 < p[1] <= 1
 
 
 def test_trend_null_band_and_p_value():
     n_perm = 200
     x = _trend_data(n_inputs=60, slope=-0.1, seed=20, input_sd=0.05)
-    signs = sign_flips(60, n_perm, seed=21)
+    signs = SignFlips(60, n_perm, 21).block()
     got = trend_null(x, signs)
     np.testing.assert_allclose(got["null_means"], signs @ x / 60, rtol=1e-12)
     np.testing.assert_allclose(got["layer_mean"], x.mean(axis=0), rtol=1e-12)
@@ -176,7 +175,7 @@ def test_trend_null_band_and_p_value():
 
 def test_trend_null_p_values_not_small_under_null():
     rng = np.random.default_rng(22)
-    signs = sign_flips(40, 200, seed=23)
+    signs = SignFlips(40, 200, 23).block()
     p = np.array([trend_null(rng.normal(size=(40, 8)), signs)["p_value"] for _ in range(100)])
     assert p.min() >= 1 / 201 and p.max() <= 1
     assert (p < 0.05).mean() < 0.15 and p.mean() == pytest.approx(0.5, abs=0.1)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from modalscope.stats.analyze import AnalysisSettings, run_analysis
-from modalscope.stats.controls import PermutationT, outlier_flags, sign_flips
+from modalscope.analysis import AnalysisSettings, run_analysis
+from modalscope.stats.controls import PermutationT, SignFlips, outlier_flags
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.tests import CONSTANT_RTOL, one_sample_t, t_from_moments
+from modalscope.stats.ttest import CONSTANT_RTOL, one_sample_t, t_from_moments
 from modalscope.store import CONDITIONS, STATS, ActivationStore
 
 
@@ -52,7 +52,7 @@ def test_permutation_test_of_constant_float32_delta_is_undefined(n):
     p_perm ≈ 0.02 (n = 1000, where Σx² - n·m² keeps a rounding residue)."""
     rng = np.random.default_rng(n)
     delta = np.column_stack([np.full(n, np.float32(0.1)), rng.normal(0.1, 1.0, size=(n, 3))]).astype(np.float64)
-    signs = sign_flips(n, 50, seed=1)
+    signs = SignFlips(n, 50, 1).block()
     test = PermutationT()
     for rows in np.array_split(np.arange(n), 3):
         test.add(delta[rows], signs[:, rows])

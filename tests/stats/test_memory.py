@@ -27,7 +27,7 @@ WRITE = 1000  # rows appended at once (the store still chunks them by BATCH)
 
 ANALYSE = """
 import resource, sys
-from modalscope.stats.analyze import AnalysisSettings, run_analysis
+from modalscope.analysis import AnalysisSettings, run_analysis
 from modalscope.store import ActivationStore
 
 store = ActivationStore.open(sys.argv[1])

@@ -10,7 +10,8 @@ from scipy import stats as sps
 
 from modalscope.stats.layers import layer_mean_ci, layer_trend
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.tests import benjamini_hochberg, one_sample_t
+from modalscope.stats.fdr import benjamini_hochberg
+from modalscope.stats.ttest import one_sample_t
 
 
 def _tests_from(delta: np.ndarray, blocks: int = 1):
@@ -95,7 +96,7 @@ def test_layer_trend_equals_linregress():
 
 
 def test_benjamini_yekutieli_equals_scipy_and_hand_case():
-    from modalscope.stats.tests import benjamini_yekutieli
+    from modalscope.stats.fdr import benjamini_yekutieli
 
     p = np.array([0.01, 0.04, 0.03, 0.2])
     # c(4) = 1 + 1/2 + 1/3 + 1/4 = 25/12; BY = BH · c(4), capped at 1 after the running min

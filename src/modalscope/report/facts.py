@@ -192,7 +192,7 @@ def forgetting(out_dir: Path, tables: StudyTables, site: str, stat: str) -> Forg
     """What the report says about Δ_base at `site`, or None when it was not analysed."""
     if not tables.has_vs_base(site):
         return None
-    from modalscope.stats.analyze import VS_BASE, column
+    from modalscope.stats.columns import VS_BASE, column
 
     base = store_attrs(out_dir).get("base_model")
     trend = tables.trend_vs_base(site, stat)

@@ -10,10 +10,8 @@ the input, so they are correlated). This module gives:
 - `bootstrap_trend`: percentile CIs of the slope and R² of the depth trend, resampling
   inputs jointly across layers;
 - a sign-flip permutation null (H0: each input's Δ is symmetric about 0, one sign per input
-  for all layers and neurons): `SignFlips` (the signs, one bit each; `sign_flips` gives
-  them as a float64 matrix), `trend_null` for the trend and `PermutationT` for per-neuron
-  t-tests that do not lean on normality;
-- `fdr` (BH, or BY which holds under any dependence, e.g. neurons of one layer);
+  for all layers and neurons): `SignFlips` (the signs, one bit each), `trend_null` for the
+  trend and `PermutationT` for per-neuron t-tests that do not lean on normality;
 - `significant_counts` per layer and `outlier_flags` for "massive activations"
   (Sun et al. 2024), neurons whose few huge values can dominate layer means.
 
@@ -43,7 +41,7 @@ from scipy import stats as sps
 
 from modalscope.seeds import generator
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.tests import benjamini_hochberg, benjamini_yekutieli, t_from_moments
+from modalscope.stats.ttest import t_from_moments
 
 BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inputs are many)
 BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements
@@ -146,8 +144,8 @@ def _block_rows(n_columns: int, most: int) -> int:
 class SignFlips:
     """[P, I] random ±1, one sign per permutation and input, stored as bits.
 
-    The signs are those of `sign_flips(n_inputs, n_perm, seed)` (the same draws, row by
-    row), in P·I/8 bytes instead of 8·P·I. `block(start, stop)` gives the float64 signs of
+    The signs are drawn row by row from the study's sign-flip stream and kept in P·I/8 bytes
+    instead of 8·P·I. `block(start, stop)` gives the float64 signs of
     inputs start:stop, [P, stop - start]: feed it to `PermutationT.add` with the Δ rows of
     the same inputs. `trend_null` takes a SignFlips as it is.
     """
@@ -183,14 +181,6 @@ class SignFlips:
         for start in range(0, self.n_inputs, size):
             stop = min(start + size, self.n_inputs)
             yield start, stop, self.block(start, stop)
-
-
-def sign_flips(n_inputs: int, n_perm: int = 1000, seed: int = 0) -> np.ndarray:
-    """[P, I] random ±1 (float64): one sign per input and permutation.
-
-    8·P·I bytes: a streaming caller should keep a `SignFlips` and take blocks of it.
-    """
-    return SignFlips(n_inputs, n_perm, seed).block()
 
 
 def _perm_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -255,9 +245,12 @@ class PermutationT:
     or `SignFlips.block(start, stop)`). NaN Δ are skipped (count 0 for that neuron).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, moments: RunningMoments | None = None) -> None:
+        """`moments`: Δ's running moments kept by someone else (Table 3's t-test accumulator,
+        which adds each block to them); without, this test keeps its own."""
         self.s: np.ndarray | None = None
-        self.moments = RunningMoments()
+        self._owns_moments = moments is None
+        self.moments = RunningMoments() if moments is None else moments
 
     @property
     def n(self) -> np.ndarray:
@@ -276,7 +269,8 @@ class PermutationT:
             self.s = part
         else:
             self.s += part  # in place: S is the one [P, N] array kept
-        self.moments.add(delta)
+        if self._owns_moments:
+            self.moments.add(delta)
 
     def _t_signed(self, total: np.ndarray) -> np.ndarray:
         """t of sign-flipped samples with sums `total` [rows, N]; a constant one gives ∞."""
@@ -311,15 +305,6 @@ class PermutationT:
             count += (np.abs(self._t_signed(self.s[start : start + rows])) >= bound).sum(axis=0)
         p = (1.0 + count) / (self.s.shape[0] + 1)
         return np.where(np.isfinite(t_obs), p, np.nan)
-
-
-def fdr(p: np.ndarray, method: str = "bh") -> np.ndarray:
-    """q-values: "bh" (Benjamini-Hochberg) or "by" (Benjamini-Yekutieli, any dependence)."""
-    if method == "bh":
-        return benjamini_hochberg(p)
-    if method == "by":
-        return benjamini_yekutieli(p)
-    raise ValueError(f"unknown FDR method {method!r}; expected 'bh' or 'by'")
 
 
 def significant_counts(

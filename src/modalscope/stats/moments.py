@@ -24,12 +24,19 @@ class RunningMoments:
     def add(self, block: np.ndarray) -> None:
         """Add rows of `block` [inputs, neurons]; NaNs (missing values) are skipped."""
         block = np.asarray(block, dtype=np.float64)
-        finite = ~np.isnan(block)
-        n_b = finite.sum(axis=0).astype(np.float64)
+        present = ~np.isnan(block)  # NaN is a missing value (extraction refuses inf)
+        n_b = present.sum(axis=0).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_b = np.where(n_b > 0, np.nansum(block, axis=0) / n_b, 0.0)
-        centred = np.where(finite, block - mean_b, 0.0)
+        centred = np.where(present, block - mean_b, 0.0)
         self.merge(RunningMoments(n_b, mean_b, (centred**2).sum(axis=0)))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> "RunningMoments":
+        return cls(np.asarray(state["n"]), np.asarray(state["mean"]), np.asarray(state["m2"]))
 
     def merge(self, other: "RunningMoments") -> None:
         if self.n.size == 0:

@@ -1,11 +1,9 @@
-"""Per-neuron one-sample t-tests and false discovery rate control, vectorised over neurons.
+"""Per-neuron one-sample t-tests, vectorised over neurons (FDR control is in fdr.py).
 
 Why: the report's Table 3 is a t-test per neuron of H0: E[Δ] = 0 over inputs. We compute it
 from running moments (see `moments.py`), so it never needs every input in memory, and
 check it against `scipy.stats.ttest_1samp` in the tests. Cohen's d_z (mean Δ / sd Δ) is
 the paired-design effect size: unlike t it does not grow with the number of inputs.
-The Benjamini-Hochberg q-value controls the false discovery rate over all neurons of a
-site (the family of hypotheses a researcher scans).
 
 `t_from_moments` is the one place a t is made from (mean, sd, n): Table 3 and the observed
 statistic of the sign-flip test (controls.PermutationT) both call it on the same running
@@ -76,37 +74,3 @@ def one_sample_t(moments: RunningMoments) -> NeuronTests:
         d = np.where(defined, mean / sd, np.nan)
         p = np.where(defined, 2.0 * sps.t.sf(np.abs(t), np.maximum(n - 1, 1)), np.nan)
     return NeuronTests(n=n.astype(np.int64), mean_diff=mean, sd_diff=sd, t_value=t, p_value=p, cohen_d=d)
-
-
-def _step_up(p_values: np.ndarray, by: bool) -> np.ndarray:
-    """Step-up adjusted p-values: p_(j)·m·c/j, running minimum from the top, capped at 1.
-
-    c = 1 for Benjamini-Hochberg, c = Σ_{i≤m} 1/i for Benjamini-Yekutieli. NaN p-values
-    stay NaN and do not count as hypotheses.
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    q = np.full_like(p, np.nan)
-    finite = ~np.isnan(p)
-    m = int(finite.sum())
-    if m == 0:
-        return q
-    ranked = p[finite]
-    order = np.argsort(ranked)
-    rank = np.arange(1, m + 1)
-    c = np.sum(1.0 / rank) if by else 1.0
-    monotone = np.minimum.accumulate((ranked[order] * m * c / rank)[::-1])[::-1]
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(monotone, 1.0)
-    q[finite] = adjusted
-    return q
-
-
-def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
-    """BH-adjusted p-values (q); NaN p-values stay NaN and do not count as hypotheses."""
-    return _step_up(p_values, by=False)
-
-
-def benjamini_yekutieli(p_values: np.ndarray) -> np.ndarray:
-    """BY-adjusted p-values (q), valid under any dependence between the tests
-    (BH with m replaced by m·Σ_{i≤m} 1/i, as `scipy.stats.false_discovery_control(method="by")`)."""
-    return _step_up(p_values, by=True)

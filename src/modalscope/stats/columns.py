@@ -1,0 +1,52 @@
+"""The one home of Table 3's column names and of the rule that names them per reduction.
+
+Columns of the report's reduction (the raw max) carry the report's names (`mean_diff`,
+`t_value`, ...); the same column for any other reduction carries its name as a suffix
+(`mean_diff_matched_max`), and the base-LLM contrast's copy of a column adds `_vs_base`
+(`t_value_mean_vs_base`). Every table holding a Δ also has a `contrast` column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+UNSUFFIXED_STAT = "max"  # the report's reduction: its columns keep the report's names
+VS_BASE = "_vs_base"  # suffix of Δ_base's columns (text - text_base), after the usual name
+
+# Per-neuron columns, per reduction, in Table 3's order. A statistic (stats/neuron/) may
+# only produce names listed here; `q_value` is the FDR of `p_value` over the site's neurons.
+NEURON_COLUMNS = ("n", "mean_diff", "sd_diff", "t_value", "p_value", "q_value", "cohen_d", "p_perm",
+                  "share_positive", "p_sign")
+# Of these, the same for every reduction (the inputs): kept once, unsuffixed.
+SHARED_COLUMNS = ("n",)
+# Per-neuron columns of the report's reduction only, after every reduction's columns.
+TRAILING_COLUMNS = ("max_abs_activation", "outlier")
+KEYS = ("site", "layer", "neuron")
+
+
+def column(name: str, stat: str) -> str:
+    """The report's column name for the max reduction, suffixed for any other."""
+    return name if stat == UNSUFFIXED_STAT else f"{name}_{stat}"
+
+
+def kept(name: str, stat: str) -> bool:
+    """Whether reduction `stat`'s value of column `name` goes into Table 3."""
+    return name not in SHARED_COLUMNS or stat == UNSUFFIXED_STAT
+
+
+def table3_order(present: Iterable[str], stats: Sequence[str]) -> list[str]:
+    """Table 3's columns in order: keys, each reduction's neuron columns, the trailing ones,
+    the contrast; only those in `present`."""
+    have = set(present)
+    names = [*KEYS]
+    names += [column(n, s) for s in stats for n in NEURON_COLUMNS if kept(n, s)]
+    names += [*TRAILING_COLUMNS, "contrast"]
+    return [n for n in names if n in have]
+
+
+def vs_base_columns(table: Iterable[str], stats: Sequence[str]) -> list[str]:
+    """The columns of Δ_base's Table 3 taken beside the study's: every per-reduction column but
+    the shared ones (the same inputs) and the trailing ones (activations, not Δ)."""
+    have = set(table)
+    return [column(n, s) for s in stats for n in NEURON_COLUMNS
+            if n not in SHARED_COLUMNS and column(n, s) in have]

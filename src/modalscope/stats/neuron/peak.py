@@ -1,0 +1,43 @@
+"""Massive activations (Sun et al. 2024): each neuron's largest |activation| over the contrasted
+inputs, and whether it exceeds `outlier_factor` x its layer's median (stats/controls.py
+outlier_flags). Neurons with a few huge values can dominate layer means; the layer summary
+also reports the mean without them. Taken on the raw max, the reduction the report uses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from modalscope.stats.columns import UNSUFFIXED_STAT
+from modalscope.stats.controls import outlier_flags
+from modalscope.stats.protocol import Accumulator, Context, Slab
+
+
+class PeakActivation:
+    NAME = "peak"
+    REQUIRES: tuple[str, ...] = ()
+
+    @staticmethod
+    def applies(stat: str) -> bool:
+        return stat == UNSUFFIXED_STAT
+
+    def __init__(self, ctx: Context, shared: Mapping[str, Accumulator]) -> None:
+        self.factor = ctx.settings.outlier_factor
+        self.peak = np.zeros(ctx.width)
+
+    def add(self, slab: Slab) -> None:
+        for values in slab.values.values():
+            self.peak = np.fmax(self.peak, np.nanmax(np.abs(values), 0))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {"max_abs_activation": self.peak, "outlier": outlier_flags(self.peak, self.factor)}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"peak": self.peak}
+
+    def merge(self, other: "PeakActivation") -> None:
+        self.peak = np.fmax(self.peak, other.peak)
+
+
+STATISTIC = PeakActivation

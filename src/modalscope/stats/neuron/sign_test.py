@@ -1,0 +1,52 @@
+"""The sign test per neuron: does the first condition win more pairs than chance?
+
+`share_positive` is the share of pairs with Δ > 0 among those with Δ ≠ 0 (ties and missing
+values left out), an effect size that no outlier pair can move far; `p_sign` the exact
+two-sided binomial p of those counts under H0: P(Δ > 0) = 1/2, the distribution-free test
+beside the t-test and its sign-flip p (which both test the mean). Streaming: two counts per
+neuron, so memory does not grow with the inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from scipy import stats as sps
+
+from modalscope.stats.protocol import Accumulator, Context, Slab
+
+
+class SignTest:
+    NAME = "sign_test"
+    REQUIRES: tuple[str, ...] = ()
+
+    @staticmethod
+    def applies(stat: str) -> bool:
+        return True
+
+    def __init__(self, ctx: Context, shared: Mapping[str, Accumulator]) -> None:
+        self.positive = np.zeros(ctx.width, dtype=np.int64)
+        self.negative = np.zeros(ctx.width, dtype=np.int64)
+
+    def add(self, slab: Slab) -> None:
+        self.positive += (slab.delta > 0).sum(axis=0)
+        self.negative += (slab.delta < 0).sum(axis=0)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        n = self.positive + self.negative
+        fewer = np.minimum(self.positive, self.negative)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(n > 0, self.positive / n, np.nan)
+            p = np.where(n > 0, np.minimum(1.0, 2.0 * sps.binom.cdf(fewer, n, 0.5)), np.nan)
+        return {"share_positive": share, "p_sign": p}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"positive": self.positive, "negative": self.negative}
+
+    def merge(self, other: "SignTest") -> None:
+        self.positive = self.positive + other.positive
+        self.negative = self.negative + other.negative
+
+
+STATISTIC = SignTest

@@ -1,0 +1,71 @@
+"""One protocol for every per-neuron statistic: accumulators fed one slab at a time.
+
+Why: the analysis never holds Δ for all inputs ([5,000 inputs x 32 layers x 11,008 neurons]
+at 7B). It reads one layer of one reduction a block of inputs at a time (a `Slab`) and hands
+it to every statistic. A statistic is an accumulator (`add` per slab, `columns()` at the end
+of the layer, `state_dict()`/`merge` so that shards computed apart combine into one), built
+fresh per (site, layer, reduction) from a `Context`. Statistics do no I/O: the loop that
+reads the store is analysis.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from modalscope.stats.controls import SignFlips
+
+CONTRAST = ("text", "image")  # Δ = text - image, as in the report
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    contrast: tuple[str, str] = CONTRAST  # Δ = first - second
+    fdr: str = "bh"
+    n_perm: int = 1000
+    n_boot: int = 1000
+    outlier_factor: float = 100.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a statistic may know about the slabs it will see."""
+
+    site: str
+    layer: int
+    stat: str  # the reduction (max, mean, matched_max, ...)
+    width: int  # neurons
+    n_inputs: int
+    settings: AnalysisSettings
+    signs: SignFlips  # the study's sign flips, [perm, input], shared by every neuron and layer
+
+
+@dataclass(frozen=True)
+class Slab:
+    """Inputs start:stop of one layer and reduction: Δ and each contrasted condition's values,
+    [inputs, neurons] float64 (NaN: missing)."""
+
+    start: int
+    stop: int
+    delta: np.ndarray
+    values: Mapping[str, np.ndarray]
+
+
+class Accumulator(Protocol):
+    """A per-neuron statistic over the inputs of one (site, layer, reduction)."""
+
+    def add(self, slab: Slab) -> None: ...
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """{column name (stats/columns.py NEURON_COLUMNS or TRAILING_COLUMNS): [neurons]}."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def merge(self, other: "Accumulator") -> None:
+        """Fold in the same statistic over other inputs (another shard)."""
+        ...

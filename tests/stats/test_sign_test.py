@@ -1,0 +1,56 @@
+"""The sign test (stats/neuron/sign_test.py) against scipy.stats.binomtest, neuron by neuron."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from modalscope.stats.controls import SignFlips
+from modalscope.stats.neuron.sign_test import SignTest
+from modalscope.stats.protocol import AnalysisSettings, Context, Slab
+
+
+def _fed(delta: np.ndarray, step: int = 7) -> SignTest:
+    ctx = Context("mlp", 0, "max", delta.shape[1], delta.shape[0], AnalysisSettings(), SignFlips(delta.shape[0], 0))
+    test = SignTest(ctx, {})
+    for start in range(0, len(delta), step):
+        block = delta[start:start + step]
+        test.add(Slab(start, start + len(block), block, {}))
+    return test
+
+
+def test_share_and_p_equal_binomtest_with_ties_and_missing_left_out():
+    rng = np.random.default_rng(5)
+    delta = rng.normal(0.3, 1.0, size=(41, 12)).round(1)  # rounding makes ties at 0
+    delta[rng.random(delta.shape) < 0.1] = np.nan
+    delta[:, 0] = 0.0  # all ties: no test
+    delta[:, 1] = np.abs(delta[:, 1]) + 0.1  # every pair positive
+    got = _fed(delta).columns()
+    assert np.isnan(got["share_positive"][0]) and np.isnan(got["p_sign"][0])
+    for j in range(1, delta.shape[1]):
+        column = delta[:, j][~np.isnan(delta[:, j])]
+        k, n = int((column > 0).sum()), int((column != 0).sum())
+        assert got["share_positive"][j] == pytest.approx(k / n, rel=1e-15)
+        assert got["p_sign"][j] == pytest.approx(sps.binomtest(k, n, 0.5).pvalue, rel=1e-10)
+    assert got["p_sign"][1] == pytest.approx(2 * 0.5 ** int((~np.isnan(delta[:, 1])).sum()), rel=1e-12)
+
+
+def test_a_study_has_the_sign_test_columns_for_every_reduction(small_study):
+    import pandas as pd
+    import zarr
+
+    t3 = pd.read_parquet(small_study / "tables/table3_neurons.parquet")
+    group = zarr.open_group(str(small_study / "activations.zarr"), mode="r")
+    n = int(group.attrs["n_done"])
+    for stat in group.attrs["stats"]:
+        suffix = "" if stat == "max" else f"_{stat}"
+        assert {f"share_positive{suffix}", f"p_sign{suffix}"} <= set(t3.columns)
+        layer = 1
+        delta = (group[f"mlp/text/{stat}"][:n, layer, :].astype(np.float64)
+                 - group[f"mlp/image/{stat}"][:n, layer, :].astype(np.float64))
+        rows = t3[(t3["site"] == "mlp") & (t3["layer"] == layer)].sort_values("neuron")
+        k, n_nonzero = (delta > 0).sum(0), (delta != 0).sum(0)
+        np.testing.assert_allclose(rows[f"share_positive{suffix}"], k / n_nonzero, rtol=1e-15)
+        ref = [sps.binomtest(int(a), int(b), 0.5).pvalue for a, b in zip(k[:8], n_nonzero[:8])]
+        np.testing.assert_allclose(rows[f"p_sign{suffix}"].to_numpy()[:8], ref, rtol=1e-10)
