@@ -124,7 +124,9 @@ def test_a_real_analysis_summary_with_nan_is_strict_json(tmp_path):
     import numpy as np
 
     from modalscope.analysis import AnalysisSettings, run_analysis
-    from modalscope.store import CONDITIONS, STATS, ActivationStore
+    from modalscope.record.reductions import ALWAYS as STATS
+    from modalscope.store import ActivationStore
+    from modalscope.streams import UNIMODAL as CONDITIONS
 
     rng = np.random.default_rng(0)
     store = ActivationStore.create(tmp_path / "a.zarr", 2, {"mlp": 3}, 4, {"seed": 0})

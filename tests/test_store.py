@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modalscope.store import CONDITIONS, STATS, ActivationStore, StoreMismatch
+from modalscope.record.reductions import ALWAYS as STATS
+from modalscope.store import ActivationStore, StoreMismatch
+from modalscope.streams import UNIMODAL as CONDITIONS
 
 WIDTHS = {"residual": 5, "mlp": 7}
 N_LAYERS = 3
@@ -63,7 +65,7 @@ def _assert_store_holds(store: ActivationStore, values: dict, tokens: dict) -> N
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, expected)
     for c in CONDITIONS:
-        got = store.tokens(c)
+        got = store.group[f"tokens/{c}"][: store.n_done]
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, tokens[c])
         assert store.group[f"tokens/{c}"].shape == (n,)
@@ -145,6 +147,35 @@ def test_open_trims_uncommitted_rows_after_crash(tmp_path):
     again = ActivationStore.open(path)
     _assert_store_holds(again, *_concat(batches + [after]))
     assert again.input_blocks() == [(0, 4), (4, 8), (8, 12), (12, 14)]
+
+
+def test_read_writes_nothing_and_stops_at_the_ledger(tmp_path):
+    """The analysis, export and report open the store with `read`: a store left mid-append by a
+    crash stays as it is on disk (extraction's `open` trims it), and no read passes n_done."""
+    import os
+
+    path = tmp_path / "activations.zarr"
+    store, batches = _filled(path, sizes=(4, 4))
+    extra = _batch(np.random.default_rng(7), 3)[0]
+    store.array("mlp", "text", "max").append(extra["text"]["mlp"]["max"], axis=0)
+    def chmod(mode: int) -> None:
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                (Path(folder) / name).chmod(mode | (0o111 if (Path(folder) / name).is_dir() else 0))
+
+    before = sorted((p.relative_to(path), p.stat().st_mtime_ns) for p in path.rglob("*"))
+    chmod(0o444)  # a read-only copy, as a shared dataset would be (root ignores it: the mtimes tell)
+    try:
+        reader = ActivationStore.read(path)
+        assert reader.n_done == 8 and reader.array("mlp", "text", "max").shape[0] == 11  # not trimmed
+        values = _concat(batches)[0]["mlp", "text", "max"]
+        np.testing.assert_array_equal(reader.read_layer("mlp", "text", "max", 1), values[:, 1])
+        assert reader.input_blocks() == [(0, 4), (4, 8)]
+        with pytest.raises(ValueError):  # zarr refuses a write through a read-only group
+            reader.group.attrs["n_done"] = 0
+    finally:
+        chmod(0o644)
+    assert sorted((p.relative_to(path), p.stat().st_mtime_ns) for p in path.rglob("*")) == before
 
 
 def test_check_matches_same_attrs_passes(tmp_path):

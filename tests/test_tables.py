@@ -10,7 +10,9 @@ import pytest
 from scipy import stats as sps
 
 from modalscope.analysis import run_analysis
-from modalscope.store import CONDITIONS, STATS, ActivationStore
+from modalscope.record.reductions import ALWAYS as STATS
+from modalscope.store import ActivationStore
+from modalscope.streams import UNIMODAL as CONDITIONS
 from modalscope.tables import TABLE1, TABLE2, table1_rows, write_long_tables
 
 WIDTHS = {"residual": 5, "mlp": 7}
@@ -308,3 +310,28 @@ def test_summary_regression_equals_linregress_on_layer_means(filled, analyzed):
             np.arange(N_LAYERS), _delta64(values, site, "mean").mean(axis=0).mean(axis=1)
         )
         assert entry["by_stat"]["mean"]["slope"] == pytest.approx(mean_fit.slope, rel=1e-10)
+
+
+def test_a_table_carries_its_provenance_and_never_an_old_csv_copy(tmp_path):
+    import pyarrow.parquet as pq
+
+    from modalscope.tables import PROVENANCE_KEY, read_provenance, write_frame
+
+    frame = pd.DataFrame({"layer": [0, 1], "mean_diff": [0.5, -0.25]})
+    meta = {"model": "some/vlm", "contrast": "text - image", "n_perm": 200, "r": float("nan")}
+    path = write_frame(frame, tmp_path / "layers.parquet", csv=True, provenance=meta)
+    assert path.with_suffix(".csv").read_text() == "layer,mean_diff\n0,0.5\n1,-0.25\n"
+    assert read_provenance(path) == {**meta, "r": None}  # strict JSON, as summary.json
+    pd.testing.assert_frame_equal(pd.read_parquet(path), frame)  # the columns are untouched
+    again = write_frame(frame, tmp_path / "layers.parquet", provenance=meta)  # a rerun without --csv
+    assert not path.with_suffix(".csv").exists() and again.read_bytes() == path.read_bytes()
+    assert PROVENANCE_KEY in pq.read_schema(path).metadata and read_provenance(
+        write_frame(frame, tmp_path / "bare.parquet")) == {}
+
+
+def test_long_tables_carry_the_provenance_they_are_given(tmp_path, filled):
+    from modalscope.tables import read_provenance
+
+    store, _, pair_ids = filled
+    paths = write_long_tables(store, pair_ids, tmp_path, layers=[0], provenance={"model": "some/vlm", "seed": 3})
+    assert [read_provenance(p) for p in paths] == [{"model": "some/vlm", "seed": 3}] * 2

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from modalscope.config import BASE_STREAM
+from modalscope.streams import BASE_STREAM
 from modalscope.stats import controls
 from modalscope.stats.columns import KEYS, UNSUFFIXED_STAT, VS_BASE, column, kept, table3_order, vs_base_columns
 from modalscope.stats.fdr import fdr

@@ -8,14 +8,9 @@ from typing import Literal
 
 from modalscope.models.adapter import SITES
 from modalscope.record.reductions import ALL_STATS, ALWAYS, ReductionSpec
+from modalscope.streams import CONDITIONS, UNIMODAL, streams
 
 LongTables = Literal["auto", "always", "never"]
-# Forwards per pair: caption alone, image alone, and both in one turn (recorded as three
-# streams: all content, its caption tokens, its image tokens).
-CONDITIONS = ("text", "image", "image_text")
-JOINT_STREAMS = ("image_text", "image_text_caption", "image_text_image")
-# The text input through --base-model, the language model the VLM was trained from.
-BASE_STREAM = "text_base"
 
 
 @dataclass
@@ -63,15 +58,13 @@ class StudyConfig:
                 setattr(self, name, Path(value))
         self.sites = tuple(self.sites)
         self.stats = tuple(dict.fromkeys((*ALWAYS, *self.stats)))
-        self.conditions = tuple(dict.fromkeys(("text", "image", *self.conditions)))
+        self.conditions = tuple(dict.fromkeys((*UNIMODAL, *self.conditions)))
 
     @property
     def streams(self) -> tuple[str, ...]:
         """What the store records per pair: text, image, with image_text its streams, and with
         a base model its text stream."""
-        joint = JOINT_STREAMS if "image_text" in self.conditions else ()
-        base = (BASE_STREAM,) if self.base_model else ()
-        return ("text", "image", *joint, *base)
+        return streams(self.conditions, bool(self.base_model))
 
     @property
     def reductions(self) -> ReductionSpec:

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import zarr
 
+from modalscope.record.reductions import ALWAYS
+from modalscope.streams import UNIMODAL
+
 STORE = "activations.zarr"
-CONDITIONS = ("text", "image")  # the report's two; more are listed in attrs["conditions"]
-JOINT_STREAMS = ("image_text", "image_text_caption", "image_text_image")
-STATS = ("max", "mean")  # always recorded; further reductions are listed in attrs["stats"]
 # Attributes a resumed run must share with the store, with the user-facing name of each.
 MUST_MATCH = {
     "model": "model",
@@ -58,8 +58,8 @@ class ActivationStore:
         widths: Mapping[str, int],
         batch_size: int,
         attrs: Mapping[str, Any],
-        stats: Sequence[str] = STATS,
-        conditions: Sequence[str] = CONDITIONS,
+        stats: Sequence[str] = ALWAYS,
+        conditions: Sequence[str] = UNIMODAL,
     ) -> "ActivationStore":
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         for site, width in widths.items():
@@ -90,11 +90,23 @@ class ActivationStore:
 
     @classmethod
     def open(cls, path: Path) -> "ActivationStore":
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no activation store; run `modalscope extract` first")
-        store = cls(zarr.open_group(str(path), mode="r+"), Path(path))
+        """For appending (extraction, merging shards): rows past the ledger, left by a crash
+        between an append and its ledger update, are trimmed first."""
+        store = cls(zarr.open_group(str(cls._existing(path)), mode="r+"), Path(path))
         store._trim_to_ledger()
         return store
+
+    @classmethod
+    def read(cls, path: Path) -> "ActivationStore":
+        """For reading (analysis, export, report): nothing is written, not even the trim;
+        every read stops at the ledger (`n_done`), so rows past it are never seen."""
+        return cls(zarr.open_group(str(cls._existing(path)), mode="r"), Path(path))
+
+    @staticmethod
+    def _existing(path: Path) -> Path:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no activation store; run `modalscope extract` first")
+        return Path(path)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -110,11 +122,11 @@ class ActivationStore:
 
     @property
     def conditions(self) -> list[str]:
-        return list(self.group.attrs.get("conditions", CONDITIONS))
+        return list(self.group.attrs.get("conditions", UNIMODAL))
 
     @property
     def stats(self) -> list[str]:
-        return list(self.group.attrs.get("stats", STATS))
+        return list(self.group.attrs.get("stats", ALWAYS))
 
     @property
     def n_layers(self) -> int:
@@ -124,7 +136,7 @@ class ActivationStore:
         return self.group[f"{site}/{condition}/{stat}"]
 
     def width(self, site: str) -> int:
-        return int(self.array(site, CONDITIONS[0], STATS[0]).shape[2])
+        return int(self.array(site, UNIMODAL[0], ALWAYS[0]).shape[2])
 
     def check_matches(self, attrs: Mapping[str, Any]) -> None:
         """One-line refusal naming the first difference between this store and a new run."""
@@ -160,12 +172,9 @@ class ActivationStore:
         stop = self.n_done if stop is None else min(stop, self.n_done)
         return self.array(site, condition, stat)[start:stop, layer, :]
 
-    def tokens(self, condition: str) -> np.ndarray:
-        return self.group[f"tokens/{condition}"][: self.n_done]
-
     def input_blocks(self) -> list[tuple[int, int]]:
         """Chunk-aligned [start, stop) ranges over finished inputs, for streaming reads."""
-        step = int(self.array(self.sites[0], CONDITIONS[0], STATS[0]).chunks[0])
+        step = int(self.array(self.sites[0], UNIMODAL[0], ALWAYS[0]).chunks[0])
         return [(s, min(s + step, self.n_done)) for s in range(0, self.n_done, step)]
 
     def _trim_to_ledger(self) -> None:

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modalscope.files import atomic
-from modalscope.store import CONDITIONS, ActivationStore
+from modalscope.store import ActivationStore
+from modalscope.streams import UNIMODAL as CONDITIONS
 
 TABLE1 = "table1_activations.parquet"
 TABLE2 = "table2_differences.parquet"

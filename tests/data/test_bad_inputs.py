@@ -111,13 +111,19 @@ def test_10_exif_orientation_is_applied(bad_corpus):
 
 
 def test_extraction_loads_images_with_the_same_function(bad_corpus):
-    from modalscope.record import inputs
+    from types import SimpleNamespace
+
+    from modalscope.data.pairs import DataError
+    from modalscope.record.extract import _open
 
     for name in ("cmyk.jpg", "gray16.png", "rgba.png", "palette.png", "exif_rotated.jpg"):
         path = bad_corpus / "images" / name
-        np.testing.assert_array_equal(np.asarray(inputs.load_image(str(path))), np.asarray(load_rgb(path)))
-    with pytest.raises(ValueError, match=re.escape(BOMB)):  # extract.py turns ValueError into DataError
-        inputs.load_image(str(bad_corpus / "images/bomb.png"))
+        row = SimpleNamespace(image_path=str(path), pair_id="p1")
+        np.testing.assert_array_equal(np.asarray(_open(row)), np.asarray(load_rgb(path)))
+    bomb = SimpleNamespace(image_path=str(bad_corpus / "images/bomb.png"), pair_id="p9")
+    with pytest.raises(DataError, match=re.escape(BOMB)) as caught:
+        _open(bomb)
+    assert str(caught.value).startswith(f"{bomb.image_path}: pair p9: cannot read image")
 
 
 # Captions: cases 11, 12, 14 ---------------------------------------------------------------------
@@ -183,17 +189,11 @@ def test_13_truncations_lists_the_cut_captions(loaded):
 
 
 def test_13_the_study_takes_the_context_from_the_model_config(loaded):
-    from modalscope.record.inputs import PromptBuilder, use_model_context
+    from modalscope.record.inputs import PromptBuilder
 
-    tokenizer = loaded.processor.tokenizer
-    before = tokenizer.model_max_length
     assert PromptBuilder(loaded.processor, loaded.model.config.image_token_id, "content").max_length is None
-    try:
-        use_model_context(loaded)
-        builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, "content")
-        assert builder.max_length == loaded.model.config.text_config.max_position_embeddings == 1024
-    finally:
-        tokenizer.model_max_length = before
+    builder = PromptBuilder.for_model(loaded, "content")
+    assert builder.max_length == loaded.model.config.text_config.max_position_embeddings == 1024
 
 
 # Data files: cases 15-18 ----------------------------------------------------------------------

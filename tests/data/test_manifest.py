@@ -13,7 +13,7 @@ import pytest
 
 from modalscope.config import StudyConfig
 from modalscope.data.manifest import (
-    COLUMNS, MANIFEST, load_manifest, manifest_hash, save_manifest, shuffle_pairs,
+    COLUMNS, MANIFEST, load_manifest, manifest_hash, save_manifest, manifest_frame, shuffled,
 )
 from modalscope.data.pairs import DataError, Pair, load_coco, load_jsonl
 from modalscope.study import prepare_manifest
@@ -25,16 +25,16 @@ def pairs(coco_files) -> list[Pair]:
 
 
 def test_shuffle_same_seed_same_order_different_seed_different_order(pairs):
-    a = shuffle_pairs(pairs, seed=3, num_pairs=None)
-    b = shuffle_pairs(pairs, seed=3, num_pairs=None)
-    c = shuffle_pairs(pairs, seed=4, num_pairs=None)
+    a = manifest_frame(shuffled(pairs, 3))
+    b = manifest_frame(shuffled(pairs, 3))
+    c = manifest_frame(shuffled(pairs, 4))
     pd.testing.assert_frame_equal(a, b)
     assert a["pair_id"].tolist() != c["pair_id"].tolist()
     assert sorted(a["pair_id"]) == sorted(c["pair_id"])
 
 
 def test_shuffle_is_a_permutation_of_the_pairs_with_rows_intact(pairs):
-    frame = shuffle_pairs(pairs, seed=0, num_pairs=None)
+    frame = manifest_frame(shuffled(pairs, 0))
     assert list(frame.columns) == COLUMNS
     assert len(frame) == len(pairs) == 40
     by_id = {p.pair_id: p for p in pairs}
@@ -53,31 +53,27 @@ def test_shuffle_does_not_depend_on_input_list_order(pairs):
     random.Random(123).shuffle(scrambled)
     assert [p.pair_id for p in scrambled] != [p.pair_id for p in pairs]
     pd.testing.assert_frame_equal(
-        shuffle_pairs(scrambled, seed=7, num_pairs=None), shuffle_pairs(pairs, seed=7, num_pairs=None)
+        manifest_frame(shuffled(scrambled, 7)), manifest_frame(shuffled(pairs, 7))
     )
 
 
 def test_shuffle_num_pairs_is_prefix_of_full_order(pairs):
-    full = shuffle_pairs(pairs, seed=11, num_pairs=None)
+    """A larger --num-pairs with the same seed extends the list: the first rows are the same."""
+    full = manifest_frame(shuffled(pairs, 11))
     for k in (2, 10, 40):
-        part = shuffle_pairs(pairs, seed=11, num_pairs=k)
+        part = manifest_frame(shuffled(pairs[:], 11)[:k])
         assert len(part) == k
         pd.testing.assert_frame_equal(part, full.iloc[:k].reset_index(drop=True))
 
 
-def test_shuffle_num_pairs_larger_than_data_raises_data_error(pairs):
-    with pytest.raises(DataError, match="41"):
-        shuffle_pairs(pairs, seed=0, num_pairs=41)
-
-
 def test_shuffle_input_index_is_zero_to_n_minus_one(pairs):
-    frame = shuffle_pairs(pairs, seed=5, num_pairs=17)
+    frame = manifest_frame(shuffled(pairs, 5)[:17])
     assert frame["input_index"].dtype == np.int64
     assert frame["input_index"].tolist() == list(range(17))
 
 
 def test_save_load_round_trip_preserves_rows_and_metadata(pairs, tmp_path):
-    frame = shuffle_pairs(pairs, seed=2, num_pairs=12)
+    frame = manifest_frame(shuffled(pairs, 2)[:12])
     meta = {"seed": 2, "num_pairs": 12, "source": "/some/captions.json", "nested": {"a": [1, None]}}
     path = save_manifest(frame, tmp_path / "study", meta)
     assert path == tmp_path / "study" / MANIFEST and path.is_file()
@@ -90,7 +86,7 @@ def test_save_load_round_trip_preserves_rows_and_metadata(pairs, tmp_path):
 def test_save_load_round_trip_jsonl_pairs_without_caption_ids(tmp_path):
     lines = [json.dumps({"image": f"{i}.png", "caption": f"caption {i}", "id": f"p{i}"}) for i in range(5)]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    frame = shuffle_pairs(load_jsonl(tmp_path / "pairs.jsonl"), seed=0, num_pairs=None)
+    frame = manifest_frame(shuffled(load_jsonl(tmp_path / "pairs.jsonl"), 0))
     assert frame["caption_id"].isna().all()
     save_manifest(frame, tmp_path, {})
     loaded, meta = load_manifest(tmp_path)
@@ -104,17 +100,17 @@ def test_load_manifest_without_file_raises_data_error(tmp_path):
 
 
 def test_manifest_hash_changes_with_order_and_is_stable(pairs):
-    frame = shuffle_pairs(pairs, seed=0, num_pairs=None)
+    frame = manifest_frame(shuffled(pairs, 0))
     assert manifest_hash(frame) == manifest_hash(frame.copy())
     assert len(manifest_hash(frame)) == 64
     swapped = frame.iloc[[1, 0, *range(2, len(frame))]].reset_index(drop=True)
     assert manifest_hash(swapped) != manifest_hash(frame)
-    other_seed = shuffle_pairs(pairs, seed=1, num_pairs=None)
+    other_seed = manifest_frame(shuffled(pairs, 1))
     assert manifest_hash(other_seed) != manifest_hash(frame)
 
 
 def test_manifest_hash_changes_with_caption(pairs):
-    frame = shuffle_pairs(pairs, seed=0, num_pairs=None)
+    frame = manifest_frame(shuffled(pairs, 0))
     edited = frame.copy()
     edited.loc[3, "caption"] = edited.loc[3, "caption"] + " edited"
     assert manifest_hash(edited) != manifest_hash(frame)
@@ -125,7 +121,7 @@ def test_shuffle_of_empty_data_raises_data_error_not_key_error(tmp_path):
     pairs = load_jsonl(tmp_path / "empty.jsonl")
     assert pairs == []
     try:
-        frame = shuffle_pairs(pairs, seed=0, num_pairs=None)
+        frame = manifest_frame(shuffled(pairs, 0))
     except DataError:
         return
     assert list(frame.columns) == COLUMNS and len(frame) == 0
@@ -148,7 +144,7 @@ def test_prepare_manifest_first_call_writes_manifest(coco_copy, tmp_path):
     out = tmp_path / "study"
     frame = prepare_manifest(_config(out, captions, images, seed=9, num_pairs=25))
     assert (out / MANIFEST).is_file()
-    pd.testing.assert_frame_equal(frame, shuffle_pairs(load_coco(captions, images), 9, 25))
+    pd.testing.assert_frame_equal(frame, manifest_frame(shuffled(load_coco(captions, images), 9)[:25]))
     saved, meta = load_manifest(out)
     pd.testing.assert_frame_equal(saved, frame)
     assert meta == {"seed": 9, "num_pairs": 25, "source": str(captions.resolve())}

@@ -9,8 +9,14 @@ import zarr
 
 from modalscope import StudyConfig
 from modalscope.data.pairs import DataError
-from modalscope.record.plan import default_sort_window, padded_tokens, plan_windows
+from modalscope.record.plan import default_sort_window, plan_windows
 from modalscope.study import extract_stage, prepare_manifest
+
+
+def padded_tokens(lengths, batches) -> int:
+    """Padding positions the batches need: sum over batches of (longest - each)."""
+    lengths = np.asarray(lengths)
+    return int(sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in batches if len(b)))
 
 
 def _config(out, jsonl, model, sort_window=2):

@@ -9,7 +9,8 @@ import torch
 
 from modalscope.record.extract import reduce_content
 from modalscope.record.hooks import Recorder
-from modalscope.record.inputs import PromptBuilder, load_image
+from modalscope.data.images import load_rgb
+from modalscope.record.inputs import PromptBuilder
 from reducing import masked_max_mean
 
 
@@ -22,7 +23,7 @@ def pairs(coco_files):
     for ann in data["annotations"]:
         first.setdefault(ann["image_id"], ann["caption"])
     ids = sorted(first)[:5]
-    return [first[i] for i in ids], [load_image(str(files[i])) for i in ids]
+    return [first[i] for i in ids], [load_rgb(str(files[i])) for i in ids]
 
 
 @pytest.fixture(scope="module")

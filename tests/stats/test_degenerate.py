@@ -12,7 +12,9 @@ from modalscope.analysis import AnalysisSettings, run_analysis
 from modalscope.stats.controls import PermutationT, SignFlips, outlier_flags
 from modalscope.stats.moments import RunningMoments
 from modalscope.stats.ttest import CONSTANT_RTOL, one_sample_t, t_from_moments
-from modalscope.store import CONDITIONS, STATS, ActivationStore
+from modalscope.record.reductions import ALWAYS as STATS
+from modalscope.store import ActivationStore
+from modalscope.streams import UNIMODAL as CONDITIONS
 
 
 def _moments(delta: np.ndarray, block: int) -> RunningMoments:

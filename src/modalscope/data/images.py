@@ -1,7 +1,7 @@
 """Images as the model sees them: every file becomes RGB the same way, or says why it cannot.
 
 Why one function: the manifest's validation walk (data/validate.py) and the extraction loop
-(record/inputs.py re-exports `load_rgb` as `load_image`) both call `load_rgb`, so a pair that
+both call `load_rgb`, so a pair that
 passed validation decodes to the same pixels in every condition and every run.
 
 The conversion, decided once:

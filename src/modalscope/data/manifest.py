@@ -43,18 +43,6 @@ def shuffled(pairs: list[Pair], seed: int) -> list[Pair]:
     return [ordered[i] for i in generator(seed, "shuffle").permutation(len(ordered))]
 
 
-def shuffle_pairs(pairs: list[Pair], seed: int, num_pairs: int | None) -> pd.DataFrame:
-    """The manifest frame of the first `num_pairs` shuffled pairs, none of them checked.
-
-    A larger `num_pairs` with the same seed extends the list: the first rows are the same.
-    """
-    if not pairs:
-        raise DataError("the data holds no image-caption pairs")
-    if num_pairs is not None and num_pairs > len(pairs):
-        raise DataError(f"--num-pairs {num_pairs}: the data holds only {len(pairs)} pairs")
-    return manifest_frame(shuffled(pairs, seed)[:num_pairs])
-
-
 def manifest_frame(pairs: list[Pair]) -> pd.DataFrame:
     """Pairs in study order as manifest rows; `input_index` is the row number."""
     frame = pd.DataFrame([asdict(p) for p in pairs], columns=[f.name for f in fields(Pair)])

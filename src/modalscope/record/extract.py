@@ -20,12 +20,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from modalscope.config import BASE_STREAM
+from modalscope.streams import BASE_STREAM
+from modalscope.data.images import load_rgb
 from modalscope.data.pairs import DataError
 from modalscope.models.adapter import first_line
 from modalscope.models.loading import LoadedModel
 from modalscope.record.hooks import Recorder, vision_guard
-from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope, load_image
+from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope
 from modalscope.record.plan import plan_windows
 from modalscope.record.reductions import ReductionSpec
 from modalscope.record.writer import StoreWriter
@@ -322,7 +323,7 @@ def _in_manifest_order(done: list[tuple[Records, dict[str, list[int]]]], order: 
 
 def _open(row) -> Image.Image:
     try:
-        return load_image(row.image_path)
+        return load_rgb(row.image_path)
     except (OSError, ValueError) as err:
         raise DataError(f"{row.image_path}: pair {row.pair_id}: cannot read image ({err})") from None
 

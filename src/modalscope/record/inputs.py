@@ -412,22 +412,8 @@ def _plain(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
 
 
-def load_image(path: str) -> Image.Image:
-    """Every image becomes RGB the same way, whatever its mode on disk (data/images.py);
-    raises `ImageProblem` (a ValueError) with the reason when it cannot."""
-    return load_rgb(path)
-
-
 def model_context(loaded) -> int | None:
     """The model's context in tokens: `max_position_embeddings` of its text config."""
     text_config = getattr(loaded.model.config, loaded.adapter.text_config, loaded.model.config)
     context = getattr(text_config, "max_position_embeddings", None)
     return int(context) if context else None
-
-
-def use_model_context(loaded) -> None:
-    """Make the tokenizer's `model_max_length` the model's context, so that PromptBuilders
-    made by hand on this processor cut to fit it too (`PromptBuilder.for_model` needs not)."""
-    context = model_context(loaded)
-    if context:
-        loaded.processor.tokenizer.model_max_length = context

@@ -48,9 +48,3 @@ def default_sort_window(batch_size: int, row_bytes: int) -> int:
     (a LLaVA-7B row with every reduction and stream is ~50 MB, so big studies get 1-2)."""
     fits = WINDOW_BUFFER_BYTES // max(1, batch_size * row_bytes)
     return int(min(MAX_SORT_WINDOW, max(1, fits)))
-
-
-def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
-    """Padding positions the batches need: sum over batches of (longest - each)."""
-    lengths = np.asarray(lengths)
-    return int(sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in batches if len(b)))
