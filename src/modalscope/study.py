@@ -125,22 +125,14 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
     Under torchrun each rank records its shard into DIR/shards/rank{r}.zarr, then rank 0
     merges the shards into DIR/activations.zarr (see record/distributed.py).
     """
-    from modalscope.models.loading import load_model  # torch/transformers only when needed
-    from modalscope.record.distributed import Ranks, merge_shards, shard_manifest, shard_path
-    from modalscope.record.extract import Extraction, extract
-    from modalscope.record.reductions import ReductionSpec
+    from modalscope.record.distributed import Ranks
     from modalscope.record.inputs import PromptBuilder
-    from modalscope.record.plan import default_sort_window
 
     ranks = Ranks.from_env()
     ranks.start()
     fresh = manifest is None and ranks.leader and not (config.out_dir / "manifest.parquet").exists()
     pairs = read_pairs(config) if fresh and not (config.out_dir / STORE).exists() else None
-    loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
-                        config.device_map, config.quantization)
-    if not loaded.adapter.has_vision:
-        raise ValueError(f"--model {config.model}: a language model without vision ({loaded.provenance['model_type']}): "
-                         "the image conditions cannot run on it; pass it as --base-model of its vision-language model")
+    loaded = _load_vlm(config, ranks)
     base = _load_base(config, loaded, ranks) if config.base_model else None
     builder = PromptBuilder.for_model(loaded, config.tokens)  # cuts captions to the context
     check_base = _base_check(config, builder, base)
@@ -154,14 +146,58 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
 
         manifest = prepare_manifest_ranked(config, prepare, pairs)
     check_base(manifest["caption"].tolist())  # a manifest made before
-    # --batch-size auto: start big on a GPU (16 on CPU) and halve on out-of-memory; a
-    # resumed study starts from the size its store last used.
+    plan = _recording_plan(config, loaded, ranks)
+    attrs = store_attributes(config, loaded, builder, manifest, plan, base)
+    recorder = _Recording(config, loaded, builder, base, manifest, plan, attrs, ranks)
+    return recorder.run_sharded() if ranks.parallel else recorder.run()
+
+
+def _load_vlm(config: StudyConfig, ranks):
+    """The vision-language model, refused in one line if it has no vision tower."""
+    from modalscope.models.loading import load_model  # torch/transformers only when needed
+
+    loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
+                        config.device_map, config.quantization)
+    if not loaded.adapter.has_vision:
+        raise ValueError(f"--model {config.model}: a language model without vision ({loaded.provenance['model_type']}): "
+                         "the image conditions cannot run on it; pass it as --base-model of its vision-language model")
+    return loaded
+
+
+@dataclass(frozen=True)
+class RecordingPlan:
+    """Batching of a recording: the batch size (with --batch-size auto: halved on
+    out-of-memory), the length-sorted window (record/plan.py) and the DataLoader workers."""
+
+    batch_size: int
+    auto_batch: bool
+    sort_window: int
+    workers: int
+
+
+def _recording_plan(config: StudyConfig, loaded, ranks) -> RecordingPlan:
+    """--batch-size auto starts big on a GPU (16 on CPU) and halves on out-of-memory; a resumed
+    study starts from the size its store last used. The sort window keeps a window's records
+    within about 1 GiB of host memory."""
+    from modalscope.record.plan import default_sort_window
+
     auto_batch = config.batch_size == "auto"
     batch_size = config.batch_size
     if auto_batch:
         batch_size = 64 if loaded.device.type == "cuda" else 16
         if (config.out_dir / STORE).exists() and not ranks.parallel:
-            batch_size = int(ActivationStore.open(config.out_dir / STORE).attrs.get("batch_size", batch_size))
+            batch_size = int(ActivationStore.read(config.out_dir / STORE).attrs.get("batch_size", batch_size))
+    widths = [loaded.adapter.width(loaded.model, site) for site in config.sites]
+    row_bytes = 4 * loaded.adapter.num_layers(loaded.model) * sum(widths) * len(config.stats) * len(config.streams)
+    sort_window = config.sort_window or default_sort_window(batch_size, row_bytes)
+    workers = config.workers if config.workers is not None else (4 if loaded.device.type == "cuda" else 0)
+    return RecordingPlan(int(batch_size), auto_batch, sort_window, workers)
+
+
+def store_attributes(config: StudyConfig, loaded, builder, manifest: pd.DataFrame, plan: RecordingPlan,
+                     base=None) -> dict:
+    """The store's provenance: what made it (model, weights, template, prompts, reductions, seed,
+    manifest, versions); a resumed run must match it (store.MUST_MATCH)."""
     prov = loaded.provenance
     attrs = {
         **{k: prov[k] for k in ("model", "revision", "commit_hash", "weights_fingerprint",
@@ -171,66 +207,82 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
                     "image": builder.image_prompt},
         "tokens": config.tokens,
         "sites": list(config.sites),
-        "stats": list(config.stats),
+        **config.reductions.attrs(),  # stats, quantile
         "conditions": list(config.streams),
-        "quantile": config.quantile,
         "seed": config.seed,
         "manifest_hash": manifest_hash(manifest),
         "n_inputs": len(manifest),
-        "batch_size": batch_size,
+        "batch_size": plan.batch_size,
         "contrast": " - ".join(config.contrast_pair),  # the study's; tables name the one they hold
         "versions": library_versions(),
+        "sort_window": plan.sort_window,
     }
     if base is not None:  # the base language model's provenance, checked on resume with conditions
         attrs["base_model"] = {k: base.provenance[k] for k in ("model", "revision", "commit_hash",
                                                                 "weights_fingerprint", "model_type")}
+    return attrs
 
-    widths = {site: loaded.adapter.width(loaded.model, site) for site in config.sites}
-    n_layers = loaded.adapter.num_layers(loaded.model)
-    row_bytes = 4 * n_layers * sum(widths.values()) * len(config.stats) * len(config.streams)
-    sort_window = config.sort_window or default_sort_window(batch_size, row_bytes)
-    attrs["sort_window"] = sort_window
 
-    def open_or_create(path: Path) -> ActivationStore:
+@dataclass
+class _Recording:
+    """One study's recording into DIR/activations.zarr, alone or as one rank of torchrun."""
+
+    config: StudyConfig
+    loaded: object
+    builder: object
+    base: object
+    manifest: pd.DataFrame
+    plan: RecordingPlan
+    attrs: dict
+    ranks: object
+
+    def open_or_create(self, path: Path) -> ActivationStore:
         if path.exists():
             store = ActivationStore.open(path)
-            store.check_matches(attrs)
+            store.check_matches(self.attrs)
             return store
-        return ActivationStore.create(path, n_layers, widths, batch_size, attrs, config.stats, config.streams)
+        adapter, model = self.loaded.adapter, self.loaded.model
+        widths = {site: adapter.width(model, site) for site in self.config.sites}
+        return ActivationStore.create(path, adapter.num_layers(model), widths, self.plan.batch_size, self.attrs,
+                                      self.config.stats, self.config.streams)
 
-    def write_truncations() -> None:
+    def write_truncations(self) -> None:
         """After the store check: a refused study leaves DIR untouched."""
-        if ranks.leader:
-            write_frame(builder.truncations(manifest), config.out_dir / TRUNCATED)
+        if self.ranks.leader:
+            write_frame(self.builder.truncations(self.manifest), self.config.out_dir / TRUNCATED)
 
-    workers = config.workers
-    if workers is None:
-        workers = 4 if loaded.device.type == "cuda" else 0
+    def record(self, store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
+        from modalscope.record.extract import Extraction, extract
+        from modalscope.record.reductions import ReductionSpec
 
-    def record(store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
-        how = Extraction(sites=tuple(config.sites), tokens=config.tokens, batch_size=batch_size,
+        plan = self.plan
+        how = Extraction(sites=tuple(self.config.sites), tokens=self.config.tokens, batch_size=plan.batch_size,
                          reductions=ReductionSpec.from_attrs(store.attrs), image_text="image_text" in store.conditions,
-                         workers=workers, sort_window=sort_window, auto_batch=auto_batch and not ranks.parallel,
-                         progress=progress)
-        extract(loaded, rows, store, how, builder=builder, base=base)
+                         workers=plan.workers, sort_window=plan.sort_window,
+                         auto_batch=plan.auto_batch and not self.ranks.parallel, progress=progress)
+        extract(self.loaded, rows, store, how, builder=self.builder, base=self.base)
 
-    path = config.out_dir / STORE
-    if not ranks.parallel:
-        store = open_or_create(path)
-        write_truncations()
-        store.group.attrs.update({"batch_size": batch_size, "sort_window": sort_window})
-        record(store, manifest, config.progress)
+    def run(self) -> ActivationStore:
+        store = self.open_or_create(self.config.out_dir / STORE)
+        self.write_truncations()
+        store.group.attrs.update({"batch_size": self.plan.batch_size, "sort_window": self.plan.sort_window})
+        self.record(store, self.manifest, self.config.progress)
         return store
-    shard = open_or_create(shard_path(config.out_dir, ranks.rank))
-    write_truncations()
-    _check_shard_plan(shard, batch_size, sort_window)
-    unit = batch_size * sort_window
-    record(shard, shard_manifest(manifest, ranks, unit), config.progress and ranks.leader)
-    ranks.barrier()
-    if ranks.leader:
-        merge_shards(open_or_create(path), config.out_dir, ranks.world_size, len(manifest), unit)
-    ranks.barrier()
-    return ActivationStore.open(path)
+
+    def run_sharded(self) -> ActivationStore:
+        from modalscope.record.distributed import merge_shards, shard_manifest, shard_path
+
+        ranks, plan, out_dir = self.ranks, self.plan, self.config.out_dir
+        shard = self.open_or_create(shard_path(out_dir, ranks.rank))
+        self.write_truncations()
+        _check_shard_plan(shard, plan.batch_size, plan.sort_window)
+        unit = plan.batch_size * plan.sort_window
+        self.record(shard, shard_manifest(self.manifest, ranks, unit), self.config.progress and ranks.leader)
+        ranks.barrier()
+        if ranks.leader:
+            merge_shards(self.open_or_create(out_dir / STORE), out_dir, ranks.world_size, len(self.manifest), unit)
+        ranks.barrier()
+        return ActivationStore.open(out_dir / STORE)
 
 
 def _load_base(config: StudyConfig, loaded, ranks):
