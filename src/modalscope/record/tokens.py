@@ -71,27 +71,45 @@ class TokenView:
 
     @cached_property
     def sorted(self) -> torch.Tensor:
-        """[batch, tokens, neurons] float32: row b's content values ascending at positions
-        0..T_b-1, then zeros (padding must not meet a 0 weight as inf, which gives NaN).
+        """[batch, T_max, neurons] float32, T_max the most content tokens of any row: row b's
+        content values ascending at positions 0..T_b-1, then zeros (padding must not meet a 0
+        weight as inf, which gives NaN).
 
-        Memory (N = batch x tokens x neurons): the sort holds the +inf-filled copy and the
-        sorted values (input dtype) plus int64 indices (freed at once); what is kept is the
-        float32 copy. Sorting is exact in any dtype, so this is the same in bf16 and fp32
-        up to the input's own rounding."""
-        filled = self.values if self.span else self.values.masked_fill(~self.keep, float("inf"))
-        ordered = torch.sort(filled, dim=1).values
-        del filled
-        values = ordered.float()
+        Only content tokens are sorted: a masked stream's content is first gathered to the
+        front (`_content_first`), so a caption of 11 tokens inside a 600-token image-and-caption
+        prompt sorts 11 values per neuron, not 600. Sorting is exact in any dtype.
+
+        Memory (N = batch x T_max x neurons): the gathered copy and the sorted values (input
+        dtype) plus the sort's int64 indices (freed at once); what is kept is the float32 copy."""
+        values = self.values if self.span else self._content_first()
+        ordered = torch.sort(values, dim=1).values
+        del values
+        out = ordered.float()
         del ordered
-        values.masked_fill_(~self.valid, 0.0)
-        return values
+        out.masked_fill_(~self.valid, 0.0)
+        return out
+
+    def _content_first(self) -> torch.Tensor:
+        """[batch, T_max, neurons]: each row's content tokens first (in order), then +inf."""
+        # A stable argsort of "not content" puts the content positions first, in order.
+        index = torch.argsort((~self.mask).to(torch.int8), dim=1, stable=True)[:, :self.sorted_length]
+        gathered = self.values.gather(1, index.unsqueeze(-1).expand(-1, -1, self.values.shape[2]))
+        inside = torch.arange(gathered.shape[1], device=gathered.device).unsqueeze(0) < self.counts.unsqueeze(1)
+        return gathered.masked_fill(~inside.unsqueeze(-1), float("inf"))
+
+    @cached_property
+    def sorted_length(self) -> int:
+        """Positions of `sorted`: the span's length, or the most content tokens of any row."""
+        if self.span:
+            return self.n_tokens
+        return max(int(self.counts.max()) if self.counts.numel() else 0, 1)
 
     @cached_property
     def positions(self) -> torch.Tensor:
-        """[tokens] 0..T-1 on the values' device."""
-        return torch.arange(self.n_tokens, device=self.values.device)
+        """[sorted_length] 0..T_max-1 on the values' device: the ranks of `sorted`."""
+        return torch.arange(self.sorted_length, device=self.values.device)
 
     @cached_property
     def valid(self) -> torch.Tensor:
-        """[batch, tokens, 1] true where `sorted` holds a content value."""
+        """[batch, sorted_length, 1] true where `sorted` holds a content value."""
         return (self.positions.unsqueeze(0) < self.counts.unsqueeze(1)).unsqueeze(-1)
