@@ -2,7 +2,8 @@
 
 Refactors (new protocols, new modules) must not move a single bit of a table, a store array or
 summary.json. An intended change of an output re-records the hashes on purpose:
-`MODALSCOPE_RECORD_GOLDEN=1 pytest tests/test_golden_outputs.py tests/test_base_model.py`.
+`MODALSCOPE_RECORD_GOLDEN=1 pytest tests/test_golden_outputs.py tests/test_base_model.py -k golden`
+(`=changed`: only the committed names, adding no new ones), and says why in the commit.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from fingerprint import mismatches, record  # noqa: E402
 
 
 def check_golden(study: Path, which: str) -> None:
-    if os.environ.get("MODALSCOPE_RECORD_GOLDEN"):
-        record(study, which)
+    mode = os.environ.get("MODALSCOPE_RECORD_GOLDEN")
+    if mode:
+        changed = record(study, which, only_existing=mode == "changed")
+        print(f"{which}: re-recorded {len(changed)} hashes: {changed}")
     changed = mismatches(study, which)
     assert not changed, f"{len(changed)} outputs differ from the committed ones: {changed[:20]}"
 

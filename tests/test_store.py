@@ -118,9 +118,10 @@ def test_arrays_have_dimension_names_and_batch_by_layer_chunks(tmp_path):
 
 def test_input_blocks_are_chunk_aligned_and_cover_finished_inputs(tmp_path):
     store, _ = _filled(tmp_path / "activations.zarr", sizes=(4, 4, 3))
-    assert store.input_blocks() == [(0, 4), (4, 8), (8, 11)]
+    assert store.input_blocks(None) == [(0, 4), (4, 8), (8, 11)]  # one chunk each
+    assert store.input_blocks(8) == [(0, 8), (8, 11)] and store.input_blocks() == [(0, 11)]
     small, _ = _filled(tmp_path / "small.zarr", sizes=(2, 1))
-    assert small.input_blocks() == [(0, 3)]
+    assert small.input_blocks(None) == [(0, 3)]
     empty = ActivationStore.create(tmp_path / "empty.zarr", N_LAYERS, WIDTHS, BATCH, ATTRS)
     assert empty.n_done == 0 and empty.input_blocks() == []
 
@@ -146,7 +147,8 @@ def test_open_trims_uncommitted_rows_after_crash(tmp_path):
     recovered.append(*after)
     again = ActivationStore.open(path)
     _assert_store_holds(again, *_concat(batches + [after]))
-    assert again.input_blocks() == [(0, 4), (4, 8), (8, 12), (12, 14)]
+    assert again.input_blocks(None) == [(0, 4), (4, 8), (8, 12), (12, 14)]
+    assert again.pair_ids() == [str(i) for i in range(14)]  # trimmed with the rest
 
 
 def test_read_writes_nothing_and_stops_at_the_ledger(tmp_path):
@@ -170,7 +172,7 @@ def test_read_writes_nothing_and_stops_at_the_ledger(tmp_path):
         assert reader.n_done == 8 and reader.array("mlp", "text", "max").shape[0] == 11  # not trimmed
         values = _concat(batches)[0]["mlp", "text", "max"]
         np.testing.assert_array_equal(reader.read_layer("mlp", "text", "max", 1), values[:, 1])
-        assert reader.input_blocks() == [(0, 4), (4, 8)]
+        assert reader.input_blocks(None) == [(0, 4), (4, 8)]
         with pytest.raises(ValueError):  # zarr refuses a write through a read-only group
             reader.group.attrs["n_done"] = 0
     finally:

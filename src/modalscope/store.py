@@ -1,9 +1,13 @@
 """The activation store: a zarr v3 group `DIR/activations.zarr`.
 
 Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (float32,
-dimension names set), and `tokens/{condition}` [input] with the number of tokens each
-reduction saw. Chunks are one batch of inputs by one layer by all neurons, so extraction
-appends whole chunks and the analysis reads one layer at a time.
+dimension names set), `tokens/{condition}` [input] with the number of tokens each
+reduction saw, and `input` [input], the pair ids: a dimension coordinate, so that xarray
+(`xr.open_datatree(DIR/activations.zarr, engine="zarr")`) selects by pair id. Chunks are one
+batch of inputs by one layer by all neurons, so extraction appends whole chunks; the
+analysis reads ANALYSIS_BLOCK inputs of one layer at a time, whatever the chunking, so its
+results do not depend on the batch size the store was recorded with. Metadata is
+consolidated after every append (xarray opens it without a warning, in one read).
 
 Why a ledger: arrays are appended per batch, then the group attribute `n_done` is
 updated. A crash between the two leaves arrays longer than `n_done`; opening the store
@@ -18,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 import zarr
 
@@ -25,6 +31,7 @@ from modalscope.record.reductions import ALWAYS
 from modalscope.streams import UNIMODAL
 
 STORE = "activations.zarr"
+ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do not depend on chunking
 # Attributes a resumed run must share with the store, with the user-facing name of each.
 MUST_MATCH = {
     "model": "model",
@@ -73,6 +80,8 @@ class ActivationStore:
                         fill_value=float("nan"),
                         dimension_names=("input", "layer", "neuron"),
                     )
+        group.create_array("input", shape=(0,), chunks=(max(batch_size, 1024),), dtype=str,
+                           dimension_names=("input",))
         for condition in conditions:
             group.create_array(
                 f"tokens/{condition}",
@@ -92,7 +101,7 @@ class ActivationStore:
     def open(cls, path: Path) -> "ActivationStore":
         """For appending (extraction, merging shards): rows past the ledger, left by a crash
         between an append and its ledger update, are trimmed first."""
-        store = cls(zarr.open_group(str(cls._existing(path)), mode="r+"), Path(path))
+        store = cls(zarr.open_group(str(cls._existing(path)), mode="r+", use_consolidated=False), Path(path))
         store._trim_to_ledger()
         return store
 
@@ -100,7 +109,7 @@ class ActivationStore:
     def read(cls, path: Path) -> "ActivationStore":
         """For reading (analysis, export, report): nothing is written, not even the trim;
         every read stops at the ledger (`n_done`), so rows past it are never seen."""
-        return cls(zarr.open_group(str(cls._existing(path)), mode="r"), Path(path))
+        return cls(zarr.open_group(str(cls._existing(path)), mode="r", use_consolidated=False), Path(path))
 
     @staticmethod
     def _existing(path: Path) -> Path:
@@ -153,8 +162,10 @@ class ActivationStore:
         self,
         records: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
         n_tokens: Mapping[str, Sequence[int]],
+        pair_ids: Sequence[str] | None = None,
     ) -> None:
-        """Append one batch: records[condition][site][stat] is [batch, layer, neuron]."""
+        """Append one batch: records[condition][site][stat] is [batch, layer, neuron]; `pair_ids`
+        label its inputs (default: their input index)."""
         for condition, by_site in records.items():
             for site, by_stat in by_site.items():
                 for stat, values in by_stat.items():
@@ -163,7 +174,18 @@ class ActivationStore:
                 np.asarray(n_tokens[condition], dtype=np.int32), axis=0
             )
         batch = len(next(iter(n_tokens.values())))
+        if "input" in self.group:
+            ids = [str(i) for i in range(self.n_done, self.n_done + batch)] if pair_ids is None else pair_ids
+            self.group["input"].append(np.asarray([str(i) for i in ids], dtype=str), axis=0)
         self.group.attrs["n_done"] = self.n_done + batch  # the ledger: written last
+        self.consolidate()
+
+    def consolidate(self) -> None:
+        """Consolidated metadata in the root zarr.json, for readers that use it (xarray); our own
+        opens never do (`use_consolidated=False`), so a stale copy cannot mislead an append."""
+        with warnings.catch_warnings():  # "not part of the Zarr format 3 specification" (yet)
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self.group.store)
 
     def read_layer(
         self, site: str, condition: str, stat: str, layer: int, start: int = 0, stop: int | None = None
@@ -172,10 +194,18 @@ class ActivationStore:
         stop = self.n_done if stop is None else min(stop, self.n_done)
         return self.array(site, condition, stat)[start:stop, layer, :]
 
-    def input_blocks(self) -> list[tuple[int, int]]:
-        """Chunk-aligned [start, stop) ranges over finished inputs, for streaming reads."""
-        step = int(self.array(self.sites[0], UNIMODAL[0], ALWAYS[0]).chunks[0])
+    def input_blocks(self, size: int | None = ANALYSIS_BLOCK) -> list[tuple[int, int]]:
+        """[start, stop) ranges of `size` finished inputs (None: one chunk each), for streaming
+        reads. A fixed size (not the chunk) makes every sum over inputs run in the same order
+        whatever batch size recorded the store."""
+        step = size or int(self.array(self.sites[0], UNIMODAL[0], ALWAYS[0]).chunks[0])
         return [(s, min(s + step, self.n_done)) for s in range(0, self.n_done, step)]
+
+    def pair_ids(self) -> list[str]:
+        """The finished inputs' pair ids (a store without them: their input index)."""
+        if "input" not in self.group:
+            return [str(i) for i in range(self.n_done)]
+        return [str(v) for v in self.group["input"][: self.n_done]]
 
     def _trim_to_ledger(self) -> None:
         done = self.n_done
@@ -185,8 +215,8 @@ class ActivationStore:
                     array = self.array(site, condition, stat)
                     if array.shape[0] != done:
                         array.resize((done, *array.shape[1:]))
-        for condition in self.conditions:
-            array = self.group[f"tokens/{condition}"]
+        for name in [f"tokens/{c}" for c in self.conditions] + (["input"] if "input" in self.group else []):
+            array = self.group[name]
             if array.shape[0] != done:
                 array.resize((done,))
 

@@ -73,8 +73,16 @@ def mismatches(study: Path, which: str) -> list[str]:
             for name, digest in want.items() if have.get(name) != digest]
 
 
-def record(study: Path, which: str) -> None:
-    """Write (or replace) one study's hashes: only when an output change is intended."""
+def record(study: Path, which: str, only_existing: bool = False) -> list[str]:
+    """Write (or replace) one study's hashes: only when an output change is intended.
+    `only_existing`: re-record the committed names only (an intended change of some values),
+    adding none. Returns the names whose hash changed."""
     table = json.loads(HASHES.read_text()) if HASHES.exists() else {}
-    table[which] = fingerprint(study)
+    have = fingerprint(study)
+    old = table.get(which, {})
+    if only_existing:
+        table[which] = {name: have.get(name, digest) for name, digest in old.items()}
+    else:
+        table[which] = have
     HASHES.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return [name for name, digest in old.items() if table[which].get(name) != digest]

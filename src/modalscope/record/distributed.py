@@ -106,4 +106,4 @@ def merge_shards(
             for condition in target.conditions
         }
         tokens = {c: shard.group[f"tokens/{c}"][local:stop] for c in target.conditions}
-        target.append(records, tokens)
+        target.append(records, tokens, shard.pair_ids()[local:stop])

@@ -232,7 +232,8 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
                 bar.update(item["n"])
             rows = np.concatenate(window.batches)
             records, n_tokens = _in_manifest_order(done, np.argsort(rows, kind="stable"))
-            writer.put(records, n_tokens)  # written while the next window runs
+            pair_ids = manifest["pair_id"].iloc[np.sort(rows)].astype(str).tolist()
+            writer.put(records, n_tokens, pair_ids)  # written while the next window runs
 
 
 def _release_memory(loaded: LoadedModel) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -33,12 +33,13 @@ class StoreWriter(AbstractContextManager["StoreWriter"]):
         self._thread.start()
         return self
 
-    def put(self, records: Mapping[str, Any], n_tokens: Mapping[str, Any]) -> None:
+    def put(self, records: Mapping[str, Any], n_tokens: Mapping[str, Any],
+            pair_ids: Sequence[str] | None = None) -> None:
         """Queue one window (blocks while the previous one is still being written)."""
         self._raise_if_failed()
         while True:
             try:
-                self._queue.put((records, n_tokens), timeout=0.5)
+                self._queue.put((records, n_tokens, pair_ids), timeout=0.5)
                 return
             except queue.Full:
                 self._raise_if_failed()
