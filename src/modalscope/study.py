@@ -244,7 +244,8 @@ class _Recording:
         adapter, model = self.loaded.adapter, self.loaded.model
         widths = {site: adapter.width(model, site) for site in self.config.sites}
         return ActivationStore.create(path, adapter.num_layers(model), widths, self.plan.batch_size, self.attrs,
-                                      self.config.stats, self.config.streams)
+                                      self.config.stats, self.config.streams,
+                                      window=self.plan.batch_size * self.plan.sort_window)
 
     def write_truncations(self) -> None:
         """After the store check: a refused study leaves DIR untouched."""
