@@ -1,4 +1,4 @@
-"""One `--seed`, three independent random streams: the shuffle, the sign flips, the bootstrap.
+"""One `--seed`, independent random streams: the shuffle, the sign flips, the bootstraps, the nulls.
 
 Why: seeding every consumer with `default_rng(seed)` gives them the *same* stream, so the
 sign-flip signs, the bootstrap resamples and the shuffle of the pairs are coupled (the
@@ -15,12 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 # Spawn order (never reorder; append only): child 0 shuffles the pairs, child 1 draws the
-# sign flips, child 2 draws the bootstrap resamples.
-STREAMS = ("shuffle", "sign_flips", "bootstrap")
+# sign flips, child 2 draws the bootstrap resamples, child 3 the layer-alignment bootstrap
+# resamples and child 4 its shuffled pairings (stats/alignment.py). Child i of
+# `spawn(n)` is the same for every n > i, so appending leaves the earlier streams' draws as
+# they were.
+STREAMS = ("shuffle", "sign_flips", "bootstrap", "alignment_bootstrap", "alignment_null")
 
 
 def streams(seed: int) -> dict[str, np.random.SeedSequence]:
-    """The study's seed sequences by name: `SeedSequence(seed).spawn(3)` in `STREAMS` order."""
+    """The study's seed sequences by name: `SeedSequence(seed).spawn(len(STREAMS))` in order."""
     return dict(zip(STREAMS, np.random.SeedSequence(int(seed)).spawn(len(STREAMS))))
 
 
