@@ -44,3 +44,26 @@ def test_a_disk_too_small_is_one_line_naming_what_shrinks_the_store(tmp_path: Pa
     assert line.startswith(f"{tmp_path / 'new' / 'study'}: the store needs about 6,199,705.6 GB (with a 10% margin)")
     assert line.endswith("--sites mlp or fewer --num-pairs, or pass --force")
     assert disk_problem(Budget(10, 2, {"mlp": 8}, ("text", "image"), ("max",), 8), tmp_path) is None
+
+
+def test_extraction_prints_the_budget_and_refuses_a_full_disk_before_writing(tiny_model_dir, coco_files, tmp_path,
+                                                                            monkeypatch, capsys):
+    import shutil as real_shutil
+
+    from modalscope import budget as budget_module
+    from modalscope.study import extract_stage
+
+    captions, images = coco_files
+    config = StudyConfig(out_dir=tmp_path / "study", model=str(tiny_model_dir), captions=captions, images=images,
+                         num_pairs=6, batch_size=2, sort_window=1, device="cpu", stats=("max", "mean"))
+    free = real_shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(budget_module.shutil, "disk_usage", lambda path: free)
+    with pytest.raises(ValueError) as refused:
+        extract_stage(config)
+    assert str(refused.value).startswith(f"{config.out_dir}: the store needs about 0.0 GB")
+    assert "1,000" not in str(refused.value) and not config.out_dir.exists()  # nothing written
+    capsys.readouterr()
+    store = extract_stage(config, force=True)
+    err = capsys.readouterr().err
+    assert store.n_done == 6
+    assert "store: at most 0.0 GB in " in err and "measured " in err and " pairs/s over the first 2 pairs" in err

@@ -116,7 +116,7 @@ def _source(config: StudyConfig) -> str | None:
 
 
 # 2-3. Inputs and recording ----------------------------------------------------------------
-def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> ActivationStore:
+def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, force: bool = False) -> ActivationStore:
     """Record every condition for every pair not yet in the store (a rerun continues).
 
     The model and its processor are loaded (and refused in one line if they cannot be used)
@@ -124,6 +124,8 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
     against them (`prepare_manifest_ranked`) and the manifest is written.
     Under torchrun each rank records its shard into DIR/shards/rank{r}.zarr, then rank 0
     merges the shards into DIR/activations.zarr (see record/distributed.py).
+    Before anything is written the store's estimated size and file count are printed (with
+    `config.progress`) and a disk without room for it refuses the study unless `force`.
     """
     from modalscope.record.distributed import Ranks
     from modalscope.record.inputs import PromptBuilder
@@ -137,6 +139,9 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
     builder = PromptBuilder.for_model(loaded, config.tokens)  # cuts captions to the context
     check_base = _base_check(config, builder, base)
     check_base([])  # the template, before anything is written
+    plan = _recording_plan(config, loaded, ranks)
+    if ranks.leader:  # the store's size before anything is written; a disk too small refuses
+        _check_budget(config, loaded, plan, _expected_pairs(config, manifest, pairs), force)
     if manifest is None:
         image_text = "image_text" in config.conditions
 
@@ -146,10 +151,34 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None) -> 
 
         manifest = prepare_manifest_ranked(config, prepare, pairs)
     check_base(manifest["caption"].tolist())  # a manifest made before
-    plan = _recording_plan(config, loaded, ranks)
     attrs = store_attributes(config, loaded, builder, manifest, plan, base)
     recorder = _Recording(config, loaded, builder, base, manifest, plan, attrs, ranks)
     return recorder.run_sharded() if ranks.parallel else recorder.run()
+
+
+def _expected_pairs(config: StudyConfig, manifest: pd.DataFrame | None, pairs: list[Pair] | None) -> int:
+    """Pairs the store will hold: the manifest's, or at most --num-pairs of the data's."""
+    if manifest is not None:
+        return len(manifest)
+    if (config.out_dir / "manifest.parquet").exists():
+        return len(load_manifest(config.out_dir)[0])
+    available = len(pairs) if pairs is not None else (config.num_pairs or 0)
+    return min(available, config.num_pairs or available)
+
+
+def _check_budget(config: StudyConfig, loaded, plan: "RecordingPlan", n_pairs: int, force: bool) -> None:
+    import sys
+
+    from modalscope.budget import disk_problem, estimate
+
+    budget = estimate(config, loaded.model.config, n_pairs, plan.batch_size, plan.sort_window)
+    if config.progress:
+        print("\n".join(budget.lines()), file=sys.stderr)
+    store = config.out_dir / STORE
+    already = ActivationStore.read(store).n_done if store.exists() else 0
+    problem = disk_problem(budget, config.out_dir, already)
+    if problem and not force:
+        raise ValueError(problem)
 
 
 def _load_vlm(config: StudyConfig, ranks):

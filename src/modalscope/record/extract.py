@@ -10,6 +10,8 @@ record/plan.py), so a rerun of the same command continues after the last finishe
 from __future__ import annotations
 
 from collections.abc import Sequence
+import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -218,8 +220,9 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
     items = iter(batches)
     recorder = Recorder(loaded.model, loaded.adapter, how.sites, how.reductions)
     base_recorder = Recorder(base.model, base.adapter, how.sites, how.reductions) if base else nullcontext()
+    clock = time.perf_counter()
     with recorder, base_recorder, StoreWriter(store) as writer:
-        for window in windows:
+        for number, window in enumerate(windows):
             done = []
             for rows in window.batches:
                 item = next(items)
@@ -234,6 +237,17 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
             records, n_tokens = _in_manifest_order(done, np.argsort(rows, kind="stable"))
             pair_ids = manifest["pair_id"].iloc[np.sort(rows)].astype(str).tolist()
             writer.put(records, n_tokens, pair_ids)  # written while the next window runs
+            if number == 0 and len(windows) > 1 and how.progress:
+                bar.write(_pace(len(rows), time.perf_counter() - clock, len(manifest) - start - len(rows)),
+                          file=sys.stderr)
+
+
+def _pace(done: int, seconds: float, left: int) -> str:
+    """After the first window: the measured rate and the time the rest will take at it."""
+    rate = done / max(seconds, 1e-9)
+    minutes = left / rate / 60
+    when = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+    return f"measured {rate:.2f} pairs/s over the first {done} pairs: about {when} for the other {left:,}"
 
 
 def _release_memory(loaded: LoadedModel) -> None:
