@@ -222,7 +222,7 @@ def time_split(runner, batch: int, dtype, device, repeats: int) -> dict:
                projector.register_forward_hook(
                    lambda m, a, o: spans["vision"].append((opened_vision.pop(), mark())))]
     handles += around(model.model.language_model, "language")
-    record = recorder._record
+    record = recorder._reduce
 
     def timed_record(site, index, activations):
         start = mark()
@@ -237,7 +237,7 @@ def time_split(runner, batch: int, dtype, device, repeats: int) -> dict:
         host.append(clock.seconds)
         return out
 
-    recorder._record, recorder.collect = timed_record, timed_collect
+    recorder._reduce, recorder.collect = timed_record, timed_collect
     root = Path(tempfile.mkdtemp(prefix="modalscope-gpu-bench-"))
     writes = []
     try:
@@ -257,7 +257,7 @@ def time_split(runner, batch: int, dtype, device, repeats: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
     finally:
-        recorder._record, recorder.collect = record, collect
+        recorder._reduce, recorder.collect = record, collect
         for handle in handles:
             handle.remove()
         shutil.rmtree(root, ignore_errors=True)

@@ -49,11 +49,12 @@ def build_assets(cache: Path, sizes: str, n_pairs: int) -> tuple[Path, list[tupl
 
 def make_batches(loaded, pairs: list[tuple[str, Path]]):
     """(text batch, image batch): ModelBatch objects with content masks, on the model's device."""
-    from modalscope.record.inputs import PromptBuilder, load_image
+    from modalscope.data.images import load_rgb
+    from modalscope.record.inputs import PromptBuilder
 
     builder = PromptBuilder(loaded.processor, loaded.model.config.image_token_id, "content")
     text = builder.text_batch([caption for caption, _ in pairs])
-    image = builder.image_batch([load_image(str(path)) for _, path in pairs])
+    image = builder.image_batch([load_rgb(str(path)) for _, path in pairs])
     return text.to(loaded.device), image.to(loaded.device)
 
 

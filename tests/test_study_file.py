@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -69,13 +70,18 @@ def test_a_flag_beats_the_file_and_the_file_beats_the_default(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def first_study(tmp_path_factory, tiny_model_dir, coco_files) -> Path:
+def first_run(tmp_path_factory, tiny_model_dir, coco_files):
     captions, images = coco_files
     out = tmp_path_factory.mktemp("first") / "study"
     done = modalscope("run", "--model", tiny_model_dir, "--captions", captions, "--images", images,
                       *TINY_STUDY, "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def first_study(first_run) -> Path:
+    return first_run[0]
 
 
 @pytest.mark.slow
@@ -91,12 +97,29 @@ def test_run_config_study_toml_repeats_the_study(first_study, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_parquet(new / "manifest.parquet"),
                                   pd.read_parquet(first_study / "manifest.parquet"))
-    table3 = "tables/table3_neurons.parquet"
-    pd.testing.assert_frame_equal(pd.read_parquet(new / table3), pd.read_parquet(first_study / table3))
+    tables = sorted(p.name for p in (first_study / "tables").iterdir())
+    assert "table1_activations.parquet" in tables and "summary.json" in tables
+    assert sorted(p.name for p in (new / "tables").iterdir()) == tables
+    for name in tables:  # every byte: columns, schema metadata (settings, versions), summary.json
+        assert (new / "tables" / name).read_bytes() == (first_study / "tables" / name).read_bytes(), name
     again = tomllib.loads((new / "study.toml").read_text())
     assert again["output"].pop("out") == str(new.resolve())
     settings["output"].pop("out")
     assert again == settings
+
+
+@pytest.mark.slow
+def test_run_ends_with_the_headline_of_each_site(first_run, tiny_model_dir, coco_files):
+    out, done = first_run
+    summary = json.loads((out / "tables/summary.json").read_text())
+    assert done.stdout.endswith("At a glance:\n" + "".join(f"  {summary[site]['headline']}\n"
+                                                         for site in ("residual", "mlp")))
+    assert summary["mlp"]["headline"].startswith("mlp, layer mean of Δ = text − image: raw max ")
+    facts = json.loads((out / "study.json").read_text())
+    captions, images = coco_files
+    assert facts["command"] == shlex.join(["modalscope", "run", "--model", str(tiny_model_dir), "--captions",
+                                           str(captions), "--images", str(images), *TINY_STUDY, "--out", str(out)])
+    assert set(facts["stages"]) == {"extract", "analyze", "plot"}
 
 
 @pytest.mark.slow
@@ -105,6 +128,10 @@ def test_extract_writes_the_study_file_after_its_checks(first_study, tmp_path):
     done = modalscope("extract", "--config", first_study / "study.toml", "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert StudyConfig.from_toml(out / "study.toml").out_dir == out.resolve()
+    facts = json.loads((out / "study.json").read_text())  # the measured facts of the stage
+    assert facts["stages"]["extract"]["command"] == f"modalscope extract --config {first_study / 'study.toml'} " \
+                                                    f"--out {out}"
+    assert set(facts["timings"]) == {"extract_s"} and "gpu" not in facts
     refused = tmp_path / "refused"  # a model that cannot load: no study file
     done = modalscope("extract", "--config", first_study / "study.toml", "--out", refused,
                       "--model", tmp_path / "no-model")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,7 +43,9 @@ FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dt
                "n_perm", "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
 CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run writes DIR/study.toml): "
                "every option under [data], [model], [conditions], [reductions], [statistics], [output], "
-               "keys named like the flags (num_pairs, permutations, ...); a flag given here beats the file")
+               "keys named like the flags (num_pairs, permutations, ...); a flag given here beats the file "
+               "(default: none, the flags alone)")
+MODEL_HELP = "hub id or local folder of a supported model (README: Supported models), e.g. llava-hf/llava-1.5-7b-hf"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,8 +78,8 @@ class _Parser(argparse.ArgumentParser):
             self.error(self._unrecognized(extras, self.commands.get(getattr(parsed, "command", None), self)))
         return parsed
 
-    @staticmethod
-    def _unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    def _unrecognized(self, extras: list[str], parser: argparse.ArgumentParser) -> str:
+        """An option of another command says whose it is; a typo gets the closest option."""
         from modalscope.study_file import suggest_option
 
         options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
@@ -83,166 +87,267 @@ class _Parser(argparse.ArgumentParser):
         if unknown is None:
             return f"unrecognized arguments: {' '.join(extras)}"
         name = unknown.split("=", 1)[0]
+        owners = [command for command, sub in self.commands.items()
+                  if sub is not parser and any(name in a.option_strings for a in sub._actions)]
+        if owners:
+            return (f"{name} is not an option of {parser.prog.split()[-1]} (it is one of {', '.join(owners)}); "
+                    f"see `{parser.prog} --help`")
         close = suggest_option(name, options)
         hint = f"did you mean {close}?" if close else f"see `{parser.prog} --help`"
         return f"unrecognized option {name}; {hint}"
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"modalscope: error: {message}\n")
+        self.exit(2, f"modalscope: error: {plain_usage_error(message)}\n")
 
 
-def _csv_ints(text: str) -> list[int]:
-    """'0,3-5' -> [0, 3, 4, 5]."""
-    values: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        values.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    return values
+# argparse's wording of a bad value -> what the message says instead (no type or function names).
+_EXPECTED = {"int": "expected a whole number", "float": "expected a number"}
+
+
+def plain_usage_error(message: str) -> str:
+    """argparse's 'argument --num-pairs: invalid int value: 'x'' as '--num-pairs x: expected a
+    whole number'; a message of our own types (which name the option first) stays as it is."""
+    match = re.match(r"argument ([\w-]+)(?:/[\w-]+)?: (.*)$", message)
+    if match is None:
+        return message
+    option, reason = match.groups()
+    if reason.startswith(option + " "):
+        return reason
+    value = re.match(r"invalid (\w+) value: '(.*)'$", reason)
+    if value:
+        return f"{option} {value[2]}: {_EXPECTED.get(value[1], 'not a valid value')}"
+    choice = re.match(r"invalid choice: '(.*)' \(choose from (.*)\)$", reason)
+    if choice:
+        options = [c.strip().strip("'") for c in choice[2].split(",")]
+        return f"{option} {choice[1]}: choose {', '.join(options[:-1])} or {options[-1]}" if len(options) > 1 \
+            else f"{option} {choice[1]}: choose {options[0]}"
+    if reason == "expected one argument":
+        return f"{option}: needs a value"
+    return f"{option}: {reason}"
+
+
+def _index_list(option: str, what: str):
+    """argparse type of --layers/--neurons: '0,3-5' -> [0, 3, 4, 5] (repeats once); anything
+    else is one line naming the option, the bad part and what is accepted."""
+    accepted = (f"give {what} indices (whole numbers from 0) and ascending ranges A-B, "
+                "separated by commas, e.g. 0,10-12")
+
+    def parse(text: str) -> list[int]:
+        values: list[int] = []
+        for part in text.split(","):
+            match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+            if match is None:
+                shown = f"'{part.strip()}'" if part.strip() else "an empty item"
+                raise argparse.ArgumentTypeError(f"{option} {text}: {shown} is not an index or a range; {accepted}")
+            low, high = int(match[1]), int(match[2] or match[1])
+            if high < low:
+                raise argparse.ArgumentTypeError(
+                    f"{option} {text}: {low}-{high} is an empty range ({low} > {high}); {accepted}")
+            values.extend(range(low, high + 1))
+        return list(dict.fromkeys(values))
+
+    return parse
 
 
 def _batch_size(text: str) -> int | str:
-    return "auto" if text == "auto" else int(text)
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-size {text}: give a whole number or auto") from None
 
 
 def _sites(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
-def _study_options(p: argparse.ArgumentParser, model_required: bool) -> None:
+# Help texts shared by the commands that take the option; each ends with its default.
+SEED_HELP = ("seed of the shuffle of the pairs, the sign flips and the bootstrap, three streams spawned "
+             "from it (default: 0)")
+SITES_HELP = "comma list of residual (decoder layer output) and mlp (down_proj input) (default: residual,mlp)"
+TOKENS_HELP = "reduce over the caption/image tokens only (content) or every token but BOS (all) (default: content)"
+CONTRAST_HELP = ("Δ = A - B between recorded streams: text, image, image_text, image_text_caption, "
+                 "image_text_image, text_base (default: text-image, the report's)")
+
+
+def _model_options(p: argparse.ArgumentParser, model_help: str, model_required: bool) -> None:
     g = p.add_argument_group("model")
-    p.add_argument("--config", type=Path, metavar="STUDY.TOML", help=CONFIG_HELP)
-    g.add_argument("--model", required=model_required,
-                   help="hub id or local folder of a supported model (README: Supported models), "
-                        "e.g. llava-hf/llava-1.5-7b-hf")
-    g.add_argument("--revision", help="hub revision (branch, tag or commit) to load")
+    g.add_argument("--model", required=model_required, help=model_help)
+    g.add_argument("--revision", help="hub revision (branch, tag or commit) to load (default: main, the latest)")
     g.add_argument("--base-model", metavar="MODEL",
                    help="the language model the VLM was trained from (e.g. lmsys/vicuna-7b-v1.5 for "
                         "LLaVA-1.5-7B): also run the text inputs through it, with the same token ids "
-                        "(stream text_base; contrast text - text_base)")
-    g.add_argument("--base-revision", help="hub revision of --base-model")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+                        "(stream text_base; contrast text - text_base) (default: none)")
+    g.add_argument("--base-revision", help="hub revision of --base-model (default: main, the latest)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto: cuda if available)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="model weights dtype; reductions accumulate in float32 regardless")
+                   help="model weights dtype; reductions accumulate in float32 regardless (default: float32)")
     g.add_argument("--device-map", choices=["auto"],
-                   help="auto: spread the layers over all visible GPUs (models bigger than one GPU)")
+                   help="auto: spread the layers over all visible GPUs, for models bigger than one GPU "
+                        "(default: one device)")
     g.add_argument("--quantization", choices=["8bit", "4bit"],
-                   help="load weights in 8 or 4 bits (needs `pip install 'modalscope[quant]'` and a GPU)")
+                   help="load weights in 8 or 4 bits (needs `pip install 'modalscope[quant]'` and a GPU) "
+                        "(default: none)")
     g.add_argument("--batch-size", type=_batch_size, default=16, metavar="N",
-                   help="pairs per forward (default 16); auto: start at 64 on a GPU and halve on out-of-memory")
+                   help="pairs per forward; auto: start at 64 on a GPU and halve on out-of-memory (default: 16)")
     g.add_argument("--sort-window", type=int, metavar="N",
                    help="batch pairs by caption length within windows of N batches, to cut padding; "
                         "records keep manifest order (default: up to 8 within 1 GiB of host memory; 1: off)")
     g.add_argument("--workers", type=int, metavar="N",
-                   help="processes decoding images and preparing batches (default 0 on CPU, 4 on GPU)")
+                   help="processes decoding images and preparing batches (default: 0 on CPU, 4 on GPU)")
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (first run in DIR only; later runs reuse DIR/manifest.parquet)")
-    g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json")
-    g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/")
-    g.add_argument("--jsonl", type=Path, help='JSONL of {"image": path, "caption": text, "id": ...}')
-    g.add_argument("--num-pairs", type=int, metavar="N", help="use the first N usable pairs of the shuffled list (unusable ones are "
-                        "listed in DIR/skipped.parquet; fewer than N: all are used)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the one-time shuffle (default 0)")
+    g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json (default: none)")
+    g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/ (default: none)")
+    g.add_argument("--jsonl", type=Path,
+                   help='instead of COCO: JSONL of {"image": path, "caption": text, "id": ...} (default: none)')
+    g.add_argument("--num-pairs", type=int, metavar="N",
+                   help="use the first N usable pairs of the shuffled list (unusable ones are listed in "
+                        "DIR/skipped.parquet) (default: all usable pairs)")
+    g.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+
+
+def _recording_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recording")
-    g.add_argument("--sites", type=_sites, default=SITES, metavar="LIST",
-                   help="comma list of residual (decoder layer output) and mlp (down_proj input); default both")
-    g.add_argument("--tokens", choices=["content", "all"], default="content",
-                   help="reduce over caption/image tokens only (content, default) or every token but BOS")
+    g.add_argument("--sites", type=_sites, default=SITES, metavar="LIST", help=SITES_HELP)
+    g.add_argument("--tokens", choices=["content", "all"], default="content", help=TOKENS_HELP)
     g.add_argument("--stats", type=_sites, default=ALL_STATS, metavar="LIST",
-                   help="reductions over tokens to record (max and mean always): "
-                        "matched_max (length-matched max), frac_active, quantile; default all")
-    g.add_argument("--quantile", type=float, default=0.9, help="quantile of the `quantile` reduction (0.9)")
+                   help="reductions over tokens to record (max and mean always): matched_max (length-matched "
+                        "max), frac_active, quantile (default: all five)")
+    g.add_argument("--quantile", type=float, default=0.9,
+                   help="the quantile of the `quantile` reduction (default: 0.9)")
     g.add_argument("--conditions", type=_sites, default=CONDITIONS, metavar="LIST",
-                   help="forwards per pair: text (caption alone) and image (image alone) always; "
-                        "image_text (both in one turn) by default")
-    _analysis_options(p)
-    _output_options(p)
+                   help="forwards per pair: text (caption alone) and image (image alone) always; image_text "
+                        "(both in one turn) (default: text,image,image_text)")
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("statistics")
-    g.add_argument("--contrast", default="text-image", metavar="A-B",
-                   help="Δ = A - B between recorded streams: text, image, image_text, "
-                        "image_text_caption, image_text_image (default text-image, the report's)")
+    g.add_argument("--contrast", default="text-image", metavar="A-B", help=CONTRAST_HELP)
     g.add_argument("--fdr", choices=["bh", "by"], default="bh",
-                   help="false discovery rate control over a site's neurons: Benjamini-Hochberg "
-                        "(default) or Benjamini-Yekutieli (any dependence)")
+                   help="false discovery rate control over a site's neurons: Benjamini-Hochberg (bh) or "
+                        "Benjamini-Yekutieli (by, any dependence) (default: bh)")
     g.add_argument("--permutations", dest="n_perm", type=int, default=1000, metavar="N",
-                   help="sign-flip permutations for the null (default 1000, at least 200)")
+                   help="sign-flip permutations for the null, at least 200 (default: 1000)")
     g.add_argument("--bootstrap", dest="n_boot", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples of inputs for the trend's CI (default 1000)")
+                   help="bootstrap resamples of inputs for the trend's CI, at least 200 (default: 1000)")
     g.add_argument("--outlier-factor", type=float, default=100.0, metavar="F",
-                   help="flag neurons whose max |activation| exceeds this times the layer median")
+                   help="flag neurons whose max |activation| exceeds F times the layer median (default: 100)")
 
 
-def _output_options(p: argparse.ArgumentParser) -> None:
+# The output options, by the stage that uses them (`_output_options(p, ...)` adds those named).
+OUTPUT_OPTIONS = ("long_tables", "csv", "png", "stat", "quiet")
+
+
+def _output_options(p: argparse.ArgumentParser, names: tuple[str, ...] = OUTPUT_OPTIONS) -> None:
     g = p.add_argument_group("outputs")
-    g.add_argument("--long-tables", choices=["auto", "always", "never"], default="auto",
-                   help="write Tables 1-2 (one row per input x layer x neuron); auto: when <= 50M rows")
-    g.add_argument("--csv", action="store_true", help="also write CSV copies of the tables")
-    g.add_argument("--no-png", dest="png", action="store_false",
-                   help="skip PNG and SVG copies of figures (they need Chrome/Chromium)")
-    g.add_argument("--stat", default="max", choices=ALL_STATS,
-                   help="reduction the headline figures (figure1/2_{site}.html) lead with; "
-                        "the others get figure*_{site}_{stat}.html (default max)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    if "long_tables" in names:
+        g.add_argument("--long-tables", choices=["auto", "always", "never"], default="auto",
+                       help="write Tables 1-2 (one row per input x layer x neuron): auto (when <= 50M rows), "
+                            "always or never; a rerun that leaves them out removes old ones (default: auto)")
+    if "csv" in names:
+        g.add_argument("--csv", action="store_true",
+                       help="also write CSV copies of the tables; a rerun without it removes old copies "
+                            "(default: off)")
+    if "png" in names:
+        g.add_argument("--no-png", dest="png", action="store_false",
+                       help="skip PNG and SVG copies of the figures (default: write them when Chrome/Chromium "
+                            "is found)")
+    if "stat" in names:
+        g.add_argument("--stat", default="max", choices=ALL_STATS,
+                       help="reduction the headline figures (figure1/2_{site}.html) lead with; the others get "
+                            "figure*_{site}_{stat}.html (default: max)")
+    if "quiet" in names:
+        g.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
+
+
+def _folder(p: argparse.ArgumentParser, config_given: bool, option: bool) -> None:
+    """The study folder: --out DIR (run, extract) or the positional DIR (analyze, plot)."""
+    text = "study folder DIR (required, unless --config gives [output] out)"
+    if option:
+        p.add_argument("--out", type=Path, required=not config_given, metavar="DIR", help=text)
+    else:
+        p.add_argument("dir", type=Path, nargs="?" if config_given else None, metavar="DIR", help=text)
+    p.add_argument("--config", type=Path, metavar="STUDY.TOML", help=CONFIG_HELP)
+
+
+def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
 
 
 def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
-    """The CLI. With `config_given` (a --config on the command line) the study folder and
-    --model may come from the file, so argparse does not require them."""
+    """The CLI: each command takes only the options it uses. With `config_given` (a --config on
+    the command line) the study folder and --model may come from the file, so argparse does
+    not require them."""
     parser = _Parser(
         prog="modalscope", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = sub.choices
-    out_help = "study folder DIR (with --config, default: its [output] out)"
 
-    p = sub.add_parser("demo", help="whole study on the embedded tiny LLaVA and synthetic COCO set")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder (assets are built in DIR/assets)")
-    p.add_argument("--num-pairs", type=int, help="pairs to use (default: all 240)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sites", type=_sites, default=SITES)
-    p.add_argument("--tokens", choices=["content", "all"], default="content")
+    p = _command(sub, "demo", "whole study on the embedded tiny LLaVA (random weights) and synthetic COCO set")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="study folder; the assets are built in DIR/assets (required)")
+    p.add_argument("--num-pairs", type=int, metavar="N", help="pairs to use (default: all 240)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default: 16)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--sites", type=_sites, default=SITES, metavar="LIST", help=SITES_HELP)
+    p.add_argument("--tokens", choices=["content", "all"], default="content", help=TOKENS_HELP)
     _analysis_options(p)
     _output_options(p)
 
-    p = sub.add_parser("init", help="write a commented starter study.toml (LLaVA-1.5-7B on COCO val2017)")
+    p = _command(sub, "init", "write a commented starter study.toml (LLaVA-1.5-7B on COCO val2017)")
     p.add_argument("path", type=Path, nargs="?", default=Path("study.toml"), metavar="PATH",
-                   help="where to write it (default ./study.toml; an existing file is never overwritten)")
+                   help="where to write it; an existing file is never overwritten (default: ./study.toml)")
 
-    p = sub.add_parser("run", help="whole study: manifest, extract, analyze, plot, report")
-    p.add_argument("--out", type=Path, required=not config_given, metavar="DIR", help=out_help)
-    _study_options(p, model_required=not config_given)
+    p = _command(sub, "run", "whole study: manifest, extract, analyze, plot, report")
+    _folder(p, config_given, option=True)
+    _model_options(p, MODEL_HELP + " (required, unless --config gives [model] model)", not config_given)
+    _data_options(p)
+    _recording_options(p)
+    _analysis_options(p)
+    _output_options(p)
 
-    p = sub.add_parser("extract", help="record activations into DIR/activations.zarr (continues a stopped run)")
-    p.add_argument("--out", type=Path, required=not config_given, metavar="DIR", help=out_help)
+    p = _command(sub, "extract", "record activations into DIR/activations.zarr (continues a stopped run)")
+    _folder(p, config_given, option=True)
     p.add_argument("--resume", action="store_true",
-                   help="continue the stopped extraction in DIR with the settings it recorded "
-                        "(model, revision, dtype, sites, tokens, reductions, conditions, batch size)")
-    _study_options(p, model_required=False)
+                   help="continue the stopped extraction in DIR with the settings it recorded (model, "
+                        "revision, dtype, sites, tokens, reductions, conditions, batch size) (default: off)")
+    _model_options(p, MODEL_HELP + " (default: the model DIR recorded, when it holds a study)", False)
+    _data_options(p)
+    _recording_options(p)
+    g = p.add_argument_group("statistics")
+    g.add_argument("--contrast", default="text-image", metavar="A-B",
+                   help=CONTRAST_HELP.replace(" (default", "; its streams must be recorded (default"))
+    _output_options(p, ("quiet",))
 
-    for name, text in [("analyze", "statistics and tables from DIR/activations.zarr"),
-                       ("plot", "figures (HTML, PNG, SVG) and DIR/report.html from DIR/tables")]:
-        p = sub.add_parser(name, help=text)
-        p.add_argument("dir", type=Path, nargs="?" if config_given else None, help=out_help)
-        p.add_argument("--config", type=Path, metavar="STUDY.TOML", help=CONFIG_HELP)
-        if name == "analyze":
-            _analysis_options(p)
-        _output_options(p)
+    p = _command(sub, "analyze", "statistics and tables from DIR/activations.zarr into DIR/tables")
+    _folder(p, config_given, option=False)
+    _analysis_options(p)
+    _output_options(p, ("long_tables", "csv"))
 
-    p = sub.add_parser("report", help="DIR/report.html from DIR/tables: the study on one offline page")
-    p.add_argument("dir", type=Path, help="study folder DIR")
+    p = _command(sub, "plot", "figures (HTML, PNG, SVG) and DIR/report.html from DIR/tables")
+    _folder(p, config_given, option=False)
+    _output_options(p, ("png", "stat"))
+
+    p = _command(sub, "report", "DIR/report.html from DIR/tables: the study on one offline page")
+    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR (required)")
     p.add_argument("--stat", choices=ALL_STATS,
                    help="reduction the report leads with (default: the study's --stat, else max)")
 
-    p = sub.add_parser("export", help="Tables 1-2 for chosen layers/neurons (for large studies)")
-    p.add_argument("dir", type=Path, help="study folder DIR")
-    p.add_argument("--layers", type=_csv_ints, help="e.g. 0,10-12 (default all)")
-    p.add_argument("--neurons", type=_csv_ints, help="e.g. 128,4000-4010 (default all)")
-    p.add_argument("--sites", type=_sites, help="default: all recorded sites")
-    p.add_argument("--name", default="_export", help="suffix of the written files (default _export)")
-    p.add_argument("--csv", action="store_true", help="also write CSV copies")
+    p = _command(sub, "export", "Tables 1-2 for chosen layers/neurons (for large studies)")
+    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR (required)")
+    p.add_argument("--layers", type=_index_list("--layers", "layer"), metavar="LIST",
+                   help="decoder layers, e.g. 0,10-12 (default: all)")
+    p.add_argument("--neurons", type=_index_list("--neurons", "neuron"), metavar="LIST",
+                   help="neurons of each site, e.g. 128,4000-4010 (default: all)")
+    p.add_argument("--sites", type=_sites, metavar="LIST", help="comma list of sites (default: all recorded)")
+    p.add_argument("--name", default="_export", help="suffix of the written files (default: _export)")
+    p.add_argument("--csv", action="store_true", help="also write CSV copies (default: off)")
     return parser
 
 
@@ -265,8 +370,12 @@ def _config(args: argparse.Namespace, out_dir: Path | None, **extra: object) -> 
 
 
 def _report(result, started: float) -> None:
+    """What a whole study wrote, its notes, and last the headline sentence of each site (the
+    report's "At a glance"; summary.json's `headline`)."""
     if int(os.environ.get("RANK", 0)) != 0:
         return  # under torchrun, rank 0 speaks for the study
+    from modalscope.study import study_headlines
+
     print(f"study written to {result.out_dir} in {time.perf_counter() - started:.1f} s")
     for path in result.tables:
         print(f"  table   {path}")
@@ -276,6 +385,17 @@ def _report(result, started: float) -> None:
         print(f"  report  {result.report}")
     for message in result.messages:
         print(message)
+    print(headline_block(result.out_dir, study_headlines(result.out_dir)))
+
+
+def headline_block(out_dir: Path, sentences: list[str]) -> str:
+    """'At a glance' and one sentence per site; a study of the demo's random-weights model says so."""
+    from modalscope.demo import RANDOM_WEIGHTS_TITLE
+    from modalscope.report.facts import random_weights
+
+    demo = random_weights(out_dir)
+    title = f"At a glance ({RANDOM_WEIGHTS_TITLE}):" if demo else "At a glance:"
+    return "\n".join([title, *(f"  {sentence}" for sentence in sentences)])
 
 
 def _given(argv: list[str], config_given: bool) -> set[str]:
@@ -303,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as stop:  # --help (0) or a usage error (2), already printed
         return stop.code if isinstance(stop.code, int) else 0
+    from modalscope import provenance
+
     started = time.perf_counter()
+    provenance.COMMAND = shlex.join(["modalscope", *argv])  # study.json records it
     try:
         return _dispatch(args, started)
     except (DataError, StoreMismatch, ValueError, FileNotFoundError) as err:
@@ -316,15 +439,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modalscope: error: {where}{err.strerror or err}; finished work is kept: fix this and "
               f"rerun the same command to continue", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        out = getattr(args, "out", None) or getattr(args, "dir", None)
-        how = f"`modalscope extract --out {out} --resume` (or the same command)" if out else "the same command"
-        print(f"modalscope: interrupted; finished pairs are kept: rerun {how} to continue", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(interrupted_message(args, stop), file=sys.stderr)
         return 130
     finally:
+        provenance.COMMAND = None
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def interrupted_message(args: argparse.Namespace, stop: KeyboardInterrupt) -> str:
+    """Ctrl-C: what is kept and the command that continues from the stage that stopped
+    (`study.Interrupted` names it inside `run`; a stage command is its own stage)."""
+    stage = getattr(stop, "stage", None) or {"run": "extract", "demo": "extract"}.get(args.command, args.command)
+    out = getattr(stop, "out_dir", None) or getattr(args, "out", None) or getattr(args, "dir", None)
+    whole = args.command in ("run", "demo")
+    if stage == "extract":
+        how = f"`modalscope extract --out {out} --resume` (or the same command)" if out else "the same command"
+        return f"modalscope: interrupted; finished pairs are kept: rerun {how} to continue"
+    if out is None or stage in ("init", "export"):
+        return "modalscope: interrupted; nothing half-written is left: rerun the same command"
+    if stage == "analyze":
+        then = f" then `modalscope plot {out}`" if whole else ""
+        return (f"modalscope: interrupted during the analysis; every recorded pair is kept: rerun "
+                f"`modalscope analyze {out}`{then} (or the same command) to write the tables")
+    if stage == "plot":
+        return (f"modalscope: interrupted while drawing the figures; the tables are kept: rerun "
+                f"`modalscope plot {out}` (or the same command) to draw them")
+    return (f"modalscope: interrupted while writing the report; the tables and figures are kept: rerun "
+            f"`modalscope report {out}` to write it")
 
 
 def _dispatch(args: argparse.Namespace, started: float) -> int:
@@ -358,20 +502,33 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
                 raise ValueError(f"{args.config}: no [output] out; give the study folder there or with --out DIR")
         config = _config(args, Path(out), **_stored_settings(Path(out), model, args.resume))
         config.validate()
+        clock = time.perf_counter()
         store = study.extract_stage(config)
         if int(os.environ.get("RANK", 0)) == 0:
             study.write_study_file(config)  # the model and data passed their checks
+            from modalscope.provenance import record_stage
+
+            record_stage(config.out_dir, "extract", time.perf_counter() - clock)
             print(f"{store.n_done} of {store.attrs['n_inputs']} pairs recorded in {store.path}")
             for note in data_notes(config.out_dir):
                 print(note)
     elif args.command == "analyze":
         config = _config(args, args.dir)
-        manifest = study.prepare_manifest(config)
+        manifest = study.analysis_manifest(config)
+        partial = study.extraction_note(config.out_dir)
+        if partial:
+            print(partial)
         paths, skipped = study.analyze_stage(config, manifest)
         for path in paths:
             print(f"  table   {path}")
         if skipped:
             print(skipped)
+        from modalscope.figures.export import owned_figure_files
+
+        drawn = (config.out_dir / "report.html").exists() or bool(owned_figure_files(config.out_dir / "figures"))
+        if drawn:
+            print(f"figures and report.html show the previous analysis: `modalscope plot {config.out_dir}` "
+                  "redraws them")
     elif args.command == "plot":
         out, png, stat = args.dir, args.png, args.stat
         if args.config is not None:
@@ -400,7 +557,7 @@ def _stored_settings(out: Path, model: str | None, resume: bool) -> dict[str, ob
     path = out / STORE
     if not path.exists():
         raise ValueError(f"{path}: nothing to resume; give --model and data to start a study")
-    attrs = ActivationStore.open(path).attrs
+    attrs = ActivationStore.read(path).attrs
     if not resume:
         return {"model": attrs["model"]}
     conditions = tuple(c for c in ("text", "image", "image_text") if c in attrs["conditions"])

@@ -3,6 +3,10 @@
 Why: `make demo` must show the whole method on any laptop with no model hub. The assets
 are built into DIR/assets the first time and reused; the study then loads them through
 the same `from_pretrained` and COCO-loader calls a real study uses.
+
+The demo model has random weights, so its numbers say nothing about any trained model. Its
+folder carries a note saying so (`RANDOM_WEIGHTS`, beside config.json: not part of the weights'
+fingerprint), and the report and `modalscope run` read it to say so in their titles.
 """
 
 from __future__ import annotations
@@ -14,6 +18,24 @@ from modalscope.config import StudyConfig
 from modalscope.data.synthetic import build_synthetic_coco
 
 
+RANDOM_WEIGHTS = "modalscope-random-weights.json"
+RANDOM_WEIGHTS_TITLE = "demo model with random weights: its numbers say nothing about any trained model"
+
+
+def mark_random_weights(model_dir: Path) -> Path:
+    """Write the note that `model_dir` holds random weights (idempotent)."""
+    path = Path(model_dir) / RANDOM_WEIGHTS
+    text = json.dumps({"random_weights": True, "built_by": "modalscope demo", "note": RANDOM_WEIGHTS_TITLE}) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def has_random_weights(model: str | Path | None) -> bool:
+    """Whether `model` is a local folder that the demo marked as random weights."""
+    return model is not None and (Path(str(model)) / RANDOM_WEIGHTS).is_file()
+
+
 def build_demo_assets(out_dir: Path, n_images: int = 240) -> tuple[Path, Path, Path]:
     """(model dir, captions JSON, image folder) under DIR/assets, built if missing."""
     from modalscope.models.tiny import build_tiny_llava
@@ -22,6 +44,7 @@ def build_demo_assets(out_dir: Path, n_images: int = 240) -> tuple[Path, Path, P
     captions = build_synthetic_coco(assets / "coco", n_images=n_images)
     corpus = [a["caption"] for a in json.loads(captions.read_text())["annotations"]]
     model_dir = build_tiny_llava(assets / "tiny-llava", corpus)
+    mark_random_weights(model_dir)
     return model_dir, captions, assets / "coco" / "images"
 
 

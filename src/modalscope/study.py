@@ -140,8 +140,8 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, for
     check_base = _base_check(config, builder, base)
     check_base([])  # the template, before anything is written
     plan = _recording_plan(config, loaded, ranks)
-    if ranks.leader:  # the store's size before anything is written; a disk too small refuses
-        _check_budget(config, loaded, plan, _expected_pairs(config, manifest, pairs), force)
+    # The store's size before anything is written: a disk too small refuses the study.
+    budget = _check_budget(config, loaded, plan, _expected_pairs(config, manifest, pairs), force)
     if manifest is None:
         image_text = "image_text" in config.conditions
 
@@ -152,7 +152,7 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, for
         manifest = prepare_manifest_ranked(config, prepare, pairs)
     check_base(manifest["caption"].tolist())  # a manifest made before
     attrs = store_attributes(config, loaded, builder, manifest, plan, base)
-    recorder = _Recording(config, loaded, builder, base, manifest, plan, attrs, ranks)
+    recorder = _Recording(config, loaded, builder, base, manifest, plan, attrs, ranks, budget)
     return recorder.run_sharded() if ranks.parallel else recorder.run()
 
 
@@ -166,19 +166,17 @@ def _expected_pairs(config: StudyConfig, manifest: pd.DataFrame | None, pairs: l
     return min(available, config.num_pairs or available)
 
 
-def _check_budget(config: StudyConfig, loaded, plan: "RecordingPlan", n_pairs: int, force: bool) -> None:
-    import sys
-
+def _check_budget(config: StudyConfig, loaded, plan: "RecordingPlan", n_pairs: int, force: bool):
+    """The store's budget (budget.py), refused in one line when the free disk cannot hold it."""
     from modalscope.budget import disk_problem, estimate
 
     budget = estimate(config, loaded.model.config, n_pairs, plan.batch_size, plan.sort_window)
-    if config.progress:
-        print("\n".join(budget.lines()), file=sys.stderr)
     store = config.out_dir / STORE
     already = ActivationStore.read(store).n_done if store.exists() else 0
     problem = disk_problem(budget, config.out_dir, already)
     if problem and not force:
         raise ValueError(problem)
+    return budget
 
 
 def _load_vlm(config: StudyConfig, ranks):
@@ -264,6 +262,14 @@ class _Recording:
     plan: RecordingPlan
     attrs: dict
     ranks: object
+    budget: object = None  # budget.Budget, printed before the first forward
+
+    def announce(self) -> None:
+        """The store's estimated size and files, once the store is known to match the study."""
+        import sys
+
+        if self.budget is not None and self.config.progress and self.ranks.leader:
+            print("\n".join(self.budget.lines()), file=sys.stderr)
 
     def open_or_create(self, path: Path) -> ActivationStore:
         if path.exists():
@@ -295,6 +301,7 @@ class _Recording:
     def run(self) -> ActivationStore:
         store = self.open_or_create(self.config.out_dir / STORE)
         self.write_truncations()
+        self.announce()
         store.group.attrs.update({"batch_size": self.plan.batch_size, "sort_window": self.plan.sort_window})
         self.record(store, self.manifest, self.config.progress)
         return store
@@ -305,6 +312,7 @@ class _Recording:
         ranks, plan, out_dir = self.ranks, self.plan, self.config.out_dir
         shard = self.open_or_create(shard_path(out_dir, ranks.rank))
         self.write_truncations()
+        self.announce()
         _check_shard_plan(shard, plan.batch_size, plan.sort_window)
         unit = plan.batch_size * plan.sort_window
         self.record(shard, shard_manifest(self.manifest, ranks, unit), self.config.progress and ranks.leader)
@@ -378,14 +386,22 @@ def prepare_manifest_ranked(config: StudyConfig, prepare: Prepare | None = None,
 
 # 4-5. Statistics and tables ----------------------------------------------------------------
 def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Path], str | None]:
-    """Tables 1-3, the layer summary and summary.json into DIR/tables.
+    """Tables 1-3, the layer summary and summary.json into DIR/tables, replacing every output
+    of an earlier analysis (a table not written now, or a CSV copy without --csv, is removed).
+    Each Parquet table carries the study's settings and versions in its schema metadata;
+    summary.json gains per site the headline sentence; study.json and DIR/study.toml take the
+    analysis settings, its wall time and versions.
 
     Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
     """
     from modalscope.analysis import AnalysisSettings, run_analysis
+    from modalscope.provenance import record_stage, table_provenance
+    from modalscope.report.headline import headline
     from modalscope.stats.layer_summary import significance_table
+    from modalscope.tables import remove_table
 
-    store = ActivationStore.open(config.out_dir / STORE)
+    clock = time.perf_counter()
+    store = ActivationStore.read(config.out_dir / STORE)
     tables_dir = config.out_dir / "tables"
     contrast = config.contrast_pair
     missing = [c for c in contrast if c not in store.conditions]
@@ -396,55 +412,117 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
                                 outlier_factor=config.outlier_factor,
                                 seed=int(store.attrs.get("seed", config.seed)))
     result = run_analysis(store, settings)  # with text_base recorded, also Δ_base = text - text_base
-    for entry in result.summary.values():  # per site, beside n_inputs: pairs left out or cut
-        entry.update(data_counts(config.out_dir))
-        if "vs_base" in entry:
-            entry["vs_base"].update(data_counts(config.out_dir))
+    for site, entry in result.summary.items():  # per site (and its Δ_base): pairs left out or cut, the headline
+        for trend in (entry, entry.get("vs_base")):
+            if trend is not None:
+                trend.update(data_counts(config.out_dir))
+                trend["headline"] = headline(site, trend)
+    meta = table_provenance(store, " - ".join(contrast), config)
     paths = [
-        write_frame(result.neurons, tables_dir / TABLE3, config.csv),
-        write_frame(result.layers, tables_dir / LAYERS, config.csv),
-        write_frame(result.input_means, tables_dir / INPUT_LAYERS, config.csv),
-        write_frame(significance_table(result.layers, store.stats), tables_dir / SIGNIFICANT, config.csv),
+        write_frame(result.neurons, tables_dir / TABLE3, config.csv, meta),
+        write_frame(result.layers, tables_dir / LAYERS, config.csv, meta),
+        write_frame(result.input_means, tables_dir / INPUT_LAYERS, config.csv, meta),
+        write_frame(significance_table(result.layers, store.stats), tables_dir / SIGNIFICANT, config.csv, meta),
         write_json(result.summary, tables_dir / SUMMARY),
     ]
     base_tables = {LAYERS_VS_BASE: "layers", INPUT_LAYERS_VS_BASE: "input_means"}
     for name, part in base_tables.items():
         if result.vs_base is not None:
-            paths.append(write_frame(getattr(result.vs_base, part), tables_dir / name, config.csv))
+            paths.append(write_frame(getattr(result.vs_base, part), tables_dir / name, config.csv, meta))
         else:  # a previous analysis's Δ_base would not match these tables
-            for stale in (tables_dir / name, (tables_dir / name).with_suffix(".csv")):
-                stale.unlink(missing_ok=True)
-    rows = table1_rows(store, contrast)
-    if config.long_tables == "never" or (
-        config.long_tables == "auto" and rows > LONG_TABLE_AUTO_LIMIT
-    ):
-        return paths, (
-            f"Tables 1-2 not written ({rows:,} rows); use `modalscope export "
-            f"{config.out_dir} --layers ... --neurons ...` for the part you need"
-        )
-    long_paths = write_long_tables(store, manifest["pair_id"].tolist(), tables_dir, contrast=contrast)
+            remove_table(tables_dir / name)
+    paths, note = _long_tables(config, store, manifest, meta, paths)
+    record_stage(config.out_dir, "analyze", time.perf_counter() - clock,
+                 {name: getattr(config, name) for name in ANALYSIS_FIELDS}, seeds=seed_streams(settings.seed))
+    update_study_file(config.out_dir, {name: getattr(config, name) for name in ANALYSIS_FIELDS})
+    return paths, note
+
+
+def _long_tables(config: StudyConfig, store: ActivationStore, manifest: pd.DataFrame, meta: dict,
+                 paths: list[Path]) -> tuple[list[Path], str | None]:
+    """Tables 1-2 when --long-tables allows (their CSV copies with --csv); Tables 1-2 of an
+    earlier analysis are removed when not written now, as they would hold another analysis."""
+    from modalscope.tables import TABLE1, TABLE2, remove_table
+
+    tables_dir = config.out_dir / "tables"
+    rows = table1_rows(store, config.contrast_pair)
+    if config.long_tables == "never" or (config.long_tables == "auto" and rows > LONG_TABLE_AUTO_LIMIT):
+        for name in (TABLE1, TABLE2):
+            remove_table(tables_dir / name)
+        return paths, (f"Tables 1-2 not written ({rows:,} rows); use `modalscope export "
+                       f"{config.out_dir} --layers ... --neurons ...` for the part you need")
+    long_paths = write_long_tables(store, manifest["pair_id"].tolist(), tables_dir, contrast=config.contrast_pair,
+                                   provenance=meta)
     if config.csv:
         long_table_csv(long_paths)
+    else:
+        for path in long_paths:
+            path.with_suffix(".csv").unlink(missing_ok=True)
     return long_paths + paths, None
+
+
+def analysis_manifest(config: StudyConfig) -> pd.DataFrame:
+    """The manifest of the study in DIR, for `analyze`; a folder without a study, or with no
+    recorded pairs, is a one-line DataError pointing to the command that makes them."""
+    out = config.out_dir
+    has_manifest, has_store = (out / "manifest.parquet").exists(), (out / STORE).exists()
+    if not has_manifest and not has_store:
+        raise DataError(f"{out}: no study here (no manifest.parquet, no {STORE}); make one with "
+                        f"`modalscope run --out {out} ...` or `modalscope extract --out {out} ...`, then analyze it")
+    if not has_store:
+        raise DataError(f"{out}: nothing recorded yet (no {STORE}); record its manifest's pairs with "
+                        f"`modalscope extract --out {out} --model MODEL`, then analyze it")
+    manifest = prepare_manifest(config)
+    done = int(ActivationStore.read(out / STORE).attrs.get("n_done", 0))
+    if done < 2:
+        raise DataError(f"{out}: {len(manifest):,} pairs in the manifest, {done} recorded: a t-test needs 2; "
+                        f"run `modalscope extract --out {out} --resume` to record them")
+    return manifest
+
+
+def extraction_note(out_dir: Path) -> str | None:
+    """One line when the store holds fewer pairs than the manifest (an unfinished extraction):
+    the analysis uses the recorded ones, and the line says how to finish."""
+    out_dir = Path(out_dir)
+    if not (out_dir / STORE).exists() or not (out_dir / "manifest.parquet").exists():
+        return None
+    n_manifest = len(load_manifest(out_dir)[0])
+    done = ActivationStore.read(out_dir / STORE).n_done
+    if done >= n_manifest:
+        return None
+    return (f"{n_manifest:,} pairs in the manifest, {done:,} recorded: analysing {done:,}; "
+            f"run `modalscope extract --out {out_dir} --resume` to finish")
 
 
 def plot_stage(out_dir: Path, png: bool = True, stat: str = "max") -> tuple[list[Path], str | None]:
     """Figures 1 and 2 per site and reduction from DIR/tables, the significant-neuron counts,
     and PNG and SVG copies when a browser exists. `figure2_{site}.html` leads with `stat` and
     draws max and matched_max side by side; `figure{1,2}_{site}_{other}.html` show each other
-    one. The HTML files share one figures/plotly.min.js (see figures/export.py)."""
-    from modalscope.figures.assemble import StudyTables, study_figures
-    from modalscope.figures.export import NO_BROWSER_MESSAGE, write_html, write_images
-    from modalscope.figures.histograms import for_static
+    one. The HTML files share one figures/plotly.min.js (see figures/export.py).
 
+    figures/ then holds this plot's figures only: a figure of an earlier plot that is not drawn
+    now (a reduction or site no longer analysed, Δ_base gone) is removed, and so is every old
+    PNG/SVG copy before the new ones are written (none stay without a browser or with png off)."""
+    from modalscope.figures.assemble import StudyTables, study_figures
+    from modalscope.figures.export import NO_BROWSER_MESSAGE, owned_figure_files, write_html, write_images
+    from modalscope.figures.histograms import for_static
+    from modalscope.provenance import record_stage
+
+    clock = time.perf_counter()
     tables = StudyTables.read(out_dir)
     tables.check_stat(stat, out_dir)
     figures_dir = Path(out_dir) / "figures"
     figures = {figures_dir / f"{name}.html": fig for name, fig in study_figures(tables, stat).items()}
     paths = [write_html(fig, path, plotlyjs="directory") for path, fig in figures.items()]
+    for old in owned_figure_files(figures_dir):
+        if old.suffix != ".html" or old not in figures:
+            old.unlink()
     message = write_images({path: for_static(fig) for path, fig in figures.items()}) if png else None
     if message == NO_BROWSER_MESSAGE:
         message = message.replace("DIR", str(out_dir))
+    settings = dict(zip(PLOT_FIELDS, (png, stat)))
+    record_stage(out_dir, "plot", time.perf_counter() - clock, settings)
+    update_study_file(out_dir, settings)
     return paths, message
 
 
@@ -458,40 +536,80 @@ def report_stage(out_dir: Path, stat: str | None = None) -> Path:
 
     if stat is None:
         study = Path(out_dir) / "study.json"
-        stat = json.loads(study.read_text())["config"].get("stat", "max") if study.exists() else "max"
+        stat = json.loads(study.read_text()).get("config", {}).get("stat", "max") if study.exists() else "max"
     return write_report(out_dir, stat)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the stage it stopped in, so the message names the command that reruns it."""
+
+    def __init__(self, stage: str, out_dir: Path) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.out_dir = out_dir
+
+
+class _Stage:
+    """`with _Stage("analyze", DIR):` turns a KeyboardInterrupt inside into Interrupted."""
+
+    def __init__(self, stage: str, out_dir: Path) -> None:
+        self.stage, self.out_dir = stage, out_dir
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt) and not isinstance(error, Interrupted):
+            raise Interrupted(self.stage, self.out_dir) from None
 
 
 def run_study(config: StudyConfig) -> StudyResult:
     """The whole method on one config: manifest, extraction, statistics, tables, figures, report."""
+    from modalscope.provenance import read_study_json, record_stage
+
     config.validate()
     result = StudyResult(out_dir=config.out_dir)
     clock = time.perf_counter()
-    extract_stage(config)  # model checked, then pairs (DIR/manifest.parquet), then recorded
+    with _Stage("extract", config.out_dir):
+        extract_stage(config)  # model checked, then pairs (DIR/manifest.parquet), then recorded
     manifest, _ = load_manifest(config.out_dir)
     result.timings["extract_s"] = time.perf_counter() - clock
     if int(os.environ.get("RANK", 0)) != 0:
         return result  # under torchrun, rank 0 analyses the merged store
+    record_stage(config.out_dir, "extract", result.timings["extract_s"])
     result.messages.extend(data_notes(config.out_dir))  # fewer pairs, skipped pairs, cut captions
+    note = extraction_note(config.out_dir)
+    if note:
+        result.messages.append(note)
     clock = time.perf_counter()
-    result.tables, skipped = analyze_stage(config, manifest)
+    with _Stage("analyze", config.out_dir):
+        result.tables, skipped = analyze_stage(config, manifest)
     if skipped:
         result.messages.append(skipped)
     result.timings["analyze_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    result.figures, png_message = plot_stage(config.out_dir, config.png, config.stat)
+    with _Stage("plot", config.out_dir):
+        result.figures, png_message = plot_stage(config.out_dir, config.png, config.stat)
     if png_message:
         result.messages.append(png_message)
     result.timings["plot_s"] = time.perf_counter() - clock
-    seed = int(ActivationStore.open(config.out_dir / STORE).attrs.get("seed", config.seed))
-    write_json(
-        {"config": config.as_dict(), "timings": result.timings, "versions": library_versions(),
-         "seeds": seed_streams(seed)},  # which random stream the shuffle, sign flips and bootstrap drew
-        config.out_dir / "study.json",
-    )
+    seed = int(ActivationStore.read(config.out_dir / STORE).attrs.get("seed", config.seed))
+    study = read_study_json(config.out_dir)  # the stages' records stay; the whole study's settings replace theirs
+    study.update({"config": config.as_dict(), "timings": result.timings,
+                  "seeds": seed_streams(seed)})  # which random stream the shuffle, sign flips and bootstrap drew
+    write_json(study, config.out_dir / "study.json")
     write_study_file(config)
-    result.report = report_stage(config.out_dir, config.stat)
+    with _Stage("report", config.out_dir):
+        result.report = report_stage(config.out_dir, config.stat)
     return result
+
+
+def study_headlines(out_dir: Path) -> list[str]:
+    """The headline sentence of each site, as summary.json holds it (see report/headline.py)."""
+    from modalscope.tables import read_summary
+
+    summary = read_summary(Path(out_dir) / "tables" / SUMMARY)
+    return [entry["headline"] for entry in summary.values() if isinstance(entry.get("headline"), str)]
 
 
 # The study file's data keys: kept from DIR/study.toml when a rerun names no data (it reuses
@@ -518,6 +636,29 @@ def write_study_file(config: StudyConfig) -> Path:
     return replace(resolved, **paths).to_toml(path)
 
 
+def update_study_file(out_dir: Path, settings: dict[str, object]) -> Path | None:
+    """DIR/study.toml with the `settings` (StudyConfig fields) of a stage run alone (e.g.
+    `analyze --contrast`), so the file still repeats the study its outputs show; left alone when
+    there is none."""
+    from modalscope.study_file import StudyFileError, read
+
+    path = Path(out_dir) / "study.toml"
+    if not path.exists():
+        return None
+    try:
+        current = read(path)
+    except StudyFileError:  # a hand-edited file that no longer parses: not ours to rewrite
+        return None
+    if all(current.get(name) == value for name, value in settings.items()):
+        return path
+    return StudyConfig(**{**current, **settings}).to_toml(path)
+
+
+# The settings each stage run alone owns in study.json's `config` (and DIR/study.toml).
+ANALYSIS_FIELDS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "long_tables", "csv")
+PLOT_FIELDS = ("png", "stat")  # in this order: plot_stage's arguments
+
+
 def export_stage(
     out_dir: Path,
     sites: list[str] | None = None,
@@ -527,22 +668,27 @@ def export_stage(
     csv: bool = False,
 ) -> list[Path]:
     """Tables 1-2 restricted to some sites/layers/neurons, streamed from the store."""
-    store = ActivationStore.open(Path(out_dir) / STORE)
+    from modalscope.provenance import table_provenance
+
+    store = ActivationStore.read(Path(out_dir) / STORE)
     for site in sites or []:
         if site not in store.sites:
             raise ValueError(f"--sites {site}: {out_dir} recorded only {', '.join(store.sites)}")
     for layer in layers or []:
         if not 0 <= layer < store.n_layers:
             raise ValueError(f"--layers {layer}: the model has layers 0-{store.n_layers - 1}")
-    width = min(store.width(s) for s in (sites or store.sites))
+    chosen = list(sites or store.sites)
     for neuron in neurons or []:
-        if not 0 <= neuron < width:
-            raise ValueError(f"--neurons {neuron}: the site has neurons 0-{width - 1}")
+        for site in chosen:
+            if not 0 <= neuron < store.width(site):
+                ok = [s for s in chosen if 0 <= neuron < store.width(s)]
+                hint = f"; export {', '.join(ok)} alone with --sites {','.join(ok)}" if ok else ""
+                raise ValueError(f"--neurons {neuron}: site {site} has neurons 0-{store.width(site) - 1}{hint}")
     manifest, _ = load_manifest(Path(out_dir))
     contrast = tuple(str(store.attrs.get("contrast", "text - image")).split(" - "))
     paths = write_long_tables(
         store, manifest["pair_id"].tolist(), Path(out_dir) / "tables", sites, layers, neurons, name,
-        contrast=contrast,
+        contrast=contrast, provenance=table_provenance(store, " - ".join(contrast)),
     )
     if csv:
         long_table_csv(paths)

@@ -12,6 +12,12 @@ default), and its `contrast` column says which, so the file names what it holds 
 Table 1 holds text and image plus any other stream the contrast reads, so Table 2 can be
 checked against it. JSON is written strictly (NaN and ±inf as null: other readers than
 Python's reject the bare `NaN` token); `read_summary` turns null back into NaN.
+
+Provenance travels with each file: every Parquet table carries the study's key settings and
+library versions as JSON under the schema metadata key `modalscope` (`read_provenance(path)`),
+so a table copied out of its folder still says which model, contrast and statistics made it.
+Nothing time- or place-dependent goes there, so a repeated study writes identical bytes.
+A CSV copy is only ever of its Parquet file: writing a table without `csv` removes an old copy.
 """
 
 from __future__ import annotations
@@ -129,10 +135,12 @@ def write_long_tables(
     neurons: Sequence[int] | None = None,
     suffix: str = "",
     contrast: Sequence[str] = DEFAULT_CONTRAST,
+    provenance: dict | None = None,
 ) -> list[Path]:
     """Stream Tables 1 and 2 (optionally filtered) into `out_dir`; returns the paths.
 
-    Table 2's Δ is `contrast[0] - contrast[1]`, named in its `contrast` column."""
+    Table 2's Δ is `contrast[0] - contrast[1]`, named in its `contrast` column; `provenance`
+    goes into both files' schema metadata."""
     first, second = contrast
     missing = [c for c in (first, second) if c not in store.conditions]
     if missing:
@@ -143,7 +151,8 @@ def write_long_tables(
     paths = [out_dir / TABLE1.replace(".parquet", f"{suffix}.parquet"),
              out_dir / TABLE2.replace(".parquet", f"{suffix}.parquet")]
     with atomic(paths[0]) as tmp1, atomic(paths[1]) as tmp2, \
-            pq.ParquetWriter(tmp1, TABLE1_SCHEMA) as t1, pq.ParquetWriter(tmp2, TABLE2_SCHEMA) as t2:
+            pq.ParquetWriter(tmp1, with_provenance(TABLE1_SCHEMA, provenance)) as t1, \
+            pq.ParquetWriter(tmp2, with_provenance(TABLE2_SCHEMA, provenance)) as t2:
         for site, layer, inputs, cols, values in _blocks(store, sites or store.sites, layers, neurons, shown):
             base = _long_columns(site, layer, inputs, cols, ids)
             n = len(base["layer"])
@@ -176,14 +185,43 @@ def write_long_tables(
     return paths
 
 
-def write_frame(frame: pd.DataFrame, path: Path, csv: bool = False) -> Path:
-    """Parquet (and a CSV copy beside it when asked), each written atomically."""
+PROVENANCE_KEY = b"modalscope"  # schema metadata key of the study's settings and versions (JSON)
+
+
+def with_provenance(schema: pa.Schema, provenance: dict | None) -> pa.Schema:
+    """`schema` with `provenance` as JSON under PROVENANCE_KEY (keys sorted: same study, same bytes)."""
+    if not provenance:
+        return schema
+    text = json.dumps(_strict(provenance), sort_keys=True, allow_nan=False).encode("utf-8")
+    return schema.with_metadata({**(schema.metadata or {}), PROVENANCE_KEY: text})
+
+
+def read_provenance(path: Path) -> dict:
+    """The study's settings and versions a Parquet table carries ({} for a table without them)."""
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata[PROVENANCE_KEY]) if PROVENANCE_KEY in metadata else {}
+
+
+def write_frame(frame: pd.DataFrame, path: Path, csv: bool = False, provenance: dict | None = None) -> Path:
+    """Parquet (and a CSV copy beside it when asked), each written atomically; without `csv` an
+    old CSV copy is removed, so it can never disagree with the Parquet file."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata(with_provenance(table.schema, provenance).metadata)
     with atomic(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
     if csv:
         with atomic(path.with_suffix(".csv")) as tmp:
             frame.to_csv(tmp, index=False)
+    else:
+        path.with_suffix(".csv").unlink(missing_ok=True)
     return path
+
+
+def remove_table(path: Path) -> None:
+    """A table and its CSV copy, if there: an analysis that does not write it now must not leave
+    the previous analysis's beside its own tables."""
+    for stale in (path, path.with_suffix(".csv")):
+        stale.unlink(missing_ok=True)
 
 
 def _strict(value: object) -> object:

@@ -19,7 +19,7 @@ from modalscope.figures.export import (
     NO_BROWSER_MESSAGE,
     find_browser,
     write_html,
-    write_pngs,
+    write_images,
 )
 from modalscope.figures.histograms import figure1, for_static
 from modalscope.figures.style import BLUE, VERMILLION
@@ -246,13 +246,13 @@ def test_write_pngs_without_browser_skips(monkeypatch, tmp_path, layers, neurons
     assert find_browser() is None
     figs = {tmp_path / "out" / "figure1.png": figure1(neurons, SITE),
             tmp_path / "out" / "figure2.png": figure2(layers, REGRESSION, SITE)}
-    msg = write_pngs(figs)
+    msg = write_images(figs, ("png",))
     assert msg == NO_BROWSER_MESSAGE
     assert "\n" not in msg and "BROWSER_PATH" in msg and "modalscope plot DIR" in msg
     assert not (tmp_path / "out").exists()
     # also with find_browser itself stubbed out
     monkeypatch.setattr(export, "find_browser", lambda: None)
-    assert write_pngs(figs) == NO_BROWSER_MESSAGE
+    assert write_images(figs, ("png",)) == NO_BROWSER_MESSAGE
     assert not (tmp_path / "out").exists()
 
 
@@ -260,7 +260,7 @@ def test_write_pngs_reports_kaleido_failure_without_raising(monkeypatch, tmp_pat
     bogus = tmp_path / "not-a-browser"
     monkeypatch.setenv("BROWSER_PATH", str(bogus))
     out = tmp_path / "figure2.png"
-    msg = write_pngs({out: figure2(layers, REGRESSION, SITE)})
+    msg = write_images({out: figure2(layers, REGRESSION, SITE)}, ("png",))
     assert msg.startswith("PNG figures skipped: kaleido failed")
     assert str(bogus) in msg and "\n" not in msg
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))

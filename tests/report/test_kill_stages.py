@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 COMMANDS = {
-    "analyze": ["analyze", "--permutations", "200", "--bootstrap", "200", "--quiet", "--no-png"],
+    "analyze": ["analyze", "--permutations", "200", "--bootstrap", "200"],
     "plot": ["plot"],
     "report": ["report"],
 }

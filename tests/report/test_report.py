@@ -20,6 +20,8 @@ from modalscope.report import facts
 from modalscope.report.page import REPORT
 
 SITES = ("residual", "mlp")
+# Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts.
+FIGURES = (("figure2", ""), ("figure1", "_all_layers"), ("figure1", ""), ("significant", ""))
 
 
 def _links(html: str) -> list[str]:
@@ -32,7 +34,7 @@ def test_run_study_writes_one_offline_page_with_plotlyjs_embedded_once(small_stu
     assert html.count(f"plotly.js v{get_plotlyjs_version()}") == 1  # the bundle, once
     assert not re.search(r"<script[^>]*\bsrc=", html) and "<link" not in html
     graphs = re.findall(r'<div id="(fig-[^"]+)" class="plotly-graph-div"', html)
-    assert graphs == [f"fig-{kind}_{site}" for site in SITES for kind in ("figure2", "figure1", "significant")]
+    assert graphs == [f"fig-{kind}_{site}{part}" for site in SITES for kind, part in FIGURES]
     links = [link for link in _links(html) if not link.startswith("#")]
     assert links, "no links to the tables"
     for link in links:
@@ -130,10 +132,14 @@ def test_report_command_alone_counts_skipped_pairs_and_escapes_them(copied_study
     assert 'href="skipped.parquet"' in html
 
 
-def test_report_without_tables_is_a_one_line_error(tmp_path, capsys):
-    assert cli.main(["report", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "modalscope analyze" in err
+def test_report_without_tables_is_a_one_line_error(tmp_path, capsys, copied_study):
+    assert cli.main(["report", str(tmp_path)]) == 2  # no study at all: make one
+    assert capsys.readouterr().err == (f"modalscope: error: {tmp_path}: no study here (no tables, no "
+                                       f"activations.zarr); make one with `modalscope run --out {tmp_path} ...`\n")
+    (copied_study / "tables/summary.json").unlink()  # recorded, not analysed: analyze it
+    assert cli.main(["report", str(copied_study)]) == 2
+    assert capsys.readouterr().err == (f"modalscope: error: {copied_study / 'tables'}: no summary.json; run "
+                                       f"`modalscope analyze {copied_study}` first\n")
 
 
 def test_report_leads_with_the_chosen_reduction(copied_study):

@@ -42,8 +42,9 @@ def test_report_renders_every_figure_offline_without_errors(small_study, tmp_pat
     seen = visit(small_study / "report.html", BROWSER, shot)
     assert seen.network == [], f"the report asked the network for {seen.network}"
     assert seen.console_errors == []
-    assert [f["id"] for f in seen.figures] == [f"fig-{kind}_{site}" for site in ("residual", "mlp")
-                                              for kind in ("figure2", "figure1", "significant")]
+    assert [f["id"] for f in seen.figures] == [f"fig-{kind}_{site}{part}" for site in ("residual", "mlp")
+                                              for kind, part in (("figure2", ""), ("figure1", "_all_layers"),
+                                                                 ("figure1", ""), ("significant", ""))]
     for figure in seen.figures:
         assert figure["svgs"] >= 1 and figure["traces"] > 0, figure
         assert figure["width"] > 600 and figure["height"] >= 400, figure  # laid out, not collapsed

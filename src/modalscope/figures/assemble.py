@@ -20,6 +20,8 @@ from modalscope.figures.histograms import figure1
 from modalscope.figures.significance import figure_significant
 from modalscope.figures.style import contrast_label
 from modalscope.figures.trend import figure2
+from modalscope.stats.columns import as_unsuffixed
+from modalscope.store import STORE
 from modalscope.tables import LAYERS, LAYERS_VS_BASE, SIGNIFICANT, SUMMARY, TABLE3, read_summary
 
 VS_BASE = "_vs_base"  # file stem suffix of the base-LLM contrast's figures
@@ -39,6 +41,9 @@ class StudyTables:
     def read(cls, out_dir: Path) -> "StudyTables":
         tables = Path(out_dir) / "tables"
         missing = [n for n in (TABLE3, LAYERS, SIGNIFICANT, SUMMARY) if not (tables / n).exists()]
+        if missing and not (Path(out_dir) / STORE).exists():
+            raise FileNotFoundError(f"{out_dir}: no study here (no tables, no {STORE}); make one with "
+                                    f"`modalscope run --out {out_dir} ...`")
         if missing:
             raise FileNotFoundError(f"{tables}: no {', '.join(missing)}; run `modalscope analyze {out_dir}` first")
         base = pd.read_parquet(tables / LAYERS_VS_BASE) if (tables / LAYERS_VS_BASE).exists() else None
@@ -60,10 +65,9 @@ class StudyTables:
     def neurons_as(self, site: str, stat: str) -> pd.DataFrame:
         """Table 3 of `site` with `stat`'s columns under the report's names (mean_diff, t_value, ...)."""
         neurons = self.neurons[self.neurons["site"] == site]
-        if stat == "max":
+        renamed = as_unsuffixed(neurons.columns, stat)
+        if not renamed:
             return neurons
-        suffix = f"_{stat}"
-        renamed = {c: c[: -len(suffix)] for c in neurons.columns if c.endswith(suffix)}
         base = neurons.drop(columns=[c for c in renamed.values() if c in neurons.columns])
         return base.rename(columns=renamed)
 

@@ -52,7 +52,6 @@ __all__ = [
     "write_html",
     "write_images",
     "write_plotlyjs",
-    "write_pngs",
 ]
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -91,6 +90,20 @@ def write_plotlyjs(directory: Path) -> Path:
     if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return path
     return atomic_write(path, data)
+
+
+FIGURE_KINDS = ("figure1_", "figure2_", "significant_")  # the stems `modalscope plot` writes
+
+
+def owned_figure_files(figures_dir: Path) -> list[Path]:
+    """The files of figures/ that `modalscope plot` writes (HTML, PNG, SVG of its figures), so a
+    replot can remove those it did not draw again; anything else there (plotly.min.js, a user's
+    file) is never touched."""
+    figures_dir = Path(figures_dir)
+    if not figures_dir.is_dir():
+        return []
+    return sorted(p for p in figures_dir.iterdir() if p.is_file() and p.suffix in (".html", ".png", ".svg")
+                  and p.name.startswith(FIGURE_KINDS))
 
 
 def write_html(fig: go.Figure, path: Path, plotlyjs: Literal["embed", "directory"] = "embed") -> Path:
@@ -191,8 +204,3 @@ def write_images(figures: dict[Path, go.Figure], formats: Sequence[str] = FORMAT
         return f"{kinds} figures failed: could not write ({_one_line(exc)})"
     counts = " and ".join(f"{len(figures)} {f.upper()}" for f in formats)
     return f"wrote {counts} figures"
-
-
-def write_pngs(figures: dict[Path, go.Figure]) -> str:
-    """PNG copies only: ``write_images(figures, ("png",))``."""
-    return write_images(figures, ("png",))

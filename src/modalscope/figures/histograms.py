@@ -16,7 +16,10 @@ Design choices:
   slider step ``i`` makes traces ``2i`` and ``2i + 1`` visible. Only visible traces
   appear in the legend, so it names the layer on show.
 * A PNG or SVG cannot move a slider, so static exports get ``figure1_static``: the same
-  bins as two heatmaps, layer on y and bin on x, every layer at once.
+  bins as two heatmaps, layer on y and bin on x, every layer at once. The report draws it
+  first (the whole depth at a glance) and the slider figure below it (one layer's shape).
+* The t panel marks the FDR threshold: dashed lines at ±|t| of the weakest neuron with
+  q < 0.05 (from Table 3's own q values), so what lies beyond them is what the counts count.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from modalscope.figures.style import BLUE, DEFAULT_CONTRAST, ORANGE, apply_layout, delta_axis
+from modalscope.figures.style import (
+    BLACK, BLUE, DEFAULT_CONTRAST, LAYER_AXIS, ORANGE, apply_layout, delta_axis, layer_ticks,
+)
+from modalscope.stats.columns import site_rows
 
-__all__ = ["figure1", "figure1_static", "for_static", "shared_bin_edges", "N_BINS"]
+__all__ = ["figure1", "figure1_static", "for_static", "fdr_threshold", "shared_bin_edges", "N_BINS"]
 
 N_BINS = 60
+FDR_ALPHA = 0.05  # the q threshold the tables and the report count neurons at
+FDR_MARK = "fdr-threshold"  # name of the t panel's threshold lines and note
 T_AXIS = "t-value (one-sample t of Δ over inputs; no unit)"
 
 
@@ -55,13 +63,8 @@ def shared_bin_edges(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
 
 
 def _select_site(neurons: pd.DataFrame, site: str) -> pd.DataFrame:
-    if "site" in neurons.columns:
-        sel = neurons[neurons["site"] == site]
-        if sel.empty:
-            found = sorted(map(str, neurons["site"].unique()))
-            raise ValueError(f"no rows for site {site!r}; sites present: {found}")
-        return sel
-    return neurons
+    """The rows of `site` (all rows when the table has no site column), checked to be usable."""
+    return site_rows(neurons, site, ("layer", "mean_diff", "t_value"), "neurons")
 
 
 def _title(site: str, layer: int, n: int, n_nan_t: int, contrast: str = DEFAULT_CONTRAST) -> str:
@@ -72,6 +75,73 @@ def _title(site: str, layer: int, n: int, n_nan_t: int, contrast: str = DEFAULT_
     )
 
 
+def fdr_threshold(neurons: pd.DataFrame, alpha: float = FDR_ALPHA) -> float | None:
+    """The smallest |t| among the neurons with q < alpha, or None when none has it.
+
+    Why from the table and not a formula: the q values are the analysis's own (BH or BY over
+    the whole site), so the line falls exactly between the neurons the tables call significant
+    and the rest (for neurons of equal n, q grows as |t| shrinks)."""
+    if "q_value" not in neurons.columns:
+        return None
+    t = neurons["t_value"].to_numpy(dtype=float)
+    q = neurons["q_value"].to_numpy(dtype=float)
+    hits = np.abs(t[np.isfinite(t) & (q < alpha)])
+    return float(hits.min()) if hits.size else None
+
+
+def _layer_bars(rows: pd.DataFrame, layer: int, column: tuple[str, str, str, str], edges: np.ndarray,
+                visible: bool) -> go.Bar:
+    """One layer's histogram of one column on the shared bins (NaN dropped)."""
+    col, _, label, color = column
+    vals = rows[col].to_numpy(dtype=float)
+    counts, e = np.histogram(vals[np.isfinite(vals)], bins=edges)
+    return go.Bar(
+        x=(e[:-1] + e[1:]) / 2.0,
+        y=counts,
+        width=np.diff(e),
+        customdata=np.column_stack([e[:-1], e[1:]]),
+        hovertemplate=(f"{label}: [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}})"
+                       "<br>neurons: %{y}<extra>layer " + str(layer) + "</extra>"),
+        marker=dict(color=color, line=dict(width=0)),
+        name=f"layer {layer}: {label} of its {len(rows)} neurons",
+        showlegend=True,
+        visible=visible,
+    )
+
+
+def _slider(layers: list[int], titles: list[str]) -> dict:
+    """Step i shows traces 2i and 2i + 1 (layer i's two panels) and its title."""
+    steps = []
+    for i, layer in enumerate(layers):
+        visible = [False] * (2 * len(layers))
+        visible[2 * i] = visible[2 * i + 1] = True
+        steps.append(dict(method="update", label=str(layer), args=[{"visible": visible}, {"title.text": titles[i]}]))
+    return dict(active=0, currentvalue=dict(prefix="decoder layer: "), pad=dict(t=75), steps=steps)
+
+
+def _axes(fig: go.Figure, columns: tuple[tuple[str, str, str, str], ...], edges: dict[str, np.ndarray]) -> None:
+    """Shared x bins and a y range fixed at the largest count of any layer, per panel."""
+    for c, (col, axis, _, _) in enumerate(columns, start=1):
+        y_max = max((int(np.max(bar.y, initial=0)) for bar in fig.data[c - 1 :: 2]), default=0)
+        fig.add_vline(x=0, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
+        fig.update_xaxes(title_text=axis, range=[edges[col][0], edges[col][-1]], row=1, col=c)
+        fig.update_yaxes(title_text="neurons (count per bin)", range=[0, max(1, y_max) * 1.05], row=1, col=c)
+
+
+def _mark_fdr_threshold(fig: go.Figure, threshold: float | None, t_range: tuple[float, float],
+                        alpha: float = FDR_ALPHA) -> None:
+    """Dashed lines at ±|t| of the FDR threshold in the t panel (column 2) and a note saying
+    so, or a note that no neuron reaches it; all named FDR_MARK so `figure1_static` keeps them."""
+    text = f"no neuron has q < {alpha:g}"
+    if threshold is not None:
+        text = f"dashed: q < {alpha:g} beyond |t| = {threshold:.3g}"
+        for x in (-threshold, threshold):
+            if t_range[0] <= x <= t_range[1]:
+                fig.add_vline(x=x, line=dict(color=BLACK, width=1.5, dash="dash"), row=1, col=2, name=FDR_MARK)
+    fig.add_annotation(text=text, xref="x2 domain", yref="y2 domain", x=0.98, y=0.98, showarrow=False,
+                       xanchor="right", yanchor="top", bgcolor="rgba(255, 255, 255, 0.8)", name=FDR_MARK)
+
+
 def figure1(
     neurons: pd.DataFrame,
     site: str,
@@ -79,107 +149,37 @@ def figure1(
     stat: str = "max",
     contrast: str = DEFAULT_CONTRAST,
 ) -> go.Figure:
-    """Histograms of neuron mean Δ and t-value per layer, with a layer slider.
+    """Histograms of neuron mean Δ and t-value per layer, with a layer slider; the t panel marks
+    the FDR threshold (|t| of the weakest neuron with q < 0.05).
 
     ``neurons`` is Table 3 (one row per neuron) with at least the columns
-    ``layer``, ``mean_diff`` and ``t_value``; if it has a ``site`` column,
-    only rows of ``site`` are used. ``stat`` and ``contrast`` only name the axes and titles.
+    ``layer``, ``mean_diff`` and ``t_value`` (and ``q_value`` for the threshold); if it has a
+    ``site`` column, only rows of ``site`` are used. ``stat`` and ``contrast`` only name the
+    axes and titles.
     """
-    missing = {"layer", "mean_diff", "t_value"} - set(neurons.columns)
-    if missing:
-        raise ValueError(f"neurons table lacks columns {sorted(missing)}")
     df = _select_site(neurons, site)
-    if df.empty:
-        raise ValueError(f"neurons table for site {site!r} is empty")
-
     columns = _columns(stat, contrast)
-    layers = sorted(int(v) for v in df["layer"].unique())
-    by_layer = {int(k): g for k, g in df.groupby("layer", sort=True)}
-    edges = {
-        col: shared_bin_edges(df[col].to_numpy(dtype=float), n_bins)
-        for col, *_ in columns
-    }
-
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=[f"neuron mean Δ ({stat})", "t-value"],
-        horizontal_spacing=0.1,
-    )
-    y_max = {col: 0 for col, *_ in columns}
-    titles: list[str] = []
-    for i, layer in enumerate(layers):
-        g = by_layer[layer]
-        for c, (col, _, label, color) in enumerate(columns, start=1):
-            vals = g[col].to_numpy(dtype=float)
-            vals = vals[np.isfinite(vals)]
-            counts, e = np.histogram(vals, bins=edges[col])
-            y_max[col] = max(y_max[col], int(counts.max(initial=0)))
-            fig.add_trace(
-                go.Bar(
-                    x=(e[:-1] + e[1:]) / 2.0,
-                    y=counts,
-                    width=np.diff(e),
-                    customdata=np.column_stack([e[:-1], e[1:]]),
-                    hovertemplate=(
-                        f"{label}: [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}})"
-                        "<br>neurons: %{y}<extra>layer " + str(layer) + "</extra>"
-                    ),
-                    marker=dict(color=color, line=dict(width=0)),
-                    name=f"layer {layer}: {label} of its {len(g)} neurons",
-                    showlegend=True,
-                    visible=(i == 0),
-                ),
-                row=1,
-                col=c,
-            )
-        n_nan_t = int((~np.isfinite(g["t_value"].to_numpy(dtype=float))).sum())
-        titles.append(_title(site, layer, len(g), n_nan_t, contrast))
-
-    n_traces = 2 * len(layers)
-    steps = []
-    for i, layer in enumerate(layers):
-        visible = [False] * n_traces
-        visible[2 * i] = visible[2 * i + 1] = True
-        steps.append(
-            dict(
-                method="update",
-                label=str(layer),
-                args=[{"visible": visible}, {"title.text": titles[i]}],
-            )
-        )
-
-    for c, (col, axis, _, _) in enumerate(columns, start=1):
-        fig.add_vline(x=0, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
-        fig.update_xaxes(
-            title_text=axis, range=[edges[col][0], edges[col][-1]], row=1, col=c
-        )
-        fig.update_yaxes(
-            title_text="neurons (count per bin)", range=[0, max(1, y_max[col]) * 1.05], row=1, col=c
-        )
-
-    apply_layout(
-        fig,
-        titles[0],
-        height=600,
-        bargap=0,
-        margin=dict(t=125, b=150),
-        legend=dict(orientation="h", yanchor="bottom", y=1.07, x=0),
-        sliders=[
-            dict(
-                active=0,
-                currentvalue=dict(prefix="decoder layer: "),
-                pad=dict(t=75),
-                steps=steps,
-            )
-        ],
-    )
+    edges = {col: shared_bin_edges(df[col].to_numpy(dtype=float), n_bins) for col, *_ in columns}
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"neuron mean Δ ({stat})", "t-value"],
+                        horizontal_spacing=0.1)
+    layers, titles = [], []
+    for i, (layer, rows) in enumerate(df.groupby("layer", sort=True)):
+        layers.append(int(layer))
+        for c, column in enumerate(columns, start=1):
+            fig.add_trace(_layer_bars(rows, int(layer), column, edges[column[0]], i == 0), row=1, col=c)
+        n_nan_t = int((~np.isfinite(rows["t_value"].to_numpy(dtype=float))).sum())
+        titles.append(_title(site, int(layer), len(rows), n_nan_t, contrast))
+    _axes(fig, columns, edges)
+    _mark_fdr_threshold(fig, fdr_threshold(df), (edges["t_value"][0], edges["t_value"][-1]))
+    apply_layout(fig, titles[0], height=600, bargap=0, margin=dict(t=125, b=150),
+                 legend=dict(orientation="h", yanchor="bottom", y=1.07, x=0), sliders=[_slider(layers, titles)])
     return fig
 
 
 def figure1_static(fig: go.Figure) -> go.Figure:
-    """Every layer of a ``figure1`` at once, for PNG/SVG: per column a heatmap of neurons
-    per bin (x: the shared bins, y: layer), built from the figure's own binned traces."""
+    """Every layer of a ``figure1`` at once (for PNG/SVG and the report): per column a heatmap of
+    neurons per bin (x: the shared bins, y: layer), built from the figure's own binned traces,
+    with the t panel's FDR threshold carried over."""
     bars = list(fig.data)
     layers = [int(step["label"]) for step in fig.layout.sliders[0].steps]
     static = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
@@ -199,8 +199,13 @@ def figure1_static(fig: go.Figure) -> go.Figure:
         axis = "xaxis" if c == 1 else "xaxis2"
         static.add_vline(x=0, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
         static.update_xaxes(title_text=fig.layout[axis].title.text, range=fig.layout[axis].range, row=1, col=c)
-        static.update_yaxes(title_text="decoder layer (0 = first)", autorange="reversed", dtick=max(1, len(layers) // 16),
-                            row=1, col=c)
+        static.update_yaxes(title_text=LAYER_AXIS, autorange="reversed", **layer_ticks(len(layers)), row=1, col=c)
+    for shape in fig.layout.shapes:  # both are 1 x 2 subplots: the same axis references
+        if shape.name == FDR_MARK:
+            static.add_shape(shape)
+    for note in fig.layout.annotations:
+        if note.name == FDR_MARK:
+            static.add_annotation(note)
     site_title = fig.layout.title.text.split(" — ")[0]
     apply_layout(static, f"{site_title}: neuron mean Δ and t-value per layer (colour: neurons per bin)",
                  height=max(450, 160 + 18 * len(layers)), margin=dict(t=90, b=90))

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from modalscope.figures.style import DEFAULT_CONTRAST, DIRECTION_PAIRS, LAYER_AXIS, apply_layout, preferring
+from modalscope.figures.style import (
+    DEFAULT_CONTRAST, DIRECTION_PAIRS, LAYER_AXIS, apply_layout, layer_ticks, preferring,
+)
 
 # Okabe-Ito, safe for colour-blind readers: (text, image) per reduction.
 COLOURS = DIRECTION_PAIRS
@@ -50,7 +52,7 @@ def figure_significant(
         xaxis_title=LAYER_AXIS, yaxis_title=f"neurons with q < 0.05 (count)<br>↑ {up}, ↓ {down}",
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0), margin=dict(t=100),
     )
-    fig.update_xaxes(dtick=1 if rows["layer"].nunique() <= 16 else None)
+    fig.update_xaxes(**layer_ticks(rows["layer"].nunique()))
     top = rows[rows["stat"].isin(stats)][["n_text_preferring", "n_image_preferring"]].to_numpy()
     ticks = count_ticks(int(top.max(initial=0)))
     fig.update_yaxes(tickvals=ticks, ticktext=[f"{abs(t):,}" for t in ticks], zeroline=True,

@@ -8,6 +8,8 @@ vermillion, the palette's red.
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 # Okabe-Ito (https://jfly.uni-koeln.de/color/), named by what they show here.
@@ -16,7 +18,7 @@ VERMILLION = "#D55E00"  # the regression line; image-preferring neurons
 GREEN = "#009E73"  # the comparison reduction (matched_max)
 ORANGE = "#E69F00"  # t-values in Figure 1
 SKY = "#56B4E9"
-PURPLE = "#CC79A7"  # the sign-flip null band
+PURPLE = "#CC79A7"  # the sign-flip null band (Okabe-Ito "reddish purple"; pink as drawn, at 22% opacity)
 YELLOW = "#F0E442"
 BLACK = "#000000"
 GREY = "#999999"
@@ -24,9 +26,33 @@ GREY = "#999999"
 # (text-preferring, image-preferring) per reduction, in the order reductions are drawn.
 DIRECTION_PAIRS = [(BLUE, VERMILLION), (SKY, ORANGE), (GREEN, PURPLE), (GREY, YELLOW), (BLACK, "#882255")]
 
+# What a reader sees each colour as, where a note names it ("grey: the spread over neurons"): the
+# null band is PURPLE at 22% opacity on white, which reads as pink, not purple.
+COLOUR_NAMES = {BLUE: "blue", GREEN: "green", VERMILLION: "vermillion", ORANGE: "orange", PURPLE: "pink",
+                GREY: "grey"}
+
 LAYER_AXIS = "decoder layer (0 = first)"
 # What one unit of Δ is, per reduction over tokens.
 UNITS = {"frac_active": "share of tokens > 0"}
+
+
+def layer_ticks(n_layers: int) -> dict[str, object]:
+    """Axis settings that label layers with whole numbers only: a tick every layer up to 16
+    layers, else every ceil(n/16)-th, from layer 0; never a fractional tick when zoomed."""
+    return {"tick0": 0, "dtick": max(1, math.ceil(n_layers / 16)), "tickformat": "d"}
+
+
+def format_p(p: object) -> str:
+    """A p or q value as every table, legend and sentence writes it: three significant digits
+    (0.00498, 0.0312, 1), e-notation below 1e-4 (3.21e-05); '—' when undefined.
+
+    Why one function: the same number must read the same in the report's tables, a figure's
+    legend and the headline sentence."""
+    try:
+        value = float(p)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if math.isnan(value) else f"{value:.3g}"
 
 
 def rgba(hex_colour: str, alpha: float) -> str:

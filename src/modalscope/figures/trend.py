@@ -32,9 +32,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from modalscope.figures.style import (
-    BLUE, DEFAULT_CONTRAST, GREEN, LAYER_AXIS, PURPLE, VERMILLION, apply_layout, delta_axis, no_preference,
-    preferring, rgba,
+    BLUE, DEFAULT_CONTRAST, GREEN, LAYER_AXIS, PURPLE, VERMILLION, apply_layout, delta_axis, format_p, layer_ticks,
+    no_preference, preferring, rgba,
 )
+from modalscope.stats.columns import column, site_rows
 
 __all__ = ["figure2", "fit_label"]
 
@@ -47,12 +48,10 @@ def fit_label(regression: dict, stat: str | None = None) -> str:
     label = "linear fit" + (f" ({stat})" if stat else "") + f", R² = {r2_txt}, slope = {slope:.3g}/layer"
     if "slope_ci_low" in regression:
         label += (f"<br>(bootstrap 95% CI {regression['slope_ci_low']:.3g} to "
-                  f"{regression['slope_ci_high']:.3g}; sign-flip p = {regression['slope_p_perm']:.2g})")
+                  f"{regression['slope_ci_high']:.3g}; sign-flip p = {format_p(regression.get('slope_p_perm'))})")
     return label
 
 
-def _col(name: str, stat: str) -> str:
-    return name if stat == "max" else f"{name}_{stat}"
 
 
 def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, name: str, color: str, dash: str | None = None) -> go.Scatter:
@@ -77,13 +76,13 @@ def _hover(df: pd.DataFrame, stat: str, controls: bool, contrast: str) -> tuple[
     """customdata and hovertemplate of a layer-mean line."""
     names = ["ci_low", "ci_high", "input_ci_low", "input_ci_high", "null_low", "null_high",
              "n_text_preferring", "n_image_preferring"]
-    data = np.column_stack([_column(df, _col(n, stat)) for n in names] + [_column(df, "n_neurons")])
+    data = np.column_stack([_column(df, column(n, stat)) for n in names] + [_column(df, "n_neurons")])
     text = ("<b>layer %{x}</b> (" + stat + ")<br>mean Δ = %{y:.4g}"
             "<br>spread over neurons, 95%: [%{customdata[0]:.3g}, %{customdata[1]:.3g}]")
     if controls:
         text += ("<br>95% CI over inputs: [%{customdata[2]:.3g}, %{customdata[3]:.3g}]"
                  "<br>sign-flip null, 95%: [%{customdata[4]:.3g}, %{customdata[5]:.3g}]")
-    if _col("n_text_preferring", stat) in df.columns:
+    if column("n_text_preferring", stat) in df.columns:
         up, down = preferring(contrast)
         text += f"<br>q < 0.05: %{{customdata[6]:.0f}} {up}, %{{customdata[7]:.0f}} {down}"
     text += " of %{customdata[8]:.0f} neurons<extra></extra>"
@@ -95,15 +94,15 @@ def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None,
     """One reduction's bands, layer means and fit; `first` gives the shared bands their legend entry."""
     x = df["layer"].to_numpy(dtype=float)
     where = dict(row=1, col=col) if col else {}
-    lo, hi = _column(df, _col("ci_low", stat)), _column(df, _col("ci_high", stat))
-    controls = _col("input_ci_low", stat) in df.columns
+    lo, hi = _column(df, column("ci_low", stat)), _column(df, column("ci_high", stat))
+    controls = column("input_ci_low", stat) in df.columns
     bands = [(lo, hi, "95% CI over neurons", rgba(colour, 0.2), None)]
     if controls:
         bands = [
             (lo, hi, "spread over neurons, 95% (the report's CI)", "rgba(0, 0, 0, 0.08)", None),
-            (_column(df, _col("null_low", stat)), _column(df, _col("null_high", stat)),
+            (_column(df, column("null_low", stat)), _column(df, column("null_high", stat)),
              f"sign-flip null, 95% ({no_preference(contrast)})", rgba(PURPLE, 0.22), "dot"),
-            (_column(df, _col("input_ci_low", stat)), _column(df, _col("input_ci_high", stat)),
+            (_column(df, column("input_ci_low", stat)), _column(df, column("input_ci_high", stat)),
              f"95% CI over inputs ({stat})", rgba(colour, 0.25), None),
         ]
     for low, high, name, fill, dash in bands:
@@ -113,7 +112,7 @@ def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None,
         fig.add_trace(band, **where)
     data, hover = _hover(df, stat, controls, contrast)
     fig.add_trace(go.Scatter(
-        x=x, y=df[_col("mean_diff", stat)].to_numpy(dtype=float), mode="markers+lines",
+        x=x, y=df[column("mean_diff", stat)].to_numpy(dtype=float), mode="markers+lines",
         name=f"layer mean Δ ({stat})", line=dict(color=colour, width=2.5), marker=dict(size=8, symbol=symbol),
         customdata=data, hovertemplate=hover,
     ), **where)
@@ -143,21 +142,10 @@ def figure2(
     When the table has the controls and ``compare``'s columns, ``compare`` is drawn in a
     second panel beside ``stat`` (its own y axis: reductions differ in scale).
     """
-    need = {"layer", _col("mean_diff", stat), _col("ci_low", stat), _col("ci_high", stat)}
-    missing = need - set(layers.columns)
-    if missing:
-        raise ValueError(f"layers table lacks columns {sorted(missing)}")
-    df = layers
-    if "site" in df.columns:
-        df = df[df["site"] == site]
-        if df.empty:
-            found = sorted(map(str, layers["site"].unique()))
-            raise ValueError(f"no rows for site {site!r}; sites present: {found}")
-    if df.empty:
-        raise ValueError(f"layers table for site {site!r} is empty")
-    df = df.sort_values("layer")
-    controls = _col("input_ci_low", stat) in df.columns
-    beside = bool(controls and compare and _col("input_ci_low", compare) in df.columns)
+    need = {"layer", column("mean_diff", stat), column("ci_low", stat), column("ci_high", stat)}
+    df = site_rows(layers, site, need, "layers").sort_values("layer")
+    controls = column("input_ci_low", stat) in df.columns
+    beside = bool(controls and compare and column("input_ci_low", compare) in df.columns)
 
     if beside:
         fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.13, subplot_titles=[
@@ -170,7 +158,7 @@ def figure2(
     for col in (1, 2) if beside else (None,):
         where = dict(row=1, col=col) if col else {}
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), **where)
-        fig.update_xaxes(title_text=LAYER_AXIS, dtick=max(1, int(math.ceil(len(df) / 16))), **where)
+        fig.update_xaxes(title_text=LAYER_AXIS, **layer_ticks(len(df)), **where)
     # Beside each other, the panel titles name the reduction; the axis only its unit.
     fig.update_yaxes(title_text=delta_axis(stat, "layer mean Δ", contrast, not beside),
                      **(dict(row=1, col=1) if beside else {}))

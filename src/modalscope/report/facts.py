@@ -61,9 +61,9 @@ def store_attrs(out_dir: Path) -> dict:
     path = Path(out_dir) / STORE
     if not path.exists():
         return {}
-    import zarr
+    from modalscope.store import ActivationStore
 
-    return dict(zarr.open_group(str(path), mode="r").attrs)
+    return ActivationStore.read(path).attrs
 
 
 def _text(value: object) -> str:
@@ -89,7 +89,7 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
     used = attrs.get("n_done", first.get("n_inputs"))
     rows = [
         ("model", pick("model")),
-        ("revision", pick("revision")),
+        *([("revision", pick("revision"))] if is_hub_model(attrs, pick("model")) else []),
         ("weights (commit or sha256 of local files)", weights),
         ("model type", attrs.get("model_type")),
         ("dtype", pick("dtype")),
@@ -123,12 +123,54 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
         rows.append(("captions cut to fit the context", pq.read_metadata(truncated).num_rows))
     if attrs.get("n_inputs") not in (None, used):
         rows.append(("pairs in the manifest", attrs["n_inputs"]))
+    rows += [(what, study[key]) for what, key in (("command (last stage)", "command"), ("host", "host"))
+             if study.get(key)]
+    if isinstance(study.get("gpu"), dict):  # the GPU the recording used
+        gpu = study["gpu"]
+        rows.append(("GPU of the recording", f"{gpu.get('name')} x {gpu.get('count', 1)}, CUDA {gpu.get('cuda')}, "
+                                             f"driver {gpu.get('driver') or 'unknown'}"))
     recorded = attrs.get("versions", {})
     analysed = study.get("versions", {})
     versions = [(lib, recorded.get(lib, "—"), analysed.get(lib, "—")) for lib in dict.fromkeys([*recorded, *analysed])]
     timings = [(stage.removesuffix("_s"), float(sec)) for stage, sec in study.get("timings", {}).items()]
     return Provenance([(k, _text(v)) for k, v in rows], dict(attrs.get("prompts", {})),
                       attrs.get("chat_template"), versions, timings, skipped)
+
+
+def is_hub_model(attrs: dict, model: object) -> bool:
+    """Whether the study's model came from the hub (a revision means something) rather than a
+    local folder (where the store records "main" but the weights are the folder's fingerprint)."""
+    if "weights_fingerprint" in attrs:
+        return attrs["weights_fingerprint"] is None
+    return model is not None and not Path(str(model)).is_dir()
+
+
+def random_weights(out_dir: Path) -> bool:
+    """Whether the study's model is the demo's, with random weights (see demo.py)."""
+    from modalscope.demo import has_random_weights
+
+    model = store_attrs(out_dir).get("model") or _read_json(Path(out_dir) / "study.json").get("config", {}).get("model")
+    return has_random_weights(model)
+
+
+def partial_study(out_dir: Path, tables: StudyTables) -> str | None:
+    """One sentence when the tables do not cover the whole manifest (an unfinished extraction,
+    or tables older than the store), with the commands that finish the study; else None."""
+    out_dir = Path(out_dir)
+    manifest = out_dir / "manifest.parquet"
+    if not manifest.exists() or not tables.sites:
+        return None
+    n_manifest = pq.read_metadata(manifest).num_rows
+    analysed = tables.summary[tables.sites[0]].get("n_inputs")
+    recorded = store_attrs(out_dir).get("n_done", analysed)
+    if analysed is None or analysed >= n_manifest:
+        return None
+    text = (f"Partial study: {n_manifest:,} pairs in the manifest, {int(recorded):,} recorded, "
+            f"{int(analysed):,} analysed in these tables and figures.")
+    if recorded < n_manifest:
+        return text + (f" Run `modalscope extract --out {out_dir} --resume` to finish the extraction, then "
+                       f"`modalscope analyze {out_dir}` and `modalscope plot {out_dir}`.")
+    return text + f" Run `modalscope analyze {out_dir}` and `modalscope plot {out_dir}` to analyse every pair."
 
 
 def top_neurons(tables: StudyTables, site: str, stat: str, k: int = TOP_K) -> tuple[pd.DataFrame, pd.DataFrame]:

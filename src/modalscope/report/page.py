@@ -23,13 +23,21 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from modalscope.demo import RANDOM_WEIGHTS_TITLE
 from modalscope.figures.assemble import VS_BASE, StudyTables, comparison, figure2_vs_base, headline_figures
 from modalscope.figures.export import HTML_CONFIG, atomic_write, plotlyjs_bytes
-from modalscope.figures.style import contrast_sides, direction_names, no_preference, preferring
-from modalscope.report.facts import (
-    NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Forgetting, Provenance, figure_files, forgetting, provenance,
-    significant_counts, table_files, top_neurons, trend_rows,
+from modalscope.figures.histograms import figure1_static
+from modalscope.figures.style import (
+    BLUE, COLOUR_NAMES, GREEN, PURPLE, VERMILLION, contrast_sides, direction_names, format_p, no_preference,
+    preferring,
 )
+from modalscope.report.facts import (
+    NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Forgetting, Provenance, figure_files, forgetting, partial_study,
+    provenance, random_weights, significant_counts, table_files, top_neurons, trend_rows,
+)
+from modalscope.report.headline import MATCHED, NAMES, RAW, headline
+
+P_COLUMNS = ("p", "q", "p_perm", "sign-flip p")  # cells written by format_p, as the legends are
 
 REPORT = "report.html"
 SKIPPED_SHOWN = 50
@@ -57,6 +65,8 @@ table.compact th, table.compact td { padding: 2px 5px; }
 .note { color: #555; font-size: 14px; max-width: 980px; }
 .figure { border: 1px solid #e3e7eb; margin: 8px 0; }
 pre { background: #f6f8fa; padding: 8px; white-space: pre-wrap; font-size: 12px; }
+.banner { background: #fff4e0; border-left: 4px solid #E69F00; padding: 8px 12px; margin: 16px 0 0; }
+ul.headline li { margin: 4px 0; max-width: 1100px; }
 """
 
 
@@ -65,7 +75,8 @@ def _esc(value: object) -> str:
 
 
 def _num(value: object, column: str = "") -> str:
-    """A cell: integers with separators, floats to 4 significant digits, tiny p/q in e-notation."""
+    """A cell: integers with separators, floats to 4 significant digits, p and q as `format_p`
+    writes them (as in the figures' legends)."""
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, numbers.Integral):
@@ -75,8 +86,8 @@ def _num(value: object, column: str = "") -> str:
     value = float(value)
     if math.isnan(value):
         return "—"
-    if column in ("p", "q", "p_perm", "sign-flip p") and 0 < abs(value) < 1e-4:
-        return f"{value:.2e}"
+    if column in P_COLUMNS:
+        return format_p(value)
     return f"{value:.4g}"
 
 
@@ -104,23 +115,38 @@ def _figure(fig: go.Figure, name: str) -> str:
     return f'<div class="figure">{div}</div>'
 
 
+def _glance_reductions(tables: StudyTables, stat: str) -> list[str]:
+    """The length-matched max first, the raw max beside it, then the headline reduction if other."""
+    shown = [x for x in (MATCHED, RAW) if x in tables.stats]
+    return shown + ([stat] if stat not in shown else [])
+
+
 def _glance(tables: StudyTables, stat: str) -> str:
-    """One row per site: the trend and how many neurons prefer each modality."""
+    """Per site the headline sentence (raw and length-matched max trends with their intervals),
+    then one row per site and reduction: the trend and how many neurons prefer each side."""
     rows = []
     for site in tables.sites:
-        trend = tables.trend(site, stat)
         up, down = preferring(tables.contrast(site))
-        counts = tables.counts[(tables.counts["site"] == site) & (tables.counts["stat"] == stat)]
-        ci = (f"{trend['slope_ci_low']:.3g} to {trend['slope_ci_high']:.3g}" if "slope_ci_low" in trend else "—")
-        rows.append({"site": site, "slope /layer": trend["slope"], "bootstrap 95% CI": ci,
-                     "sign-flip p": trend.get("slope_p_perm"), "R²": trend["r2"],
-                     up: int(counts["n_text_preferring"].sum()),
-                     down: int(counts["n_image_preferring"].sum()),
-                     "neurons": int(counts["n_neurons"].sum())})
+        for shown in _glance_reductions(tables, stat):
+            trend = tables.trend(site, shown)
+            counts = tables.counts[(tables.counts["site"] == site) & (tables.counts["stat"] == shown)]
+            ci = (f"{trend['slope_ci_low']:.3g} to {trend['slope_ci_high']:.3g}" if "slope_ci_low" in trend else "—")
+            rows.append({"site": site, "reduction": f"{NAMES.get(shown, shown)} ({shown})" if shown in NAMES
+                         else shown, "slope /layer": trend["slope"], "bootstrap 95% CI": ci,
+                         "sign-flip p": trend.get("slope_p_perm"), "R²": trend["r2"],
+                         up: int(counts["n_text_preferring"].sum()),
+                         down: int(counts["n_image_preferring"].sum()),
+                         "neurons": int(counts["n_neurons"].sum())})
     frame = pd.DataFrame(rows).set_index("site")
-    return ('<section id="glance"><h2>At a glance</h2><p class="note">The layer trend of mean Δ (reduction '
-            f"{_esc(stat)}) and the neurons with q &lt; {SIGNIFICANT_Q} each way, over all layers.</p>"
-            + _table(frame, index="site") + "</section>")
+    sentences = "".join(f"<li>{_esc(tables.summary[site].get('headline') or headline(site, tables.summary[site]))}"
+                        "</li>" for site in tables.sites)
+    note = ("Per site, the trend over decoder layers of the layer mean of Δ, length-matched max first: the raw "
+            "max compares the peak over a few caption tokens with the peak over hundreds of image tokens, so it is "
+            "biased towards the longer input (docs/method.md §3); the length-matched max compares peaks over the "
+            "same number of tokens. A direction (falls, rises) is named only where the bootstrap 95% CI over inputs "
+            f"excludes 0. Neuron counts: q &lt; {SIGNIFICANT_Q} each way, over all layers.")
+    return (f'<section id="glance"><h2>At a glance</h2><ul class="headline">{sentences}</ul>'
+            f'<p class="note">{note}</p>' + _table(frame, index="site") + "</section>")
 
 
 def _provenance_section(prov: Provenance) -> str:
@@ -160,17 +186,20 @@ def _skipped(skipped: pd.DataFrame) -> str:
 
 
 def _figure2_note(stat: str, compare: str | None, contrast: str) -> str:
-    note = (f"The layer mean of the neurons' mean Δ ({_esc(contrast)}; reduction {_esc(stat)}, blue) with its 95% "
-            "CI over inputs; grey: the spread over neurons (the report's band); purple, dotted: where layer means "
-            f"fall under the sign-flip null ({_esc(no_preference(contrast))}); vermillion, dashed: the "
-            "least-squares line.")
+    note = (f"The layer mean of the neurons' mean Δ ({_esc(contrast)}; reduction {_esc(stat)}, "
+            f"{COLOUR_NAMES[BLUE]}) with its 95% CI over inputs; grey: the spread over neurons (the report's band); "
+            f"{COLOUR_NAMES[PURPLE]} with a dotted edge: where layer means fall under the sign-flip null "
+            f"({_esc(no_preference(contrast))}); {COLOUR_NAMES[VERMILLION]}, dashed: the least-squares line.")
     if compare:
-        note += (f" Right: the same for {_esc(compare)} (green)"
+        note += (f" Right: the same for {_esc(compare)} ({COLOUR_NAMES[GREEN]})"
                  + (", which removes the length bias of a max over ~10 caption vs 576 image tokens."
                     if compare == "matched_max" else "."))
     return note + " Hover a point for its numbers."
 
 
+FIGURE1_NOTE = ("A row per decoder layer, a column per bin of the neurons' mean Δ (left) and t (right); colour: "
+                "how many of the layer's neurons fall in the bin. Dashed lines in the t panel: the FDR threshold, "
+                f"beyond which neurons have q &lt; {SIGNIFICANT_Q}.")
 FORGETTING_TITLE = "Text-only forgetting (Δ = text − text_base)"
 
 
@@ -229,7 +258,10 @@ def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | 
         _figure(figs[f"figure2_{site}"], f"figure2_{site}"),
         "<p class=\"note\">The trend for every reduction (bootstrap 95% CI over inputs, sign-flip permutation p):</p>",
         _table(trend, index="reduction"),
-        f'<h3 id="figure1-{_esc(site)}">Figure 1: distributions over neurons, per layer</h3>',
+        f'<h3 id="figure1-{_esc(site)}">Figure 1: distributions over neurons, every layer</h3>',
+        f'<p class="note">{FIGURE1_NOTE}</p>',
+        _figure(figure1_static(figs[f"figure1_{site}"]), f"figure1_{site}_all_layers"),
+        '<p class="note">One layer at a time (move the slider): the same bins as histograms.</p>',
         _figure(figs[f"figure1_{site}"], f"figure1_{site}"),
         f'<h3 id="significant-{_esc(site)}">FDR-significant neurons (q &lt; {SIGNIFICANT_Q}) per layer and '
         "direction</h3>",
@@ -303,6 +335,9 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
     tables.check_stat(stat, out_dir)
     prov = provenance(out_dir, tables)
     model = dict(prov.study).get("model", "")
+    demo = f" ({RANDOM_WEIGHTS_TITLE})" if random_weights(out_dir) else ""
+    partial = partial_study(out_dir, tables)
+    banner = f'<p class="banner" id="partial">{_esc(partial)}</p>' if partial else ""
     nav = " ".join(['<a href="#glance">at a glance</a>', '<a href="#provenance">what was run</a>']
                    + [f'<a href="#site-{_esc(s)}">site {_esc(s)}</a>' for s in tables.sites]
                    + ['<a href="#files">tables and files</a>'])
@@ -311,14 +346,15 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
             _files_section(out_dir, tables.sites, stat)]
     return "\n".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-        f"<title>modalscope report: {_esc(Path(model).name or model)}</title>",
+        f"<title>modalscope report: {_esc(Path(model).name or model)}{' (random weights)' if demo else ''}</title>",
         f"<style>{CSS}</style>",
         '<script type="text/javascript">', plotlyjs_bytes().decode("utf-8"), "</script></head><body>",
-        f"<header><div><h1>{_esc(_question(tables.contrast(tables.sites[0])))} Neuron by neuron: {_esc(model)}</h1>",
+        f"<header><div><h1>{_esc(_question(tables.contrast(tables.sites[0])))} Neuron by neuron: {_esc(model)}"
+        f"{_esc(demo)}</h1>",
         f"<p>Study folder {_esc(out_dir.resolve())}; headline reduction over tokens: {_esc(stat)}; "
         f"{_esc(_delta_meaning(tables.contrast(tables.sites[0])))}; layers and neurons 0-indexed. "
         f"Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
-        f"<nav>{nav}</nav></div></header><main>", _glance(tables, stat), *body, "</main></body></html>",
+        f"<nav>{nav}</nav></div></header><main>", banner, _glance(tables, stat), *body, "</main></body></html>",
     ])
 
 

@@ -29,6 +29,32 @@ def column(name: str, stat: str) -> str:
     return name if stat == UNSUFFIXED_STAT else f"{name}_{stat}"
 
 
+def as_unsuffixed(names: Iterable[str], stat: str) -> dict[str, str]:
+    """{suffixed name: the report's name} of reduction `stat`'s columns among `names`, so a
+    figure drawn for max reads any reduction's columns under the same names."""
+    if stat == UNSUFFIXED_STAT:
+        return {}
+    suffix = f"_{stat}"
+    return {n: n[: -len(suffix)] for n in names if n.endswith(suffix)}
+
+
+def site_rows(frame, site: str, needs: Iterable[str] = (), table: str = "the"):
+    """The rows of `site` of a table with a `site` column (all rows without one), refused in one
+    line when it lacks a column in `needs` or holds no row of the site."""
+    missing = set(needs) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{table} table lacks columns {sorted(missing)}")
+    if "site" in frame.columns:
+        frame = frame[frame["site"] == site] if (frame["site"] == site).any() else _no_site(frame, site)
+    if frame.empty:
+        raise ValueError(f"{table} table for site {site!r} is empty")
+    return frame
+
+
+def _no_site(frame, site: str):
+    raise ValueError(f"no rows for site {site!r}; sites present: {sorted(map(str, frame['site'].unique()))}")
+
+
 def kept(name: str, stat: str) -> bool:
     """Whether reduction `stat`'s value of column `name` goes into Table 3."""
     return name not in SHARED_COLUMNS or stat == UNSUFFIXED_STAT
