@@ -67,3 +67,19 @@ def test_extraction_prints_the_budget_and_refuses_a_full_disk_before_writing(tin
     err = capsys.readouterr().err
     assert store.n_done == 6
     assert "store: at most 0.0 GB in " in err and "measured " in err and " pairs/s over the first 2 pairs" in err
+
+
+def test_plan_prints_the_7b_budget_from_the_config_alone(tmp_path: Path):
+    from cli_run import modalscope
+    from real_models import real_files
+
+    folder = real_files("llava-1.5")  # config, tokenizer, processor: no weights
+    done = modalscope("plan", "--model", str(folder), "--num-pairs", "5000", "--stats", "max,mean",
+                      "--conditions", "text,image", "--out", str(tmp_path / "study"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{folder}: 32 decoder layers, residual 4,096 neurons, mlp 11,008 neurons"
+    assert lines[1] == ("store: at most 38.7 GB in 354 files (5,000 pairs x 32 layers x 15,104 neurons "
+                        "x 2 streams x 2 reductions, float32)")
+    assert lines[3] == "  one file per 128 inputs (batch size 16 x sort window 8) and array, all layers"
+    assert lines[4].startswith(f"{tmp_path / 'study'}: ")

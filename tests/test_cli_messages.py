@@ -106,7 +106,7 @@ def test_export_out_of_range_names_the_site_and_its_range(small_study):
     (("plot", "x", "--csv"), "--csv is not an option of plot (it is one of demo, run, analyze, export); see "
                              "`modalscope plot --help`"),
     (("run", "--num-pair", "5"), "unrecognized option --num-pair; did you mean --num-pairs?"),
-    (("frobnicate",), "COMMAND frobnicate: choose demo, init, run, extract, analyze, plot, report or export"),
+    (("frobnicate",), "COMMAND frobnicate: choose demo, init, run, plan, extract, analyze, plot, report or export"),
 ])
 def test_usage_errors_name_the_option_never_an_internal_function(args, message):
     done = modalscope(*args)
@@ -123,11 +123,13 @@ OPTIONS = {
             "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers", "--captions", "--images",
             "--jsonl", "--num-pairs", "--seed", "--sites", "--tokens", "--stats", "--quantile", "--conditions",
             "--contrast", "--fdr", "--permutations", "--bootstrap", "--outlier-factor", "--long-tables", "--csv",
-            "--no-png", "--stat", "--quiet"],
+            "--no-png", "--stat", "--quiet", "--force"],
+    "plan": ["--model", "--revision", "--num-pairs", "--out", "--base-model", "--batch-size", "--sort-window",
+             "--sites", "--tokens", "--stats", "--quantile", "--conditions"],
     "extract": ["--out", "--config", "--resume", "--model", "--revision", "--base-model", "--base-revision",
                 "--device", "--dtype", "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers",
                 "--captions", "--images", "--jsonl", "--num-pairs", "--seed", "--sites", "--tokens", "--stats",
-                "--quantile", "--conditions", "--contrast", "--quiet"],
+                "--quantile", "--conditions", "--contrast", "--quiet", "--force"],
     "analyze": ["dir", "--config", "--contrast", "--fdr", "--permutations", "--bootstrap", "--outlier-factor",
                 "--long-tables", "--csv"],
     "plot": ["dir", "--config", "--no-png", "--stat"],

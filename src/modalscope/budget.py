@@ -8,7 +8,7 @@ estimate before the first forward and refuse, in one line, a study the free disk
 
 The estimate is an upper bound: raw bytes (activations compress little: ~0.94 of raw with the
 store's lz4 + bit shuffle, benchmarks/store_codecs.py); files are counted exactly from the
-store layout (store.py: one shard per extraction window and layer).
+store layout (store.py: one shard per extraction window, holding every layer).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ class Budget:
 
     @property
     def files(self) -> int:
-        """Files of the store: a shard per window and layer of every array, each array's and
+        """Files of the store: a shard per window of every array (all layers), each array's and
         group's zarr.json, and the [input] arrays (pair ids, token counts) in 1,024-input chunks."""
         arrays = len(self.widths) * len(self.streams) * len(self.stats)
         windows = math.ceil(self.n_pairs / self.window)
         groups = 1 + len(self.widths) * (1 + len(self.streams)) + 1  # root, sites, site/stream, tokens
         small = (1 + len(self.streams)) * (math.ceil(self.n_pairs / TOKENS_CHUNK) + 1)
-        return arrays * (windows * self.n_layers + 1) + groups + small
+        return arrays * (windows + 1) + groups + small
 
     def gb_per_1000_pairs(self) -> float:
         return 1000 * self.values_per_pair * self.value_bytes / GB
@@ -90,3 +90,25 @@ def disk_problem(budget: Budget, out_dir: Path, already: int = 0) -> str | None:
     return (f"{out_dir}: the store needs about {need / GB:,.1f} GB (with a {MARGIN - 1:.0%} margin) and "
             f"{free / GB:,.1f} GB are free; shrink it with --stats max,mean, --conditions text,image, "
             "--sites mlp or fewer --num-pairs, or pass --force")
+
+
+def plan_lines(config: StudyConfig, n_pairs: int) -> list[str]:
+    """`modalscope plan`: the budget of a study of `n_pairs` on config.model, from its config
+    alone (kilobytes from the hub or a folder; no weights), with the free-disk check when the
+    study folder is given."""
+    from modalscope.models.loading import read_config
+    from modalscope.record.plan import default_sort_window
+
+    model_config = read_config(config.model, config.revision)
+    batch = 16 if config.batch_size == "auto" else int(config.batch_size)
+    draft = estimate(config, model_config, n_pairs, batch, 1)
+    window = config.sort_window or default_sort_window(batch, draft.values_per_pair * draft.value_bytes)
+    budget = estimate(config, model_config, n_pairs, batch, window)
+    lines = [f"{config.model}: {budget.n_layers} decoder layers, "
+             + ", ".join(f"{site} {width:,} neurons" for site, width in budget.widths.items())]
+    lines += budget.lines()
+    lines.append(f"  one file per {budget.window} inputs (batch size {batch} x sort window {window}) and array, all layers")
+    if config.out_dir is not None and str(config.out_dir) not in ("", "."):
+        problem = disk_problem(budget, config.out_dir)
+        lines.append(problem or f"{config.out_dir}: enough free disk for it")
+    return lines

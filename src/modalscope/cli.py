@@ -41,6 +41,8 @@ FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dt
                "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
                "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr",
                "n_perm", "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
+FORCE_HELP = ("start even when the free disk under DIR looks too small for the store's estimate "
+              "(`modalscope plan` prints it) (default: off)")
 CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run writes DIR/study.toml): "
                "every option under [data], [model], [conditions], [reductions], [statistics], [output], "
                "keys named like the flags (num_pairs, permutations, ...); a flag given here beats the file "
@@ -311,6 +313,18 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     _recording_options(p)
     _analysis_options(p)
     _output_options(p)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+    p = _command(sub, "plan", "what a study will cost (store size, files, free disk) from the model's config alone")
+    p.add_argument("--model", required=True, help=MODEL_HELP + " (required; only its config is read)")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) (default: main, the latest)")
+    p.add_argument("--num-pairs", type=int, required=True, metavar="N", help="pairs of the study (required)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="study folder whose free disk to check (default: none)")
+    p.add_argument("--base-model", metavar="MODEL", help="with a base model: its text stream too (default: none)")
+    p.add_argument("--batch-size", type=_batch_size, default=16, metavar="N", help="pairs per forward (default: 16)")
+    p.add_argument("--sort-window", type=int, metavar="N",
+                   help="batches per length-sorted window (default: up to 8 within 1 GiB of host memory)")
+    _recording_options(p)
 
     p = _command(sub, "extract", "record activations into DIR/activations.zarr (continues a stopped run)")
     _folder(p, config_given, option=True)
@@ -324,6 +338,7 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--contrast", default="text-image", metavar="A-B",
                    help=CONTRAST_HELP.replace(" (default", "; its streams must be recorded (default"))
     _output_options(p, ("quiet",))
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
 
     p = _command(sub, "analyze", "statistics and tables from DIR/activations.zarr into DIR/tables")
     _folder(p, config_given, option=False)
@@ -489,7 +504,14 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
         path = write_starter(args.path)
         print(f"wrote {path}: check the data paths in [data], then `modalscope run --config {path}`")
     elif args.command == "run":
-        _report(study.run_study(_config(args, args.out)), started)
+        _report(study.run_study(_config(args, args.out), force=args.force), started)
+    elif args.command == "plan":
+        from modalscope.budget import plan_lines
+
+        fields = {k: getattr(args, k) for k in ("model", "revision", "base_model", "batch_size", "sort_window",
+                                                "sites", "tokens", "stats", "quantile", "conditions")}
+        config = StudyConfig(out_dir=args.out or Path("."), num_pairs=args.num_pairs, **fields)
+        print("\n".join(plan_lines(config, args.num_pairs)))
     elif args.command == "extract":
         out, model = args.out, args.model
         if args.config is not None:  # the folder and model may come from the file
@@ -503,7 +525,7 @@ def _dispatch(args: argparse.Namespace, started: float) -> int:
         config = _config(args, Path(out), **_stored_settings(Path(out), model, args.resume))
         config.validate()
         clock = time.perf_counter()
-        store = study.extract_stage(config)
+        store = study.extract_stage(config, force=args.force)
         if int(os.environ.get("RANK", 0)) == 0:
             study.write_study_file(config)  # the model and data passed their checks
             from modalscope.provenance import record_stage

@@ -34,7 +34,7 @@ from modalscope.streams import UNIMODAL
 STORE = "activations.zarr"
 # By measurement (benchmarks/store_codecs.py, one core): on activation-like float32 blosc lz4
 # with bit shuffle stores as little as zarr's default zstd (0.938 vs 0.940 of raw) at 0.80x its
-# CPU time; fewer, bigger files (shards of one window) halve the write cost again.
+# CPU time; fewer, bigger files (a shard per window holding every layer) halve the write cost.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do not depend on chunking
 # Attributes a resumed run must share with the store, with the user-facing name of each.
@@ -74,10 +74,11 @@ class ActivationStore:
         conditions: Sequence[str] = UNIMODAL,
         window: int | None = None,
     ) -> "ActivationStore":
-        """`window`: inputs appended at once (batch size x sort window); each array is then
-        sharded by windows, one file per window and layer instead of one per batch and layer."""
+        """`window`: inputs appended at once (batch size x sort window). Each array is sharded by
+        window and all layers: one file per window instead of one per batch and layer, and each
+        append writes whole shards; the analysis still reads one layer (an inner chunk) at a time."""
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        shards = window if window and window > batch_size and window % batch_size == 0 else None
+        shards = window if window and window % batch_size == 0 else batch_size
         for site, width in widths.items():
             for condition in conditions:
                 for stat in stats:
@@ -85,7 +86,7 @@ class ActivationStore:
                         f"{site}/{condition}/{stat}",
                         shape=(0, n_layers, width),
                         chunks=(batch_size, 1, width),
-                        shards=(shards, 1, width) if shards else None,
+                        shards=(shards, n_layers, width),
                         dtype="float32",
                         fill_value=float("nan"),
                         compressors=COMPRESSOR,

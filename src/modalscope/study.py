@@ -563,15 +563,16 @@ class _Stage:
             raise Interrupted(self.stage, self.out_dir) from None
 
 
-def run_study(config: StudyConfig) -> StudyResult:
-    """The whole method on one config: manifest, extraction, statistics, tables, figures, report."""
+def run_study(config: StudyConfig, force: bool = False) -> StudyResult:
+    """The whole method on one config: manifest, extraction, statistics, tables, figures, report.
+    `force`: record even when the free disk looks too small for the store (budget.py)."""
     from modalscope.provenance import read_study_json, record_stage
 
     config.validate()
     result = StudyResult(out_dir=config.out_dir)
     clock = time.perf_counter()
     with _Stage("extract", config.out_dir):
-        extract_stage(config)  # model checked, then pairs (DIR/manifest.parquet), then recorded
+        extract_stage(config, force=force)  # model checked, then pairs (DIR/manifest.parquet), then recorded
     manifest, _ = load_manifest(config.out_dir)
     result.timings["extract_s"] = time.perf_counter() - clock
     if int(os.environ.get("RANK", 0)) != 0:
