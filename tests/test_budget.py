@@ -42,7 +42,7 @@ def test_a_disk_too_small_is_one_line_naming_what_shrinks_the_store(tmp_path: Pa
     line = disk_problem(budget, tmp_path / "new" / "study")
     assert line is not None and "\n" not in line
     assert line.startswith(f"{tmp_path / 'new' / 'study'}: the store needs about 6,199,705.6 GB (with a 10% margin)")
-    assert line.endswith("--sites mlp or fewer --num-pairs, or pass --force")
+    assert line.endswith("--sites mlp, --store-dtype float16 or fewer --num-pairs, or pass --force")
     assert disk_problem(Budget(10, 2, {"mlp": 8}, ("text", "image"), ("max",), 8), tmp_path) is None
 
 

@@ -33,7 +33,7 @@ class Budget:
     streams: tuple[str, ...]
     stats: tuple[str, ...]
     window: int  # inputs per shard (batch size x sort window)
-    value_bytes: int = 4  # float32
+    value_bytes: int = 4  # float32; 2 with --store-dtype float16
 
     @property
     def values_per_pair(self) -> int:
@@ -60,9 +60,10 @@ class Budget:
         return [
             f"store: at most {self.store_bytes / GB:,.1f} GB in {self.files:,} files "
             f"({self.n_pairs:,} pairs x {self.n_layers} layers x {sum(self.widths.values()):,} neurons "
-            f"x {len(self.streams)} streams x {len(self.stats)} reductions, float32)",
+            f"x {len(self.streams)} streams x {len(self.stats)} reductions, "
+            f"{'float16' if self.value_bytes == 2 else 'float32'})",
             f"  {self.gb_per_1000_pairs():,.1f} GB per 1,000 pairs; fewer with --stats max,mean, "
-            "--conditions text,image or --sites mlp",
+            "--conditions text,image, --sites mlp" + (" or --store-dtype float16" if self.value_bytes == 4 else ""),
         ]
 
 
@@ -74,7 +75,7 @@ def estimate(config: StudyConfig, model_config, n_pairs: int, batch_size: int, s
     text = getattr(model_config, adapter.text_config, model_config)
     widths = {site: int(getattr(text, adapter.site(site).width)) for site in config.sites}
     return Budget(n_pairs, int(text.num_hidden_layers), widths, tuple(config.streams), tuple(config.stats),
-                  batch_size * sort_window)
+                  batch_size * sort_window, 2 if config.store_dtype == "float16" else 4)
 
 
 def disk_problem(budget: Budget, out_dir: Path, already: int = 0) -> str | None:
@@ -89,7 +90,7 @@ def disk_problem(budget: Budget, out_dir: Path, already: int = 0) -> str | None:
         return None
     return (f"{out_dir}: the store needs about {need / GB:,.1f} GB (with a {MARGIN - 1:.0%} margin) and "
             f"{free / GB:,.1f} GB are free; shrink it with --stats max,mean, --conditions text,image, "
-            "--sites mlp or fewer --num-pairs, or pass --force")
+            "--sites mlp, --store-dtype float16 or fewer --num-pairs, or pass --force")
 
 
 def plan_lines(config: StudyConfig, n_pairs: int) -> list[str]:
@@ -102,7 +103,7 @@ def plan_lines(config: StudyConfig, n_pairs: int) -> list[str]:
     model_config = read_config(config.model, config.revision)
     batch = 16 if config.batch_size == "auto" else int(config.batch_size)
     draft = estimate(config, model_config, n_pairs, batch, 1)
-    window = config.sort_window or default_sort_window(batch, draft.values_per_pair * draft.value_bytes)
+    window = config.sort_window or default_sort_window(batch, draft.values_per_pair * 4)  # float32 in memory
     budget = estimate(config, model_config, n_pairs, batch, window)
     lines = [f"{config.model}: {budget.n_layers} decoder layers, "
              + ", ".join(f"{site} {width:,} neurons" for site, width in budget.widths.items())]

@@ -39,8 +39,8 @@ DIR/study.toml --out NEW` repeats it. Flags given on the command line beat the f
 # Flags whose dest is not the StudyConfig field of the same name (see study_file.KEYS).
 FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dtype", "device_map",
                "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
-               "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "conditions", "contrast", "fdr",
-               "n_perm", "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
+               "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "store_dtype", "conditions",
+               "contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
 FORCE_HELP = ("start even when the free disk under DIR looks too small for the store's estimate "
               "(`modalscope plan` prints it) (default: off)")
 CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run writes DIR/study.toml): "
@@ -221,6 +221,9 @@ def _recording_options(p: argparse.ArgumentParser) -> None:
                         "max), frac_active, quantile (default: all five)")
     g.add_argument("--quantile", type=float, default=0.9,
                    help="the quantile of the `quantile` reduction (default: 0.9)")
+    g.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
+                   help="dtype of the stored reductions: float16 halves the store; a value beyond its range "
+                        "keeps that array float32 when found in the first window (default: float32)")
     g.add_argument("--conditions", type=_sites, default=CONDITIONS, metavar="LIST",
                    help="forwards per pair: text (caption alone) and image (image alone) always; image_text "
                         "(both in one turn) (default: text,image,image_text)")
@@ -280,16 +283,8 @@ def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
 
 
-def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
-    """The CLI: each command takes only the options it uses. With `config_given` (a --config on
-    the command line) the study folder and --model may come from the file, so argparse does
-    not require them."""
-    parser = _Parser(
-        prog="modalscope", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parser.commands = sub.choices
-
+def _demo_command(sub) -> None:
+    """demo: the options of the embedded study (its model and data are built in)."""
     p = _command(sub, "demo", "whole study on the embedded tiny LLaVA (random weights) and synthetic COCO set")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="study folder; the assets are built in DIR/assets (required)")
@@ -301,6 +296,46 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--tokens", choices=["content", "all"], default="content", help=TOKENS_HELP)
     _analysis_options(p)
     _output_options(p)
+
+
+def _plan_command(sub) -> None:
+    """plan: the model (its config alone), the study's size and what it records."""
+    p = _command(sub, "plan", "what a study will cost (store size, files, free disk) from the model's config alone")
+    p.add_argument("--model", required=True, help=MODEL_HELP + " (required; only its config is read)")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) (default: main, the latest)")
+    p.add_argument("--num-pairs", type=int, required=True, metavar="N", help="pairs of the study (required)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="study folder whose free disk to check (default: none)")
+    p.add_argument("--base-model", metavar="MODEL", help="with a base model: its text stream too (default: none)")
+    p.add_argument("--batch-size", type=_batch_size, default=16, metavar="N", help="pairs per forward (default: 16)")
+    p.add_argument("--sort-window", type=int, metavar="N",
+                   help="batches per length-sorted window (default: up to 8 within 1 GiB of host memory)")
+    _recording_options(p)
+
+
+def _export_command(sub) -> None:
+    """export: which layers, neurons and sites of Tables 1-2 to write."""
+    p = _command(sub, "export", "Tables 1-2 for chosen layers/neurons (for large studies)")
+    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR (required)")
+    p.add_argument("--layers", type=_index_list("--layers", "layer"), metavar="LIST",
+                   help="decoder layers, e.g. 0,10-12 (default: all)")
+    p.add_argument("--neurons", type=_index_list("--neurons", "neuron"), metavar="LIST",
+                   help="neurons of each site, e.g. 128,4000-4010 (default: all)")
+    p.add_argument("--sites", type=_sites, metavar="LIST", help="comma list of sites (default: all recorded)")
+    p.add_argument("--name", default="_export", help="suffix of the written files (default: _export)")
+    p.add_argument("--csv", action="store_true", help="also write CSV copies (default: off)")
+
+
+def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
+    """The CLI: each command takes only the options it uses. With `config_given` (a --config on
+    the command line) the study folder and --model may come from the file, so argparse does
+    not require them."""
+    parser = _Parser(
+        prog="modalscope", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices
+
+    _demo_command(sub)
 
     p = _command(sub, "init", "write a commented starter study.toml (LLaVA-1.5-7B on COCO val2017)")
     p.add_argument("path", type=Path, nargs="?", default=Path("study.toml"), metavar="PATH",
@@ -315,16 +350,7 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     _output_options(p)
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
 
-    p = _command(sub, "plan", "what a study will cost (store size, files, free disk) from the model's config alone")
-    p.add_argument("--model", required=True, help=MODEL_HELP + " (required; only its config is read)")
-    p.add_argument("--revision", help="hub revision (branch, tag or commit) (default: main, the latest)")
-    p.add_argument("--num-pairs", type=int, required=True, metavar="N", help="pairs of the study (required)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="study folder whose free disk to check (default: none)")
-    p.add_argument("--base-model", metavar="MODEL", help="with a base model: its text stream too (default: none)")
-    p.add_argument("--batch-size", type=_batch_size, default=16, metavar="N", help="pairs per forward (default: 16)")
-    p.add_argument("--sort-window", type=int, metavar="N",
-                   help="batches per length-sorted window (default: up to 8 within 1 GiB of host memory)")
-    _recording_options(p)
+    _plan_command(sub)
 
     p = _command(sub, "extract", "record activations into DIR/activations.zarr (continues a stopped run)")
     _folder(p, config_given, option=True)
@@ -354,15 +380,7 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--stat", choices=ALL_STATS,
                    help="reduction the report leads with (default: the study's --stat, else max)")
 
-    p = _command(sub, "export", "Tables 1-2 for chosen layers/neurons (for large studies)")
-    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR (required)")
-    p.add_argument("--layers", type=_index_list("--layers", "layer"), metavar="LIST",
-                   help="decoder layers, e.g. 0,10-12 (default: all)")
-    p.add_argument("--neurons", type=_index_list("--neurons", "neuron"), metavar="LIST",
-                   help="neurons of each site, e.g. 128,4000-4010 (default: all)")
-    p.add_argument("--sites", type=_sites, metavar="LIST", help="comma list of sites (default: all recorded)")
-    p.add_argument("--name", default="_export", help="suffix of the written files (default: _export)")
-    p.add_argument("--csv", action="store_true", help="also write CSV copies (default: off)")
+    _export_command(sub)
     return parser
 
 
@@ -487,87 +505,133 @@ def interrupted_message(args: argparse.Namespace, stop: KeyboardInterrupt) -> st
 
 
 def _dispatch(args: argparse.Namespace, started: float) -> int:
+    COMMANDS[args.command](args, started)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, started: float) -> None:
+    """The whole study on the embedded tiny LLaVA and synthetic COCO set."""
+    from modalscope import study
+    from modalscope.demo import demo_config
+
+    keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
+            "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    config = demo_config(args.out, progress=not args.quiet, **overrides)
+    _report(study.run_study(config), started)
+
+
+def _cmd_init(args: argparse.Namespace, started: float) -> None:
+    """A commented starter study.toml."""
+    from modalscope.study_file import write_starter
+
+    path = write_starter(args.path)
+    print(f"wrote {path}: check the data paths in [data], then `modalscope run --config {path}`")
+
+
+def _cmd_run(args: argparse.Namespace, started: float) -> None:
+    """The whole study."""
+    from modalscope import study
+
+    _report(study.run_study(_config(args, args.out), force=args.force), started)
+
+
+def _cmd_plan(args: argparse.Namespace, started: float) -> None:
+    """The study's budget, from the model's config alone."""
+    from modalscope.budget import plan_lines
+
+    fields = {k: getattr(args, k) for k in ("model", "revision", "base_model", "batch_size", "sort_window",
+                                            "sites", "tokens", "stats", "quantile", "store_dtype", "conditions")}
+    config = StudyConfig(out_dir=args.out or Path("."), num_pairs=args.num_pairs, **fields)
+    print("\n".join(plan_lines(config, args.num_pairs)))
+
+
+def _cmd_extract(args: argparse.Namespace, started: float) -> None:
+    """Record (or continue recording) the store."""
     from modalscope import study
     from modalscope.data.manifest import data_notes
 
-    if args.command == "demo":
-        from modalscope.demo import demo_config
+    out, model = args.out, args.model
+    if args.config is not None:  # the folder and model may come from the file
+        from modalscope.study_file import read
 
-        keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
-                "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
-        overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-        config = demo_config(args.out, progress=not args.quiet, **overrides)
-        _report(study.run_study(config), started)
-    elif args.command == "init":
-        from modalscope.study_file import write_starter
+        settings = read(args.config)
+        out = out or settings.get("out_dir")
+        model = model or settings.get("model")
+        if out is None:
+            raise ValueError(f"{args.config}: no [output] out; give the study folder there or with --out DIR")
+    config = _config(args, Path(out), **_stored_settings(Path(out), model, args.resume))
+    config.validate()
+    clock = time.perf_counter()
+    store = study.extract_stage(config, force=args.force)
+    if int(os.environ.get("RANK", 0)) == 0:
+        study.write_study_file(config)  # the model and data passed their checks
+        from modalscope.provenance import record_stage
 
-        path = write_starter(args.path)
-        print(f"wrote {path}: check the data paths in [data], then `modalscope run --config {path}`")
-    elif args.command == "run":
-        _report(study.run_study(_config(args, args.out), force=args.force), started)
-    elif args.command == "plan":
-        from modalscope.budget import plan_lines
+        record_stage(config.out_dir, "extract", time.perf_counter() - clock)
+        print(f"{store.n_done} of {store.attrs['n_inputs']} pairs recorded in {store.path}")
+        for note in data_notes(config.out_dir):
+            print(note)
 
-        fields = {k: getattr(args, k) for k in ("model", "revision", "base_model", "batch_size", "sort_window",
-                                                "sites", "tokens", "stats", "quantile", "conditions")}
-        config = StudyConfig(out_dir=args.out or Path("."), num_pairs=args.num_pairs, **fields)
-        print("\n".join(plan_lines(config, args.num_pairs)))
-    elif args.command == "extract":
-        out, model = args.out, args.model
-        if args.config is not None:  # the folder and model may come from the file
-            from modalscope.study_file import read
 
-            settings = read(args.config)
-            out = out or settings.get("out_dir")
-            model = model or settings.get("model")
-            if out is None:
-                raise ValueError(f"{args.config}: no [output] out; give the study folder there or with --out DIR")
-        config = _config(args, Path(out), **_stored_settings(Path(out), model, args.resume))
-        config.validate()
-        clock = time.perf_counter()
-        store = study.extract_stage(config, force=args.force)
-        if int(os.environ.get("RANK", 0)) == 0:
-            study.write_study_file(config)  # the model and data passed their checks
-            from modalscope.provenance import record_stage
+def _cmd_analyze(args: argparse.Namespace, started: float) -> None:
+    """Tables from the store."""
+    from modalscope import study
 
-            record_stage(config.out_dir, "extract", time.perf_counter() - clock)
-            print(f"{store.n_done} of {store.attrs['n_inputs']} pairs recorded in {store.path}")
-            for note in data_notes(config.out_dir):
-                print(note)
-    elif args.command == "analyze":
+    config = _config(args, args.dir)
+    manifest = study.analysis_manifest(config)
+    partial = study.extraction_note(config.out_dir)
+    if partial:
+        print(partial)
+    paths, skipped = study.analyze_stage(config, manifest)
+    for path in paths:
+        print(f"  table   {path}")
+    if skipped:
+        print(skipped)
+    from modalscope.figures.export import owned_figure_files
+
+    drawn = (config.out_dir / "report.html").exists() or bool(owned_figure_files(config.out_dir / "figures"))
+    if drawn:
+        print(f"figures and report.html show the previous analysis: `modalscope plot {config.out_dir}` "
+              "redraws them")
+
+
+def _cmd_plot(args: argparse.Namespace, started: float) -> None:
+    """Figures and the report from the tables."""
+    from modalscope import study
+
+    out, png, stat = args.dir, args.png, args.stat
+    if args.config is not None:
         config = _config(args, args.dir)
-        manifest = study.analysis_manifest(config)
-        partial = study.extraction_note(config.out_dir)
-        if partial:
-            print(partial)
-        paths, skipped = study.analyze_stage(config, manifest)
-        for path in paths:
-            print(f"  table   {path}")
-        if skipped:
-            print(skipped)
-        from modalscope.figures.export import owned_figure_files
+        out, png, stat = config.out_dir, config.png, config.stat
+    paths, message = study.plot_stage(out, png, stat)
+    for path in paths:
+        print(f"  figure  {path}")
+    print(f"  report  {study.report_stage(out, stat)}")  # its figure links follow
+    if message:
+        print(message)
 
-        drawn = (config.out_dir / "report.html").exists() or bool(owned_figure_files(config.out_dir / "figures"))
-        if drawn:
-            print(f"figures and report.html show the previous analysis: `modalscope plot {config.out_dir}` "
-                  "redraws them")
-    elif args.command == "plot":
-        out, png, stat = args.dir, args.png, args.stat
-        if args.config is not None:
-            config = _config(args, args.dir)
-            out, png, stat = config.out_dir, config.png, config.stat
-        paths, message = study.plot_stage(out, png, stat)
-        for path in paths:
-            print(f"  figure  {path}")
-        print(f"  report  {study.report_stage(out, stat)}")  # its figure links follow
-        if message:
-            print(message)
-    elif args.command == "report":
-        print(f"  report  {study.report_stage(args.dir, args.stat)}")
-    elif args.command == "export":
-        for path in study.export_stage(args.dir, args.sites, args.layers, args.neurons, args.name, args.csv):
-            print(f"  table   {path}")
-    return 0
+
+def _cmd_report(args: argparse.Namespace, started: float) -> None:
+    """The report from the tables and figures."""
+    from modalscope import study
+
+    print(f"  report  {study.report_stage(args.dir, args.stat)}")
+
+
+def _cmd_export(args: argparse.Namespace, started: float) -> None:
+    """Tables 1-2 for chosen layers and neurons."""
+    from modalscope import study
+
+    for path in study.export_stage(args.dir, args.sites, args.layers, args.neurons, args.name, args.csv):
+        print(f"  table   {path}")
+
+
+# One function per command; `_dispatch` calls the one argparse chose.
+COMMANDS = {
+    "demo": _cmd_demo, "init": _cmd_init, "run": _cmd_run, "plan": _cmd_plan, "extract": _cmd_extract,
+    "analyze": _cmd_analyze, "plot": _cmd_plot, "report": _cmd_report, "export": _cmd_export,
+}
 
 
 def _stored_settings(out: Path, model: str | None, resume: bool) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """The activation store: a zarr v3 group `DIR/activations.zarr`.
 
-Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (float32,
+Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (float32 or float16,
 dimension names set), `tokens/{condition}` [input] with the number of tokens each
 reduction saw, and `input` [input], the pair ids: a dimension coordinate, so that xarray
 (`xr.open_datatree(DIR/activations.zarr, engine="zarr")`) selects by pair id. Chunks are one
@@ -36,7 +36,10 @@ STORE = "activations.zarr"
 # with bit shuffle stores as little as zarr's default zstd (0.938 vs 0.940 of raw) at 0.80x its
 # CPU time; fewer, bigger files (a shard per window holding every layer) halve the write cost.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
-ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do not depend on chunking
+ANALYSIS_BLOCK = 256
+# Stored value dtypes: float16 halves the store (its 11-bit mantissa: ~5e-4 relative rounding,
+# range +-65504, checked before the first write). numpy has no bfloat16, so zarr cannot hold it.
+STORE_DTYPES = ("float32", "float16")  # inputs per analysis read: a fixed size, so results do not depend on chunking
 # Attributes a resumed run must share with the store, with the user-facing name of each.
 MUST_MATCH = {
     "model": "model",
@@ -49,6 +52,7 @@ MUST_MATCH = {
     "stats": "statistics",
     "conditions": "conditions",
     "quantile": "quantile",
+    "store_dtype": "store dtype",
     "manifest_hash": "manifest",
 }
 
@@ -73,25 +77,20 @@ class ActivationStore:
         stats: Sequence[str] = ALWAYS,
         conditions: Sequence[str] = UNIMODAL,
         window: int | None = None,
+        dtype: str = "float32",
     ) -> "ActivationStore":
         """`window`: inputs appended at once (batch size x sort window). Each array is sharded by
         window and all layers: one file per window instead of one per batch and layer, and each
-        append writes whole shards; the analysis still reads one layer (an inner chunk) at a time."""
+        append writes whole shards; the analysis still reads one layer (an inner chunk) at a time.
+        `dtype`: of the stored values (STORE_DTYPES); reductions are computed in float32 either way."""
+        if dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype {dtype!r}: choose {' or '.join(STORE_DTYPES)}")
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         shards = window if window and window % batch_size == 0 else batch_size
         for site, width in widths.items():
             for condition in conditions:
                 for stat in stats:
-                    group.create_array(
-                        f"{site}/{condition}/{stat}",
-                        shape=(0, n_layers, width),
-                        chunks=(batch_size, 1, width),
-                        shards=(shards, n_layers, width),
-                        dtype="float32",
-                        fill_value=float("nan"),
-                        compressors=COMPRESSOR,
-                        dimension_names=("input", "layer", "neuron"),
-                    )
+                    _value_array(group, f"{site}/{condition}/{stat}", (0, n_layers, width), batch_size, shards, dtype)
         group.create_array("input", shape=(0,), chunks=(max(batch_size, 1024),), dtype=str,
                            dimension_names=("input",))
         for condition in conditions:
@@ -108,6 +107,18 @@ class ActivationStore:
              "n_layers": n_layers, "n_done": 0}
         )
         return cls(group, Path(path))
+
+    def widen(self, name: str) -> None:
+        """Make the empty array `name` ({site}/{stream}/{stat}) float32: decided on the first window,
+        before anything is written, when its values would overflow the store dtype."""
+        array = self.group[name]
+        if array.shape[0] != 0:
+            raise AssertionError(f"bug: widening {name}, which holds {array.shape[0]} inputs")
+        chunks, shards = array.chunks[0], (array.shards or array.chunks)[0]
+        shape = array.shape
+        del self.group[name]
+        _value_array(self.group, name, shape, chunks, shards, "float32")
+        self.group.attrs["widened"] = sorted({*self.group.attrs.get("widened", []), name})
 
     @classmethod
     def open(cls, path: Path) -> "ActivationStore":
@@ -231,6 +242,20 @@ class ActivationStore:
             array = self.group[name]
             if array.shape[0] != done:
                 array.resize((done,))
+
+
+def _value_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunk: int, shard: int, dtype: str) -> zarr.Array:
+    """A [input, layer, neuron] array of reduced values: NaN-filled (missing), sharded by window."""
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=(chunk, 1, shape[2]),
+        shards=(shard, shape[1], shape[2]),
+        dtype=dtype,
+        fill_value=float("nan"),
+        compressors=COMPRESSOR,
+        dimension_names=("input", "layer", "neuron"),
+    )
 
 
 def _short(value: Any) -> str:

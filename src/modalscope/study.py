@@ -235,6 +235,7 @@ def store_attributes(config: StudyConfig, loaded, builder, manifest: pd.DataFram
         "tokens": config.tokens,
         "sites": list(config.sites),
         **config.reductions.attrs(),  # stats, quantile
+        "store_dtype": config.store_dtype,
         "conditions": list(config.streams),
         "seed": config.seed,
         "manifest_hash": manifest_hash(manifest),
@@ -280,7 +281,8 @@ class _Recording:
         widths = {site: adapter.width(model, site) for site in self.config.sites}
         return ActivationStore.create(path, adapter.num_layers(model), widths, self.plan.batch_size, self.attrs,
                                       self.config.stats, self.config.streams,
-                                      window=self.plan.batch_size * self.plan.sort_window)
+                                      window=self.plan.batch_size * self.plan.sort_window,
+                                      dtype=self.config.store_dtype)
 
     def write_truncations(self) -> None:
         """After the store check: a refused study leaves DIR untouched."""

@@ -95,6 +95,8 @@ KEYS: tuple[Key, ...] = (
     Key("reductions", "stats", "list", "reductions over tokens (max and mean always): matched_max, "
         "frac_active, quantile"),
     Key("reductions", "quantile", "float", "the quantile of the `quantile` reduction"),
+    Key("reductions", "store_dtype", "str", "dtype of the stored reductions: float16 halves the store "
+        "(range checked before the first write); computed in float32 either way", choices=("float32", "float16")),
     Key("statistics", "contrast", "str", "Δ = A - B between recorded streams (text, image, image_text, "
         "image_text_caption, image_text_image, text_base)"),
     Key("statistics", "fdr", "str", "false discovery rate control: bh (Benjamini-Hochberg) or by "

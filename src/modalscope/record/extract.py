@@ -231,6 +231,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
                 records, n_tokens = _forward_all(loaded, recorder, item, how.image_text,
                                                  (base, base_recorder) if base else None)
                 _check_finite(records, rows, manifest, store, loaded)
+                _check_range(records, rows, manifest, store, first=number == 0 and store.n_done == 0)
                 done.append((records, n_tokens))
                 bar.update(item["n"])
             rows = np.concatenate(window.batches)
@@ -286,6 +287,31 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
 
 
 Records = dict[str, dict[str, dict[str, np.ndarray]]]
+
+
+def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, store: ActivationStore,
+                 first: bool) -> None:
+    """Values beyond a float16 array's range (|x| > 65504) would be stored as inf. In the first
+    window, before anything is written, such an array becomes float32 (`store.widen`); later,
+    the run stops in one line with the finished windows kept."""
+    limit = float(np.finfo(np.float16).max)
+    for stream, by_site in records.items():
+        for site, by_stat in by_site.items():
+            for stat, values in by_stat.items():
+                name = f"{site}/{stream}/{stat}"
+                if store.group[name].dtype != np.float16:
+                    continue
+                peak = np.abs(values).max(axis=(1, 2))  # [batch]; the values are finite here
+                if peak.max() <= limit:
+                    continue
+                if first:
+                    store.widen(name)
+                    continue
+                row = int(rows[int(peak.argmax())])
+                raise ExtractionError(
+                    f"pair {manifest['pair_id'].iloc[row]}: {name} reaches {peak.max():.4g}, beyond float16's "
+                    f"range (65504), after the first window chose float16 for it; rerun into a new --out with "
+                    "--store-dtype float32: the finished windows are kept")
 
 
 def _forward_all(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool,

@@ -1,0 +1,77 @@
+"""--store-dtype float16: half the store, Table 3 within stated tolerances of float32's, and a value
+beyond float16's range keeps its array float32 (first window) or stops the run in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modalscope import StudyConfig, run_study
+from modalscope.record.extract import ExtractionError, _check_range
+from modalscope.store import ActivationStore
+
+# Stated tolerances, float16 store against float32, as a share of each column's largest |value|
+# (or absolute for p-values): float16 rounds each stored reduction to 11 bits (~4.9e-4 relative).
+CONTINUOUS = ("mean_diff", "sd_diff", "t_value", "cohen_d")
+TOLERANCE = {"continuous": 1e-3, "p_value": 2e-3, "q_value": 2e-3, "p_perm": 1e-2}
+
+
+def test_a_float16_store_gives_table3_within_the_stated_tolerances(small_study: Path, tiny_model_dir, coco_files,
+                                                                    tmp_path: Path):
+    captions, images = coco_files
+    config = StudyConfig(out_dir=tmp_path / "f16", model=str(tiny_model_dir), captions=captions, images=images,
+                         num_pairs=16, batch_size=8, device="cpu", n_perm=200, n_boot=200, png=False,
+                         progress=False, store_dtype="float16")
+    run_study(config)
+    wide = pd.read_parquet(small_study / "tables/table3_neurons.parquet")  # the same study in float32
+    half = pd.read_parquet(config.out_dir / "tables/table3_neurons.parquet")
+    store = ActivationStore.read(config.out_dir / "activations.zarr")
+    assert store.array("mlp", "text", "max").dtype == np.float16 and store.attrs["store_dtype"] == "float16"
+    for name in wide.columns:
+        base = name.split("_vs_base")[0]
+        kind = next((k for k in TOLERANCE if base == k or base.startswith(k + "_")), None)
+        if kind is None and any(base == c or base.startswith(c + "_") for c in CONTINUOUS):
+            kind = "continuous"
+        if kind is None:
+            continue
+        x, y = wide[name].to_numpy(), half[name].to_numpy()
+        scale = np.nanmax(np.abs(x)) if kind == "continuous" else 1.0
+        np.testing.assert_allclose(y, x, rtol=0, atol=TOLERANCE[kind] * scale, err_msg=name)
+    sizes = [sum(p.stat().st_size for p in (d / "activations.zarr").rglob("c/**/*") if p.is_file())
+             for d in (small_study, config.out_dir)]
+    assert sizes[1] < 0.85 * sizes[0]
+
+
+def _store(path: Path) -> ActivationStore:
+    return ActivationStore.create(path, 2, {"mlp": 4}, 2, {}, stats=("max", "mean"), dtype="float16")
+
+
+def _records(peak: float) -> dict:
+    values = np.ones((2, 2, 4), np.float32)
+    values[1, 0, 3] = peak
+    return {c: {"mlp": {"max": values, "mean": np.ones((2, 2, 4), np.float32)}} for c in ("text", "image")}
+
+
+def test_a_value_beyond_float16_keeps_its_array_float32_in_the_first_window(tmp_path: Path):
+    store = _store(tmp_path / "a.zarr")
+    manifest = pd.DataFrame({"pair_id": ["p0", "p1"]})
+    records = _records(1e5)
+    _check_range(records, np.arange(2), manifest, store, first=True)
+    assert store.array("mlp", "text", "max").dtype == np.float32
+    assert store.array("mlp", "text", "mean").dtype == np.float16
+    assert store.attrs["widened"] == ["mlp/image/max", "mlp/text/max"]
+    store.append(records, {"text": [1, 1], "image": [1, 1]})
+    assert store.array("mlp", "text", "max")[1, 0, 3] == 1e5
+
+
+def test_after_the_first_window_a_value_beyond_float16_stops_in_one_line(tmp_path: Path):
+    store = _store(tmp_path / "b.zarr")
+    manifest = pd.DataFrame({"pair_id": ["p0", "p1"]})
+    with pytest.raises(ExtractionError) as stop:
+        _check_range(_records(7e4), np.arange(2), manifest, store, first=False)
+    assert str(stop.value) == (
+        "pair p1: mlp/text/max reaches 7e+04, beyond float16's range (65504), after the first window chose "
+        "float16 for it; rerun into a new --out with --store-dtype float32: the finished windows are kept")
