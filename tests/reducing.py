@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from modalscope.record.reductions import ReductionSpec, reduce_tokens, reduce_view
-from modalscope.record.tokens import TokenView
+from modalscope.record.tokens import StreamTokens, TokenView
 
 ORDER = ("matched_max", "frac_active", "quantile")
 
@@ -24,4 +24,5 @@ def span_reductions(acts: torch.Tensor, start: int, stop: int, names=("max", "me
                     k: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The span path: a view of tokens start..stop-1 of every row, no mask applied."""
     mask = torch.ones(acts.shape[0], stop - start, dtype=torch.bool)
-    return reduce_view(TokenView.of(acts, mask, (start, stop), k), ReductionSpec(tuple(names)))
+    tokens = StreamTokens(mask, k, span=True)
+    return reduce_view(TokenView.of(acts, tokens, (start, stop)), ReductionSpec(tuple(names)))

@@ -104,7 +104,7 @@ class ActivationStore:
             )
         group.attrs.update(
             {**attrs, "sites": list(widths), "stats": list(stats), "conditions": list(conditions),
-             "n_layers": n_layers, "n_done": 0}
+             "n_layers": n_layers, "n_done": 0, "store_dtype": dtype}
         )
         return cls(group, Path(path))
 

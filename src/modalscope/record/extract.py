@@ -220,6 +220,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
     items = iter(batches)
     recorder = Recorder(loaded.model, loaded.adapter, how.sites, how.reductions)
     base_recorder = Recorder(base.model, base.adapter, how.sites, how.reductions) if base else nullcontext()
+    narrow = float16_arrays(store)
     clock = time.perf_counter()
     with recorder, base_recorder, StoreWriter(store) as writer:
         for number, window in enumerate(windows):
@@ -231,7 +232,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
                 records, n_tokens = _forward_all(loaded, recorder, item, how.image_text,
                                                  (base, base_recorder) if base else None)
                 _check_finite(records, rows, manifest, store, loaded)
-                _check_range(records, rows, manifest, store, first=number == 0 and store.n_done == 0)
+                _check_range(records, rows, manifest, store, number == 0 and store.n_done == 0, narrow)
                 done.append((records, n_tokens))
                 bar.update(item["n"])
             rows = np.concatenate(window.batches)
@@ -289,23 +290,36 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
 Records = dict[str, dict[str, dict[str, np.ndarray]]]
 
 
+def float16_arrays(store: ActivationStore) -> set[str]:
+    """The value arrays ({site}/{stream}/{stat}) stored as float16: read once per extraction."""
+    if store.attrs.get("store_dtype", "float32") != "float16":
+        return set()
+    return {f"{site}/{stream}/{stat}" for site in store.sites for stream in store.conditions for stat in store.stats
+            if store.array(site, stream, stat).dtype == np.float16}
+
+
 def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, store: ActivationStore,
-                 first: bool) -> None:
+                 first: bool, narrow: set[str] | None = None) -> None:
     """Values beyond a float16 array's range (|x| > 65504) would be stored as inf. In the first
-    window, before anything is written, such an array becomes float32 (`store.widen`); later,
-    the run stops in one line with the finished windows kept."""
+    window, before anything is written, such an array becomes float32 (`store.widen`, and it
+    leaves `narrow`, the float16 arrays); later, the run stops in one line with the finished
+    windows kept."""
+    narrow = float16_arrays(store) if narrow is None else narrow
+    if not narrow:
+        return
     limit = float(np.finfo(np.float16).max)
     for stream, by_site in records.items():
         for site, by_stat in by_site.items():
             for stat, values in by_stat.items():
                 name = f"{site}/{stream}/{stat}"
-                if store.group[name].dtype != np.float16:
+                if name not in narrow:
                     continue
                 peak = np.abs(values).max(axis=(1, 2))  # [batch]; the values are finite here
                 if peak.max() <= limit:
                     continue
                 if first:
                     store.widen(name)
+                    narrow.discard(name)
                     continue
                 row = int(rows[int(peak.argmax())])
                 raise ExtractionError(

@@ -24,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 
 from modalscope.models import ModelAdapter
 from modalscope.record.reductions import ReductionSpec, reduce_view
-from modalscope.record.tokens import TokenView, shared_span
+from modalscope.record.tokens import StreamTokens, TokenView, shared_span
 
 
 class Recorder(AbstractContextManager["Recorder"]):
@@ -55,7 +55,7 @@ class Recorder(AbstractContextManager["Recorder"]):
         self._spans: dict[str, tuple[int, int] | None] = {}
         self._k: torch.Tensor | None = None
         self.layers = adapter.layers(model)
-        self._masks: dict[torch.device, tuple[dict[str, torch.Tensor], torch.Tensor | None]] = {}
+        self._masks: dict[torch.device, dict[str, StreamTokens]] = {}
         self._handles: list[RemovableHandle] = []
         self._results: dict[str, list[dict[str, dict[str, torch.Tensor]] | None]] = {}
 
@@ -89,8 +89,9 @@ class Recorder(AbstractContextManager["Recorder"]):
         self._masks.clear()
         self._results = {site: [None] * len(self.layers) for site in self.sites}
 
-    def _mask_on(self, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Stream masks and k, copied once per batch to each device that holds layers."""
+    def _mask_on(self, device: torch.device) -> dict[str, StreamTokens]:
+        """Each stream's mask, k and what they imply (StreamTokens), copied to and derived on
+        each device that holds layers once per batch, not per layer."""
         if not self._streams:
             raise RuntimeError("call Recorder.select(masks, k) before running the model")
         if device not in self._masks:
@@ -98,16 +99,17 @@ class Recorder(AbstractContextManager["Recorder"]):
                 raise RuntimeError("Recorder.select needs k (tokens per pair) to record matched_max")
             k = None if self._k is None else self._k.to(device, non_blocking=True)
             # A span stream's mask is cut to its span here, once per batch, not per layer.
-            masks = {n: (m if self._spans[n] is None else m[:, slice(*self._spans[n])]).to(device, non_blocking=True)
-                     for n, m in self._streams.items()}
-            self._masks[device] = (masks, k)
+            self._masks[device] = {
+                n: StreamTokens((m if self._spans[n] is None else m[:, slice(*self._spans[n])]).to(
+                    device, non_blocking=True), k, span=self._spans[n] is not None)
+                for n, m in self._streams.items()}
         return self._masks[device]
 
     def _reduce(self, site: str, index: int, activations: torch.Tensor) -> None:
-        masks, k = self._mask_on(activations.device)
+        streams = self._mask_on(activations.device)
         self._results[site][index] = {
-            name: reduce_view(TokenView.of(activations, mask, self._spans[name], k), self.spec)
-            for name, mask in masks.items()
+            name: reduce_view(TokenView.of(activations, tokens, self._spans[name]), self.spec)
+            for name, tokens in streams.items()
         }
 
     def _output_hook(self, site: str, index: int):

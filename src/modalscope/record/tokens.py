@@ -31,32 +31,19 @@ def shared_span(mask: torch.Tensor) -> tuple[int, int] | None:
     return (start, stop) if stop - start == len(positions) else None
 
 
-class TokenView:
-    """values [batch, tokens, neurons] (any float dtype), mask [batch, tokens] bool on the same
-    device, k [batch] int64 (tokens per pair for matched_max, or None); `span` says that every
-    position of `values` is content in every row (`values` is then the span's view and the mask
-    all true)."""
+class StreamTokens:
+    """What one stream's mask says, for one batch: derived once per batch and device and shared
+    by every layer's view (the hooks run per layer; the mask does not change between them).
 
-    def __init__(self, values: torch.Tensor, mask: torch.Tensor, k: torch.Tensor | None = None,
-                 span: bool = False) -> None:
-        self.values, self.mask, self.k, self.span = values, mask, k, span
+    mask [batch, tokens] bool on the layer's device (cut to the span when there is one), k [batch]
+    int64 (tokens per pair for matched_max, or None), `span`: every position is content."""
 
-    @classmethod
-    def of(cls, activations: torch.Tensor, mask: torch.Tensor, span: tuple[int, int] | None,
-           k: torch.Tensor | None = None) -> "TokenView":
-        """The view of one stream: `mask` is already cut to `span` when there is one."""
-        if span is None:
-            return cls(activations, mask, k)
-        return cls(activations[:, slice(*span)], mask, k, span=True)
-
-    @property
-    def n_tokens(self) -> int:
-        """Positions in `values` (for a span: its length, the same content count in every row)."""
-        return self.values.shape[1]
+    def __init__(self, mask: torch.Tensor, k: torch.Tensor | None = None, span: bool = False) -> None:
+        self.mask, self.k, self.span = mask, k, span
 
     @cached_property
     def keep(self) -> torch.Tensor:
-        """[batch, tokens, 1] the mask, broadcastable against `values`."""
+        """[batch, tokens, 1] the mask, broadcastable against the values."""
         return self.mask.unsqueeze(-1)
 
     @cached_property
@@ -68,6 +55,60 @@ class TokenView:
     def empty(self) -> torch.Tensor:
         """[batch, 1] rows without a content token: every reduction gives them NaN."""
         return (self.counts == 0).unsqueeze(1)
+
+    @cached_property
+    def sorted_length(self) -> int:
+        """Positions of a sorted view: the span's length, or the most content tokens of any row
+        (one host sync per batch, not per layer)."""
+        if self.span:
+            return self.mask.shape[1]
+        return max(int(self.counts.max()) if self.counts.numel() else 0, 1)
+
+    @cached_property
+    def order(self) -> torch.Tensor:
+        """[batch, sorted_length] each row's content positions first, in order (a stable argsort
+        of "not content"), for gathering the content tokens before a sort."""
+        return torch.argsort((~self.mask).to(torch.int8), dim=1, stable=True)[:, :self.sorted_length]
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """[sorted_length] 0..T_max-1: the ranks of a sorted view."""
+        return torch.arange(self.sorted_length, device=self.mask.device)
+
+    @cached_property
+    def valid(self) -> torch.Tensor:
+        """[batch, sorted_length, 1] true where a sorted view holds a content value."""
+        return (self.positions.unsqueeze(0) < self.counts.unsqueeze(1)).unsqueeze(-1)
+
+
+class TokenView:
+    """values [batch, tokens, neurons] (any float dtype) of one stream and layer, with the
+    stream's `StreamTokens` (mask, k, counts, ...), which every layer of the batch shares."""
+
+    def __init__(self, values: torch.Tensor, mask: torch.Tensor | None = None, k: torch.Tensor | None = None,
+                 span: bool = False, tokens: StreamTokens | None = None) -> None:
+        self.values = values
+        self.tokens = tokens if tokens is not None else StreamTokens(mask, k, span)
+
+    @classmethod
+    def of(cls, activations: torch.Tensor, tokens: StreamTokens, span: tuple[int, int] | None) -> "TokenView":
+        """The view of one stream: `tokens.mask` is already cut to `span` when there is one."""
+        return cls(activations if span is None else activations[:, slice(*span)], tokens=tokens)
+
+    mask = property(lambda self: self.tokens.mask)
+    k = property(lambda self: self.tokens.k)
+    span = property(lambda self: self.tokens.span)
+    keep = property(lambda self: self.tokens.keep)
+    counts = property(lambda self: self.tokens.counts)
+    empty = property(lambda self: self.tokens.empty)
+    sorted_length = property(lambda self: self.tokens.sorted_length)
+    positions = property(lambda self: self.tokens.positions)
+    valid = property(lambda self: self.tokens.valid)
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions in `values` (for a span: its length, the same content count in every row)."""
+        return self.values.shape[1]
 
     @cached_property
     def sorted(self) -> torch.Tensor:
@@ -91,25 +132,7 @@ class TokenView:
 
     def _content_first(self) -> torch.Tensor:
         """[batch, T_max, neurons]: each row's content tokens first (in order), then +inf."""
-        # A stable argsort of "not content" puts the content positions first, in order.
-        index = torch.argsort((~self.mask).to(torch.int8), dim=1, stable=True)[:, :self.sorted_length]
+        index = self.tokens.order
         gathered = self.values.gather(1, index.unsqueeze(-1).expand(-1, -1, self.values.shape[2]))
-        inside = torch.arange(gathered.shape[1], device=gathered.device).unsqueeze(0) < self.counts.unsqueeze(1)
+        inside = self.positions.unsqueeze(0) < self.counts.unsqueeze(1)
         return gathered.masked_fill(~inside.unsqueeze(-1), float("inf"))
-
-    @cached_property
-    def sorted_length(self) -> int:
-        """Positions of `sorted`: the span's length, or the most content tokens of any row."""
-        if self.span:
-            return self.n_tokens
-        return max(int(self.counts.max()) if self.counts.numel() else 0, 1)
-
-    @cached_property
-    def positions(self) -> torch.Tensor:
-        """[sorted_length] 0..T_max-1 on the values' device: the ranks of `sorted`."""
-        return torch.arange(self.sorted_length, device=self.values.device)
-
-    @cached_property
-    def valid(self) -> torch.Tensor:
-        """[batch, sorted_length, 1] true where `sorted` holds a content value."""
-        return (self.positions.unsqueeze(0) < self.counts.unsqueeze(1)).unsqueeze(-1)
