@@ -47,11 +47,15 @@ def loaded(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def small_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, coco_files) -> Path:
     from modalscope import StudyConfig, run_study
+    from modalscope.record.reductions import ALL_STATS
+    from modalscope.streams import CONDITIONS
 
     captions, images = coco_files
+    # Everything recorded (all conditions and reductions, float32), not the lean defaults: the
+    # tests that read this study cover every stream and reduction, and the golden hashes pin it.
     config = StudyConfig(out_dir=tmp_path_factory.mktemp("study"), model=str(tiny_model_dir), captions=captions,
                          images=images, num_pairs=16, batch_size=8, device="cpu", n_perm=200, n_boot=200,
-                         png=False, progress=False)
+                         png=False, progress=False, conditions=CONDITIONS, stats=ALL_STATS, store_dtype="float32")
     result = run_study(config)
     assert result.report == config.out_dir / "report.html"
     return config.out_dir

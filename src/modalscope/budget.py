@@ -8,7 +8,12 @@ estimate before the first forward and refuse, in one line, a study the free disk
 
 The estimate is an upper bound: raw bytes (activations compress little: ~0.94 of raw with the
 store's lz4 + bit shuffle, benchmarks/store_codecs.py); files are counted exactly from the
-store layout (store.py: one shard per extraction window, holding every layer).
+store layout (store.py: one shard per extraction window, holding every layer). Arrays the
+store does not keep twice (derived.py) are not counted: text/matched_max (the caption is the
+shortest stream whenever an image has more tokens than a caption: 576 for llava-1.5) and the
+joint forward's image tokens (when its prompt shares the image-only prompt's prefix, which the
+run checks per row; where it does not, those rows are stored and the store grows by up to
+`joint_image_bytes`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modalscope.config import StudyConfig
+from modalscope.derived import STAT_RULES, STREAM_RULES
 
 GB = 1e9
 MARGIN = 1.10  # free disk needed beyond the estimate (tables, figures, filesystem overhead)
@@ -36,8 +42,28 @@ class Budget:
     value_bytes: int = 4  # float32; 2 with --store-dtype float16
 
     @property
+    def derived(self) -> tuple[tuple[str, str], ...]:
+        """(stream, stat) arrays expected to be all holes (derived.py): text's matched_max and
+        the joint image stream's arrays."""
+        out = [("text", stat) for stat in STAT_RULES if stat in self.stats and "text" in self.streams]
+        out += [(stream, stat) for stream, source in STREAM_RULES.items() if stream in self.streams
+                and source in self.streams for stat in self.stats]
+        return tuple(dict.fromkeys(out))
+
+    @property
+    def stored(self) -> int:
+        """Arrays per site that hold values: streams x reductions less the derived ones."""
+        return len(self.streams) * len(self.stats) - len(self.derived)
+
+    @property
     def values_per_pair(self) -> int:
-        return self.n_layers * sum(self.widths.values()) * len(self.streams) * len(self.stats)
+        return self.n_layers * sum(self.widths.values()) * self.stored
+
+    @property
+    def joint_image_bytes(self) -> int:
+        """What the joint image stream adds if no row of it is derivable."""
+        rows = sum(1 for stream, _ in self.derived if stream in STREAM_RULES)
+        return self.n_pairs * self.n_layers * sum(self.widths.values()) * rows * self.value_bytes
 
     @property
     def store_bytes(self) -> int:
@@ -47,24 +73,39 @@ class Budget:
     def files(self) -> int:
         """Files of the store: a shard per window of every array (all layers), each array's and
         group's zarr.json, and the [input] arrays (pair ids, token counts) in 1,024-input chunks."""
-        arrays = len(self.widths) * len(self.streams) * len(self.stats)
+        arrays = len(self.widths) * self.stored
+        holes = len(self.widths) * len(self.derived)  # their zarr.json only
         windows = math.ceil(self.n_pairs / self.window)
         groups = 1 + len(self.widths) * (1 + len(self.streams)) + 1  # root, sites, site/stream, tokens
-        small = (1 + len(self.streams)) * (math.ceil(self.n_pairs / TOKENS_CHUNK) + 1)
-        return arrays * (windows + 1) + groups + small
+        flags = sum(1 for s in STREAM_RULES if s in self.streams)
+        groups += 1 if flags else 0
+        small = (1 + len(self.streams) + flags) * (math.ceil(self.n_pairs / TOKENS_CHUNK) + 1)
+        return arrays * (windows + 1) + holes + groups + small
+
+    def _shrink(self) -> str:
+        """The options that would make this store smaller."""
+        options = [option for option, applies in (
+            ("--stats max,mean", len(self.stats) > 2), ("--conditions text,image", len(self.streams) > 2),
+            ("--sites mlp", len(self.widths) > 1 and "mlp" in self.widths), ("--store-dtype float16", self.value_bytes == 4),
+        ) if applies]
+        return "; fewer with " + ", ".join(options) if options else ""
 
     def gb_per_1000_pairs(self) -> float:
         return 1000 * self.values_per_pair * self.value_bytes / GB
 
     def lines(self) -> list[str]:
-        return [
+        derived = f", {len(self.derived)} of them derived, not stored" if self.derived else ""
+        lines = [
             f"store: at most {self.store_bytes / GB:,.1f} GB in {self.files:,} files "
             f"({self.n_pairs:,} pairs x {self.n_layers} layers x {sum(self.widths.values()):,} neurons "
-            f"x {len(self.streams)} streams x {len(self.stats)} reductions, "
+            f"x {self.stored} arrays: {len(self.streams)} streams x {len(self.stats)} reductions{derived}; "
             f"{'float16' if self.value_bytes == 2 else 'float32'})",
-            f"  {self.gb_per_1000_pairs():,.1f} GB per 1,000 pairs; fewer with --stats max,mean, "
-            "--conditions text,image, --sites mlp" + (" or --store-dtype float16" if self.value_bytes == 4 else ""),
+            f"  {self.gb_per_1000_pairs():,.1f} GB per 1,000 pairs" + self._shrink(),
         ]
+        if self.joint_image_bytes:
+            lines.append(f"  up to {self.joint_image_bytes / GB:,.1f} GB more if the joint prompt's image tokens "
+                         "do not match the image-only forward's (checked per pair as it runs)")
+        return lines
 
 
 def estimate(config: StudyConfig, model_config, n_pairs: int, batch_size: int, sort_window: int) -> Budget:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from modalscope.config import ALL_STATS, CONDITIONS, StudyConfig
+from modalscope.config import ALL_STATS, DEFAULT_CONDITIONS, DEFAULT_STATS, StudyConfig
 from modalscope.data.pairs import DataError
 from modalscope.models.adapter import SITES
 from modalscope.store import StoreMismatch
@@ -216,17 +216,17 @@ def _recording_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recording")
     g.add_argument("--sites", type=_sites, default=SITES, metavar="LIST", help=SITES_HELP)
     g.add_argument("--tokens", choices=["content", "all"], default="content", help=TOKENS_HELP)
-    g.add_argument("--stats", type=_sites, default=ALL_STATS, metavar="LIST",
+    g.add_argument("--stats", type=_sites, default=DEFAULT_STATS, metavar="LIST",
                    help="reductions over tokens to record (max and mean always): matched_max (length-matched "
-                        "max), frac_active, quantile (default: all five)")
+                        "max), frac_active, quantile (default: max,mean,matched_max)")
     g.add_argument("--quantile", type=float, default=0.9,
                    help="the quantile of the `quantile` reduction (default: 0.9)")
-    g.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
+    g.add_argument("--store-dtype", choices=["float32", "float16"], default="float16",
                    help="dtype of the stored reductions: float16 halves the store; a value beyond its range "
-                        "keeps that array float32 when found in the first window (default: float32)")
-    g.add_argument("--conditions", type=_sites, default=CONDITIONS, metavar="LIST",
+                        "keeps that array float32 when found in the first window (default: float16)")
+    g.add_argument("--conditions", type=_sites, default=DEFAULT_CONDITIONS, metavar="LIST",
                    help="forwards per pair: text (caption alone) and image (image alone) always; image_text "
-                        "(both in one turn) (default: text,image,image_text)")
+                        "(both in one turn) (default: text,image)")
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Literal
 
 from modalscope.models.adapter import SITES
-from modalscope.record.reductions import ALL_STATS, ALWAYS, ReductionSpec
-from modalscope.streams import CONDITIONS, UNIMODAL, streams
+from modalscope.record.reductions import ALL_STATS, ALWAYS, DEFAULT_STATS, ReductionSpec
+from modalscope.streams import CONDITIONS, DEFAULT_CONDITIONS, UNIMODAL, streams
 
 LongTables = Literal["auto", "always", "never"]
 
@@ -36,12 +36,12 @@ class StudyConfig:
     seed: int = 0
     sites: tuple[str, ...] = SITES
     tokens: Literal["content", "all"] = "content"
-    conditions: tuple[str, ...] = CONDITIONS
+    conditions: tuple[str, ...] = DEFAULT_CONDITIONS
     contrast: str = "text-image"
-    stats: tuple[str, ...] = ALL_STATS
+    stats: tuple[str, ...] = DEFAULT_STATS
     stat: str = "max"  # the reduction the headline figures lead with
     quantile: float = 0.9
-    store_dtype: str = "float32"  # of the stored reductions (store.STORE_DTYPES); computed in float32
+    store_dtype: str = "float16"  # of the stored reductions (store.STORE_DTYPES); computed in float32
     fdr: Literal["bh", "by"] = "bh"
     n_perm: int = 1000
     n_boot: int = 1000

@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from modalscope import derived
 from modalscope.record.reductions import ALWAYS
 from modalscope.streams import UNIMODAL
 
@@ -65,6 +66,7 @@ class ActivationStore:
     def __init__(self, group: zarr.Group, path: Path):
         self.group = group
         self.path = path
+        self._counts: dict[str, np.ndarray] | None = None  # tokens/* of a read-only store, read once
 
     @classmethod
     def create(
@@ -102,9 +104,13 @@ class ActivationStore:
                 fill_value=0,
                 dimension_names=("input",),
             )
+        for stream in derived.STREAM_RULES:
+            if stream in conditions:
+                group.create_array(f"{derived.FLAGS}/{stream}", shape=(0,), chunks=(max(batch_size, 1024),),
+                                   dtype="bool", fill_value=False, dimension_names=("input",))
         group.attrs.update(
             {**attrs, "sites": list(widths), "stats": list(stats), "conditions": list(conditions),
-             "n_layers": n_layers, "n_done": 0, "store_dtype": dtype}
+             "n_layers": n_layers, "n_done": 0, "store_dtype": dtype, "derived": derived.rules()}
         )
         return cls(group, Path(path))
 
@@ -186,9 +192,13 @@ class ActivationStore:
         records: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
         n_tokens: Mapping[str, Sequence[int]],
         pair_ids: Sequence[str] | None = None,
+        flags: Mapping[str, Sequence[bool]] | None = None,
     ) -> None:
-        """Append one batch: records[condition][site][stat] is [batch, layer, neuron]; `pair_ids`
-        label its inputs (default: their input index)."""
+        """Append one batch: records[condition][site][stat] is [batch, layer, neuron], with the
+        holes of derived.punch; `flags` its derived/{stream} rows; `pair_ids` label its inputs
+        (default: their input index)."""
+        for stream, rows in (flags or {}).items():
+            self.group[f"{derived.FLAGS}/{stream}"].append(np.asarray(rows, dtype=bool), axis=0)
         for condition, by_site in records.items():
             for site, by_stat in by_site.items():
                 for stat, values in by_stat.items():
@@ -213,9 +223,29 @@ class ActivationStore:
     def read_layer(
         self, site: str, condition: str, stat: str, layer: int, start: int = 0, stop: int | None = None
     ) -> np.ndarray:
-        """[input, neuron] float32 for one layer (inputs start:stop of the finished ones)."""
+        """[input, neuron] for one layer (inputs start:stop of the finished ones), the rows the
+        store did not keep twice filled from their source (derived.py)."""
         stop = self.n_done if stop is None else min(stop, self.n_done)
-        return self.array(site, condition, stat)[start:stop, layer, :]
+        values = self.array(site, condition, stat)[start:stop, layer, :]
+        rules = self.group.attrs.get("derived", {})
+        source = rules.get("stream", {}).get(condition)
+        if source is not None and source in self.conditions:
+            rows = self.group[f"{derived.FLAGS}/{condition}"][start:stop]
+            if rows.any():
+                values[rows] = self.read_layer(site, source, stat, layer, start, stop)[rows]
+        fill = rules.get("stat", {}).get(stat)
+        if fill is not None and fill in self.stats:
+            counts = self.token_counts()
+            rows = derived.shortest({c: n[start:stop] for c, n in counts.items()}, condition)
+            if rows.any():
+                values[rows] = self.read_layer(site, condition, fill, layer, start, stop)[rows]
+        return values
+
+    def token_counts(self) -> dict[str, np.ndarray]:
+        """{stream: [input]} content tokens of the finished inputs (read once per store object)."""
+        if self._counts is None or len(next(iter(self._counts.values()))) != self.n_done:
+            self._counts = {c: self.group[f"tokens/{c}"][: self.n_done] for c in self.conditions}
+        return self._counts
 
     def input_blocks(self, size: int | None = ANALYSIS_BLOCK) -> list[tuple[int, int]]:
         """[start, stop) ranges of `size` finished inputs (None: one chunk each), for streaming
@@ -238,7 +268,8 @@ class ActivationStore:
                     array = self.array(site, condition, stat)
                     if array.shape[0] != done:
                         array.resize((done, *array.shape[1:]))
-        for name in [f"tokens/{c}" for c in self.conditions] + (["input"] if "input" in self.group else []):
+        flags = [f"{derived.FLAGS}/{s}" for s in derived.STREAM_RULES if f"{derived.FLAGS}/{s}" in self.group]
+        for name in [f"tokens/{c}" for c in self.conditions] + flags + (["input"] if "input" in self.group else []):
             array = self.group[name]
             if array.shape[0] != done:
                 array.resize((done,))

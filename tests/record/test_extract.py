@@ -8,6 +8,8 @@ import pytest
 import zarr
 
 from modalscope import StudyConfig
+from modalscope.record.reductions import ALL_STATS
+from modalscope.streams import CONDITIONS
 from modalscope.data.pairs import DataError
 from modalscope.record.plan import default_sort_window, plan_windows
 from modalscope.study import extract_stage, prepare_manifest
@@ -20,8 +22,10 @@ def padded_tokens(lengths, batches) -> int:
 
 
 def _config(out, jsonl, model, sort_window=2):
+    # Every condition and reduction: the tests read the joint streams and every reduction.
     return StudyConfig(out_dir=out, model=str(model), jsonl=jsonl, batch_size=2, device="cpu",
-                       png=False, progress=False, sort_window=sort_window)
+                       png=False, progress=False, sort_window=sort_window, conditions=CONDITIONS, stats=ALL_STATS,
+                       store_dtype="float32")
 
 
 def test_bad_image_keeps_finished_batches_and_rerun_continues(tmp_path, make_jsonl, tiny_model_dir):

@@ -120,12 +120,12 @@ def test_disk_full_or_read_only_keeps_the_store_consistent(tmp_path, make_jsonl,
     real = ActivationStore.append
     calls = []
 
-    def append(self, records, n_tokens, pair_ids=None):  # the third window fails half-way through its arrays
+    def append(self, records, n_tokens, pair_ids=None, flags=None):  # the third window fails half-way through
         calls.append(1)
         if len(calls) == 3:
             self.array("mlp", "text", "max").append(records["text"]["mlp"]["max"], axis=0)
             raise OSError(code, os.strerror(code), str(self.path / "mlp/text/mean/c/4/0/0"))
-        return real(self, records, n_tokens, pair_ids)
+        return real(self, records, n_tokens, pair_ids, flags)
 
     monkeypatch.setattr(ActivationStore, "append", append)
     out = tmp_path / "full"

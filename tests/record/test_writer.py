@@ -18,7 +18,7 @@ class SlowStore:
         self.threads: set[str] = set()
         self.fail_at = fail_at
 
-    def append(self, records, n_tokens, pair_ids=None) -> None:
+    def append(self, records, n_tokens, pair_ids=None, flags=None) -> None:
         time.sleep(0.02)
         self.threads.add(threading.current_thread().name)
         if records == self.fail_at:

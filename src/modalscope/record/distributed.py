@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from modalscope.derived import FLAGS, STREAM_RULES
 from modalscope.store import ActivationStore
 
 SHARDS = "shards"
@@ -106,4 +107,5 @@ def merge_shards(
             for condition in target.conditions
         }
         tokens = {c: shard.group[f"tokens/{c}"][local:stop] for c in target.conditions}
-        target.append(records, tokens, shard.pair_ids()[local:stop])
+        flags = {s: shard.group[f"{FLAGS}/{s}"][local:stop] for s in STREAM_RULES if f"{FLAGS}/{s}" in shard.group}
+        target.append(records, tokens, shard.pair_ids()[local:stop], flags)  # the holes as the shard has them

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from modalscope import derived
 from modalscope.streams import BASE_STREAM
 from modalscope.data.images import load_rgb
 from modalscope.data.pairs import DataError
@@ -221,6 +222,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
     recorder = Recorder(loaded.model, loaded.adapter, how.sites, how.reductions)
     base_recorder = Recorder(base.model, base.adapter, how.sites, how.reductions) if base else nullcontext()
     narrow = float16_arrays(store)
+    holes = bool(store.attrs.get("derived"))  # a store made before derived.py keeps every row
     clock = time.perf_counter()
     with recorder, base_recorder, StoreWriter(store) as writer:
         for number, window in enumerate(windows):
@@ -238,7 +240,8 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
             rows = np.concatenate(window.batches)
             records, n_tokens = _in_manifest_order(done, np.argsort(rows, kind="stable"))
             pair_ids = manifest["pair_id"].iloc[np.sort(rows)].astype(str).tolist()
-            writer.put(records, n_tokens, pair_ids)  # written while the next window runs
+            records, flags = derived.punch(records, n_tokens) if holes else (records, {})
+            writer.put(records, n_tokens, pair_ids, flags)  # written while the next window runs
             if number == 0 and len(windows) > 1 and how.progress:
                 bar.write(_pace(len(rows), time.perf_counter() - clock, len(manifest) - start - len(rows)),
                           file=sys.stderr)

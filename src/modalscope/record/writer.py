@@ -34,12 +34,12 @@ class StoreWriter(AbstractContextManager["StoreWriter"]):
         return self
 
     def put(self, records: Mapping[str, Any], n_tokens: Mapping[str, Any],
-            pair_ids: Sequence[str] | None = None) -> None:
+            pair_ids: Sequence[str] | None = None, flags: Mapping[str, Any] | None = None) -> None:
         """Queue one window (blocks while the previous one is still being written)."""
         self._raise_if_failed()
         while True:
             try:
-                self._queue.put((records, n_tokens, pair_ids), timeout=0.5)
+                self._queue.put((records, n_tokens, pair_ids, flags), timeout=0.5)
                 return
             except queue.Full:
                 self._raise_if_failed()
