@@ -20,8 +20,10 @@ from modalscope.report import facts
 from modalscope.report.page import REPORT
 
 SITES = ("residual", "mlp")
-# Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts.
-FIGURES = (("figure2", ""), ("figure1", "_all_layers"), ("figure1", ""), ("significant", ""))
+# Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts,
+# the cross-modal r per layer and the cohen_d vs xmodal_r scatter.
+FIGURES = (("figure2", ""), ("figure1", "_all_layers"), ("figure1", ""), ("significant", ""), ("xmodal_r", ""),
+           ("xmodal_scatter", ""))
 
 
 def _links(html: str) -> list[str]:

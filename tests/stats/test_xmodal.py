@@ -14,7 +14,7 @@ from modalscope.stats.controls import SignFlips
 from modalscope.stats.fdr import fdr
 from modalscope.stats.layer_summary import SiteAnalysis
 from modalscope.stats.neuron.xmodal import (
-    CrossModal, average_ranks, boot_neurons, bootstrap_r, null_abs_r, pairings, permutation_p,
+    CrossModal, average_ranks, block_draws, boot_neurons, bootstrap_r, null_abs_r, pairings, permutation_p,
 )
 from modalscope.stats.protocol import AnalysisSettings, Context, Slab
 from modalscope.stats.xmodal_layers import share, threshold, xmodal_layer_columns, xmodal_summary
@@ -143,17 +143,21 @@ def test_permutation_p_is_monotone_in_abs_r():
     assert np.all(np.diff(p[order]) <= 0)
 
 
-def test_bootstrap_r_equals_a_loop_over_resampled_inputs():
+@pytest.mark.parametrize("n_inputs", [20, 250])
+def test_bootstrap_r_equals_a_loop_over_resampled_blocks_of_inputs(n_inputs):
+    """20 inputs: blocks of one input (the plain input bootstrap); 250: 100 blocks of 2-3."""
     rng = np.random.default_rng(2)
-    n_inputs, rows = 20, np.array([i for i in range(20) if i != 6])  # input 6 missing
-    rx, ry = rng.normal(size=(19, 3)), rng.normal(size=(19, 3))
-    got = bootstrap_r(rx, ry, rows, n_inputs, 5, seed=3)
-    draws = generator(3, "bootstrap").integers(0, n_inputs, size=(5, n_inputs))
-    position = {int(row): i for i, row in enumerate(rows)}
-    for b, draw in enumerate(draws):
-        picked = [position[int(i)] for i in draw if int(i) in position]
+    rows = np.array([i for i in range(n_inputs) if i != 6])  # input 6 missing
+    rx, ry = rng.normal(size=(len(rows), 3)), rng.normal(size=(len(rows), 3))
+    draws = block_draws(n_inputs, 5, seed=3)
+    got = bootstrap_r(rx, ry, rows, draws, n_inputs)
+    k = min(n_inputs, 100)
+    picks = generator(3, "bootstrap").integers(0, k, size=(5, k))
+    members = {b: [i for i, row in enumerate(rows) if row * k // n_inputs == b] for b in range(k)}
+    for b, pick in enumerate(picks):
+        chosen = [i for block in pick for i in members[int(block)]]
         for j in range(3):
-            assert got[b, j] == pytest.approx(np.corrcoef(rx[picked, j], ry[picked, j])[0, 1], rel=1e-10)
+            assert got[b, j] == pytest.approx(np.corrcoef(rx[chosen, j], ry[chosen, j])[0, 1], rel=1e-10)
 
 
 def test_the_fdr_cut_is_an_abs_r_threshold_and_the_layer_share_counts_it():

@@ -122,7 +122,7 @@ def xmodal_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.Fi
     neurons = tables.neurons_as(site, stat)
     if not has_xmodal(neurons):
         return {}
-    return {f"xmodal_r_{site}": figure_xmodal_r(neurons, site, stat),
+    return {f"xmodal_r_{site}": figure_xmodal_r(neurons, site, stat, tables.contrast(site)),
             f"xmodal_scatter_{site}": figure_xmodal_scatter(neurons, site, stat, tables.contrast(site))}
 
 

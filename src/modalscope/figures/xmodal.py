@@ -24,7 +24,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from modalscope.figures.style import (
-    BLACK, BLUE, DEFAULT_CONTRAST, GREEN, GREY, LAYER_AXIS, VERMILLION, apply_layout, layer_ticks, preferring,
+    BLACK, BLUE, DEFAULT_CONTRAST, GREEN, GREY, LAYER_AXIS, VERMILLION, apply_layout, contrast_sides, layer_ticks,
+    preferring,
 )
 from modalscope.stats.columns import site_rows
 from modalscope.stats.xmodal_layers import ALPHA, threshold
@@ -35,7 +36,9 @@ N_BINS = 80
 MAX_POINTS = 2000
 TOP_LABELLED = 3
 SCATTER_META = "xmodal_scatter"  # layout.meta of the slider figure, so `for_static` knows it
-R_AXIS = "xmodal_r (Spearman r of text vs image response over pairs)"
+def r_axis(contrast: str = DEFAULT_CONTRAST) -> str:
+    first, second = contrast_sides(contrast)
+    return f"xmodal_r (Spearman r over pairs, {first} vs {second} response)"
 D_AXIS = "cohen_d (d_z of Δ over pairs; no unit)"
 
 
@@ -48,7 +51,8 @@ def _cut(rows: pd.DataFrame) -> float | None:
     return cut if np.isfinite(cut) else None
 
 
-def figure_xmodal_r(neurons: pd.DataFrame, site: str, stat: str = "max") -> go.Figure:
+def figure_xmodal_r(neurons: pd.DataFrame, site: str, stat: str = "max",
+                    contrast: str = DEFAULT_CONTRAST) -> go.Figure:
     """Neurons per bin of xmodal_r (x) and layer (y), the layer's median r, and ±r*."""
     df = site_rows(neurons, site, ("layer", "xmodal_r", "xmodal_q"), "neurons")
     edges = np.linspace(-1.0, 1.0, N_BINS + 1)
@@ -73,7 +77,7 @@ def figure_xmodal_r(neurons: pd.DataFrame, site: str, stat: str = "max") -> go.F
     fig.add_annotation(text=note, xref="paper", yref="paper", x=1.0, y=1.02, showarrow=False, xanchor="right",
                        yanchor="bottom")
     apply_layout(fig, f"{site}: cross-modal r per layer (reduction {stat}; colour: neurons per bin)",
-                 height=max(450, 160 + 18 * len(layers)), xaxis_title=R_AXIS, yaxis_title=LAYER_AXIS,
+                 height=max(450, 160 + 18 * len(layers)), xaxis_title=r_axis(contrast), yaxis_title=LAYER_AXIS,
                  legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0), margin=dict(t=110))
     fig.update_xaxes(range=[-1, 1])
     fig.update_yaxes(autorange="reversed", **layer_ticks(len(layers)))
@@ -122,7 +126,7 @@ def figure_xmodal_scatter(neurons: pd.DataFrame, site: str, stat: str = "max",
         fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(color=colour, size=9), name=name)
     fig.add_hline(y=0, line=dict(color=GREY, width=1, dash="dot"))
     fig.add_vline(x=0, line=dict(color=GREY, width=1, dash="dot"))
-    apply_layout(fig, titles[0], height=600, xaxis_title=f"{D_AXIS}<br>→ {up}, ← {down}", yaxis_title=R_AXIS,
+    apply_layout(fig, titles[0], height=600, xaxis_title=f"{D_AXIS}<br>→ {up}, ← {down}", yaxis_title=r_axis(contrast),
                  legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0), margin=dict(t=110, b=150),
                  sliders=[dict(active=0, currentvalue=dict(prefix="decoder layer: "), pad=dict(t=75), steps=steps)],
                  meta=SCATTER_META)

@@ -200,24 +200,29 @@ def _figure2_note(stat: str, compare: str | None, contrast: str) -> str:
 FIGURE1_NOTE = ("A row per decoder layer, a column per bin of the neurons' mean Δ (left) and t (right); colour: "
                 "how many of the layer's neurons fall in the bin. Dashed lines in the t panel: the FDR threshold, "
                 f"beyond which neurons have q &lt; {SIGNIFICANT_Q}.")
-XMODAL_R_NOTE = ("Whether a neuron's text and image responses rank the pairs alike (Spearman r over pairs, "
-                 "docs/method.md): a row per decoder layer, colour: how many of its neurons have r in the bin; "
-                 "diamonds: the layer's median r; dashed: the |r| beyond which xmodal_q &lt; "
-                 f"{SIGNIFICANT_Q} (one null for every neuron, so the FDR cut is a line). Mass right of the "
-                 "dashed line is the layer's cross-modal neurons; a layer centred on 0 has none.")
-XMODAL_SCATTER_NOTE = ("One layer at a time (move the slider): how much a neuron prefers one modality (cohen_d, "
-                       "x) against whether its two responses agree on which pairs excite it (xmodal_r, y). "
-                       "Top right: prefers text and still cross-modal; near x = 0, high y: no preferred "
-                       "modality, one code for both. Named: the layer's top neurons each way and the most "
-                       "cross-modal; black points have xmodal_q &lt; "
-                       f"{SIGNIFICANT_Q}. The trend of the share of cross-modal neurons by layer is in "
-                       "summary.json (`xmodal`) and layers.parquet (`xmodal_share`).")
+def _xmodal_notes(contrast: str) -> tuple[str, str]:
+    """The notes of the two cross-modal figures, in the contrast's words."""
+    first, second = (_esc(side) for side in contrast_sides(contrast))
+    up, _ = (_esc(d) for d in preferring(contrast))
+    r_note = (f"Whether a neuron's {first} and {second} responses rank the pairs alike (Spearman r over pairs, "
+              "docs/method.md §10): a row per decoder layer, colour: how many of its neurons have r in the bin; "
+              "diamonds: the layer's median r; dashed: the |r| beyond which xmodal_q &lt; "
+              f"{SIGNIFICANT_Q} (one null for every neuron, so the FDR cut is a line). Mass right of the "
+              "dashed line is the layer's cross-modal neurons; a layer centred on 0 has none.")
+    scatter_note = (f"One layer at a time (move the slider): how much a neuron prefers one side (cohen_d, x) "
+                    "against whether its two responses agree on which pairs excite it (xmodal_r, y). "
+                    f"Top right: {up} and still cross-modal; near x = 0, high y: one code for both. Named: the "
+                    "layer's top neurons each way and the most cross-modal; black points have xmodal_q &lt; "
+                    f"{SIGNIFICANT_Q}. The share of cross-modal neurons per layer is in layers.parquet "
+                    "(`xmodal_share`), its trend in summary.json (`xmodal`).")
+    return r_note, scatter_note
 
 
-def _xmodal_section(figs: dict[str, go.Figure], site: str, trend: dict) -> list[str]:
+def _xmodal_section(figs: dict[str, go.Figure], site: str, trend: dict, contrast: str) -> list[str]:
     """The cross-modal figures of a site with one note each ([] for a study without them)."""
     if f"xmodal_r_{site}" not in figs:
         return []
+    r_note, scatter_note = _xmodal_notes(contrast)
     line = ""
     if trend and "slope" in trend:
         ci = (f" (bootstrap 95% CI over inputs {_num(trend.get('slope_ci_low'))} to "
@@ -226,9 +231,9 @@ def _xmodal_section(figs: dict[str, go.Figure], site: str, trend: dict) -> list[
                 f"{_num(trend['slope'])} per layer{ci}; {_num(trend.get('n_cross_modal'))} of "
                 f"{_num(trend.get('n_neurons'))} neurons are cross-modal.")
     return [f'<h3 id="xmodal-{_esc(site)}">Cross-modal neurons: text and image responses ranked alike</h3>',
-            f'<p class="note">{XMODAL_R_NOTE}{line}</p>',
+            f'<p class="note">{r_note}{line}</p>',
             _figure(figs[f"xmodal_r_{site}"], f"xmodal_r_{site}"),
-            f'<p class="note">{XMODAL_SCATTER_NOTE}</p>',
+            f'<p class="note">{scatter_note}</p>',
             _figure(figs[f"xmodal_scatter_{site}"], f"xmodal_scatter_{site}")]
 
 
@@ -304,7 +309,7 @@ def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | 
         *(f"<div><h4>{title}</h4>{_table(top.rename(columns=names), row_class=ns, cls='compact')}</div>"
           for title, top in ((f"{_esc(up)} (Δ &gt; 0)", text), (f"{_esc(down)} (Δ &lt; 0)", image))),
         "</div>",
-        *_xmodal_section(figs, site, _xmodal_trend(tables, site, stat)),
+        *_xmodal_section(figs, site, _xmodal_trend(tables, site, stat), contrast),
         *([_forgetting_section(tables, site, stat, base, model)] if base is not None else []),
         "</section>",
     ])

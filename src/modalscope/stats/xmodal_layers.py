@@ -10,7 +10,7 @@ Why the bootstrap is cheap and what it fixes: with one shared null (stats/neuron
 p is a non-increasing function of |r|, and BH's q is a non-increasing function of p, so
 "q < 0.05" over the site is exactly "|r| >= r*", r* the smallest |r| among the neurons called
 (`threshold`). The bootstrap keeps r* and each neuron's ranks fixed and resamples the inputs
-(the rows; the same resamples in every layer and as the Δ trend's bootstrap), so a replicate's
+(in blocks, stats/neuron/xmodal.py; the same resamples in every layer), so a replicate's
 share is the share of its r's at or above r*: the CI says how much the share moves with the
 sample of pairs at the study's cut, not how much the cut itself would move. The replicates
 cover a fixed, evenly spaced subset of at most BOOT_NEURONS neurons per layer

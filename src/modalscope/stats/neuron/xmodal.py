@@ -38,10 +38,15 @@ neuron: 0.44 GB at 5,000 x 11,008; the store holds float32 or float16, so nothin
 `columns()` then ranks a block of neurons at a time, temporaries near BLOCK_ELEMENTS.
 
 The bootstrap over inputs of the per-layer share (stats/xmodal_layers.py) needs r on
-resampled inputs. That costs B·n per neuron, so it runs on a fixed, evenly spaced subset of at
-most BOOT_NEURONS neurons per layer (neuron order in a layer carries no meaning), with the
-ranks fixed and the rows resampled, the same resamples as the Δ trend's bootstrap (stream
-`bootstrap`, one draw of inputs for every layer): `layer_outputs()` gives them, [B, m] float32.
+resampled inputs, with the ranks fixed. Resampling single inputs costs B·n per neuron (5·B·n·m
+multiply-adds a layer: hours at 7B, minutes in the memory test), so the inputs are cut into
+BOOT_BLOCKS contiguous blocks of the shuffled input order (random groups; one input each when
+there are at most BOOT_BLOCKS, i.e. the plain input bootstrap), the five sums Pearson's r needs
+are taken per block once, and a replicate draws BOOT_BLOCKS blocks with replacement (stream
+`bootstrap`; the same draws in every layer): B·K per neuron. Resampling blocks of iid inputs
+gives the same variance of the sums as resampling inputs. It runs on a fixed, evenly spaced
+subset of at most BOOT_NEURONS neurons per layer (neuron order in a layer carries no meaning),
+so what is kept is [B, m] float32 a layer (`layer_outputs()`).
 """
 
 from __future__ import annotations
@@ -52,11 +57,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from modalscope.seeds import generator
-from modalscope.stats.controls import BOOT_CHUNK
 from modalscope.stats.protocol import Accumulator, Context, Slab
 
 BLOCK_ELEMENTS = 1 << 18  # pairs x neurons ranked at once (and pairings x pairs drawn at once), about
 BOOT_NEURONS = 256  # neurons per layer whose r is bootstrapped over inputs
+BOOT_BLOCKS = 100  # the bootstrap resamples this many blocks of inputs (each input, when fewer)
+SMALL_PRODUCT = 1 << 23  # multiply-adds under which a product skips BLAS (`_product`)
 _TIE = 1e-12  # relative tolerance: a permuted r equal to the observed one counts as extreme
 SPEARMAN_SE = 1.06  # Fieller, Hartley & Pearson (1957): var(atanh r_s) ~ 1.06 / (n - 3)
 Z95 = 1.959963984540054
@@ -89,7 +95,7 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     (as scipy.stats.rankdata(x, axis=0)), float64."""
     xt = np.ascontiguousarray(x.T)
     n = xt.shape[1]
-    order = np.argsort(xt, axis=1, kind="stable")
+    order = np.argsort(xt, axis=1)  # any order within ties: they all get the same average
     ordered = np.take_along_axis(xt, order, axis=1)
     index = np.broadcast_to(np.arange(n), ordered.shape)
     first = np.ones(ordered.shape, bool)
@@ -133,27 +139,45 @@ def boot_neurons(width: int) -> np.ndarray:
     return np.unique(np.linspace(0, width - 1, min(width, BOOT_NEURONS)).round().astype(np.int64))
 
 
-def bootstrap_r(rx: np.ndarray, ry: np.ndarray, rows: np.ndarray, n_inputs: int, n_boot: int,
-                seed: int) -> np.ndarray:
-    """[n_boot, c] Pearson r of fixed ranks rx, ry [n, c] (of inputs `rows`) over resampled
-    inputs: replicate b draws n_inputs inputs with replacement (the `bootstrap` stream, as
-    controls.bootstrap_trend draws them), a missing input weighs 0."""
-    rng = generator(seed, "bootstrap")
-    out = np.empty((n_boot, rx.shape[1]))
-    step = max(1, min(BOOT_CHUNK, BLOCK_ELEMENTS // max(n_inputs, 1)))
-    xy, xx, yy = rx * ry, rx * rx, ry * ry
-    for start in range(0, n_boot, step):
-        size = min(step, n_boot - start)
-        draw = rng.integers(0, n_inputs, size=(size, n_inputs)) + n_inputs * np.arange(size)[:, None]
-        weights = np.bincount(draw.ravel(), minlength=size * n_inputs).reshape(size, n_inputs)[:, rows]
-        weights = weights.astype(np.float64)
-        total = weights.sum(axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mx, my = weights @ rx / total, weights @ ry / total
-            cov = weights @ xy / total - mx * my
-            vx, vy = weights @ xx / total - mx**2, weights @ yy / total - my**2
-            out[start : start + size] = np.where((vx > 0) & (vy > 0), cov / np.sqrt(vx * vy), np.nan)
-    return out
+def input_blocks(n_inputs: int) -> np.ndarray:
+    """[n_inputs] the bootstrap block of each input: BOOT_BLOCKS contiguous blocks of the
+    (shuffled) input order, one input each when there are at most BOOT_BLOCKS inputs."""
+    k = min(n_inputs, BOOT_BLOCKS)
+    return np.arange(n_inputs) * k // max(n_inputs, 1)
+
+
+def block_draws(n_inputs: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, blocks] how often each replicate draws each block (K draws with replacement
+    of the K blocks, from the `bootstrap` stream), float64."""
+    k = min(n_inputs, BOOT_BLOCKS)
+    draw = generator(seed, "bootstrap").integers(0, k, size=(n_boot, k)) + k * np.arange(n_boot)[:, None]
+    return np.bincount(draw.ravel(), minlength=n_boot * k).reshape(n_boot, k).astype(np.float64)
+
+
+def bootstrap_r(rx: np.ndarray, ry: np.ndarray, rows: np.ndarray, draws: np.ndarray, n_inputs: int) -> np.ndarray:
+    """[n_boot, c] Pearson r of fixed ranks rx, ry [n, c] (of inputs `rows`, in order) over
+    resampled blocks of inputs (`block_draws`): the five sums r needs, per block, weighted by
+    each replicate's draw counts, so a replicate costs blocks x c, not inputs x c."""
+    c, n_blocks = rx.shape[1], draws.shape[1]
+    block = input_blocks(n_inputs)[rows]  # ascending: rows are in input order
+    counts = np.bincount(block, minlength=n_blocks).astype(np.float64)  # kept inputs per block
+    present = counts > 0
+    sums = np.zeros((n_blocks, 5 * c))
+    values = np.concatenate([rx, ry, rx * rx, ry * ry, rx * ry], axis=1)
+    sums[present] = np.add.reduceat(values, np.searchsorted(block, np.flatnonzero(present)), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        moments = _product(draws, sums) / _product(draws, counts[:, None])
+        mx, my, xx, yy, xy = (moments[:, k * c : (k + 1) * c] for k in range(5))
+        cov, vx, vy = xy - mx * my, xx - mx**2, yy - my**2
+        return np.where((vx > 0) & (vy > 0), cov / np.sqrt(vx * vy), np.nan)
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b; a small one in numpy's own loop, where waking BLAS's threads costs more than the
+    product (7 ms against 0.1 ms for [200, 16] @ [16, 900] on a busy 2-core machine)."""
+    if a.shape[0] * a.shape[1] * b.shape[1] < SMALL_PRODUCT:
+        return np.einsum("bi,ij->bj", a, b)
+    return a @ b
 
 
 class CrossModal:
@@ -195,6 +219,7 @@ class CrossModal:
         if n < 4:
             return out
         r, pearson = out["xmodal_r"], out["xmodal_pearson"]
+        draws = block_draws(self.n_inputs, self.settings.n_boot, self.settings.seed)
         step = max(1, BLOCK_ELEMENTS // n)
         for start in range(0, width, step):
             part = slice(start, min(start + step, width))
@@ -203,13 +228,12 @@ class CrossModal:
             r[part] = np.where(defined, (rx * ry).mean(axis=0), np.nan)
             pearson[part] = np.where(defined, (_standardised(x[:, part]) * _standardised(y[:, part])).mean(axis=0),
                                      np.nan)
+            chosen = np.flatnonzero((subset >= part.start) & (subset < part.stop))  # bootstrapped here
+            if chosen.size and len(draws):
+                local = subset[chosen] - part.start
+                self.boot[:, chosen] = bootstrap_r(rx[:, local], ry[:, local], rows, draws, self.n_inputs)
         out["xmodal_ci_low"], out["xmodal_ci_high"] = fisher_ci(r, n)
         out["xmodal_p"] = permutation_p(r, null_abs_r(n, self.settings.n_perm, self.settings.seed))
-        for start in range(0, subset.size, step):  # the same few neurons ranked again: cheap
-            chosen = subset[start : start + step]
-            self.boot[:, start : start + chosen.size] = bootstrap_r(
-                average_ranks(x[:, chosen]), average_ranks(y[:, chosen]), rows, self.n_inputs,
-                self.settings.n_boot, self.settings.seed)
         return out
 
     def layer_outputs(self) -> dict[str, np.ndarray]:
