@@ -18,15 +18,16 @@ from modalscope.stats.controls import SignFlips, bootstrap_trend
 
 
 def _child(seed: int, index: int) -> np.random.Generator:
-    """numpy's own: child `index` of SeedSequence(seed).spawn(5)."""
-    return np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[index])
+    """numpy's own: child `index` of SeedSequence(seed).spawn(6)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(6)[index])
 
 
 @pytest.mark.parametrize("seed", [0, 7, 2**40 + 3])
 def test_three_streams_differ_from_each_other_and_from_default_rng(seed):
     draws = {name: seeds.generator(seed, name).random(16) for name in seeds.STREAMS}
     plain = np.random.default_rng(seed).random(16)
-    assert list(draws) == ["shuffle", "sign_flips", "bootstrap", "alignment_bootstrap", "alignment_null"]
+    assert list(draws) == ["shuffle", "sign_flips", "bootstrap", "alignment_bootstrap", "alignment_null",
+                           "xmodal_null"]
     values = [*draws.values(), plain]
     for i in range(len(values)):
         for j in range(i + 1, len(values)):
@@ -40,7 +41,7 @@ def test_three_streams_differ_from_each_other_and_from_default_rng(seed):
 
 def test_record_is_json_and_rebuilds_each_stream():
     record = json.loads(json.dumps(seeds.record(11)))
-    assert record["seed"] == 11 and "SeedSequence(seed).spawn(5)" in record["derivation"]
+    assert record["seed"] == 11 and "SeedSequence(seed).spawn(6)" in record["derivation"]
     assert list(record["streams"]) == list(seeds.STREAMS)
     for index, (name, entry) in enumerate(record["streams"].items()):
         assert entry == {"index": index, "entropy": 11, "spawn_key": [index]}

@@ -39,12 +39,15 @@ import pandas as pd
 
 from modalscope.streams import BASE_STREAM
 from modalscope.stats import controls
-from modalscope.stats.columns import KEYS, UNSUFFIXED_STAT, VS_BASE, column, kept, table3_order, vs_base_columns
+from modalscope.stats.columns import (
+    FDR_COLUMNS, KEYS, UNSUFFIXED_STAT, VS_BASE, column, kept, table3_order, vs_base_columns,
+)
 from modalscope.stats.fdr import fdr
 from modalscope.stats.input_means import InputLayerMeans
 from modalscope.stats.layer_summary import SiteAnalysis, contrast_name, layer_table, trend_entry
 from modalscope.stats.neuron import accumulators
 from modalscope.stats.protocol import AnalysisSettings, Context, Slab
+from modalscope.stats.xmodal_layers import xmodal_summary
 from modalscope.store import ActivationStore
 
 BASE_CONTRAST = ("text", BASE_STREAM)  # Δ_base: the VLM's text input minus the base LLM's
@@ -68,9 +71,11 @@ def slabs(store: ActivationStore, site: str, layer: int, stat: str, contrast: tu
         yield Slab(start, stop, a - b, {first: a, second: b})
 
 
-def analyze_layer(store: ActivationStore, ctx: Context) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def analyze_layer(store: ActivationStore, ctx: Context,
+                  outputs: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every statistic of one (site, layer, reduction): its Table 3 columns (suffixed) and the
-    [input] per-input layer means."""
+    [input] per-input layer means; `outputs`, when given, receives what statistics with a
+    `layer_outputs()` give beyond Table 3 (e.g. the cross-modal r's bootstrap replicates)."""
     stats = accumulators(ctx)
     means = InputLayerMeans(ctx)
     for slab in slabs(store, ctx.site, ctx.layer, ctx.stat, ctx.settings.contrast):
@@ -80,6 +85,9 @@ def analyze_layer(store: ActivationStore, ctx: Context) -> tuple[dict[str, np.nd
     columns = {column(name, ctx.stat): values
                for statistic in stats.values() for name, values in statistic.columns().items()
                if kept(name, ctx.stat)}
+    if outputs is not None:
+        for statistic in stats.values():
+            outputs.update(getattr(statistic, "layer_outputs", dict)())
     return columns, means.means
 
 
@@ -88,19 +96,23 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
     signs = controls.SignFlips(n_inputs, settings.n_perm, settings.seed)  # [perm, input] bits
     input_means = {s: np.full((n_inputs, store.n_layers), np.nan) for s in stats}
     frames = []
+    outputs: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in stats}  # per stat, per layer
     for layer in range(store.n_layers):
         frame: dict[str, object] = {"site": site, "layer": layer, "neuron": np.arange(width)}
         for stat in stats:
             ctx = Context(site, layer, stat, width, n_inputs, settings, signs)
-            columns, input_means[stat][:, layer] = analyze_layer(store, ctx)
+            outputs[stat].append({})
+            columns, input_means[stat][:, layer] = analyze_layer(store, ctx, outputs[stat][-1])
             frame.update(columns)
         frames.append(pd.DataFrame(frame))
     table = pd.concat(frames, ignore_index=True)
     for stat in stats:
-        table[column("q_value", stat)] = fdr(table[column("p_value", stat)].to_numpy(), settings.fdr)
+        for p_name, q_name in FDR_COLUMNS.items():
+            if column(p_name, stat) in table:
+                table[column(q_name, stat)] = fdr(table[column(p_name, stat)].to_numpy(), settings.fdr)
     table["contrast"] = contrast_name(settings.contrast)
     nulls = {s: controls.trend_null(input_means[s], signs) for s in stats}
-    return SiteAnalysis(table[table3_order(table.columns, stats)], input_means, nulls)
+    return SiteAnalysis(table[table3_order(table.columns, stats)], input_means, nulls, outputs)
 
 
 def base_contrast(store: ActivationStore, contrast: tuple[str, str]) -> tuple[str, str] | None:
@@ -141,6 +153,7 @@ def _site_summary(store: ActivationStore, layers: pd.DataFrame, site: SiteAnalys
                   "fdr": settings.fdr, "n_perm": settings.n_perm, "n_boot": settings.n_boot})
     entry["by_stat"] = {stat: trend_entry(layers, site, stat, settings)
                         for stat in store.stats if stat != UNSUFFIXED_STAT}
+    entry["xmodal"] = xmodal_summary(site, store.stats)
     return entry
 
 

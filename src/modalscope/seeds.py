@@ -16,10 +16,11 @@ import numpy as np
 
 # Spawn order (never reorder; append only): child 0 shuffles the pairs, child 1 draws the
 # sign flips, child 2 draws the bootstrap resamples, child 3 the layer-alignment bootstrap
-# resamples and child 4 its shuffled pairings (stats/alignment.py). Child i of
+# resamples and child 4 its shuffled pairings (stats/alignment.py), child 5 the random
+# pairings of the cross-modal null (stats/neuron/xmodal.py). Child i of
 # `spawn(n)` is the same for every n > i, so appending leaves the earlier streams' draws as
 # they were.
-STREAMS = ("shuffle", "sign_flips", "bootstrap", "alignment_bootstrap", "alignment_null")
+STREAMS = ("shuffle", "sign_flips", "bootstrap", "alignment_bootstrap", "alignment_null", "xmodal_null")
 
 
 def streams(seed: int) -> dict[str, np.random.SeedSequence]:

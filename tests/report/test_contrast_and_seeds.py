@@ -89,7 +89,8 @@ def test_study_json_records_the_seed_streams(small_study):
     assert seeds["seed"] == 0
     assert {name: (s["index"], s["entropy"], s["spawn_key"]) for name, s in seeds["streams"].items()} == {
         "shuffle": (0, 0, [0]), "sign_flips": (1, 0, [1]), "bootstrap": (2, 0, [2]),
-        "alignment_bootstrap": (3, 0, [3]), "alignment_null": (4, 0, [4])}
-    children = np.random.SeedSequence(0).spawn(5)  # numpy's own, to compare with
+        "alignment_bootstrap": (3, 0, [3]), "alignment_null": (4, 0, [4]),
+        "xmodal_null": (5, 0, [5])}
+    children = np.random.SeedSequence(0).spawn(6)  # numpy's own, to compare with
     for (name, entry), child in zip(seeds["streams"].items(), children):
         assert entry["spawn_key"] == list(child.spawn_key) and entry["entropy"] == child.entropy, name

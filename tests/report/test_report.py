@@ -20,8 +20,10 @@ from modalscope.report import facts
 from modalscope.report.page import REPORT
 
 SITES = ("residual", "mlp")
-# Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts.
-FIGURES = (("figure2", ""), ("figure1", "_all_layers"), ("figure1", ""), ("significant", ""))
+# Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts,
+# the cross-modal r per layer and the cohen_d vs xmodal_r scatter.
+FIGURES = (("figure2", ""), ("figure1", "_all_layers"), ("figure1", ""), ("significant", ""), ("xmodal_r", ""),
+           ("xmodal_scatter", ""))
 
 
 def _links(html: str) -> list[str]:
@@ -58,6 +60,7 @@ def test_plot_keeps_the_figure_file_names_and_shares_one_plotlyjs(small_study):
     expected = [PLOTLYJS] + [f"{kind}_{site}{suffix}.html" for site in SITES for kind in ("figure1", "figure2")
                              for suffix in ["", *(f"_{s}" for s in stats)]]
     expected += [f"significant_{site}.html" for site in SITES]
+    expected += [f"xmodal_{kind}_{site}.html" for site in SITES for kind in ("r", "scatter")]
     assert names == sorted(expected)
     html = (small_study / "figures" / "figure2_mlp.html").read_text()
     assert re.findall(r'<script[^>]*\bsrc="([^"]+)"', html) == [PLOTLYJS] and len(html) < 100_000

@@ -5,7 +5,9 @@ one page; both take them from here, so a figure in the report is the figure in f
 Names (the file stems) are a contract with users: `figure1_{site}`, `figure2_{site}` for
 the headline reduction, `figure{1,2}_{site}_{stat}` for each other one, `significant_{site}`,
 and, when the study recorded the base LLM's text stream, `figure2_{site}_vs_base`: Figure 2 of
-Δ_base = text − text_base (tables/layers_vs_base.parquet, summary.json's `vs_base`).
+Δ_base = text − text_base (tables/layers_vs_base.parquet, summary.json's `vs_base`); when
+Table 3 has the cross-modal columns, `xmodal_r_{site}` (r per layer) and `xmodal_scatter_{site}`
+(cohen_d vs xmodal_r per layer) for the headline reduction.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from modalscope.figures.histograms import figure1
 from modalscope.figures.significance import figure_significant
 from modalscope.figures.style import contrast_label
 from modalscope.figures.trend import figure2
+from modalscope.figures.xmodal import figure_xmodal_r, figure_xmodal_scatter, has_xmodal
 from modalscope.stats.columns import as_unsuffixed
 from modalscope.store import STORE
 from modalscope.tables import LAYERS, LAYERS_VS_BASE, SIGNIFICANT, SUMMARY, TABLE3, read_summary
@@ -103,7 +106,7 @@ def headline_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.
     """Figure 2 (with its controls), Figure 1 and the significant counts of one site."""
     compare = comparison(tables.stats, stat)
     contrast = tables.contrast(site)
-    return {
+    return {**xmodal_figures(tables, site, stat), 
         f"figure2_{site}": figure2(tables.layers, tables.trend(site, stat), site, stat, compare,
                                    tables.trend(site, compare) if compare else None, contrast),
         f"figure1_{site}": figure1(tables.neurons_as(site, stat), site, stat=stat, contrast=contrast),
@@ -111,6 +114,16 @@ def headline_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.
             tables.counts, site, [s for s in ("max", "matched_max") if s in tables.stats] or tables.stats[:1],
             contrast),
     }
+
+
+def xmodal_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.Figure]:
+    """The cross-modal figures of one site for reduction `stat` ({} for a study analysed before
+    Table 3 had xmodal_r)."""
+    neurons = tables.neurons_as(site, stat)
+    if not has_xmodal(neurons):
+        return {}
+    return {f"xmodal_r_{site}": figure_xmodal_r(neurons, site, stat, tables.contrast(site)),
+            f"xmodal_scatter_{site}": figure_xmodal_scatter(neurons, site, stat, tables.contrast(site))}
 
 
 def figure2_vs_base(tables: StudyTables, site: str, stat: str) -> go.Figure:
@@ -136,6 +149,7 @@ def study_figures(tables: StudyTables, stat: str = "max") -> dict[str, go.Figure
             figures[f"figure2_{site}_{shown}"] = figure2(tables.layers, tables.trend(site, shown), site, shown,
                                                          None, None, contrast)
         figures[f"significant_{site}"] = headline[f"significant_{site}"]
+        figures.update({name: fig for name, fig in headline.items() if name.startswith("xmodal_")})
         if tables.has_vs_base(site):
             figures[f"figure2_{site}{VS_BASE}"] = figure2_vs_base(tables, site, stat)
     return figures

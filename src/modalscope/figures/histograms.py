@@ -213,5 +213,10 @@ def figure1_static(fig: go.Figure) -> go.Figure:
 
 
 def for_static(fig: go.Figure) -> go.Figure:
-    """The figure to export as PNG/SVG: ``figure1_static`` for a slider figure, else itself."""
+    """The figure to export as PNG/SVG: ``figure1_static`` for a slider figure (the cross-modal
+    scatter's own static copy for that one), else itself."""
+    from modalscope.figures.xmodal import SCATTER_META, xmodal_scatter_static
+
+    if fig.layout.sliders and fig.layout.meta == SCATTER_META:
+        return xmodal_scatter_static(fig)
     return figure1_static(fig) if fig.layout.sliders else fig

@@ -200,6 +200,43 @@ def _figure2_note(stat: str, compare: str | None, contrast: str) -> str:
 FIGURE1_NOTE = ("A row per decoder layer, a column per bin of the neurons' mean Δ (left) and t (right); colour: "
                 "how many of the layer's neurons fall in the bin. Dashed lines in the t panel: the FDR threshold, "
                 f"beyond which neurons have q &lt; {SIGNIFICANT_Q}.")
+def _xmodal_notes(contrast: str) -> tuple[str, str]:
+    """The notes of the two cross-modal figures, in the contrast's words."""
+    first, second = (_esc(side) for side in contrast_sides(contrast))
+    up, _ = (_esc(d) for d in preferring(contrast))
+    r_note = (f"Whether a neuron's {first} and {second} responses rank the pairs alike (Spearman r over pairs, "
+              "docs/method.md §10): a row per decoder layer, colour: how many of its neurons have r in the bin; "
+              "diamonds: the layer's median r; dashed: the |r| beyond which xmodal_q &lt; "
+              f"{SIGNIFICANT_Q} (one null for every neuron, so the FDR cut is a line). Mass right of the "
+              "dashed line is the layer's cross-modal neurons; a layer centred on 0 has none.")
+    scatter_note = (f"One layer at a time (move the slider): how much a neuron prefers one side (cohen_d, x) "
+                    "against whether its two responses agree on which pairs excite it (xmodal_r, y). "
+                    f"Top right: {up} and still cross-modal; near x = 0, high y: one code for both. Named: the "
+                    "layer's top neurons each way and the most cross-modal; black points have xmodal_q &lt; "
+                    f"{SIGNIFICANT_Q}. The share of cross-modal neurons per layer is in layers.parquet "
+                    "(`xmodal_share`), its trend in summary.json (`xmodal`).")
+    return r_note, scatter_note
+
+
+def _xmodal_section(figs: dict[str, go.Figure], site: str, trend: dict, contrast: str) -> list[str]:
+    """The cross-modal figures of a site with one note each ([] for a study without them)."""
+    if f"xmodal_r_{site}" not in figs:
+        return []
+    r_note, scatter_note = _xmodal_notes(contrast)
+    line = ""
+    if trend and "slope" in trend:
+        ci = (f" (bootstrap 95% CI over inputs {_num(trend.get('slope_ci_low'))} to "
+              f"{_num(trend.get('slope_ci_high'))})")
+        line = (f" The share of cross-modal neurons (xmodal_q &lt; {SIGNIFICANT_Q}, r &gt; 0) changes by "
+                f"{_num(trend['slope'])} per layer{ci}; {_num(trend.get('n_cross_modal'))} of "
+                f"{_num(trend.get('n_neurons'))} neurons are cross-modal.")
+    return [f'<h3 id="xmodal-{_esc(site)}">Cross-modal neurons: text and image responses ranked alike</h3>',
+            f'<p class="note">{r_note}{line}</p>',
+            _figure(figs[f"xmodal_r_{site}"], f"xmodal_r_{site}"),
+            f'<p class="note">{scatter_note}</p>',
+            _figure(figs[f"xmodal_scatter_{site}"], f"xmodal_scatter_{site}")]
+
+
 FORGETTING_TITLE = "Text-only forgetting (Δ = text − text_base)"
 
 
@@ -272,9 +309,15 @@ def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | 
         *(f"<div><h4>{title}</h4>{_table(top.rename(columns=names), row_class=ns, cls='compact')}</div>"
           for title, top in ((f"{_esc(up)} (Δ &gt; 0)", text), (f"{_esc(down)} (Δ &lt; 0)", image))),
         "</div>",
+        *_xmodal_section(figs, site, _xmodal_trend(tables, site, stat), contrast),
         *([_forgetting_section(tables, site, stat, base, model)] if base is not None else []),
         "</section>",
     ])
+
+
+def _xmodal_trend(tables: StudyTables, site: str, stat: str) -> dict:
+    entry = tables.summary.get(site, {}).get("xmodal", {})
+    return entry if stat == "max" else entry.get("by_stat", {}).get(stat, {})
 
 
 def _files_section(out_dir: Path, sites: list[str], stat: str) -> str:
@@ -307,6 +350,10 @@ def _figure_what(stem: str, sites: list[str], stat: str) -> str:
         site = rest.removesuffix(VS_BASE)
         return f"Figure 2 (layer trend) of Δ_base = text − text_base, site {site}, reduction {stat}" \
             if site in sites else ""
+    if kind == "xmodal":  # 'xmodal_r_mlp', 'xmodal_scatter_mlp'
+        which, _, site = rest.partition("_")
+        what = {"r": "cross-modal r per layer", "scatter": "cohen_d vs cross-modal r per layer"}.get(which)
+        return f"{what}, site {site}, reduction {stat}" if what and site in sites else ""
     name = {"figure1": "Figure 1 (distributions per layer)", "figure2": "Figure 2 (layer trend)",
             "significant": "significant neurons per layer"}.get(kind)
     site = next((s for s in sorted(sites, key=len, reverse=True) if rest == s or rest.startswith(f"{s}_")), None)

@@ -17,6 +17,7 @@ from modalscope.stats import controls
 from modalscope.stats.columns import UNSUFFIXED_STAT, column
 from modalscope.stats.layers import layer_mean_ci, layer_trend
 from modalscope.stats.protocol import CONTRAST, AnalysisSettings
+from modalscope.stats.xmodal_layers import xmodal_layer_columns
 
 ALPHA = 0.05
 
@@ -31,6 +32,8 @@ class SiteAnalysis:
     neurons: pd.DataFrame  # Table 3 rows of the site
     input_means: dict[str, np.ndarray]  # stat -> [input, layer] per-input layer mean Δ
     nulls: dict[str, dict] = field(default_factory=dict)  # stat -> sign-flip null of the trend
+    # stat -> per layer, what statistics gave beyond Table 3 (analysis.py analyze_layer `outputs`)
+    layer_outputs: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 def layer_table(site: SiteAnalysis, stats: list[str]) -> pd.DataFrame:
@@ -71,6 +74,9 @@ def layer_table(site: SiteAnalysis, stats: list[str]) -> pd.DataFrame:
                 row["n_neurons"] = n
                 row["n_outliers"] = int(group["outlier"].sum())
     table = pd.DataFrame(rows)
+    for stat in stats:
+        for name, values in xmodal_layer_columns(site, stat).items():
+            table[column(name, stat)] = values
     table["contrast"] = neurons["contrast"].iloc[0]
     first = ["site", "layer", "mean_diff", "ci_low", "ci_high", "n_neurons"]
     return table[first + [c for c in table.columns if c not in first]]

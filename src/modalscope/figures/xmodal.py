@@ -1,0 +1,149 @@
+"""Cross-modal neurons (stats/neuron/xmodal.py): the distribution of xmodal_r per layer, and
+cohen_d against xmodal_r per layer with the neurons of interest named.
+
+Design choices:
+
+* Pre-binned, as Figure 1: the r distribution is a heatmap (layer on y, a bin of r on x,
+  colour: neurons per bin) on fixed edges -1..1, so its size depends on layers x bins only
+  and one PNG shows every layer. The layer's median r is marked; dashed lines at ±r*, the
+  |r| beyond which q < 0.05 (p is monotone in |r|, so the FDR cut is a line).
+* The scatter has a layer slider (two traces per layer: the neurons, and the labelled ones).
+  To keep the file small at 7B (11,008 neurons a layer) a layer draws at most MAX_POINTS
+  neurons, evenly spaced in neuron index, plus every labelled one; the title says how many.
+  Labelled: the TOP_LABELLED largest cohen_d (text-preferring), smallest (image-preferring)
+  and largest xmodal_r (most cross-modal) of the layer. A neuron can be both: it prefers
+  text and still ranks the pairs alike in both modalities.
+* A PNG cannot move a slider: `xmodal_scatter_static` keeps the layer with the highest
+  median r (named in its title).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from modalscope.figures.style import (
+    BLACK, BLUE, DEFAULT_CONTRAST, GREEN, GREY, LAYER_AXIS, VERMILLION, apply_layout, contrast_sides, layer_ticks,
+    preferring,
+)
+from modalscope.stats.columns import site_rows
+from modalscope.stats.xmodal_layers import ALPHA, threshold
+
+__all__ = ["figure_xmodal_r", "figure_xmodal_scatter", "xmodal_scatter_static", "has_xmodal", "SCATTER_META"]
+
+N_BINS = 80
+MAX_POINTS = 2000
+TOP_LABELLED = 3
+SCATTER_META = "xmodal_scatter"  # layout.meta of the slider figure, so `for_static` knows it
+def r_axis(contrast: str = DEFAULT_CONTRAST) -> str:
+    first, second = contrast_sides(contrast)
+    return f"xmodal_r (Spearman r over pairs, {first} vs {second} response)"
+D_AXIS = "cohen_d (d_z of Δ over pairs; no unit)"
+
+
+def has_xmodal(neurons: pd.DataFrame) -> bool:
+    return {"xmodal_r", "xmodal_q"} <= set(neurons.columns)
+
+
+def _cut(rows: pd.DataFrame) -> float | None:
+    cut = threshold(rows["xmodal_r"], rows["xmodal_q"], ALPHA)
+    return cut if np.isfinite(cut) else None
+
+
+def figure_xmodal_r(neurons: pd.DataFrame, site: str, stat: str = "max",
+                    contrast: str = DEFAULT_CONTRAST) -> go.Figure:
+    """Neurons per bin of xmodal_r (x) and layer (y), the layer's median r, and ±r*."""
+    df = site_rows(neurons, site, ("layer", "xmodal_r", "xmodal_q"), "neurons")
+    edges = np.linspace(-1.0, 1.0, N_BINS + 1)
+    layers = sorted(int(v) for v in df["layer"].unique())
+    groups = {int(k): g["xmodal_r"].to_numpy(dtype=float) for k, g in df.groupby("layer")}
+    counts = np.array([np.histogram(groups[k][np.isfinite(groups[k])], bins=edges)[0] for k in layers])
+    medians = [float(np.median(groups[k][np.isfinite(groups[k])])) if np.isfinite(groups[k]).any() else None
+               for k in layers]
+    fig = go.Figure(go.Heatmap(
+        x=(edges[:-1] + edges[1:]) / 2, y=layers, z=counts, colorscale=[[0.0, "#ffffff"], [1.0, BLUE]], zmin=0,
+        colorbar=dict(title="neurons"), name="neurons per bin",
+        hovertemplate="layer %{y}<br>r bin centre %{x:.3f}<br>neurons: %{z}<extra></extra>"))
+    fig.add_scatter(x=medians, y=layers, mode="markers", marker=dict(color=BLACK, symbol="diamond", size=7),
+                    name="median r of the layer", hovertemplate="layer %{y}: median r %{x:.3f}<extra></extra>")
+    cut = _cut(df)
+    note = f"no neuron has xmodal_q < {ALPHA:g}"
+    if cut is not None:
+        note = f"dashed: xmodal_q < {ALPHA:g} beyond |r| = {cut:.3g}"
+        for x in (-cut, cut):
+            fig.add_vline(x=x, line=dict(color=VERMILLION, width=1.5, dash="dash"))
+    fig.add_vline(x=0, line=dict(color=GREY, width=1, dash="dot"))
+    fig.add_annotation(text=note, xref="paper", yref="paper", x=1.0, y=1.02, showarrow=False, xanchor="right",
+                       yanchor="bottom")
+    apply_layout(fig, f"{site}: cross-modal r per layer (reduction {stat}; colour: neurons per bin)",
+                 height=max(450, 160 + 18 * len(layers)), xaxis_title=r_axis(contrast), yaxis_title=LAYER_AXIS,
+                 legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0), margin=dict(t=110))
+    fig.update_xaxes(range=[-1, 1])
+    fig.update_yaxes(autorange="reversed", **layer_ticks(len(layers)))
+    return fig
+
+
+def labelled(rows: pd.DataFrame, k: int = TOP_LABELLED) -> dict[str, pd.DataFrame]:
+    """The layer's neurons of interest: top-k by cohen_d each way and by xmodal_r."""
+    d = rows[np.isfinite(rows["cohen_d"].to_numpy(dtype=float))]
+    r = rows[np.isfinite(rows["xmodal_r"].to_numpy(dtype=float))]
+    return {"text": d.nlargest(k, "cohen_d"), "image": d.nsmallest(k, "cohen_d"),
+            "xmodal": r.nlargest(k, "xmodal_r")}
+
+
+def figure_xmodal_scatter(neurons: pd.DataFrame, site: str, stat: str = "max",
+                          contrast: str = DEFAULT_CONTRAST) -> go.Figure:
+    """Per layer (slider): cohen_d (x) against xmodal_r (y), neurons of interest labelled."""
+    df = site_rows(neurons, site, ("layer", "neuron", "cohen_d", "xmodal_r", "xmodal_q"), "neurons")
+    up, down = preferring(contrast)
+    names = {"text": (f"top {up}", BLUE), "image": (f"top {down}", VERMILLION), "xmodal": ("most cross-modal", GREEN)}
+    fig, steps, titles = go.Figure(), [], []
+    groups = list(df.groupby("layer", sort=True))
+    for i, (layer, rows) in enumerate(groups):
+        rows = rows.sort_values("neuron")
+        shown = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), MAX_POINTS)).astype(int))]
+        fig.add_scattergl(
+            x=shown["cohen_d"], y=shown["xmodal_r"], mode="markers", visible=i == 0,
+            marker=dict(color=np.where(shown["xmodal_q"] < ALPHA, BLACK, GREY), size=4, opacity=0.6),
+            customdata=shown[["neuron", "xmodal_q"]].to_numpy(), name=f"layer {layer}: neurons",
+            hovertemplate="neuron %{customdata[0]}<br>cohen_d %{x:.3f}<br>xmodal_r %{y:.3f}"
+                          "<br>xmodal_q %{customdata[1]:.3g}<extra></extra>")
+        picks = labelled(rows)
+        keys = [(kind, row) for kind, part in picks.items() for _, row in part.iterrows()]
+        fig.add_scatter(
+            x=[row["cohen_d"] for _, row in keys], y=[row["xmodal_r"] for _, row in keys], visible=i == 0,
+            mode="markers+text", text=[f"{int(row['neuron'])}" for _, row in keys], textposition="top center",
+            marker=dict(color=[names[kind][1] for kind, _ in keys], size=9, line=dict(color=BLACK, width=1)),
+            customdata=[names[kind][0] for kind, _ in keys], name=f"layer {layer}: labelled neurons",
+            hovertemplate="neuron %{text} (%{customdata})<br>cohen_d %{x:.3f}<br>xmodal_r %{y:.3f}<extra></extra>")
+        titles.append(f"{site} — layer {layer}: cohen_d vs xmodal_r ({stat}; {len(shown):,} of {len(rows):,} "
+                      "neurons drawn; black: xmodal_q < 0.05)")
+        visible = [False] * (2 * len(groups))
+        visible[2 * i] = visible[2 * i + 1] = True
+        steps.append(dict(method="update", label=str(layer), args=[{"visible": visible}, {"title.text": titles[-1]}]))
+    for kind, (name, colour) in names.items():  # a legend of the label colours, always shown
+        fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(color=colour, size=9), name=name)
+    fig.add_hline(y=0, line=dict(color=GREY, width=1, dash="dot"))
+    fig.add_vline(x=0, line=dict(color=GREY, width=1, dash="dot"))
+    apply_layout(fig, titles[0], height=600, xaxis_title=f"{D_AXIS}<br>→ {up}, ← {down}", yaxis_title=r_axis(contrast),
+                 legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0), margin=dict(t=110, b=150),
+                 sliders=[dict(active=0, currentvalue=dict(prefix="decoder layer: "), pad=dict(t=75), steps=steps)],
+                 meta=SCATTER_META)
+    fig.update_yaxes(range=[-1.05, 1.05])
+    return fig
+
+
+def xmodal_scatter_static(fig: go.Figure) -> go.Figure:
+    """The slider figure at one layer, the one with the highest median r, without the slider."""
+    steps = fig.layout.sliders[0].steps
+    medians = [np.nanmedian(np.asarray(fig.data[2 * i].y, dtype=float)) if len(fig.data[2 * i].y) else -np.inf
+               for i in range(len(steps))]
+    best = int(np.nanargmax(medians)) if np.isfinite(medians).any() else 0
+    static = go.Figure(fig)
+    for j, trace in enumerate(static.data):
+        trace.visible = j >= 2 * len(steps) or j // 2 == best
+    static.layout.sliders = ()
+    static.update_layout(title_text=steps[best].args[1]["title.text"] + " (the layer with the "
+                         "highest median r; the HTML figure has a layer slider)")
+    return static

@@ -1,0 +1,253 @@
+"""Cross-modal neurons: does a neuron's text response agree with its image response on *which*
+pairs excite it?
+
+Δ = text - image says which modality drives a neuron harder on average; it cannot say whether
+the two responses rank the pairs alike, which is what a shared ("mental imagery") code would
+do. Per neuron, over pairs, between the two contrasted conditions' values (settings.contrast:
+text and image by default):
+
+- `xmodal_r`: Spearman's rank correlation (ties get average ranks), with a Fisher-z 95% CI
+  (`xmodal_ci_low`, `xmodal_ci_high`; standard error sqrt(1.06 / (n - 3)), Fieller, Hartley &
+  Pearson 1957);
+- `xmodal_p`: two-sided permutation p of r under random pairing, (1 + #|r_perm| >= |r|) / (P + 1)
+  with P = settings.n_perm; `xmodal_q` its FDR over the site's neurons (analysis.py, as q_value);
+- `xmodal_pearson`: Pearson's r of the raw values, beside it.
+
+The null is ONE set of P permuted r's for every neuron, layer and reduction. Why that is exact:
+for a neuron without ties both responses' ranks are permutations of 1..n, and re-pairing them at
+random gives the same distribution of r as re-pairing the ranks 1..n with themselves; so the P
+pairings of the study's `xmodal_null` stream (`pairings`), applied once to 1..n, give every
+tie-free neuron a Monte Carlo permutation p with P random pairings (for neuron j they are the
+pairings conjugated by its two rank orders: other draws than a loop over neuron j would use,
+but the same law). Cost: P·n once per number of kept pairs (cached), instead of P·n·w per layer
+and reduction. Ties (a float16 store rounds values, so they happen): a tied neuron's
+permutation null still has mean 0 and variance exactly 1/(n-1), but its shape differs from the
+tie-free one, more so the more of its values are tied (a neuron that is 0 on most pairs has a
+skewed, lumpy null); the shared null is then an approximation, close for the light ties of
+rounding (tests/stats/test_xmodal.py checks it against a per-neuron permutation). p is also
+monotone in |r| (one null for all), so an FDR cut over the site is an |r| threshold
+(stats/xmodal_layers.py uses this). Resolution: p >= 1/(P+1), so Benjamini-Hochberg over m
+neurons can call any neuron only when at least m / (alpha (P+1)) of them reach that floor.
+
+A neuron can prefer text (Δ > 0) and still be cross-modal. Inputs with a missing value (an empty
+input gives NaN for every neuron) are left out; a neuron whose response is constant gets NaN.
+
+Memory: ranks need every pair, so unlike the streaming statistics this holds the layer's
+[pairs, neurons] of both conditions until `columns()`, as float32 (2 x 4 bytes per pair and
+neuron: 0.44 GB at 5,000 x 11,008; the store holds float32 or float16, so nothing is lost).
+`columns()` then ranks a block of neurons at a time, temporaries near BLOCK_ELEMENTS.
+
+The bootstrap over inputs of the per-layer share (stats/xmodal_layers.py) needs r on
+resampled inputs, with the ranks fixed. Resampling single inputs costs B·n per neuron (5·B·n·m
+multiply-adds a layer: hours at 7B, minutes in the memory test), so the inputs are cut into
+BOOT_BLOCKS contiguous blocks of the shuffled input order (random groups; one input each when
+there are at most BOOT_BLOCKS, i.e. the plain input bootstrap), the five sums Pearson's r needs
+are taken per block once, and a replicate draws BOOT_BLOCKS blocks with replacement (stream
+`bootstrap`; the same draws in every layer): B·K per neuron. Resampling blocks of iid inputs
+gives the same variance of the sums as resampling inputs. It runs on a fixed, evenly spaced
+subset of at most BOOT_NEURONS neurons per layer (neuron order in a layer carries no meaning),
+so what is kept is [B, m] float32 a layer (`layer_outputs()`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import numpy as np
+
+from modalscope.seeds import generator
+from modalscope.stats.protocol import Accumulator, Context, Slab
+
+BLOCK_ELEMENTS = 1 << 18  # pairs x neurons ranked at once (and pairings x pairs drawn at once), about
+BOOT_NEURONS = 256  # neurons per layer whose r is bootstrapped over inputs
+BOOT_BLOCKS = 100  # the bootstrap resamples this many blocks of inputs (each input, when fewer)
+SMALL_PRODUCT = 1 << 23  # multiply-adds under which a product skips BLAS (`_product`)
+_TIE = 1e-12  # relative tolerance: a permuted r equal to the observed one counts as extreme
+SPEARMAN_SE = 1.06  # Fieller, Hartley & Pearson (1957): var(atanh r_s) ~ 1.06 / (n - 3)
+Z95 = 1.959963984540054
+COLUMNS = ("xmodal_r", "xmodal_p", "xmodal_ci_low", "xmodal_ci_high", "xmodal_pearson")
+
+
+def pairings(n: int, n_perm: int, seed: int) -> np.ndarray:
+    """[n_perm, n] the random pairings of the null: row k re-pairs pair i's first response with
+    pair perm[k, i]'s second. One `rng.permutation(n)` per row of the `xmodal_null` stream."""
+    rng = generator(seed, "xmodal_null")
+    return np.stack([rng.permutation(n) for _ in range(n_perm)]) if n_perm else np.zeros((0, n), int)
+
+
+@functools.lru_cache(maxsize=8)
+def null_abs_r(n: int, n_perm: int, seed: int) -> np.ndarray:
+    """Sorted |r| of the P pairings applied to the tie-free ranks 1..n (the same draws as
+    `pairings`, made a block at a time so no [P, n] matrix is held)."""
+    rng = generator(seed, "xmodal_null")
+    centred = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    out = np.empty(n_perm)
+    step = max(1, BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, n_perm, step):
+        block = np.stack([rng.permutation(n) for _ in range(min(step, n_perm - start))])
+        out[start : start + len(block)] = centred[block] @ centred / (centred @ centred)
+    return np.sort(np.abs(out))
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n down each column of x [n, c], ties given their average rank
+    (as scipy.stats.rankdata(x, axis=0)), float64."""
+    xt = np.ascontiguousarray(x.T)
+    n = xt.shape[1]
+    order = np.argsort(xt, axis=1)  # any order within ties: they all get the same average
+    ordered = np.take_along_axis(xt, order, axis=1)
+    index = np.broadcast_to(np.arange(n), ordered.shape)
+    first = np.ones(ordered.shape, bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    last = np.ones(ordered.shape, bool)
+    last[:, :-1] = first[:, 1:]
+    start = np.maximum.accumulate(np.where(first, index, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, index, n)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty(ordered.shape)
+    np.put_along_axis(ranks, order, (start + end) / 2.0 + 1.0, axis=1)
+    return ranks.T
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to unit root-mean-square (ddof 0); a constant column is all 0."""
+    values = np.asarray(values, dtype=np.float64)
+    centred = values - values.mean(axis=0)
+    scale = np.sqrt((centred**2).mean(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(scale > 0, centred / scale, 0.0)
+
+
+def fisher_ci(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """95% CI of Spearman's r: tanh(atanh r ± 1.96 sqrt(1.06 / (n - 3)))."""
+    half = Z95 * np.sqrt(SPEARMAN_SE / (n - 3))
+    z = np.arctanh(np.clip(r, -1 + 1e-15, 1 - 1e-15))
+    return np.tanh(z - half), np.tanh(z + half)
+
+
+def permutation_p(r: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """(1 + #{k: |null_k| >= |r|}) / (P + 1) against the sorted |r| of the shared null."""
+    if null.size == 0:
+        return np.full(r.shape, np.nan)
+    bound = np.abs(r) * (1 - _TIE)
+    count = null.size - np.searchsorted(null, np.where(np.isfinite(bound), bound, 0.0), side="left")
+    return np.where(np.isfinite(r), (1.0 + count) / (null.size + 1), np.nan)
+
+
+def boot_neurons(width: int) -> np.ndarray:
+    """The evenly spaced neurons whose r is bootstrapped (all of them in a narrow layer)."""
+    return np.unique(np.linspace(0, width - 1, min(width, BOOT_NEURONS)).round().astype(np.int64))
+
+
+def input_blocks(n_inputs: int) -> np.ndarray:
+    """[n_inputs] the bootstrap block of each input: BOOT_BLOCKS contiguous blocks of the
+    (shuffled) input order, one input each when there are at most BOOT_BLOCKS inputs."""
+    k = min(n_inputs, BOOT_BLOCKS)
+    return np.arange(n_inputs) * k // max(n_inputs, 1)
+
+
+def block_draws(n_inputs: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, blocks] how often each replicate draws each block (K draws with replacement
+    of the K blocks, from the `bootstrap` stream), float64."""
+    k = min(n_inputs, BOOT_BLOCKS)
+    draw = generator(seed, "bootstrap").integers(0, k, size=(n_boot, k)) + k * np.arange(n_boot)[:, None]
+    return np.bincount(draw.ravel(), minlength=n_boot * k).reshape(n_boot, k).astype(np.float64)
+
+
+def bootstrap_r(rx: np.ndarray, ry: np.ndarray, rows: np.ndarray, draws: np.ndarray, n_inputs: int) -> np.ndarray:
+    """[n_boot, c] Pearson r of fixed ranks rx, ry [n, c] (of inputs `rows`, in order) over
+    resampled blocks of inputs (`block_draws`): the five sums r needs, per block, weighted by
+    each replicate's draw counts, so a replicate costs blocks x c, not inputs x c."""
+    c, n_blocks = rx.shape[1], draws.shape[1]
+    block = input_blocks(n_inputs)[rows]  # ascending: rows are in input order
+    counts = np.bincount(block, minlength=n_blocks).astype(np.float64)  # kept inputs per block
+    present = counts > 0
+    sums = np.zeros((n_blocks, 5 * c))
+    values = np.concatenate([rx, ry, rx * rx, ry * ry, rx * ry], axis=1)
+    sums[present] = np.add.reduceat(values, np.searchsorted(block, np.flatnonzero(present)), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        moments = _product(draws, sums) / _product(draws, counts[:, None])
+        mx, my, xx, yy, xy = (moments[:, k * c : (k + 1) * c] for k in range(5))
+        cov, vx, vy = xy - mx * my, xx - mx**2, yy - my**2
+        return np.where((vx > 0) & (vy > 0), cov / np.sqrt(vx * vy), np.nan)
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b; a small one in numpy's own loop, where waking BLAS's threads costs more than the
+    product (7 ms against 0.1 ms for [200, 16] @ [16, 900] on a busy 2-core machine)."""
+    if a.shape[0] * a.shape[1] * b.shape[1] < SMALL_PRODUCT:
+        return np.einsum("bi,ij->bj", a, b)
+    return a @ b
+
+
+class CrossModal:
+    NAME = "xmodal"
+    REQUIRES: tuple[str, ...] = ()
+
+    @staticmethod
+    def applies(stat: str) -> bool:
+        return True
+
+    def __init__(self, ctx: Context, shared: Mapping[str, Accumulator]) -> None:
+        self.first, self.second = ctx.settings.contrast
+        self.settings, self.n_inputs, self.width = ctx.settings, ctx.n_inputs, ctx.width
+        self.blocks: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.boot: np.ndarray | None = None
+
+    def add(self, slab: Slab) -> None:
+        self.blocks.append((slab.start, np.asarray(slab.values[self.first], dtype=np.float32),
+                            np.asarray(slab.values[self.second], dtype=np.float32)))
+
+    def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input index [n], first [n, w], second [n, w]) in input order, inputs with a
+        missing value left out."""
+        ordered = sorted(self.blocks, key=lambda block: block[0])
+        rows = np.concatenate([np.arange(start, start + len(x)) for start, x, _ in ordered])
+        x = np.concatenate([x for _, x, _ in ordered])
+        y = np.concatenate([y for _, _, y in ordered])
+        keep = ~(np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1))
+        if keep.all():
+            return rows, x, y
+        return rows[keep], x[keep], y[keep]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        rows, x, y = self._values()
+        n, width = x.shape
+        out = {name: np.full(width, np.nan) for name in COLUMNS}
+        subset = boot_neurons(width)
+        self.boot = np.full((self.settings.n_boot, subset.size), np.nan, dtype=np.float32)
+        if n < 4:
+            return out
+        r, pearson = out["xmodal_r"], out["xmodal_pearson"]
+        draws = block_draws(self.n_inputs, self.settings.n_boot, self.settings.seed)
+        step = max(1, BLOCK_ELEMENTS // n)
+        for start in range(0, width, step):
+            part = slice(start, min(start + step, width))
+            rx, ry = _standardised(average_ranks(x[:, part])), _standardised(average_ranks(y[:, part]))
+            defined = (rx != 0).any(axis=0) & (ry != 0).any(axis=0)  # neither response constant
+            r[part] = np.where(defined, (rx * ry).mean(axis=0), np.nan)
+            pearson[part] = np.where(defined, (_standardised(x[:, part]) * _standardised(y[:, part])).mean(axis=0),
+                                     np.nan)
+            chosen = np.flatnonzero((subset >= part.start) & (subset < part.stop))  # bootstrapped here
+            if chosen.size and len(draws):
+                local = subset[chosen] - part.start
+                self.boot[:, chosen] = bootstrap_r(rx[:, local], ry[:, local], rows, draws, self.n_inputs)
+        out["xmodal_ci_low"], out["xmodal_ci_high"] = fisher_ci(r, n)
+        out["xmodal_p"] = permutation_p(r, null_abs_r(n, self.settings.n_perm, self.settings.seed))
+        return out
+
+    def layer_outputs(self) -> dict[str, np.ndarray]:
+        """What the layer summary needs beyond Table 3: `boot_r` [n_boot, m] (bootstrap r of
+        the neurons `boot_neurons(width)`) and those neurons' indices."""
+        boot = self.boot if self.boot is not None else np.zeros((0, 0), np.float32)
+        return {"boot_r": boot, "boot_neurons": boot_neurons(self.width)}
+
+    def state_dict(self) -> dict[str, object]:
+        return {"blocks": self.blocks}
+
+    def merge(self, other: "CrossModal") -> None:
+        """Shards hold disjoint inputs: their blocks are put back in input order at the end."""
+        self.blocks = self.blocks + other.blocks
+
+
+STATISTIC = CrossModal
