@@ -58,6 +58,7 @@ def test_plot_keeps_the_figure_file_names_and_shares_one_plotlyjs(small_study):
     expected = [PLOTLYJS] + [f"{kind}_{site}{suffix}.html" for site in SITES for kind in ("figure1", "figure2")
                              for suffix in ["", *(f"_{s}" for s in stats)]]
     expected += [f"significant_{site}.html" for site in SITES]
+    expected += [f"figure3_alignment_{site}.html" for site in SITES]
     assert names == sorted(expected)
     html = (small_study / "figures" / "figure2_mlp.html").read_text()
     assert re.findall(r'<script[^>]*\bsrc="([^"]+)"', html) == [PLOTLYJS] and len(html) < 100_000
