@@ -47,7 +47,6 @@ def test_the_analyze_stage_table_equals_alignment_by_hand_on_the_stored_arrays(s
     assert set(table["stat"]) == {"mean"} and set(table["contrast"]) == {"text - image"}
     assert table.loc[table["measure"] == "cka", "chance"].isna().all()
     assert (table.loc[table["measure"] == "mutual_knn", "chance"] == 10 / 15).all()  # k / (n - 1), 16 pairs
-    pd.testing.assert_frame_equal(run_alignment(store, SMALL), table)
     for site in store.sites:
         for layer in range(store.n_layers):
             x, y = (store.read_layer(site, c, "mean", layer) for c in ("text", "image"))

@@ -18,9 +18,15 @@ Cost. The measures compare every pair with every pair, so a layer costs O(n² d)
 its Gram, similarity and neighbour matrices (n pairs, d neurons), O(B n²) for B bootstrap
 replicates (matrix products), O(P n²) for CKA's P shuffled pairings (a gather of n²
 elements each: the dominant term at scale) and O((B + P) n k) for k-NN and retrieval's null.
-Measured on this project's 2-core box (one layer, random float16 activations, d = 4,096,
-B = P = 1,000): see `COST` below and the README; memory peaks near 16 n² bytes plus the
-layer itself in float64 (0.4 GB + 2 x 0.44 GB at n = 5,000, d = 11,008).
+Measured (run_alignment on a one-layer float16 store of random activations, d = 4,096,
+B = P = 1,000, the 2-core dev box, CPU seconds, which stay put when the box is shared):
+n = 1,000: 13.9 s (CKA 8.2, k-NN 4.3, retrieval 1.2); n = 2,000: 55.8 s (CKA 37.8, k-NN
+10.9, retrieval 6.6), i.e. n² from there. Extrapolated to LLaVA-1.5-7B with 5,000 pairs:
+about 350 CPU s per layer and site (CKA's null alone about 200 s: ~0.2 s per pairing, a
+single-threaded gather; the n² d products add ~35 s at the MLP's 11,008 neurons, ~50 GFLOP/s
+per core), so 64 layer-sites cost ~6 CPU hours, more than half of it CKA's null.
+Memory peaks near 16 n² bytes plus the layer itself in float64 (0.4 GB + 2 x 0.44 GB at
+n = 5,000, d = 11,008).
 """
 
 from __future__ import annotations
@@ -38,9 +44,6 @@ DEFAULT_STAT = "mean"
 K = 10  # mutual k-NN's neighbours (Huh et al. 2024 use 10)
 COLUMNS = ("site", "layer", "stat", "measure", "value", "ci_low", "ci_high", "null_low", "null_high", "p_value",
            "chance", "n_pairs", "k", "n_boot", "n_null", "contrast")
-# Seconds per layer of run_alignment's arithmetic (alignment_with_uncertainty) on this project's
-# 2-core box, d = 4,096 random float16 values, B = P = 1,000; (n pairs: seconds).
-COST = {1000: None, 2000: None}
 
 
 def layer_pairs(store: ActivationStore, site: str, layer: int, stat: str,

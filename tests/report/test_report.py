@@ -20,7 +20,8 @@ from modalscope.report import facts
 from modalscope.report.page import REPORT
 
 SITES = ("residual", "mlp")
-# Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts.
+# Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts,
+# Figure 3 (the layer alignment).
 FIGURES = (("figure2", ""), ("figure1", "_all_layers"), ("figure1", ""), ("significant", ""))
 
 
@@ -34,7 +35,8 @@ def test_run_study_writes_one_offline_page_with_plotlyjs_embedded_once(small_stu
     assert html.count(f"plotly.js v{get_plotlyjs_version()}") == 1  # the bundle, once
     assert not re.search(r"<script[^>]*\bsrc=", html) and "<link" not in html
     graphs = re.findall(r'<div id="(fig-[^"]+)" class="plotly-graph-div"', html)
-    assert graphs == [f"fig-{kind}_{site}{part}" for site in SITES for kind, part in FIGURES]
+    assert graphs == [name for site in SITES for name in
+                      [f"fig-{kind}_{site}{part}" for kind, part in FIGURES] + [f"fig-figure3_alignment_{site}"]]
     links = [link for link in _links(html) if not link.startswith("#")]
     assert links, "no links to the tables"
     for link in links:
