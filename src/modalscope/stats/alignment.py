@@ -23,7 +23,8 @@ and one `permutation(n)` per pairing, the same draws for all three measures.
 Cost and memory (n pairs, d neurons): the measures need every pair against every pair, so
 n×n arrays are unavoidable, but they are held a measure at a time (CKA's two centred Gram
 matrices, then retrieval's similarities and its two int32 rank matrices: ~16 n² bytes at
-peak, 0.4 GB at n = 5,000; k-NN keeps only [n, 2k + 40] neighbour lists), and every other
+peak, 0.4 GB at n = 5,000; k-NN keeps [n, 2k + 40] neighbour lists and, for its null, an
+n x n bool table of text neighbourhoods), and every other
 temporary is kept to about BLOCK_ELEMENTS. Time: O(n² d) to build them, then O(B n²)
 for B bootstrap replicates of CKA and retrieval (matrix products), O(P n²) gathers for P
 CKA null pairings and O(n k²) per replicate or pairing for k-NN and retrieval's null.
