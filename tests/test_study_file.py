@@ -31,7 +31,7 @@ def _every_field_set(tmp_path: Path, coco_files) -> StudyConfig:
         dtype="bfloat16", device_map="auto", quantization="4bit", batch_size=3, sort_window=2, workers=1,
         num_pairs=9, seed=5, sites=("mlp",), tokens="all", conditions=("text", "image", "image_text"), contrast="image-text",
         stats=("max", "mean", "quantile"), stat="mean", quantile=0.75, store_dtype="float32", fdr="by", n_perm=300, n_boot=400,
-        outlier_factor=12.5, long_tables="never", csv=True, png=False, progress=False,
+        outlier_factor=12.5, alignment_stat="max", long_tables="never", csv=True, png=False, progress=False,
     )
 
 

@@ -40,7 +40,7 @@ DIR/study.toml --out NEW` repeats it. Flags given on the command line beat the f
 FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dtype", "device_map",
                "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
                "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "store_dtype", "conditions",
-               "contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
+               "contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png")
 FORCE_HELP = ("start even when the free disk under DIR looks too small for the store's estimate "
               "(`modalscope plan` prints it) (default: off)")
 CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run writes DIR/study.toml): "
@@ -241,6 +241,10 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
                    help="bootstrap resamples of inputs for the trend's CI, at least 200 (default: 1000)")
     g.add_argument("--outlier-factor", type=float, default=100.0, metavar="F",
                    help="flag neurons whose max |activation| exceeds F times the layer median (default: 100)")
+    g.add_argument("--alignment-stat", choices=ALL_STATS, default="mean",
+                   help="reduction whose per-pair population vectors the layer alignment (CKA, mutual k-NN, "
+                        "retrieval; tables/alignment.parquet) compares between the contrasted conditions "
+                        "(default: mean)")
 
 
 # The output options, by the stage that uses them (`_output_options(p, ...)` adds those named).
@@ -515,7 +519,7 @@ def _cmd_demo(args: argparse.Namespace, started: float) -> None:
     from modalscope.demo import demo_config
 
     keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
-            "n_boot", "outlier_factor", "stat", "long_tables", "csv", "png")
+            "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     config = demo_config(args.out, progress=not args.quiet, **overrides)
     _report(study.run_study(config), started)

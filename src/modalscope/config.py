@@ -46,6 +46,7 @@ class StudyConfig:
     n_perm: int = 1000
     n_boot: int = 1000
     outlier_factor: float = 100.0
+    alignment_stat: str = "mean"  # the reduction the layer alignment compares (layer_alignment.py)
     long_tables: LongTables = "auto"
     csv: bool = False
     png: bool = True
@@ -87,6 +88,8 @@ class StudyConfig:
             raise ValueError(f"--stats {','.join(unknown)}: choose from {', '.join(ALL_STATS)}")
         if self.stat not in self.stats:
             raise ValueError(f"--stat {self.stat}: choose one of the recorded {', '.join(self.stats)}")
+        if self.alignment_stat not in self.stats:
+            raise ValueError(f"--alignment-stat {self.alignment_stat}: choose one of the recorded {', '.join(self.stats)}")
         bad = [c for c in self.conditions if c not in CONDITIONS]
         if bad:
             raise ValueError(f"--conditions {','.join(bad)}: choose from {', '.join(CONDITIONS)}")

@@ -35,8 +35,8 @@ from modalscope.data.validate import Prepare, select_usable
 from modalscope.seeds import record as seed_streams
 from modalscope.store import STORE, ActivationStore
 from modalscope.tables import (
-    INPUT_LAYERS, INPUT_LAYERS_VS_BASE, LAYERS, LAYERS_VS_BASE, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT, SUMMARY,
-    TABLE3, long_table_csv, table1_rows, write_frame, write_json, write_long_tables,
+    ALIGNMENT, INPUT_LAYERS, INPUT_LAYERS_VS_BASE, LAYERS, LAYERS_VS_BASE, LONG_TABLE_AUTO_LIMIT, SIGNIFICANT,
+    SUMMARY, TABLE3, long_table_csv, table1_rows, write_frame, write_json, write_long_tables,
 )
 
 LIBRARIES = ("modalscope", "torch", "transformers", "tokenizers", "numpy", "scipy", "zarr", "pyarrow", "plotly")
@@ -388,15 +388,17 @@ def prepare_manifest_ranked(config: StudyConfig, prepare: Prepare | None = None,
 
 # 4-5. Statistics and tables ----------------------------------------------------------------
 def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Path], str | None]:
-    """Tables 1-3, the layer summary and summary.json into DIR/tables, replacing every output
-    of an earlier analysis (a table not written now, or a CSV copy without --csv, is removed).
+    """Tables 1-3, the layer summary, the layer alignment of the two modalities (alignment.parquet,
+    layer_alignment.py) and summary.json into DIR/tables, replacing every output of an earlier
+    analysis (a table not written now, or a CSV copy without --csv, is removed).
     Each Parquet table carries the study's settings and versions in its schema metadata;
-    summary.json gains per site the headline sentence; study.json and DIR/study.toml take the
-    analysis settings, its wall time and versions.
+    summary.json gains per site the headline sentence and where each alignment measure peaks;
+    study.json and DIR/study.toml take the analysis settings, its wall time and versions.
 
     Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
     """
     from modalscope.analysis import AnalysisSettings, run_analysis
+    from modalscope.layer_alignment import alignment_summary, run_alignment
     from modalscope.provenance import record_stage, table_provenance
     from modalscope.report.headline import headline
     from modalscope.stats.layer_summary import significance_table
@@ -419,12 +421,16 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
             if trend is not None:
                 trend.update(data_counts(config.out_dir))
                 trend["headline"] = headline(site, trend)
+    alignment = run_alignment(store, settings, config.alignment_stat)  # where words and pixels meet
+    for site, entry in result.summary.items():
+        entry["alignment"] = alignment_summary(alignment, site)
     meta = table_provenance(store, " - ".join(contrast), config)
     paths = [
         write_frame(result.neurons, tables_dir / TABLE3, config.csv, meta),
         write_frame(result.layers, tables_dir / LAYERS, config.csv, meta),
         write_frame(result.input_means, tables_dir / INPUT_LAYERS, config.csv, meta),
         write_frame(significance_table(result.layers, store.stats), tables_dir / SIGNIFICANT, config.csv, meta),
+        write_frame(alignment, tables_dir / ALIGNMENT, config.csv, meta),
         write_json(result.summary, tables_dir / SUMMARY),
     ]
     base_tables = {LAYERS_VS_BASE: "layers", INPUT_LAYERS_VS_BASE: "input_means"}
@@ -658,7 +664,7 @@ def update_study_file(out_dir: Path, settings: dict[str, object]) -> Path | None
 
 
 # The settings each stage run alone owns in study.json's `config` (and DIR/study.toml).
-ANALYSIS_FIELDS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "long_tables", "csv")
+ANALYSIS_FIELDS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "long_tables", "csv", "alignment_stat")
 PLOT_FIELDS = ("png", "stat")  # in this order: plot_stage's arguments
 
 

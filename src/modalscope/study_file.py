@@ -107,6 +107,8 @@ KEYS: tuple[Key, ...] = (
         field="n_boot"),
     Key("statistics", "outlier_factor", "float", "flag neurons whose max |activation| exceeds this times "
         "the layer median"),
+    Key("statistics", "alignment_stat", "str", "the reduction whose per-pair population vectors the layer "
+        "alignment (CKA, mutual k-NN, retrieval) compares between the contrasted conditions"),
     Key("output", "out", "path", "the study folder", field="out_dir"),
     Key("output", "stat", "str", "the reduction the headline figures lead with"),
     Key("output", "long_tables", "str", "Tables 1-2 (a row per input x layer x neuron): auto (<= 50M rows), "

@@ -45,6 +45,7 @@ INPUT_LAYERS = "input_layer_means.parquet"
 SUMMARY = "summary.json"
 # Δ_base = text - text_base (the base LLM contrast), written when the store recorded text_base.
 LAYERS_VS_BASE = "layers_vs_base.parquet"
+ALIGNMENT = "alignment.parquet"  # layer alignment of the two modalities (layer_alignment.py)
 INPUT_LAYERS_VS_BASE = "input_layer_means_vs_base.parquet"
 LONG_TABLE_AUTO_LIMIT = 50_000_000  # rows of Table 1 written by default
 

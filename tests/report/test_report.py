@@ -21,7 +21,7 @@ from modalscope.report.page import REPORT
 
 SITES = ("residual", "mlp")
 # Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts,
-# the cross-modal r per layer and the cohen_d vs xmodal_r scatter.
+# the cross-modal r per layer and the cohen_d vs xmodal_r scatter (Figure 3, the layer alignment, follows).
 FIGURES = (("figure2", ""), ("figure1", "_all_layers"), ("figure1", ""), ("significant", ""), ("xmodal_r", ""),
            ("xmodal_scatter", ""))
 
@@ -36,7 +36,8 @@ def test_run_study_writes_one_offline_page_with_plotlyjs_embedded_once(small_stu
     assert html.count(f"plotly.js v{get_plotlyjs_version()}") == 1  # the bundle, once
     assert not re.search(r"<script[^>]*\bsrc=", html) and "<link" not in html
     graphs = re.findall(r'<div id="(fig-[^"]+)" class="plotly-graph-div"', html)
-    assert graphs == [f"fig-{kind}_{site}{part}" for site in SITES for kind, part in FIGURES]
+    assert graphs == [name for site in SITES for name in
+                      [f"fig-{kind}_{site}{part}" for kind, part in FIGURES] + [f"fig-figure3_alignment_{site}"]]
     links = [link for link in _links(html) if not link.startswith("#")]
     assert links, "no links to the tables"
     for link in links:
@@ -61,6 +62,7 @@ def test_plot_keeps_the_figure_file_names_and_shares_one_plotlyjs(small_study):
                              for suffix in ["", *(f"_{s}" for s in stats)]]
     expected += [f"significant_{site}.html" for site in SITES]
     expected += [f"xmodal_{kind}_{site}.html" for site in SITES for kind in ("r", "scatter")]
+    expected += [f"figure3_alignment_{site}.html" for site in SITES]
     assert names == sorted(expected)
     html = (small_study / "figures" / "figure2_mlp.html").read_text()
     assert re.findall(r'<script[^>]*\bsrc="([^"]+)"', html) == [PLOTLYJS] and len(html) < 100_000

@@ -7,7 +7,8 @@ the headline reduction, `figure{1,2}_{site}_{stat}` for each other one, `signifi
 and, when the study recorded the base LLM's text stream, `figure2_{site}_vs_base`: Figure 2 of
 Δ_base = text − text_base (tables/layers_vs_base.parquet, summary.json's `vs_base`); when
 Table 3 has the cross-modal columns, `xmodal_r_{site}` (r per layer) and `xmodal_scatter_{site}`
-(cohen_d vs xmodal_r per layer) for the headline reduction.
+(cohen_d vs xmodal_r per layer) for the headline reduction; `figure3_alignment_{site}`: the
+layer alignment of the two modalities (tables/alignment.parquet).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from modalscope.figures.alignment import figure_alignment
 from modalscope.figures.histograms import figure1
 from modalscope.figures.significance import figure_significant
 from modalscope.figures.style import contrast_label
@@ -25,9 +27,10 @@ from modalscope.figures.trend import figure2
 from modalscope.figures.xmodal import figure_xmodal_r, figure_xmodal_scatter, has_xmodal
 from modalscope.stats.columns import as_unsuffixed
 from modalscope.store import STORE
-from modalscope.tables import LAYERS, LAYERS_VS_BASE, SIGNIFICANT, SUMMARY, TABLE3, read_summary
+from modalscope.tables import ALIGNMENT, LAYERS, LAYERS_VS_BASE, SIGNIFICANT, SUMMARY, TABLE3, read_summary
 
 VS_BASE = "_vs_base"  # file stem suffix of the base-LLM contrast's figures
+ALIGNMENT_FIGURE = "figure3_alignment_"  # + site: the layer alignment's file stem
 
 
 @dataclass
@@ -39,6 +42,7 @@ class StudyTables:
     counts: pd.DataFrame  # significant_neurons: site, stat, layer, n_text_preferring, ...
     summary: dict  # summary.json: per site, the layer trend
     layers_vs_base: pd.DataFrame | None = None  # layers_vs_base: Δ_base = text − text_base, if analysed
+    alignment: pd.DataFrame | None = None  # alignment.parquet: text vs image per site x layer x measure
 
     @classmethod
     def read(cls, out_dir: Path) -> "StudyTables":
@@ -50,8 +54,9 @@ class StudyTables:
         if missing:
             raise FileNotFoundError(f"{tables}: no {', '.join(missing)}; run `modalscope analyze {out_dir}` first")
         base = pd.read_parquet(tables / LAYERS_VS_BASE) if (tables / LAYERS_VS_BASE).exists() else None
+        alignment = pd.read_parquet(tables / ALIGNMENT) if (tables / ALIGNMENT).exists() else None
         return cls(pd.read_parquet(tables / TABLE3), pd.read_parquet(tables / LAYERS),
-                   pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY), base)
+                   pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY), base, alignment)
 
     @property
     def sites(self) -> list[str]:
@@ -94,6 +99,10 @@ class StudyTables:
     def contrast_vs_base(self, site: str) -> str:
         """'text − text_base', as summary.json's `vs_base` entry names it."""
         return contrast_label(self.summary[site]["vs_base"].get("contrast", "text - text_base"))
+
+    def has_alignment(self, site: str) -> bool:
+        """Whether the analysis measured the layer alignment at `site` (an older one did not)."""
+        return self.alignment is not None and site in set(self.alignment["site"].astype(str))
 
 
 def comparison(stats: list[str], shown: str) -> str | None:
@@ -152,4 +161,6 @@ def study_figures(tables: StudyTables, stat: str = "max") -> dict[str, go.Figure
         figures.update({name: fig for name, fig in headline.items() if name.startswith("xmodal_")})
         if tables.has_vs_base(site):
             figures[f"figure2_{site}{VS_BASE}"] = figure2_vs_base(tables, site, stat)
+        if tables.has_alignment(site):
+            figures[f"{ALIGNMENT_FIGURE}{site}"] = figure_alignment(tables.alignment, site)
     return figures

@@ -92,7 +92,7 @@ def write_plotlyjs(directory: Path) -> Path:
     return atomic_write(path, data)
 
 
-FIGURE_KINDS = ("figure1_", "figure2_", "significant_", "xmodal_")  # the stems `modalscope plot` writes
+FIGURE_KINDS = ("figure1_", "figure2_", "significant_", "xmodal_", "figure3_")  # the stems `modalscope plot` writes
 
 
 def owned_figure_files(figures_dir: Path) -> list[Path]:

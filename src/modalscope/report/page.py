@@ -24,7 +24,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from modalscope.demo import RANDOM_WEIGHTS_TITLE
-from modalscope.figures.assemble import VS_BASE, StudyTables, comparison, figure2_vs_base, headline_figures
+from modalscope.figures.alignment import figure_alignment
+from modalscope.figures.assemble import (
+    ALIGNMENT_FIGURE, VS_BASE, StudyTables, comparison, figure2_vs_base, headline_figures,
+)
 from modalscope.figures.export import HTML_CONFIG, atomic_write, plotlyjs_bytes
 from modalscope.figures.histograms import figure1_static
 from modalscope.figures.style import (
@@ -238,6 +241,16 @@ def _xmodal_section(figs: dict[str, go.Figure], site: str, trend: dict, contrast
 
 
 FORGETTING_TITLE = "Text-only forgetting (Δ = text − text_base)"
+ALIGNMENT_NOTE = (
+    "How alike a layer's codes of the same pairs are when they arrive as words and as pixels (1: the same), "
+    "from each pair's population vector (reduction {stat}), three views from loose to strict. Left: linear CKA, "
+    "the same geometry up to a rotation and a scale. Middle: mutual k-NN, the share of a pair's 10 nearest pairs "
+    "in text space that are also among its 10 nearest in image space. Right: retrieval, whether a caption's own "
+    "image is its nearest image by cosine in the same neurons (top-1), and the mean of 1/its rank (MRR). "
+    f"Coloured bands: the bootstrap 95% CI over pairs; {COLOUR_NAMES[PURPLE]} with a dotted edge: where the "
+    "measure falls when captions and images are paired at random (the shuffled-pairing null); grey dashed: "
+    "chance. A line above its null band is alignment that unrelated pairs do not give. Read CKA against its null "
+    "band, not against 0: with many neurons and few pairs it is high even for unrelated pairs (docs/method.md).")
 
 
 def _forgetting_paragraph(facts: Forgetting, model: str) -> str:
@@ -272,6 +285,24 @@ def _forgetting_section(tables: StudyTables, site: str, stat: str, facts: Forget
         f'<h3 id="forgetting-{_esc(site)}">{_esc(FORGETTING_TITLE)}</h3>',
         f'<p class="note">{_forgetting_paragraph(facts, model)}</p>',
         _figure(figure2_vs_base(tables, site, stat), f"figure2_{site}{VS_BASE}"),
+    ])
+
+
+def _alignment_section(tables: StudyTables, site: str) -> str:
+    """Figure 3 and, per measure, the layer where it peaks (summary.json's `alignment`)."""
+    entry = tables.summary.get(site, {}).get("alignment", {})
+    rows = {measure: {"peak layer": facts.get("peak_layer"), "value": facts.get("value"),
+                      "95% CI": (f"{facts['ci_low']:.3g} to {facts['ci_high']:.3g}" if "ci_low" in facts else "—"),
+                      "p": facts.get("p_value"), "chance": facts.get("chance"),
+                      "first layer above null": facts.get("first_layer_above_null")}
+            for measure, facts in entry.get("measures", {}).items()}
+    peaks = _table(pd.DataFrame.from_dict(rows, orient="index"), index="measure", cls="compact") if rows else ""
+    return "\n".join([
+        f'<h3 id="alignment-{_esc(site)}">Figure 3: where words and pixels meet (layer alignment)</h3>',
+        f'<p class="note">{ALIGNMENT_NOTE.format(stat=_esc(entry.get("stat", "mean")))}</p>',
+        _figure(figure_alignment(tables.alignment, site), f"{ALIGNMENT_FIGURE}{site}"),
+        '<p class="note">Per measure, the layer where it peaks (both retrieval directions, top-5 too), and the '
+        "first layer whose value lies above its null band:</p>", peaks,
     ])
 
 
@@ -310,6 +341,7 @@ def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | 
           for title, top in ((f"{_esc(up)} (Δ &gt; 0)", text), (f"{_esc(down)} (Δ &lt; 0)", image))),
         "</div>",
         *_xmodal_section(figs, site, _xmodal_trend(tables, site, stat), contrast),
+        *([_alignment_section(tables, site)] if tables.has_alignment(site) else []),
         *([_forgetting_section(tables, site, stat, base, model)] if base is not None else []),
         "</section>",
     ])
@@ -345,6 +377,9 @@ def _files_section(out_dir: Path, sites: list[str], stat: str) -> str:
 
 def _figure_what(stem: str, sites: list[str], stat: str) -> str:
     """'figure2_mlp_matched_max' -> 'Figure 2 (layer trend), site mlp, reduction matched_max'."""
+    if stem.startswith(ALIGNMENT_FIGURE):  # 'figure3_alignment_mlp'
+        site = stem.removeprefix(ALIGNMENT_FIGURE)
+        return f"Figure 3 (layer alignment of the two modalities), site {site}" if site in sites else ""
     kind, _, rest = stem.partition("_")
     if kind == "figure2" and rest.endswith(VS_BASE):  # 'figure2_mlp_vs_base'
         site = rest.removesuffix(VS_BASE)
