@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     "summary": "per site: the layer trend with bootstrap CI and sign-flip p",
     "layers_vs_base": "per site × layer: the same for Δ_base = text − text_base (the base LLM)",
     "input_layer_means_vs_base": "per input: the layer mean of Δ_base = text − text_base",
+    "top_pairs": "per neuron and stream: the 8 pairs with the highest response (the neuron cards)",
 }
 
 
