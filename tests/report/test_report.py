@@ -35,7 +35,7 @@ def test_run_study_writes_one_offline_page_with_plotlyjs_embedded_once(small_stu
     assert not re.search(r"<script[^>]*\bsrc=", html) and "<link" not in html
     graphs = re.findall(r'<div id="(fig-[^"]+)" class="plotly-graph-div"', html)
     assert graphs == [f"fig-{kind}_{site}{part}" for site in SITES for kind, part in FIGURES]
-    links = [link for link in _links(html) if not link.startswith(("#", "data:image/jpeg;base64,"))]  # cards' thumbnails
+    links = [link for link in _links(html) if not link.startswith(("#", "data:image/jpeg;base64,"))]  # thumbnails
     assert links, "no links to the tables"
     for link in links:
         assert "://" not in link and not link.startswith("/"), link  # relative: the folder can move

@@ -4,7 +4,8 @@ Why: Δ and t say which modality drives a neuron harder on average, not what dri
 shows the pairs with its highest responses in each contrasted stream (from
 tables/top_pairs.parquet), its Δ, t, q, d_z and, when the analysis measured it, the cross-modal
 correlation xmodal_r, and marks the pairs that are in both top sets: a neuron whose strongest
-captions and strongest images are the same pairs answers to the scene, not to the modality.
+captions and strongest images are the same pairs may answer to the scene rather than to the
+modality (a hint for a few pairs; the cross-modal correlation over all pairs is the measure).
 
 The same HTML fragment stands alone (`modalscope neuron`, `card_page`) and sits in the report
 (`report_cards`). Every value from the study is HTML-escaped; images are embedded thumbnails.
@@ -21,11 +22,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from modalscope.cards.table import (
-    TOP_PAIRS, layer_rows, layer_top, neuron_top_pairs, sites_top_pairs, top_empty,
+    TOP_PAIRS, layer_rows, layer_top, neuron_top_pairs, sites_top_pairs,
 )
 from modalscope.cards.thumbnails import REPORT_SIZE, Thumbnails
 from modalscope.figures.style import contrast_label, format_p, preferring
 from modalscope.stats.columns import column
+from modalscope.stats.top_pairs import DEFAULT_K
 from modalscope.tables import TABLE3, read_provenance
 
 SIGNIFICANT_Q = 0.05
@@ -104,15 +106,15 @@ class Pairs:
         self.images = dict(zip(manifest["input_index"].tolist(), manifest["image_path"].tolist()))
 
 
-def card_from(row: pd.Series, stat: str, contrast: str, top: pd.DataFrame, pairs: Pairs) -> NeuronCard:
+def card_from(row: pd.Series, stat: str, contrast: str, top: list[dict], pairs: Pairs) -> NeuronCard:
     """A card from the neuron's Table 3 row, its rows of top_pairs and the manifest's pairs."""
     numbers = {name: (row[column(name, stat)] if column(name, stat) in row.index else None) for name, _ in NUMBERS}
     sets: dict[str, list[TopPair]] = {}
-    for modality, rank, index, pair_id, value in zip(top["modality"].astype(str), top["rank"].tolist(),
-                                                     top["input_index"].tolist(), top["pair_id"].astype(str),
-                                                     top["value"].tolist()):
-        sets.setdefault(modality, []).append(TopPair(rank, index, pair_id, value, str(pairs.captions.get(index, "")),
-                                                     str(pairs.images.get(index) or "")))
+    for r in top:
+        index = int(r["input_index"])
+        sets.setdefault(str(r["modality"]), []).append(TopPair(
+            int(r["rank"]), index, str(r["pair_id"]), float(r["value"]), str(pairs.captions.get(index, "")),
+            str(pairs.images.get(index) or "")))
     return NeuronCard(str(row["site"]), int(row["layer"]), int(row["neuron"]), stat, contrast_label(contrast),
                       numbers, sets)
 
@@ -205,6 +207,8 @@ def neuron_card(out_dir: Path, site: str, layer: int, neuron: int, top: int | No
     more pairs than top_pairs.parquet holds are read from the store."""
     from modalscope.data.manifest import load_manifest
 
+    if top is not None and top < 1:
+        raise ValueError(f"--top {top}: must be at least 1")
     out_dir = Path(out_dir)
     table3 = out_dir / "tables" / TABLE3
     if not table3.exists():
@@ -214,13 +218,12 @@ def neuron_card(out_dir: Path, site: str, layer: int, neuron: int, top: int | No
     meta = read_provenance(path).get("top_pairs", {}) if path.exists() else {}
     stat, k = meta.get("stat", "max"), int(meta.get("k", 0))
     contrast = str(row.get("contrast", "text - image"))
+    streams = meta.get("modalities") or [s.strip() for s in contrast.split(" - ")]
     rows = neuron_top_pairs(path, site, layer, neuron) if path.exists() else None
-    if top is not None and top < 1:
-        raise ValueError(f"--top {top}: must be at least 1")
     if rows is None or (top is not None and top > k):
-        rows = _from_store(out_dir, site, layer, neuron, stat, contrast, top or 8)
+        rows = _from_store(out_dir, site, layer, neuron, stat, streams, top or DEFAULT_K)
     elif top is not None:
-        rows = rows[rows["rank"] < top].reset_index(drop=True)
+        rows = [r for r in rows if r["rank"] < top]
     return card_from(row, stat, contrast, rows, Pairs(load_manifest(out_dir)[0]))
 
 
@@ -240,16 +243,16 @@ def _table3_row(path: Path, site: str, layer: int, neuron: int) -> pd.Series:
     return frame.iloc[0]
 
 
-def _from_store(out_dir: Path, site: str, layer: int, neuron: int, stat: str, contrast: str, k: int) -> pd.DataFrame:
+def _from_store(out_dir: Path, site: str, layer: int, neuron: int, stat: str, streams: list[str],
+                k: int) -> list[dict]:
     import numpy as np
     import pyarrow as pa
 
     from modalscope.store import STORE, ActivationStore
 
     store = ActivationStore.read(out_dir / STORE)
-    streams = [s.strip() for s in contrast.split(" - ")]
     tops = {c: layer_top(store, site, layer, c, stat, k, neurons=[neuron]) for c in streams}
-    return layer_rows(site, layer, tops, np.asarray([neuron]), pa.array(store.pair_ids()), stat).to_pandas()
+    return layer_rows(site, layer, tops, np.asarray([neuron]), pa.array(store.pair_ids()), stat).to_pylist()
 
 
 # The report's cards ---------------------------------------------------------------------------
@@ -298,8 +301,8 @@ def report_cards(out_dir: Path, neurons: pd.DataFrame, sites: list[str], per_kin
             if rows.empty:
                 parts.append(f'<p class="note">{_esc(kind)}: no neuron with q &lt; {SIGNIFICANT_Q}.</p>')
             for _, row in rows.iterrows():
-                mine = top.get((int(row["layer"]), int(row["neuron"])))
-                card = card_from(row, stat, contrast, top_empty() if mine is None else mine, pairs)
+                mine = top.get((int(row["layer"]), int(row["neuron"])), [])
+                card = card_from(row, stat, contrast, mine, pairs)
                 parts.append(render_card(card, thumbs, heading=kind, explain=False))
     parts.append("</section>")
     return "\n".join(parts)

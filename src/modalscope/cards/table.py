@@ -8,8 +8,10 @@ study's headline reduction (`--stat`, max by default) and the two streams of its
 Layout: long, one row per site x layer x neuron x modality x rank, sorted in that order, with
 the input's index and pair id and its response. At LLaVA-1.5-7B widths (32 layers x (4,096 +
 11,008) neurons x 2 streams x k = 8) that is 7.7 M rows; dictionary-encoded strings and narrow
-integers keep it at about 6 bytes a row on disk (measured: see the README), so the long layout
-stays: it reads with one filter per neuron and joins Table 3 on its keys. A neuron has fewer
+integers keep it at about 10 bytes a row on disk (~80 MB with 5,000 pairs, measured on synthetic
+values; Table 3 is larger), so the long layout stays: it reads with one filter per neuron and
+joins Table 3 on its keys. (Most of those bytes are the values and the two input columns, which
+no layout can drop: a wide one, a row per neuron with lists, would save little.) A neuron has fewer
 than k rows of a stream only when fewer than k inputs have a response there (NaN is never
 ranked). Memory: a [k, neuron] state per layer and one read of at most READ_BYTES; the file is
 written one (site, layer) row group at a time.
@@ -21,7 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -132,24 +133,35 @@ def top_pairs_stat(stat: str, store: ActivationStore) -> str:
     return stat if stat in store.stats else "max"
 
 
-def neuron_top_pairs(path: Path, site: str, layer: int, neuron: int) -> pd.DataFrame:
-    """The rows of one neuron, in the file's order (the contrast's streams, then rank)."""
-    rows = sites_top_pairs(path, site, [layer], [neuron]).get((layer, neuron))
-    return top_empty() if rows is None else rows
+def neuron_top_pairs(path: Path, site: str, layer: int, neuron: int) -> list[dict]:
+    """The rows of one neuron (dicts of the table's columns), in the file's order: the contrast's
+    streams, then rank; [] when the table lacks it."""
+    return sites_top_pairs(path, site, [layer], [neuron]).get((layer, neuron), [])
 
 
 def sites_top_pairs(path: Path, site: str, layers: Sequence[int],
-                    neurons: Sequence[int]) -> dict[tuple[int, int], pd.DataFrame]:
-    """{(layer, neuron): its rows} for some neurons of one site, in one read of the table."""
-    if not len(layers):
+                    neurons: Sequence[int]) -> dict[tuple[int, int], list[dict]]:
+    """{(layer, neuron): its rows} for some neurons of one site, in one read of the row groups
+    that can hold them (each holds one site and layer: see `write_top_pairs`)."""
+    import pyarrow.compute as pc
+
+    wanted = set(map(int, layers))
+    if not wanted:
         return {}
-    filters = [("site", "==", site), ("layer", "in", sorted(set(map(int, layers)))),
-               ("neuron", "in", sorted(set(map(int, neurons))))]
-    frame = pq.read_table(path, filters=filters).to_pandas()
-    return {(int(layer), int(neuron)): rows.reset_index(drop=True)
-            for (layer, neuron), rows in frame.groupby(["layer", "neuron"], sort=False)}
+    reader = pq.ParquetFile(path)
+    layer_at = reader.schema_arrow.get_field_index("layer")
+    groups = [g for g in range(reader.num_row_groups)
+              if _may_hold(reader.metadata.row_group(g).column(layer_at).statistics, wanted)]
+    table = reader.read_row_groups(groups) if groups else SCHEMA.empty_table()
+    keep = pc.and_(pc.equal(table["site"].cast(pa.string()), site),
+                   pc.and_(pc.is_in(table["layer"], pa.array(sorted(wanted), pa.int16())),
+                           pc.is_in(table["neuron"], pa.array(sorted(set(map(int, neurons))), pa.int32()))))
+    out: dict[tuple[int, int], list[dict]] = {}
+    for row in table.filter(keep).to_pylist():
+        out.setdefault((row["layer"], row["neuron"]), []).append(row)
+    return out
 
 
-def top_empty() -> pd.DataFrame:
-    """No rows (a neuron the table lacks)."""
-    return SCHEMA.empty_table().to_pandas()
+def _may_hold(stats, layers: set[int]) -> bool:
+    return stats is None or not stats.has_min_max or any(stats.min <= layer <= stats.max for layer in layers)
+
