@@ -133,3 +133,22 @@ def test_the_report_embeds_the_cards_of_its_top_neurons_under_the_size_budget(sm
     assert max(max(Image.open(BytesIO(base64.b64decode(b))).size) for b in thumbs) == 64
     rows = pq.read_table(small_study / "tables/top_pairs.parquet").num_rows
     assert f"top_pairs.parquet</a></td><td class=\"l\">per neuron and stream" in page and rows == 4 * 240 * 2 * K
+
+
+def test_the_report_picks_each_kind_by_t_and_q_and_the_cross_modal_ones_by_xmodal_r_when_there():
+    from modalscope.cards.card import Pairs, card_from, chosen_neurons, render_card
+    from modalscope.cards.thumbnails import Thumbnails
+
+    t3 = pd.DataFrame({"site": "mlp", "layer": 0, "neuron": range(8),
+                       "t_value": [5.0, 9.0, -7.0, 3.0, -2.0, 8.0, -9.5, 1.0],
+                       "q_value": [0.01, 0.2, 0.01, 0.04, 0.03, 0.001, 0.5, 0.01],
+                       "xmodal_r": [0.9, 0.95, 0.1, 0.5, 0.7, 0.2, 0.99, 0.6],
+                       "xmodal_q": [0.01, 0.06, 0.01, 0.01, 0.01, 0.01, 0.2, 0.01],
+                       "mean_diff": 1.0, "cohen_d": 0.5})
+    kinds = {kind: rows["neuron"].tolist() for kind, rows in chosen_neurons(t3, "max", "text - image", 2)}
+    assert kinds == {"text-preferring": [5, 0], "image-preferring": [2, 4], "most cross-modal": [0, 4]}
+    without = chosen_neurons(t3.drop(columns=["xmodal_r", "xmodal_q"]), "max", "text - image", 2)
+    assert [kind for kind, _ in without] == ["text-preferring", "image-preferring"]
+    card = card_from(t3.iloc[0], "max", "text - image", [], Pairs(pd.DataFrame(
+        {"input_index": [], "caption": [], "image_path": []})))
+    assert "<td>0.9</td>" in render_card(card, Thumbnails())  # xmodal_r shown when Table 3 has it
