@@ -106,7 +106,8 @@ def test_export_out_of_range_names_the_site_and_its_range(small_study):
     (("plot", "x", "--csv"), "--csv is not an option of plot (it is one of demo, run, analyze, export); see "
                              "`modalscope plot --help`"),
     (("run", "--num-pair", "5"), "unrecognized option --num-pair; did you mean --num-pairs?"),
-    (("frobnicate",), "COMMAND frobnicate: choose demo, init, run, plan, extract, analyze, plot, report or export"),
+    (("frobnicate",), "COMMAND frobnicate: choose demo, init, run, plan, extract, analyze, plot, report, export or "
+                      "neuron"),
 ])
 def test_usage_errors_name_the_option_never_an_internal_function(args, message):
     done = modalscope(*args)
@@ -135,6 +136,7 @@ OPTIONS = {
     "plot": ["dir", "--config", "--no-png", "--stat"],
     "report": ["dir", "--stat"],
     "export": ["dir", "--layers", "--neurons", "--sites", "--name", "--csv"],
+    "neuron": ["dir", "--site", "--layer", "--neuron", "--out", "--top"],
 }
 
 

@@ -329,6 +329,20 @@ def _export_command(sub) -> None:
     p.add_argument("--csv", action="store_true", help="also write CSV copies (default: off)")
 
 
+def _neuron_command(sub) -> None:
+    """neuron: which neuron's card to write, where, and how many pairs per stream."""
+    p = _command(sub, "neuron", "one neuron's card (offline HTML): the captions and images that excite it most")
+    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR, analysed (required)")
+    p.add_argument("--site", required=True, help="site of the neuron, e.g. mlp (required)")
+    p.add_argument("--layer", type=int, required=True, metavar="L", help="decoder layer, from 0 (required)")
+    p.add_argument("--neuron", type=int, required=True, metavar="N", help="neuron of the site, from 0 (required)")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="where to write the card (default: DIR/cards/SITE_layerL_neuronN.html)")
+    p.add_argument("--top", type=int, metavar="K",
+                   help="pairs per stream; more than the analysis ranked are read from the store "
+                        "(default: the 8 of tables/top_pairs.parquet)")
+
+
 def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     """The CLI: each command takes only the options it uses. With `config_given` (a --config on
     the command line) the study folder and --model may come from the file, so argparse does
@@ -385,6 +399,7 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
                    help="reduction the report leads with (default: the study's --stat, else max)")
 
     _export_command(sub)
+    _neuron_command(sub)
     return parser
 
 
@@ -631,10 +646,23 @@ def _cmd_export(args: argparse.Namespace, started: float) -> None:
         print(f"  table   {path}")
 
 
+def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
+    """One neuron's card from the tables (and the store for more pairs than they hold)."""
+    from modalscope.cards.card import card_page, neuron_card
+    from modalscope.cards.thumbnails import Thumbnails
+    from modalscope.figures.export import atomic_write
+
+    card = neuron_card(args.dir, args.site, args.layer, args.neuron, args.top)
+    out = args.out or Path(args.dir) / "cards" / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"  card    {atomic_write(out, card_page(card, Thumbnails()).encode('utf-8'))}")
+
+
 # One function per command; `_dispatch` calls the one argparse chose.
 COMMANDS = {
     "demo": _cmd_demo, "init": _cmd_init, "run": _cmd_run, "plan": _cmd_plan, "extract": _cmd_extract,
     "analyze": _cmd_analyze, "plot": _cmd_plot, "report": _cmd_report, "export": _cmd_export,
+    "neuron": _cmd_neuron,
 }
 
 

@@ -399,6 +399,7 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     """
     from modalscope.analysis import AnalysisSettings, run_analysis
     from modalscope.layer_alignment import alignment_summary, run_alignment
+    from modalscope.cards.table import TOP_PAIRS, top_pairs_stat, write_top_pairs
     from modalscope.provenance import record_stage, table_provenance
     from modalscope.report.headline import headline
     from modalscope.stats.layer_summary import significance_table
@@ -439,6 +440,8 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
             paths.append(write_frame(getattr(result.vs_base, part), tables_dir / name, config.csv, meta))
         else:  # a previous analysis's Δ_base would not match these tables
             remove_table(tables_dir / name)
+    paths.append(write_top_pairs(store, tables_dir / TOP_PAIRS, top_pairs_stat(config.stat, store), contrast,
+                                 provenance=meta, csv=config.csv))
     paths, note = _long_tables(config, store, manifest, meta, paths)
     record_stage(config.out_dir, "analyze", time.perf_counter() - clock,
                  {name: getattr(config, name) for name in ANALYSIS_FIELDS}, seeds=seed_streams(settings.seed))

@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     "layers_vs_base": "per site × layer: the same for Δ_base = text − text_base (the base LLM)",
     "input_layer_means_vs_base": "per input: the layer mean of Δ_base = text − text_base",
     "alignment": "per site × layer × measure: CKA, mutual k-NN, retrieval of text vs image, CI, null band, p",
+    "top_pairs": "per neuron and stream: the 8 pairs with the highest response (the neuron cards)",
 }
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from modalscope.cards.card import CARD_CSS, report_cards
 from modalscope.demo import RANDOM_WEIGHTS_TITLE
 from modalscope.figures.alignment import figure_alignment
 from modalscope.figures.assemble import (
@@ -420,16 +421,18 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
     demo = f" ({RANDOM_WEIGHTS_TITLE})" if random_weights(out_dir) else ""
     partial = partial_study(out_dir, tables)
     banner = f'<p class="banner" id="partial">{_esc(partial)}</p>' if partial else ""
+    cards = report_cards(out_dir, tables.neurons, tables.sites)  # '' without tables/top_pairs.parquet
     nav = " ".join(['<a href="#glance">at a glance</a>', '<a href="#provenance">what was run</a>']
                    + [f'<a href="#site-{_esc(s)}">site {_esc(s)}</a>' for s in tables.sites]
+                   + (['<a href="#cards">neuron cards</a>'] if cards else [])
                    + ['<a href="#files">tables and files</a>'])
     body = [_provenance_section(prov),
             *(_site_section(tables, s, stat, forgetting(out_dir, tables, s, stat), model) for s in tables.sites),
-            _files_section(out_dir, tables.sites, stat)]
+            cards, _files_section(out_dir, tables.sites, stat)]
     return "\n".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         f"<title>modalscope report: {_esc(Path(model).name or model)}{' (random weights)' if demo else ''}</title>",
-        f"<style>{CSS}</style>",
+        f"<style>{CSS}{CARD_CSS}</style>",
         '<script type="text/javascript">', plotlyjs_bytes().decode("utf-8"), "</script></head><body>",
         f"<header><div><h1>{_esc(_question(tables.contrast(tables.sites[0])))} Neuron by neuron: {_esc(model)}"
         f"{_esc(demo)}</h1>",
