@@ -23,7 +23,6 @@ loop are tested in tests/stats/test_alignment.py.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +46,6 @@ N_PERM = 1000  # 18 planted of 704 tests need p < 0.05 * 18 / 704: at least ~550
 N_NULL = 200
 CONTINUOUS = ("cka", "mutual_knn", "mrr_text_to_image", "mrr_image_to_text")
 
-HAS_XMODAL = importlib.util.find_spec("modalscope.stats.neuron.xmodal") is not None
-HAS_RUN_ALIGNMENT = importlib.util.find_spec("modalscope.layer_alignment") is not None
-needs_xmodal = pytest.mark.skipif(not HAS_XMODAL, reason="needs stats/neuron/xmodal.py (issue 15 part 1)")
-needs_run_alignment = pytest.mark.skipif(
-    not HAS_RUN_ALIGNMENT, reason="needs modalscope.layer_alignment.run_alignment (issue 15 part 2)")
 
 
 def precision_recall(found, planted) -> tuple[float, float]:
@@ -111,7 +105,6 @@ def test_planted_neurons_have_the_highest_spearman_r_of_their_layer(xmodal_study
     assert (q[layer * width + np.array(neurons)] < 0.05).all()
 
 
-@needs_xmodal
 def test_table3_xmodal_finds_the_planted_neurons(xmodal_study):
     """Table 3 (max: unsuffixed columns): the planted set is the top of xmodal_r, q < 0.05,
     and xmodal_r is scipy's Spearman r of the stored text and image max."""
@@ -170,7 +163,6 @@ def test_alignment_rises_above_the_null_from_the_plant_on(xmodal_study):
     check_alignment(pd.DataFrame(rows), planted["layer"])
 
 
-@needs_run_alignment
 def test_run_alignment_rises_above_the_null_from_the_plant_on(xmodal_study):
     from modalscope.layer_alignment import run_alignment
 
@@ -254,7 +246,6 @@ def test_null_p_values_are_uniform_on_the_unedited_model(unedited_store):
     check_uniform(p)
 
 
-@needs_xmodal
 def test_xmodal_p_values_are_uniform_on_the_unedited_model(unedited_store):
     """The same draws scored by the analysis' own statistic (its permutations from the draw's
     seed, so independent between draws)."""
