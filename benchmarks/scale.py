@@ -12,6 +12,11 @@ layer and one chunk of inputs at a time, so it should stay close to 1.
     .venv/bin/python benchmarks/scale.py                      # 500 and 2,000 pairs
     .venv/bin/python benchmarks/scale.py --pairs 250 1000 4000 --out bench
     .venv/bin/python benchmarks/scale.py --smoke              # 16 and 32 pairs, quick
+    .venv/bin/python benchmarks/scale.py --goals              # the real-scale goals at 7B widths (~15 min)
+
+`--goals` measures the real-scale budget instead (benchmarks/scale_goals.py): store size, files,
+write, extraction and analysis cost at LLaVA-1.5-7B widths, extrapolated to 32 layers and
+5,000 pairs, each against its goal with met yes/NO.
 
 Runs on CPU (`--device cpu`), without PNG figures or the long tables.
 """
@@ -107,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="16 and 32 pairs with 200 permutations and resamples: a quick check")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--goals", action="store_true",
+                        help="the real-scale goals at 7B widths instead (benchmarks/scale_goals.py)")
     args = parser.parse_args(argv)
+    if args.goals:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import scale_goals
+
+        return scale_goals.main([*(["--out", str(args.out)] if args.out else []),
+                                 *(["--json", str(args.json)] if args.json else [])])
     pairs = sorted(set([16, 32] if args.smoke else args.pairs))
     if not pairs or min(pairs) < 2:
         parser.error("--pairs: give pair counts of at least 2")

@@ -195,7 +195,7 @@ def test_delta_base_layer_tables_summary_figure_and_report(default_study, base_a
         assert entry["contrast"] == "text - image"
         other = entry["vs_base"]
         assert other["contrast"] == "text - text_base"
-        assert set(other) == set(entry) - {"vs_base"}
+        assert set(other) == set(entry) - {"vs_base", "alignment"}  # alignment: of the two modalities only
         assert set(other["by_stat"]) == set(entry["by_stat"])
         from scipy import stats
 

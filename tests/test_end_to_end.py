@@ -160,24 +160,26 @@ def test_controls_are_written_by_default(demo):
     assert (layers["mean_diff"] <= layers["input_ci_high"]).all()
     assert (layers["null_low"] < 0).all() and (layers["null_high"] > 0).all()
     t3 = pd.read_parquet(tables / "table3_neurons.parquet")
-    assert {"outlier", "p_perm", "cohen_d_matched_max", "q_value_frac_active"} <= set(t3.columns)
+    assert {"outlier", "p_perm", "cohen_d_matched_max", "q_value_matched_max", "xmodal_q"} <= set(t3.columns)
+    assert not any(c.endswith(("_frac_active", "_quantile")) for c in t3.columns)  # opt-in reductions
     summary = json.loads((tables / "summary.json").read_text())["mlp"]
     assert summary["slope_ci_low"] <= summary["slope"] <= summary["slope_ci_high"]
     assert "matched_max" in summary["by_stat"]
     counts = pd.read_parquet(tables / "significant_neurons.parquet")
     assert set(counts["stat"]) >= {"max", "matched_max"}
     assert (demo / "tables/input_layer_means.parquet").exists()
-    for name in ("significant_mlp.html", "figure2_mlp_matched_max.html", "figure1_residual_frac_active.html"):
+    for name in ("significant_mlp.html", "figure2_mlp_matched_max.html", "figure1_residual_mean.html"):
         assert (demo / "figures" / name).exists(), name
     group = zarr.open_group(str(demo / "activations.zarr"), mode="r")
-    assert group["mlp/image_text_caption/matched_max"].shape == (N_PAIRS, LAYERS, WIDTHS["mlp"])
+    assert group["mlp/image/matched_max"].shape == (N_PAIRS, LAYERS, WIDTHS["mlp"])
+    assert group["mlp/image/max"].dtype == np.float16 and "image_text" not in group["mlp"]  # the defaults
 
 
 def test_analyze_with_another_contrast(demo, tmp_path):
-    done = modalscope("analyze", str(demo), "--contrast", "image_text_caption-text", "--permutations", "200",
-                      "--bootstrap", "200")
+    done = modalscope("analyze", str(demo), "--contrast", "image-text", "--permutations", "200",
+                      "--bootstrap", "200")  # the demo records text and image (image_text is opt-in)
     assert done.returncode == 0, done.stderr
     summary = json.loads((demo / "tables/summary.json").read_text())
-    assert summary["mlp"]["contrast"] == "image_text_caption - text"
+    assert summary["mlp"]["contrast"] == "image - text"
     bad = modalscope("analyze", str(demo), "--contrast", "text-sound")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--contrast" in bad.stderr

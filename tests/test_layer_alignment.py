@@ -131,3 +131,20 @@ def test_plot_and_report_show_figure3_per_site(small_study: Path):
         assert f'id="alignment-{site}"' in html and f'id="fig-figure3_alignment_{site}"' in html
     assert "Figure 3 (layer alignment of the two modalities), site mlp" in html
     assert html.count("Figure 3: where words and pixels meet") == 2
+
+
+def test_the_pass_is_capped_at_max_pairs_and_resamples(small_study: Path, monkeypatch):
+    """The first MAX_PAIRS pairs of the shuffled order and at most RESAMPLES draws, whatever the
+    study's --bootstrap/--permutations: the 7B cost stays minutes (layer_alignment.py, Cost)."""
+    import modalscope.layer_alignment as module
+
+    monkeypatch.setattr(module, "MAX_PAIRS", 10)
+    monkeypatch.setattr(module, "RESAMPLES", 50)
+    store = ActivationStore.read(small_study / STORE)
+    table = run_alignment(store, AnalysisSettings(n_perm=300, n_boot=300, seed=0), "mean")
+    x, y = (store.read_layer("residual", c, "mean", 1)[:10] for c in ("text", "image"))
+    want = alignment_with_uncertainty(x, y, n_boot=50, n_null=50, seed=0, k=10)
+    rows = table[(table["site"] == "residual") & (table["layer"] == 1)].set_index("measure")
+    assert set(rows["n_pairs"]) == {10} and set(rows["n_boot"]) == {50} and set(rows["n_null"]) == {50}
+    got = rows.loc[list(MEASURES), ["value", "null_high"]].to_numpy(float)
+    np.testing.assert_array_equal(got, [[want[m], want[f"{m}_null_high"]] for m in MEASURES])

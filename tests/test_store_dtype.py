@@ -11,7 +11,9 @@ import pytest
 
 from modalscope import StudyConfig, run_study
 from modalscope.record.extract import ExtractionError, _check_range
+from modalscope.record.reductions import ALL_STATS
 from modalscope.store import ActivationStore
+from modalscope.streams import CONDITIONS
 
 # Stated tolerances, float16 store against float32, as a share of each column's largest |value|
 # (or absolute for p-values): float16 rounds each stored reduction to 11 bits (~4.9e-4 relative).
@@ -19,17 +21,9 @@ CONTINUOUS = ("mean_diff", "sd_diff", "t_value", "cohen_d")
 TOLERANCE = {"continuous": 1e-3, "p_value": 2e-3, "q_value": 2e-3, "p_perm": 1e-2}
 
 
-def test_a_float16_store_gives_table3_within_the_stated_tolerances(small_study: Path, tiny_model_dir, coco_files,
-                                                                    tmp_path: Path):
-    captions, images = coco_files
-    config = StudyConfig(out_dir=tmp_path / "f16", model=str(tiny_model_dir), captions=captions, images=images,
-                         num_pairs=16, batch_size=8, device="cpu", n_perm=200, n_boot=200, png=False,
-                         progress=False, store_dtype="float16")
-    run_study(config)
-    wide = pd.read_parquet(small_study / "tables/table3_neurons.parquet")  # the same study in float32
-    half = pd.read_parquet(config.out_dir / "tables/table3_neurons.parquet")
-    store = ActivationStore.read(config.out_dir / "activations.zarr")
-    assert store.array("mlp", "text", "max").dtype == np.float16 and store.attrs["store_dtype"] == "float16"
+def assert_within_tolerances(wide: pd.DataFrame, half: pd.DataFrame) -> int:
+    """Every Table 3 column with a stated tolerance; returns how many were compared."""
+    compared = 0
     for name in wide.columns:
         base = name.split("_vs_base")[0]
         kind = next((k for k in TOLERANCE if base == k or base.startswith(k + "_")), None)
@@ -40,6 +34,41 @@ def test_a_float16_store_gives_table3_within_the_stated_tolerances(small_study: 
         x, y = wide[name].to_numpy(), half[name].to_numpy()
         scale = np.nanmax(np.abs(x)) if kind == "continuous" else 1.0
         np.testing.assert_allclose(y, x, rtol=0, atol=TOLERANCE[kind] * scale, err_msg=name)
+        compared += 1
+    return compared
+
+
+def test_on_llava_15s_real_files_float16_gives_table3_within_the_same_tolerances(real_llava_dir: Path, coco_files,
+                                                                                   tmp_path: Path):
+    """The real tokenizer, processor and template (random weights): the default float16 store
+    against float32, analysed alike."""
+    from modalscope.analysis import AnalysisSettings, run_analysis
+    from modalscope.study import extract_stage, prepare_manifest
+
+    captions, images = coco_files
+    tables = {}
+    for dtype in ("float32", "float16"):
+        config = StudyConfig(out_dir=tmp_path / dtype, model=str(real_llava_dir), captions=captions, images=images,
+                             num_pairs=24, batch_size=8, device="cpu", png=False, progress=False, store_dtype=dtype)
+        store = extract_stage(config, prepare_manifest(config))
+        assert store.array("mlp", "image", "max").dtype == np.dtype(dtype)
+        tables[dtype] = run_analysis(ActivationStore.read(store.path), AnalysisSettings(n_perm=200, n_boot=200)).neurons
+    assert assert_within_tolerances(tables["float32"], tables["float16"]) >= 12
+
+
+def test_a_float16_store_gives_table3_within_the_stated_tolerances(small_study: Path, tiny_model_dir, coco_files,
+                                                                    tmp_path: Path):
+    captions, images = coco_files
+    config = StudyConfig(out_dir=tmp_path / "f16", model=str(tiny_model_dir), captions=captions, images=images,
+                         num_pairs=16, batch_size=8, device="cpu", n_perm=200, n_boot=200, png=False,
+                         progress=False, store_dtype="float16", conditions=CONDITIONS,
+                         stats=ALL_STATS)  # as the small study: every condition and reduction
+    run_study(config)
+    wide = pd.read_parquet(small_study / "tables/table3_neurons.parquet")  # the same study in float32
+    half = pd.read_parquet(config.out_dir / "tables/table3_neurons.parquet")
+    store = ActivationStore.read(config.out_dir / "activations.zarr")
+    assert store.array("mlp", "text", "max").dtype == np.float16 and store.attrs["store_dtype"] == "float16"
+    assert_within_tolerances(wide, half)
     sizes = [sum(p.stat().st_size for p in (d / "activations.zarr").rglob("c/**/*") if p.is_file())
              for d in (small_study, config.out_dir)]
     assert sizes[1] < 0.85 * sizes[0]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from modalscope.config import StudyConfig
 from modalscope.derived import STAT_RULES, STREAM_RULES
+from modalscope.streams import BASE_STREAM
 
 GB = 1e9
 MARGIN = 1.10  # free disk needed beyond the estimate (tables, figures, filesystem overhead)
@@ -43,9 +44,10 @@ class Budget:
 
     @property
     def derived(self) -> tuple[tuple[str, str], ...]:
-        """(stream, stat) arrays expected to be all holes (derived.py): text's matched_max and
-        the joint image stream's arrays."""
-        out = [("text", stat) for stat in STAT_RULES if stat in self.stats and "text" in self.streams]
+        """(stream, stat) arrays expected to be all holes (derived.py): the matched_max of text
+        and text_base and the joint image stream's arrays."""
+        out = [(stream, stat) for stream in ("text", BASE_STREAM) for stat in STAT_RULES
+               if stat in self.stats and stream in self.streams]  # text_base has the text's very tokens
         out += [(stream, stat) for stream, source in STREAM_RULES.items() if stream in self.streams
                 and source in self.streams for stat in self.stats]
         return tuple(dict.fromkeys(out))

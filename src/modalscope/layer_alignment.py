@@ -27,6 +27,14 @@ single-threaded gather; the n² d products add ~35 s at the MLP's 11,008 neurons
 per core), so 64 layer-sites cost ~6 CPU hours, more than half of it CKA's null.
 Memory peaks near 16 n² bytes plus the layer itself in float64 (0.4 GB + 2 x 0.44 GB at
 n = 5,000, d = 11,008).
+
+So the pass is capped: it uses the first MAX_PAIRS pairs of the study's shuffled order (a
+random sample, the same in every layer) and at most RESAMPLES bootstrap resamples and
+shuffled pairings. At the cap a layer costs about (B + P) / 2,000 x 14 CPU s, ~3 CPU s with
+200 + 200 at 4,096 neurons: minutes, not hours, for a 7B study (benchmarks/scale.py --goals),
+and the n-dependent measures (k-NN, retrieval) compare across studies of any size at n =
+MAX_PAIRS. 200 pairings put p's floor at 1/201 and the band's ends on 5 draws each: enough to
+say where a layer leaves the null, which is what Figure 3 is for.
 """
 
 from __future__ import annotations
@@ -42,17 +50,20 @@ from modalscope.store import ActivationStore
 
 DEFAULT_STAT = "mean"
 K = 10  # mutual k-NN's neighbours (Huh et al. 2024 use 10)
+MAX_PAIRS = 1000  # pairs per layer, the first of the shuffled order (see Cost)
+RESAMPLES = 200  # bootstrap resamples and shuffled pairings, at most (see Cost)
 COLUMNS = ("site", "layer", "stat", "measure", "value", "ci_low", "ci_high", "null_low", "null_high", "p_value",
            "chance", "n_pairs", "k", "n_boot", "n_null", "contrast")
 
 
 def layer_pairs(store: ActivationStore, site: str, layer: int, stat: str,
                 conditions: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """[pairs, neurons] of both conditions at one layer, read a block of inputs at a time
-    (float32, as stored or widened), the pairs with a NaN in either condition left out."""
+    """[pairs, neurons] of both conditions at one layer (the first MAX_PAIRS inputs), read a
+    block of inputs at a time, the pairs with a NaN in either condition left out."""
     first, second = conditions
-    blocks = [(store.read_layer(site, first, stat, layer, start, stop),
-               store.read_layer(site, second, stat, layer, start, stop)) for start, stop in store.input_blocks()]
+    blocks = [(store.read_layer(site, first, stat, layer, start, min(stop, MAX_PAIRS)),
+               store.read_layer(site, second, stat, layer, start, min(stop, MAX_PAIRS)))
+              for start, stop in store.input_blocks() if start < MAX_PAIRS]
     width = store.width(site)
     x = np.concatenate([a for a, _ in blocks]) if blocks else np.empty((0, width), np.float32)
     y = np.concatenate([b for _, b in blocks]) if blocks else np.empty((0, width), np.float32)
@@ -82,8 +93,8 @@ def run_alignment(store: ActivationStore, settings: AnalysisSettings, stat: str 
     for site in store.sites:
         for layer in range(store.n_layers):
             x, y = layer_pairs(store, site, layer, stat, settings.contrast)
-            result = alignment_with_uncertainty(x, y, n_boot=settings.n_boot, n_null=settings.n_perm,
-                                                seed=settings.seed, k=K)
+            result = alignment_with_uncertainty(x, y, n_boot=min(settings.n_boot, RESAMPLES),
+                                                n_null=min(settings.n_perm, RESAMPLES), seed=settings.seed, k=K)
             rows += layer_rows(result, site, layer, stat, contrast)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.astype({"layer": "int64", "n_pairs": "int64", "k": "int64", "n_boot": "int64", "n_null": "int64"})

@@ -38,6 +38,11 @@ STORE = "activations.zarr"
 # CPU time; fewer, bigger files (a shard per window holding every layer) halve the write cost.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 ANALYSIS_BLOCK = 256
+# How appends write (measured, benchmarks/scale_goals.py): zarr's per-chunk check for an all-fill
+# chunk (NaN) costs as much as compressing it, so it is off, and an array whose new rows are all
+# holes is only resized instead; chunks go through the codecs 64 at a time, not one by one.
+# 0.40 -> 0.14 ms CPU per pair per 44 kB.
+WRITE_CONFIG = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": 64}
 # Stored value dtypes: float16 halves the store (its 11-bit mantissa: ~5e-4 relative rounding,
 # range +-65504, checked before the first write). numpy has no bfloat16, so zarr cannot hold it.
 STORE_DTYPES = ("float32", "float16")  # inputs per analysis read: a fixed size, so results do not depend on chunking
@@ -199,13 +204,16 @@ class ActivationStore:
         (default: their input index)."""
         for stream, rows in (flags or {}).items():
             self.group[f"{derived.FLAGS}/{stream}"].append(np.asarray(rows, dtype=bool), axis=0)
-        for condition, by_site in records.items():
-            for site, by_stat in by_site.items():
-                for stat, values in by_stat.items():
-                    self.array(site, condition, stat).append(values, axis=0)
-            self.group[f"tokens/{condition}"].append(
-                np.asarray(n_tokens[condition], dtype=np.int32), axis=0
-            )
+        with zarr.config.set(WRITE_CONFIG):
+            for condition, by_site in records.items():
+                for site, by_stat in by_site.items():
+                    for stat, values in by_stat.items():
+                        array = self.array(site, condition, stat)
+                        if np.isnan(values).all():  # all holes (derived.py): the fill value, no bytes
+                            array.resize((array.shape[0] + len(values), *array.shape[1:]))
+                        else:
+                            array.append(values.astype(array.dtype, copy=False), axis=0)
+                self.group[f"tokens/{condition}"].append(np.asarray(n_tokens[condition], dtype=np.int32), axis=0)
         batch = len(next(iter(n_tokens.values())))
         if "input" in self.group:
             ids = [str(i) for i in range(self.n_done, self.n_done + batch)] if pair_ids is None else pair_ids
@@ -223,10 +231,11 @@ class ActivationStore:
     def read_layer(
         self, site: str, condition: str, stat: str, layer: int, start: int = 0, stop: int | None = None
     ) -> np.ndarray:
-        """[input, neuron] for one layer (inputs start:stop of the finished ones), the rows the
-        store did not keep twice filled from their source (derived.py)."""
+        """[input, neuron] float32 for one layer (inputs start:stop of the finished ones), the rows
+        the store did not keep twice filled from their source (derived.py). float32 whatever the
+        store dtype: a difference of two float16 arrays would otherwise be rounded to float16."""
         stop = self.n_done if stop is None else min(stop, self.n_done)
-        values = self.array(site, condition, stat)[start:stop, layer, :]
+        values = self.array(site, condition, stat)[start:stop, layer, :].astype(np.float32, copy=False)
         rules = self.group.attrs.get("derived", {})
         source = rules.get("stream", {}).get(condition)
         if source is not None and source in self.conditions:

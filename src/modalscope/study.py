@@ -397,7 +397,7 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
 
     Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
     """
-    from modalscope.analysis import AnalysisSettings, run_analysis
+    from modalscope.analysis import run_analysis
     from modalscope.layer_alignment import alignment_summary, run_alignment
     from modalscope.cards.table import TOP_PAIRS, top_pairs_stat, write_top_pairs
     from modalscope.provenance import record_stage, table_provenance
@@ -409,13 +409,7 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     store = ActivationStore.read(config.out_dir / STORE)
     tables_dir = config.out_dir / "tables"
     contrast = config.contrast_pair
-    missing = [c for c in contrast if c not in store.conditions]
-    if missing:
-        raise ValueError(f"--contrast {config.contrast}: {config.out_dir} did not record "
-                         f"{', '.join(missing)} (it has {', '.join(store.conditions)})")
-    settings = AnalysisSettings(contrast=contrast, fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
-                                outlier_factor=config.outlier_factor,
-                                seed=int(store.attrs.get("seed", config.seed)))
+    settings = _analysis_settings(config, store)
     result = run_analysis(store, settings)  # with text_base recorded, also Δ_base = text - text_base
     for site, entry in result.summary.items():  # per site (and its Δ_base): pairs left out or cut, the headline
         for trend in (entry, entry.get("vs_base")):
@@ -447,6 +441,19 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
                  {name: getattr(config, name) for name in ANALYSIS_FIELDS}, seeds=seed_streams(settings.seed))
     update_study_file(config.out_dir, {name: getattr(config, name) for name in ANALYSIS_FIELDS})
     return paths, note
+
+
+def _analysis_settings(config: StudyConfig, store: ActivationStore):
+    """The analysis settings of `config` on `store`; one line when the contrast names a stream the
+    store did not record. The seed is the store's: the one its inputs were shuffled with."""
+    from modalscope.analysis import AnalysisSettings
+
+    missing = [c for c in config.contrast_pair if c not in store.conditions]
+    if missing:
+        raise ValueError(f"--contrast {config.contrast}: {config.out_dir} did not record "
+                         f"{', '.join(missing)} (it has {', '.join(store.conditions)})")
+    return AnalysisSettings(contrast=config.contrast_pair, fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
+                            outlier_factor=config.outlier_factor, seed=int(store.attrs.get("seed", config.seed)))
 
 
 def _long_tables(config: StudyConfig, store: ActivationStore, manifest: pd.DataFrame, meta: dict,

@@ -76,7 +76,7 @@ def test_the_neuron_command_writes_a_card_with_its_top_captions_and_its_t(small_
     numbers = re.search(r'<table class="numbers">.*?<tbody><tr>(.*?)</tr>', page, re.S)[1]
     cells = re.findall(r"<td>(.*?)</td>", numbers)
     assert cells == [f"{row['mean_diff']:.4g}", f"{row['t_value']:.4g}", f"{row['q_value']:.3g}",
-                     f"{row['cohen_d']:.4g}", "—"]  # no xmodal_r in this Table 3
+                     f"{row['cohen_d']:.4g}", f"{row['xmodal_r']:.4g}"]
     images = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"', page)
     assert len(images) == len(image_top) == K
     assert all(base64.b64decode(b)[:2] == b"\xff\xd8" for b in images)  # JPEGs

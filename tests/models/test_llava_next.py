@@ -140,3 +140,17 @@ def test_text_only_never_runs_a_vision_module_and_the_guard_says_so(next_loaded,
     with pytest.raises(RuntimeError, match="bug: a text-only input reached model.vision_tower"):
         with torch.inference_mode(), vision_guard(next_loaded.model, next_loaded.adapter):
             next_loaded.adapter.forward_module(next_loaded.model)(**image.inputs, use_cache=False)
+
+
+def test_the_joint_image_tokens_are_the_image_forwards(next_loaded, builder, images):
+    """derived.py's claim for LLaVA-NeXT's template (`[INST] <image>\\n` before the caption): the
+    joint forward's image rows agree with the image forward's, so the store derives them."""
+    from modalscope import derived
+
+    with Recorder(next_loaded.model, next_loaded.adapter, ["residual", "mlp"]) as rec:
+        image = reduce_content(next_loaded, rec, builder.image_batch(images))
+        joint, streams = builder.image_text_batch(images, CAPTIONS)
+        both = reduce_forward(next_loaded, rec, joint, streams)
+    records = {"image": image, "image_text_image": both["image_text_image"]}
+    records = {s: {site: {k: v.numpy() for k, v in d.items()} for site, d in r.items()} for s, r in records.items()}
+    assert derived.joint_matches(records).all()

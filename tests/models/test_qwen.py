@@ -386,3 +386,18 @@ def test_loader_builds_the_image_only_processor_from_the_real_files():
     assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
     enc = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (300, 200))])
     assert enc["input_ids"][0].count(IMAGE_PAD) == 77 and enc["image_grid_thw"].tolist() == [[1, 14, 22]]
+
+
+def test_the_joint_image_tokens_are_the_image_forwards(any_qwen, images):
+    """derived.py's claim for Qwen2-VL's template (the vision block before the caption): the
+    joint forward's image rows agree with the image forward's, so the store derives them."""
+    from modalscope import derived
+
+    builder = _builder(any_qwen)
+    with Recorder(any_qwen.model, any_qwen.adapter, SITES) as rec:
+        image = reduce_content(any_qwen, rec, builder.image_batch(images))
+        joint, streams = builder.image_text_batch(images, CAPTIONS)
+        both = reduce_forward(any_qwen, rec, joint, streams)
+    records = {"image": image, "image_text_image": both["image_text_image"]}
+    records = {s: {site: {k: v.numpy() for k, v in d.items()} for site, d in r.items()} for s, r in records.items()}
+    assert derived.joint_matches(records).all()

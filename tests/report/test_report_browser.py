@@ -44,7 +44,9 @@ def test_report_renders_every_figure_offline_without_errors(small_study, tmp_pat
     assert seen.console_errors == []
     assert [f["id"] for f in seen.figures] == [f"fig-{kind}_{site}{part}" for site in ("residual", "mlp")
                                               for kind, part in (("figure2", ""), ("figure1", "_all_layers"),
-                                                                 ("figure1", ""), ("significant", ""))]
+                                                                 ("figure1", ""), ("significant", ""),
+                                                                 ("xmodal_r", ""), ("xmodal_scatter", ""),
+                                                                 ("figure3_alignment", ""))]
     for figure in seen.figures:
         assert figure["svgs"] >= 1 and figure["traces"] > 0, figure
         assert figure["width"] > 600 and figure["height"] >= 400, figure  # laid out, not collapsed

@@ -40,6 +40,8 @@ def test_a_study_has_the_sign_test_columns_for_every_reduction(small_study):
     import pandas as pd
     import zarr
 
+    from modalscope.store import ActivationStore
+
     t3 = pd.read_parquet(small_study / "tables/table3_neurons.parquet")
     group = zarr.open_group(str(small_study / "activations.zarr"), mode="r")
     n = int(group.attrs["n_done"])
@@ -47,8 +49,9 @@ def test_a_study_has_the_sign_test_columns_for_every_reduction(small_study):
         suffix = "" if stat == "max" else f"_{stat}"
         assert {f"share_positive{suffix}", f"p_sign{suffix}"} <= set(t3.columns)
         layer = 1
-        delta = (group[f"mlp/text/{stat}"][:n, layer, :].astype(np.float64)
-                 - group[f"mlp/image/{stat}"][:n, layer, :].astype(np.float64))
+        store = ActivationStore.read(small_study / "activations.zarr")  # holes filled (derived.py)
+        delta = (store.read_layer("mlp", "text", stat, layer).astype(np.float64)
+                 - store.read_layer("mlp", "image", stat, layer).astype(np.float64))
         rows = t3[(t3["site"] == "mlp") & (t3["layer"] == layer)].sort_values("neuron")
         k, n_nonzero = (delta > 0).sum(0), (delta != 0).sum(0)
         np.testing.assert_allclose(rows[f"share_positive{suffix}"], k / n_nonzero, rtol=1e-15)
