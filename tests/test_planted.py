@@ -9,6 +9,7 @@ sign.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +58,8 @@ def planted_study(tmp_path_factory, tiny_model_dir: Path, coco_files: tuple[Path
         )
     )
     table = pd.read_parquet(root / "study" / "tables" / "table3_neurons.parquet")
+    stored = json.loads((root / "study" / "activations.zarr" / "zarr.json").read_text())["attributes"]
+    assert stored["store_dtype"] == "float16"  # the default: the plant is found through a float16 store
     return planted, table
 
 
