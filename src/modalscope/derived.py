@@ -75,7 +75,8 @@ def joint_matches(records: Records, source: str = "image", stream: str = "image_
 
 def punch(records: Records, n_tokens: Mapping[str, np.ndarray]) -> tuple[Records, dict[str, np.ndarray]]:
     """The records as the store keeps them: derivable rows NaN; and the flags of STREAM_RULES.
-    Arrays are copied before a hole is made (the caller's records are not changed)."""
+    Arrays are copied before a hole is made (the caller's records are not changed); an array
+    that is all holes is a read-only NaN view of no memory (`is_holes`)."""
     flags = {stream: joint_matches(records, source, stream)
              for stream, source in STREAM_RULES.items() if stream in records and source in records}
     out: Records = {}
@@ -85,11 +86,18 @@ def punch(records: Records, n_tokens: Mapping[str, np.ndarray]) -> tuple[Records
             out[stream][site] = {}
             for stat, values in by_stat.items():
                 rows = _rows(stream, stat, n_tokens, flags, len(values))
-                if rows.any():
+                if rows.all():
+                    values = np.broadcast_to(np.array(np.nan, values.dtype), values.shape)  # no copy
+                elif rows.any():
                     values = values.copy()
                     values[rows] = np.nan
                 out[stream][site][stat] = values
     return out, flags
+
+
+def is_holes(values: np.ndarray) -> bool:
+    """Whether `values` is punch's all-holes view (every stride 0), recognised without a scan."""
+    return values.size > 0 and not any(values.strides) and bool(np.isnan(values.flat[0]))
 
 
 def _rows(stream: str, stat: str, n_tokens: Mapping[str, np.ndarray], flags: Mapping[str, np.ndarray],

@@ -209,7 +209,7 @@ class ActivationStore:
                 for site, by_stat in by_site.items():
                     for stat, values in by_stat.items():
                         array = self.array(site, condition, stat)
-                        if np.isnan(values).all():  # all holes (derived.py): the fill value, no bytes
+                        if derived.is_holes(values) or np.isnan(values).all():  # all holes: the fill value, no bytes
                             array.resize((array.shape[0] + len(values), *array.shape[1:]))
                         else:
                             array.append(values.astype(array.dtype, copy=False), axis=0)

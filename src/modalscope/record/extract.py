@@ -235,7 +235,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
                                                  (base, base_recorder) if base else None)
                 _check_finite(records, rows, manifest, store, loaded)
                 _check_range(records, rows, manifest, store, number == 0 and store.n_done == 0, narrow)
-                done.append((records, n_tokens))
+                done.append((as_stored(records, narrow), n_tokens))
                 bar.update(item["n"])
             rows = np.concatenate(window.batches)
             records, n_tokens = _in_manifest_order(done, np.argsort(rows, kind="stable"))
@@ -299,6 +299,18 @@ def float16_arrays(store: ActivationStore) -> set[str]:
         return set()
     return {f"{site}/{stream}/{stat}" for site in store.sites for stream in store.conditions for stat in store.stats
             if store.array(site, stream, stat).dtype == np.float16}
+
+
+def as_stored(records: Records, narrow: set[str]) -> Records:
+    """The float16 arrays (`narrow`) cast once, after the range check: torch's cast takes a third
+    of numpy's CPU time (0.024 vs 0.065 s per 96 pairs x 2 layers at 7B widths) and leaves the
+    writer thread only compression and I/O; the window also holds half the bytes."""
+    if not narrow:
+        return records
+    return {stream: {site: {stat: (torch.from_numpy(values).to(torch.float16).numpy()
+                                   if f"{site}/{stream}/{stat}" in narrow else values)
+                            for stat, values in by_stat.items()} for site, by_stat in by_site.items()}
+            for stream, by_site in records.items()}
 
 
 def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, store: ActivationStore,
