@@ -30,7 +30,8 @@ LAYERS, WIDTHS = 4, {"residual": 64, "mlp": 176}
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    done = modalscope("demo", "--out", str(out), "--num-pairs", str(N_PAIRS), "--quiet")
+    # Without the browser's PNG/SVG copies (~20 s): tests/figures/test_figures.py writes those.
+    done = modalscope("demo", "--out", str(out), "--num-pairs", str(N_PAIRS), "--quiet", "--no-png")
     assert done.returncode == 0, done.stderr
     assert "figure2_residual.html" in done.stdout
     return out
