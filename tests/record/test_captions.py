@@ -79,14 +79,14 @@ def test_k_above_a_stream_length_is_a_bug_not_a_precision_problem(real_loaded):
 
 
 def test_k_fits_every_stream_for_thousands_of_varied_captions(real_loaded, image):
-    """Property over 2,000 generated captions (all caps, digits, punctuation runs, emoji, CJK,
+    """Property over 1,000 generated captions (all caps, digits, punctuation runs, emoji, CJK,
     special-token text, surrounding and inner whitespace) through the real tokenizer: every
     stream has content tokens, k <= every stream's count, and the caption tokens of both the
     text and the image-and-caption input decode back to the caption."""
     builder = PromptBuilder.for_model(real_loaded, "content")
     tokenizer = real_loaded.processor.tokenizer
-    captions = [c for c in varied(2000, seed=11) if caption_problem(c) is None]
-    assert len(captions) > 1900
+    captions = [c for c in varied(1000, seed=11) if caption_problem(c) is None]
+    assert len(captions) > 950
     n_image = int(builder.image_batch([image]).n_content[0])
     for start in range(0, len(captions), 100):
         chunk = captions[start : start + 100]
