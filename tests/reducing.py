@@ -26,3 +26,19 @@ def span_reductions(acts: torch.Tensor, start: int, stop: int, names=("max", "me
     mask = torch.ones(acts.shape[0], stop - start, dtype=torch.bool)
     tokens = StreamTokens(mask, k, span=True)
     return reduce_view(TokenView.of(acts, tokens, (start, stop)), ReductionSpec(tuple(names)))
+
+
+def joint_image_and_image(loaded, builder, images, captions, sites, k=None) -> dict:
+    """{"image", "image_text_image": {site: {stat: numpy [batch, layer, neuron]}}}: the image
+    forward and the joint forward's image stream of the same pairs, as derived.joint_matches
+    reads them."""
+    from modalscope.record.extract import reduce_content, reduce_forward
+    from modalscope.record.hooks import Recorder
+
+    spec = ReductionSpec(("max", "mean", "matched_max")) if k is not None else ReductionSpec()
+    with Recorder(loaded.model, loaded.adapter, sites, spec) as rec:
+        image = reduce_content(loaded, rec, builder.image_batch(images), k)
+        joint, streams = builder.image_text_batch(images, captions)
+        both = reduce_forward(loaded, rec, joint, streams, k)
+    records = {"image": image, "image_text_image": both["image_text_image"]}
+    return {s: {site: {stat: v.numpy() for stat, v in d.items()} for site, d in r.items()} for s, r in records.items()}

@@ -10,11 +10,9 @@ import torch
 from PIL import Image
 
 from modalscope import derived
-from modalscope.record.extract import reduce_content, reduce_forward
-from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import PromptBuilder
-from modalscope.record.reductions import ReductionSpec
 from modalscope.store import ActivationStore
+from reducing import joint_image_and_image
 
 STREAMS = ("text", "image", "image_text", "image_text_caption", "image_text_image")
 STATS = ("max", "mean", "matched_max")
@@ -88,13 +86,7 @@ def test_on_the_real_llava_template_the_joint_image_tokens_are_the_image_forward
     builder = PromptBuilder.for_model(real_loaded, "content")
     images = [Image.new("RGB", (40 + 9 * i, 30), (30 * i, 90, 200 - 20 * i)) for i in range(3)]
     captions = ["a red bus", "two dogs playing in the snow near a fence", "tea"]
-    spec = ReductionSpec(STATS)
-    with Recorder(real_loaded.model, real_loaded.adapter, ("residual", "mlp"), spec) as rec:
-        image = reduce_content(real_loaded, rec, builder.image_batch(images), torch.tensor([2, 2, 2]))
-        joint, streams = builder.image_text_batch(images, captions)
-        both = reduce_forward(real_loaded, rec, joint, streams, torch.tensor([2, 2, 2]))
-    records = {"image": {s: {k: v.numpy() for k, v in d.items()} for s, d in image.items()},
-               "image_text_image": {s: {k: v.numpy() for k, v in d.items()} for s, d in both["image_text_image"].items()}}
+    records = joint_image_and_image(real_loaded, builder, images, captions, ("residual", "mlp"), torch.tensor([2, 2, 2]))
     assert derived.joint_matches(records).all()
     for site in ("residual", "mlp"):
         a, b = records["image_text_image"][site]["max"], records["image"][site]["max"]

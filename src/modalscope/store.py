@@ -71,7 +71,9 @@ class ActivationStore:
     def __init__(self, group: zarr.Group, path: Path):
         self.group = group
         self.path = path
-        self._counts: dict[str, np.ndarray] | None = None  # tokens/* of a read-only store, read once
+        self._counts: dict[str, np.ndarray] | None = None  # tokens/*, read once per ledger
+        self._flags: dict[str, np.ndarray] = {}  # derived/*, read with them
+        self._derived: dict[str, dict[str, str]] | None = None  # the attribute `derived`, read once
 
     @classmethod
     def create(
@@ -236,10 +238,11 @@ class ActivationStore:
         store dtype: a difference of two float16 arrays would otherwise be rounded to float16."""
         stop = self.n_done if stop is None else min(stop, self.n_done)
         values = self.array(site, condition, stat)[start:stop, layer, :].astype(np.float32, copy=False)
-        rules = self.group.attrs.get("derived", {})
+        rules = self._rules()
         source = rules.get("stream", {}).get(condition)
         if source is not None and source in self.conditions:
-            rows = self.group[f"{derived.FLAGS}/{condition}"][start:stop]
+            self.token_counts()  # reads the flags with the counts
+            rows = self._flags[condition][start:stop]
             if rows.any():
                 values[rows] = self.read_layer(site, source, stat, layer, start, stop)[rows]
         fill = rules.get("stat", {}).get(stat)
@@ -251,10 +254,19 @@ class ActivationStore:
         return values
 
     def token_counts(self) -> dict[str, np.ndarray]:
-        """{stream: [input]} content tokens of the finished inputs (read once per store object)."""
+        """{stream: [input]} content tokens of the finished inputs: read once per store object and
+        ledger, not once per layer read."""
         if self._counts is None or len(next(iter(self._counts.values()))) != self.n_done:
             self._counts = {c: self.group[f"tokens/{c}"][: self.n_done] for c in self.conditions}
+            self._flags = {s: self.group[f"{derived.FLAGS}/{s}"][: self.n_done] for s in derived.STREAM_RULES
+                           if f"{derived.FLAGS}/{s}" in self.group}
         return self._counts
+
+    def _rules(self) -> dict[str, dict[str, str]]:
+        """The group attribute `derived` (derived.rules(); empty for stores made before it), read once."""
+        if self._derived is None:
+            self._derived = dict(self.group.attrs.get("derived", {}))
+        return self._derived
 
     def input_blocks(self, size: int | None = ANALYSIS_BLOCK) -> list[tuple[int, int]]:
         """[start, stop) ranges of `size` finished inputs (None: one chunk each), for streaming

@@ -146,11 +146,7 @@ def test_the_joint_image_tokens_are_the_image_forwards(next_loaded, builder, ima
     """derived.py's claim for LLaVA-NeXT's template (`[INST] <image>\\n` before the caption): the
     joint forward's image rows agree with the image forward's, so the store derives them."""
     from modalscope import derived
+    from reducing import joint_image_and_image
 
-    with Recorder(next_loaded.model, next_loaded.adapter, ["residual", "mlp"]) as rec:
-        image = reduce_content(next_loaded, rec, builder.image_batch(images))
-        joint, streams = builder.image_text_batch(images, CAPTIONS)
-        both = reduce_forward(next_loaded, rec, joint, streams)
-    records = {"image": image, "image_text_image": both["image_text_image"]}
-    records = {s: {site: {k: v.numpy() for k, v in d.items()} for site, d in r.items()} for s, r in records.items()}
+    records = joint_image_and_image(next_loaded, builder, images, CAPTIONS, ["residual", "mlp"])
     assert derived.joint_matches(records).all()

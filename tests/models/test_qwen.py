@@ -392,12 +392,7 @@ def test_the_joint_image_tokens_are_the_image_forwards(any_qwen, images):
     """derived.py's claim for Qwen2-VL's template (the vision block before the caption): the
     joint forward's image rows agree with the image forward's, so the store derives them."""
     from modalscope import derived
+    from reducing import joint_image_and_image
 
-    builder = _builder(any_qwen)
-    with Recorder(any_qwen.model, any_qwen.adapter, SITES) as rec:
-        image = reduce_content(any_qwen, rec, builder.image_batch(images))
-        joint, streams = builder.image_text_batch(images, CAPTIONS)
-        both = reduce_forward(any_qwen, rec, joint, streams)
-    records = {"image": image, "image_text_image": both["image_text_image"]}
-    records = {s: {site: {k: v.numpy() for k, v in d.items()} for site, d in r.items()} for s, r in records.items()}
+    records = joint_image_and_image(any_qwen, _builder(any_qwen), images, CAPTIONS, SITES)
     assert derived.joint_matches(records).all()
