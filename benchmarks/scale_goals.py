@@ -117,9 +117,9 @@ def write_cost(store_path: Path, scratch: Path, repeats: int = 3) -> tuple[float
     target = ActivationStore.create(scratch, source.n_layers, {s: source.width(s) for s in source.sites}, 16, {},
                                     stats=source.stats, conditions=source.conditions, window=window,
                                     dtype=source.attrs.get("store_dtype", "float32"))
-    from modalscope.record.extract import as_stored, float16_arrays
+    from modalscope.record.extract import as_stored, narrow_arrays
 
-    narrow = float16_arrays(target)
+    narrow = narrow_arrays(target)
     as_stored(records, narrow)  # once untimed: torch's first call starts its thread pool
     clock = time.process_time()
     for _ in range(repeats):

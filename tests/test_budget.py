@@ -52,6 +52,8 @@ def test_llava_7b_figures_from_the_real_config():
     budget = estimate(every, model, 5000, 16, 8)  # 5 streams x 5 reductions, less text's and the joint image's
     assert budget.values_per_pair == 32 * 15104 * (25 - 1 - 5)
     assert budget.joint_image_bytes == 5000 * 32 * 15104 * 5 * 4
+    bf16 = estimate(StudyConfig(out_dir=Path("unused"), store_dtype="bfloat16"), model, 5000, 16, 8)
+    assert bf16.store_bytes == 5000 * 32 * 15104 * 5 * 2 and bf16.lines()[0].endswith("derived, not stored; bfloat16)")
 
 
 def test_a_disk_too_small_is_one_line_naming_what_shrinks_the_store(tmp_path: Path):

@@ -91,3 +91,24 @@ def test_on_the_real_llava_template_the_joint_image_tokens_are_the_image_forward
     for site in ("residual", "mlp"):
         a, b = records["image_text_image"][site]["max"], records["image"][site]["max"]
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+def test_the_joint_check_sees_stored_values_at_the_stored_resolution(dtype):
+    """Forwards that agree to float32 rounding still round apart in a 16-bit dtype now and then:
+    not a different computation. A difference of twice the dtype's step still is one."""
+    from modalscope.store_dtypes import STORE_DTYPES
+
+    dtype = STORE_DTYPES[dtype] if isinstance(dtype, str) else np.dtype(dtype)
+    rng = np.random.default_rng(2)
+    image = (rng.uniform(0.5, 1.0, size=(3, 2, 4000)) * rng.choice([-1, 1], size=(3, 2, 4000))).astype(np.float32)
+    joint = image * np.float32(1 + 1e-6)  # a few float32 steps apart; near the top, where a step of the dtype counts
+    records = {s: {"mlp": {"max": v.astype(dtype)}} for s, v in (("image", image), ("image_text_image", joint))}
+    flips = (records["image"]["mlp"]["max"] != records["image_text_image"]["mlp"]["max"]).sum()
+    assert flips > 0  # some values do round apart
+    assert derived.joint_matches(records).tolist() == [True, True, True]
+    eps = float(np.finfo(np.float16).eps) if dtype == np.float16 else 2.0 ** -7
+    assert derived.tolerance(derived.RTOL, dtype) == max(derived.RTOL, eps)
+    top = np.abs(image[1]).max()
+    records["image_text_image"]["mlp"]["max"][1, 0, 0] = np.float32(image[1, 0, 0] + 2.5 * max(derived.RTOL, eps) * top)
+    assert derived.joint_matches(records).tolist() == [True, False, True]

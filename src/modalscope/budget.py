@@ -25,6 +25,7 @@ from pathlib import Path
 
 from modalscope.config import StudyConfig
 from modalscope.derived import STAT_RULES, STREAM_RULES
+from modalscope import store_dtypes
 from modalscope.streams import BASE_STREAM
 
 GB = 1e9
@@ -40,7 +41,11 @@ class Budget:
     streams: tuple[str, ...]
     stats: tuple[str, ...]
     window: int  # inputs per shard (batch size x sort window)
-    value_bytes: int = 4  # float32; 2 with --store-dtype float16
+    store_dtype: str = "float32"  # of the stored values (store_dtypes.STORE_DTYPES)
+
+    @property
+    def value_bytes(self) -> int:
+        return store_dtypes.value_bytes(self.store_dtype)
 
     @property
     def derived(self) -> tuple[tuple[str, str], ...]:
@@ -101,7 +106,7 @@ class Budget:
             f"store: at most {self.store_bytes / GB:,.1f} GB in {self.files:,} files "
             f"({self.n_pairs:,} pairs x {self.n_layers} layers x {sum(self.widths.values()):,} neurons "
             f"x {self.stored} arrays: {len(self.streams)} streams x {len(self.stats)} reductions{derived}; "
-            f"{'float16' if self.value_bytes == 2 else 'float32'})",
+            f"{self.store_dtype})",
             f"  {self.gb_per_1000_pairs():,.1f} GB per 1,000 pairs" + self._shrink(),
         ]
         if self.joint_image_bytes:
@@ -118,7 +123,7 @@ def estimate(config: StudyConfig, model_config, n_pairs: int, batch_size: int, s
     text = getattr(model_config, adapter.text_config, model_config)
     widths = {site: int(getattr(text, adapter.site(site).width)) for site in config.sites}
     return Budget(n_pairs, int(text.num_hidden_layers), widths, tuple(config.streams), tuple(config.stats),
-                  batch_size * sort_window, 2 if config.store_dtype == "float16" else 4)
+                  batch_size * sort_window, config.store_dtype)
 
 
 def disk_problem(budget: Budget, out_dir: Path, already: int = 0) -> str | None:

@@ -20,6 +20,7 @@ from modalscope.config import ALL_STATS, DEFAULT_CONDITIONS, DEFAULT_STATS, Stud
 from modalscope.data.pairs import DataError
 from modalscope.models.adapter import SITES
 from modalscope.store import StoreMismatch
+from modalscope.store_dtypes import STORE_DTYPES
 
 # Errors of writing outputs that the user can fix (space, permissions, quota, file size).
 WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.ENOENT}
@@ -221,9 +222,10 @@ def _recording_options(p: argparse.ArgumentParser) -> None:
                         "max), frac_active, quantile (default: max,mean,matched_max)")
     g.add_argument("--quantile", type=float, default=0.9,
                    help="the quantile of the `quantile` reduction (default: 0.9)")
-    g.add_argument("--store-dtype", choices=["float32", "float16"], default="float16",
-                   help="dtype of the stored reductions: float16 halves the store; a value beyond its range "
-                        "keeps that array float32 when found in the first window (default: float16)")
+    g.add_argument("--store-dtype", choices=list(STORE_DTYPES), default="float16",
+                   help="dtype of the stored reductions: float16 and bfloat16 halve the store (bfloat16: float32's "
+                        "range, 8x float16's rounding); a value beyond float16's range keeps that array float32 "
+                        "when found in the first window (default: float16)")
     g.add_argument("--conditions", type=_sites, default=DEFAULT_CONDITIONS, metavar="LIST",
                    help="forwards per pair: text (caption alone) and image (image alone) always; image_text "
                         "(both in one turn) (default: text,image)")

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from modalscope import store_dtypes
 from modalscope.models.adapter import SITES
 from modalscope.record.reductions import ALL_STATS, ALWAYS, DEFAULT_STATS, ReductionSpec
 from modalscope.streams import CONDITIONS, DEFAULT_CONDITIONS, UNIMODAL, streams
@@ -41,7 +42,7 @@ class StudyConfig:
     stats: tuple[str, ...] = DEFAULT_STATS
     stat: str = "max"  # the reduction the headline figures lead with
     quantile: float = 0.9
-    store_dtype: str = "float16"  # of the stored reductions (store.STORE_DTYPES); computed in float32
+    store_dtype: str = "float16"  # of the stored reductions (store_dtypes.STORE_DTYPES); computed in float32
     fdr: Literal["bh", "by"] = "bh"
     n_perm: int = 1000
     n_boot: int = 1000
@@ -98,8 +99,7 @@ class StudyConfig:
             raise ValueError(
                 f"--contrast {self.contrast}: give A-B with A, B among {', '.join(self.streams)}"
             )
-        if self.store_dtype not in ("float32", "float16"):
-            raise ValueError(f"--store-dtype {self.store_dtype}: choose float32 or float16")
+        store_dtypes.choose(self.store_dtype)
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"--quantile {self.quantile}: must be between 0 and 1")
         if self.fdr not in ("bh", "by"):

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import ml_dtypes
 import numpy as np
 
 STAT_RULES = {"matched_max": "max"}  # a row of matched_max whose stream has exactly k tokens is its max
 STREAM_RULES = {"image_text_image": "image"}  # a flagged row of the joint image tokens is the image forward's
 FLAGS = "derived"  # group of [input] bool arrays, one per stream of STREAM_RULES
 # Rows agree when every |difference| is within this share of the layer's largest |value| (per
-# site and reduction): below float16's resolution (2^-10), far above float32 rounding.
+# site and reduction): just above float16's resolution (2^-10), far above float32 rounding. The
+# check sees the values as stored, so a coarser dtype widens it to its own resolution (`tolerance`).
 RTOL = 1e-3
 # Not compared: a share of tokens above 0 flips by 1/T when rounding moves one token across 0
 # (seen: 1/576 on the tiny LLaVA). max and mean are always recorded and decide the check.
@@ -67,10 +69,20 @@ def joint_matches(records: Records, source: str = "image", stream: str = "image_
                 continue
             other = records[source][site][stat]
             scale = np.nanmax(np.abs(other), axis=(0, 2), keepdims=True, initial=0.0)  # [1, layer, 1]
-            close = (np.abs(values - other) <= rtol * scale) | (np.isnan(values) & np.isnan(other))
+            close = (np.abs(values - other) <= tolerance(rtol, values.dtype) * scale) | (np.isnan(values) & np.isnan(other))
             rows = close.all(axis=(1, 2))
             agree = rows if agree is None else agree & rows
     return agree if agree is not None else np.zeros(0, dtype=bool)
+
+
+def tolerance(rtol: float, dtype: np.dtype) -> float:
+    """`rtol`, or the stored dtype's resolution (its eps: one step at the top of the layer's range)
+    where that is coarser. Why: the check sees values as stored, and two forwards that agree to
+    float32 rounding still round to neighbouring values of a 16-bit dtype now and then (bfloat16:
+    one step is up to 2^-7 of a value; of a row's 1.4 million values at 7B widths, 2e-8 apart, an
+    estimated handful land on either side of a rounding boundary), which is not a different
+    computation."""
+    return max(rtol, float(ml_dtypes.finfo(dtype).eps))
 
 
 def punch(records: Records, n_tokens: Mapping[str, np.ndarray]) -> tuple[Records, dict[str, np.ndarray]]:

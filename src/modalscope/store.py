@@ -1,6 +1,6 @@
 """The activation store: a zarr v3 group `DIR/activations.zarr`.
 
-Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (float32 or float16,
+Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (float32, float16 or bfloat16,
 dimension names set), `tokens/{condition}` [input] with the number of tokens each
 reduction saw, and `input` [input], the pair ids: a dimension coordinate, so that xarray
 (`xr.open_datatree(DIR/activations.zarr, engine="zarr")`) selects by pair id. Chunks are one
@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from modalscope import derived
+from modalscope import derived, store_dtypes
 from modalscope.record.reductions import ALWAYS
 from modalscope.streams import UNIMODAL
 
@@ -37,15 +37,14 @@ STORE = "activations.zarr"
 # with bit shuffle stores as little as zarr's default zstd (0.938 vs 0.940 of raw) at 0.80x its
 # CPU time; fewer, bigger files (a shard per window holding every layer) halve the write cost.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
-ANALYSIS_BLOCK = 256
+ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do not depend on chunking
 # How appends write (measured, benchmarks/scale_goals.py): zarr's per-chunk check for an all-fill
 # chunk (NaN) costs as much as compressing it, so it is off, and an array whose new rows are all
 # holes is only resized instead; chunks go through the codecs 64 at a time, not one by one.
 # 0.40 -> 0.14 ms CPU per pair per 44 kB.
 WRITE_CONFIG = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": 64}
-# Stored value dtypes: float16 halves the store (its 11-bit mantissa: ~5e-4 relative rounding,
-# range +-65504, checked before the first write). numpy has no bfloat16, so zarr cannot hold it.
-STORE_DTYPES = ("float32", "float16")  # inputs per analysis read: a fixed size, so results do not depend on chunking
+# Stored value dtypes (store_dtypes.py: float32, float16, bfloat16, and why).
+STORE_DTYPES = tuple(store_dtypes.STORE_DTYPES)
 # Attributes a resumed run must share with the store, with the user-facing name of each.
 MUST_MATCH = {
     "model": "model",
@@ -92,8 +91,7 @@ class ActivationStore:
         window and all layers: one file per window instead of one per batch and layer, and each
         append writes whole shards; the analysis still reads one layer (an inner chunk) at a time.
         `dtype`: of the stored values (STORE_DTYPES); reductions are computed in float32 either way."""
-        if dtype not in STORE_DTYPES:
-            raise ValueError(f"store dtype {dtype!r}: choose {' or '.join(STORE_DTYPES)}")
+        store_dtypes.choose(dtype)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         shards = window if window and window % batch_size == 0 else batch_size
         for site, width in widths.items():
@@ -303,7 +301,7 @@ def _value_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunk: in
         shape=shape,
         chunks=(chunk, 1, shape[2]),
         shards=(shard, shape[1], shape[2]),
-        dtype=dtype,
+        dtype=store_dtypes.STORE_DTYPES[dtype],
         fill_value=float("nan"),
         compressors=COMPRESSOR,
         dimension_names=("input", "layer", "neuron"),

@@ -26,6 +26,7 @@ from typing import Any
 
 from modalscope.config import StudyConfig
 from modalscope.files import atomic
+from modalscope.store_dtypes import STORE_DTYPES
 
 # What a key's value must be, and how a message names it.
 KINDS = {
@@ -96,7 +97,8 @@ KEYS: tuple[Key, ...] = (
         "frac_active, quantile"),
     Key("reductions", "quantile", "float", "the quantile of the `quantile` reduction"),
     Key("reductions", "store_dtype", "str", "dtype of the stored reductions: float16 halves the store "
-        "(range checked before the first write); computed in float32 either way", choices=("float32", "float16")),
+        "(range checked before the first write), bfloat16 too with float32's range; computed in float32 either way",
+        choices=tuple(STORE_DTYPES)),
     Key("statistics", "contrast", "str", "Δ = A - B between recorded streams (text, image, image_text, "
         "image_text_caption, image_text_image, text_base)"),
     Key("statistics", "fdr", "str", "false discovery rate control: bh (Benjamini-Hochberg) or by "

@@ -9,7 +9,7 @@ record/plan.py), so a rerun of the same command continues after the last finishe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import sys
 import time
 from contextlib import nullcontext
@@ -34,6 +34,7 @@ from modalscope.record.plan import plan_windows
 from modalscope.record.reductions import ReductionSpec
 from modalscope.record.writer import StoreWriter
 from modalscope.store import ActivationStore
+from modalscope.store_dtypes import NARROW, largest
 from modalscope.tables import write_frame
 
 
@@ -221,7 +222,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
     items = iter(batches)
     recorder = Recorder(loaded.model, loaded.adapter, how.sites, how.reductions)
     base_recorder = Recorder(base.model, base.adapter, how.sites, how.reductions) if base else nullcontext()
-    narrow = float16_arrays(store)
+    narrow = narrow_arrays(store)
     holes = bool(store.attrs.get("derived"))  # a store made before derived.py keeps every row
     clock = time.perf_counter()
     with recorder, base_recorder, StoreWriter(store) as writer:
@@ -293,36 +294,45 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
 Records = dict[str, dict[str, dict[str, np.ndarray]]]
 
 
-def float16_arrays(store: ActivationStore) -> set[str]:
-    """The value arrays ({site}/{stream}/{stat}) stored as float16: read once per extraction."""
-    if store.attrs.get("store_dtype", "float32") != "float16":
-        return set()
-    return {f"{site}/{stream}/{stat}" for site in store.sites for stream in store.conditions for stat in store.stats
-            if store.array(site, stream, stat).dtype == np.float16}
+def narrow_arrays(store: ActivationStore) -> dict[str, np.dtype]:
+    """The value arrays ({site}/{stream}/{stat}) stored as float16 or bfloat16, with their dtype:
+    read once per extraction."""
+    if store.attrs.get("store_dtype", "float32") not in NARROW:
+        return {}
+    dtypes = {f"{site}/{stream}/{stat}": store.array(site, stream, stat).dtype
+              for site in store.sites for stream in store.conditions for stat in store.stats}
+    return {name: dtype for name, dtype in dtypes.items() if dtype.itemsize == 2}
 
 
-def as_stored(records: Records, narrow: set[str]) -> Records:
-    """The float16 arrays (`narrow`) cast once, after the range check: torch's cast takes a third
-    of numpy's CPU time (0.024 vs 0.065 s per 96 pairs x 2 layers at 7B widths) and leaves the
-    writer thread only compression and I/O; the window also holds half the bytes."""
+def as_stored(records: Records, narrow: Mapping[str, np.dtype]) -> Records:
+    """The 16-bit arrays (`narrow`) cast once, after the range check, so the writer thread does
+    only compression and I/O and the window holds half the bytes. float16 through torch: a third
+    of numpy's CPU time (0.024 vs 0.065 s per 96 pairs x 2 layers at 7B widths); bfloat16 through
+    ml_dtypes, bit for bit torch's rounding (to nearest even) and as fast."""
     if not narrow:
         return records
-    return {stream: {site: {stat: (torch.from_numpy(values).to(torch.float16).numpy()
-                                   if f"{site}/{stream}/{stat}" in narrow else values)
+    return {stream: {site: {stat: _narrowed(values, narrow.get(f"{site}/{stream}/{stat}"))
                             for stat, values in by_stat.items()} for site, by_stat in by_site.items()}
             for stream, by_site in records.items()}
 
 
+def _narrowed(values: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    if dtype is None:
+        return values
+    if dtype == np.float16:
+        return torch.from_numpy(values).to(torch.float16).numpy()
+    return values.astype(dtype)
+
+
 def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, store: ActivationStore,
-                 first: bool, narrow: set[str] | None = None) -> None:
-    """Values beyond a float16 array's range (|x| > 65504) would be stored as inf. In the first
-    window, before anything is written, such an array becomes float32 (`store.widen`, and it
-    leaves `narrow`, the float16 arrays); later, the run stops in one line with the finished
-    windows kept."""
-    narrow = float16_arrays(store) if narrow is None else narrow
+                 first: bool, narrow: dict[str, np.dtype] | None = None) -> None:
+    """Values beyond a 16-bit array's range (|x| > 65504 for float16, > 3.39e38 for bfloat16)
+    would be stored as inf. In the first window, before anything is written, such an array
+    becomes float32 (`store.widen`, and it leaves `narrow`, the 16-bit arrays); later, the run
+    stops in one line with the finished windows kept."""
+    narrow = narrow_arrays(store) if narrow is None else narrow
     if not narrow:
         return
-    limit = float(np.finfo(np.float16).max)
     for stream, by_site in records.items():
         for site, by_stat in by_site.items():
             for stat, values in by_stat.items():
@@ -330,17 +340,20 @@ def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, sto
                 if name not in narrow:
                     continue
                 peak = np.abs(values).max(axis=(1, 2))  # [batch]; the values are finite here
+                limit = largest(narrow[name])
                 if peak.max() <= limit:
                     continue
                 if first:
                     store.widen(name)
-                    narrow.discard(name)
+                    del narrow[name]
                     continue
                 row = int(rows[int(peak.argmax())])
+                dtype = narrow[name].name
+                wider = "bfloat16 or float32" if dtype == "float16" else "float32"
                 raise ExtractionError(
-                    f"pair {manifest['pair_id'].iloc[row]}: {name} reaches {peak.max():.4g}, beyond float16's "
-                    f"range (65504), after the first window chose float16 for it; rerun into a new --out with "
-                    "--store-dtype float32: the finished windows are kept")
+                    f"pair {manifest['pair_id'].iloc[row]}: {name} reaches {peak.max():.4g}, beyond {dtype}'s "
+                    f"range ({limit:.5g}), after the first window chose {dtype} for it; rerun into a new --out with "
+                    f"--store-dtype {wider}: the finished windows are kept")
 
 
 def _forward_all(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool,
