@@ -236,9 +236,9 @@ def trend_null(
 def _add_product(total: np.ndarray, signs: np.ndarray, values: np.ndarray) -> np.ndarray:
     """total + signs @ values, written into total: BLAS's own C = AB + C (dgemm, beta 1), on
     the transposes so that C-ordered arrays are the Fortran ones it wants; no [P, N] product
-    is made and added in a second pass (about a quarter of the sign flips' time at 7B widths). With a
-    float16 store every sum is exact (integers times 2^-24), so the bits are those of
-    `total += signs @ values`."""
+    is made and added in a second pass (0.18-0.20 against 0.24-0.26 CPU-s for a [1000, 256] @
+    [256, 11008] block here). With a float16 store every sum is exact (whole multiples of 2^-24,
+    exact while |S| < 2^29), so the bits are those of `total += signs @ values`."""
     if values.size == 0 or total.size == 0:  # no inputs (or no neurons): nothing to add
         return total
     return blas.dgemm(1.0, values.T, signs.T, beta=1.0, c=total.T, overwrite_c=True).T
