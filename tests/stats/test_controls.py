@@ -124,6 +124,21 @@ def test_permutation_t_chunks_equal_one_pass():
     np.testing.assert_allclose(one.s, signs @ delta, rtol=1e-12)
 
 
+def test_permutation_t_sums_of_float16_deltas_are_exact_over_chunks():
+    """Δ of float16 values (a float16 store's) sums exactly, so S made chunk by chunk, BLAS adding
+    into it, is the input-by-input sum bit for bit."""
+    rng = np.random.default_rng(18)
+    a, b = (rng.normal(size=(90, 25)).astype(np.float16).astype(np.float64) for _ in range(2))
+    flips = SignFlips(90, 64, 19)
+    test = PermutationT()
+    for start in range(0, 90, 32):
+        test.add((a - b)[start : start + 32], flips.block(start, start + 32))
+    signs, want = flips.block(), np.zeros((64, 25))
+    for i in range(90):
+        want += signs[:, [i]] * (a - b)[i]
+    np.testing.assert_array_equal(test.s, want)
+
+
 def test_permutation_t_identity_row_is_the_one_sample_t():
     rng = np.random.default_rng(16)
     delta = rng.normal(0.3, 1.0, size=(25, 40))

@@ -14,7 +14,8 @@ from modalscope.stats.controls import SignFlips
 from modalscope.stats.fdr import fdr
 from modalscope.stats.layer_summary import SiteAnalysis
 from modalscope.stats.neuron.xmodal import (
-    CrossModal, average_ranks, block_draws, boot_neurons, bootstrap_r, null_abs_r, pairings, permutation_p,
+    CrossModal, _keys16, average_ranks, block_draws, boot_neurons, bootstrap_r, compact, null_abs_r, pairings,
+    permutation_p, standardised_ranks,
 )
 from modalscope.stats.protocol import AnalysisSettings, Context, Slab
 from modalscope.stats.xmodal_layers import share, threshold, xmodal_layer_columns, xmodal_summary
@@ -47,6 +48,55 @@ def test_ranks_equal_scipy_with_ties():
     x = np.round(rng.normal(size=(50, 9)), 1).astype(np.float16)
     x[:, 0] = 0.0
     np.testing.assert_array_equal(average_ranks(x), sps.rankdata(x, axis=0))
+
+
+def _awkward(values: str) -> np.ndarray:
+    """[40, 6] float64: heavy ties, 0 tied with -0, a constant column, both infinities and
+    float16's extremes (65504, its smallest subnormal 2^-24) when `values` is "half"; the
+    same plus 1e-3 (no float16 holds most of them) when "float"."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(40, 6))
+    x[:, 0] = np.round(x[:, 0])
+    x[:, 1] = 0.0
+    x[::3, 1] = -0.0
+    x[:, 2] = rng.choice([-np.inf, -65504.0, -2.0**-24, -0.0, 0.0, 2.0**-24, 65504.0, np.inf], size=40)
+    x[::4, 3] = x[0, 3]
+    x = x.astype(np.float16).astype(np.float64)
+    return x if values == "half" else x + 1e-3
+
+
+@pytest.mark.parametrize("values, dtype", [("half", np.float16), ("half", np.float32), ("float", np.float32),
+                                           ("float", np.float64)])
+def test_ranks_equal_scipy_on_the_radix_and_the_float_path(values, dtype):
+    x = _awkward(values).astype(dtype)
+    assert (_keys16(np.ascontiguousarray(x.T)) is None) == (values == "float")  # the path meant
+    np.testing.assert_array_equal(average_ranks(x), sps.rankdata(x.astype(np.float64), axis=0))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_ranks_put_nan_last_untied_as_the_float_sort_does(dtype):
+    x = np.array([[2.0, np.nan, 1.0, np.nan, 2.0, -0.0, 0.0]], dtype=dtype).T
+    got = average_ranks(x)[:, 0]
+    np.testing.assert_array_equal(got[[0, 2, 4, 5, 6]], sps.rankdata([2.0, 1.0, 2.0, 0.0, 0.0]))
+    assert sorted(got[[1, 3]]) == [6.0, 7.0]
+
+
+@pytest.mark.parametrize("values", ["half", "float"])
+def test_standardised_ranks_are_scipys_ranks_centred_and_scaled_bit_for_bit(values):
+    x = _awkward(values)[:, [0, 1, 3, 4]].astype(np.float32)  # finite; column 1 constant
+    got, varies = standardised_ranks(np.ascontiguousarray(x.T))
+    ranks = sps.rankdata(x, axis=0)
+    centred = ranks - ranks.mean(axis=0)
+    with np.errstate(invalid="ignore"):
+        want = np.where(centred.any(axis=0), centred / np.sqrt((centred**2).mean(axis=0)), 0.0)
+    np.testing.assert_array_equal(got, want.T)
+    assert varies.tolist() == [True, False, True, True]
+
+
+def test_values_are_held_as_float16_when_that_is_exact():
+    half = np.float16([[0.5, -0.0], [np.nan, 65504.0]]).astype(np.float64)
+    assert compact(half).dtype == np.float16 and np.array_equal(compact(half), half, equal_nan=True)
+    assert compact(half + 1e-4).dtype == np.float32 and compact(np.float64([[1e6]])).dtype == np.float32
 
 
 def test_r_ci_and_pearson_equal_scipy():

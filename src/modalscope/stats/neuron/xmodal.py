@@ -33,9 +33,18 @@ A neuron can prefer text (Δ > 0) and still be cross-modal. Inputs with a missin
 input gives NaN for every neuron) are left out; a neuron whose response is constant gets NaN.
 
 Memory: ranks need every pair, so unlike the streaming statistics this holds the layer's
-[pairs, neurons] of both conditions until `columns()`, as float32 (2 x 4 bytes per pair and
-neuron: 0.44 GB at 5,000 x 11,008; the store holds float32 or float16, so nothing is lost).
+[pairs, neurons] of both conditions until `columns()`, as float16 when that holds every value
+exactly (a float16 store, the default: 2 x 2 bytes per pair and neuron, 0.22 GB at 5,000 x
+11,008), else as float32 (a float32 store: twice that); nothing is lost either way.
 `columns()` then ranks a block of neurons at a time, temporaries near BLOCK_ELEMENTS.
+
+How the ranks are made (cost: they were half the analysis): a float16 value's bits, its sign
+folded in, are an order-preserving 16-bit key, and numpy's stable sort of 16-bit integers is a
+radix sort (other values: the float sort). Average ranks of ties and the standardised ranks
+are then exact in float64 from run boundaries alone (`ranked`): a centred rank is a whole
+number over 2, and the sum of squares is (n^3 - n - sum of t^3 - t over the runs of ties) / 12,
+so the numbers are bit for bit those of ranking, centring and scaling directly. Per neuron
+everything stays in input order, so r sums its products in the order it always did.
 
 The bootstrap over inputs of the per-layer share (stats/xmodal_layers.py) needs r on
 resampled inputs, with the ranks fixed. Resampling single inputs costs B·n per neuron (5·B·n·m
@@ -46,7 +55,8 @@ are taken per block once, and a replicate draws BOOT_BLOCKS blocks with replacem
 `bootstrap`; the same draws in every layer): B·K per neuron. Resampling blocks of iid inputs
 gives the same variance of the sums as resampling inputs. It runs on a fixed, evenly spaced
 subset of at most BOOT_NEURONS neurons per layer (neuron order in a layer carries no meaning),
-so what is kept is [B, m] float32 a layer (`layer_outputs()`).
+so what is kept is [B, m] float32 a layer (`layer_outputs()`); their block sums are gathered
+over the layer's parts and weighted in one product at the end.
 """
 
 from __future__ import annotations
@@ -90,32 +100,123 @@ def null_abs_r(n: int, n_perm: int, seed: int) -> np.ndarray:
     return np.sort(np.abs(out))
 
 
+def _keys16(xt: np.ndarray) -> np.ndarray | None:
+    """Order-preserving uint16 keys of values a float16 holds exactly (all a float16 store
+    gives back), so that numpy's stable sort is a radix sort (3x faster than sorting the
+    floats); equal values, 0 and -0 too, get equal keys. None when some value is no float16
+    (a float32 store) or NaN."""
+    if xt.dtype != np.float16:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            half = xt.astype(np.float16)
+        if xt.dtype != np.float32 or not np.array_equal(half, xt):
+            return None
+        xt = half
+    bits = xt.view(np.uint16)
+    magnitude = bits & np.uint16(0x7FFF)
+    if (magnitude > 0x7C00).any():  # a NaN: the float sort puts it last, untied, as before
+        return None
+    negative = bits >> np.uint16(15)
+    return np.uint16(0x8000) + magnitude - np.uint16(2) * negative * magnitude  # 0x8000 ± |x|
+
+
+def _sorted_rows(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat index into xt of each row's sorted order [c, n], each row of xt [c, n] in that
+    order): ties adjacent, in any order among them. Flat indices: one gather and one scatter
+    with them cost a fifth of take_along_axis and put_along_axis."""
+    c, n = xt.shape
+    keys = _keys16(xt)
+    values = xt if keys is None else keys
+    order = np.argsort(values, axis=1, kind=None if keys is None else "stable")  # stable: radix sort
+    order += (n * np.arange(c))[:, None]
+    return order, values.ravel()[order]
+
+
+def _tied_runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat index of the first value, length) of each run of 2 or more equal values in the
+    sorted rows `ordered` [c, n]; a run never crosses rows."""
+    c, n = ordered.shape
+    repeat = np.zeros((c, n), bool)  # equals the value before it in its row
+    np.equal(ordered[:, 1:], ordered[:, :-1], out=repeat[:, 1:])
+    repeat = repeat.ravel()
+    followed = np.zeros_like(repeat)  # the value after it (in its row) equals it
+    followed[:-1] = repeat[1:]
+    first = np.flatnonzero(followed & ~repeat)
+    return first, np.flatnonzero(repeat & ~followed) - first + 1
+
+
+def ranked(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat sorted order [c, n] (`_sorted_rows`), twice the centred average rank [c, n] in sorted order, sum of squared
+    centred ranks [c]) of each row of xt [c, n].
+
+    Why it is exact and cheap: a value's average rank minus the mean rank (n + 1) / 2 is
+    (first + last - (n - 1)) / 2 over the sorted positions of its run of ties, an integer over
+    2, so every rank and centred rank is exact in float64; a tie-free position j gives 2j - n + 1,
+    so only tied runs need work. The sum of squares is (n^3 - n - sum over runs of t^3 - t) / 12
+    (t the run's length), exact too (a multiple of 1/4): the same numbers the direct sums give."""
+    c, n = xt.shape
+    order, ordered = _sorted_rows(xt)
+    twice = np.empty((c, n))
+    twice[:] = 2.0 * np.arange(n) - (n - 1)
+    first, length = _tied_runs(ordered)
+    if first.size:
+        row = first // n
+        members = np.repeat(first - (np.cumsum(length) - length), length) + np.arange(length.sum())
+        twice.ravel()[members] = np.repeat(2.0 * (first - row * n) + length - n, length)
+        ties = np.bincount(row, weights=(length**3 - length).astype(np.float64), minlength=c)
+    else:
+        ties = np.zeros(c)
+    return order, twice, (float(n**3 - n) - ties) / 12.0
+
+
+def standardised_ranks(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([c, n] the average ranks of each row of xt [c, n], centred and scaled to unit
+    root-mean-square (ddof 0), float64, in input order; a constant row is all 0), [c] whether
+    the row is not constant. Bit for bit `_standardised(average_ranks(x))`: the mean of the
+    ranks is exactly (n + 1) / 2, the sum of squares is exact (`ranked`), and
+    (2 d) / (2 s) rounds as d / s."""
+    c, n = xt.shape
+    order, twice, squares = ranked(xt)
+    scale = np.sqrt(squares / n)
+    varies = scale > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        twice /= (2.0 * scale)[:, None]
+    twice[~varies] = 0.0
+    out = np.empty((c, n))
+    out.ravel()[order] = twice
+    return out, varies
+
+
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n down each column of x [n, c], ties given their average rank
     (as scipy.stats.rankdata(x, axis=0)), float64."""
-    xt = np.ascontiguousarray(x.T)
-    n = xt.shape[1]
-    order = np.argsort(xt, axis=1)  # any order within ties: they all get the same average
-    ordered = np.take_along_axis(xt, order, axis=1)
-    index = np.broadcast_to(np.arange(n), ordered.shape)
-    first = np.ones(ordered.shape, bool)
-    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    last = np.ones(ordered.shape, bool)
-    last[:, :-1] = first[:, 1:]
-    start = np.maximum.accumulate(np.where(first, index, 0), axis=1)
-    end = np.minimum.accumulate(np.where(last, index, n)[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty(ordered.shape)
-    np.put_along_axis(ranks, order, (start + end) / 2.0 + 1.0, axis=1)
+    n, c = x.shape
+    order, twice, _ = ranked(np.ascontiguousarray(x.T))
+    ranks = np.empty((c, n))
+    ranks.ravel()[order] = twice * 0.5 + (n + 1) / 2.0
     return ranks.T
 
 
 def _standardised(values: np.ndarray) -> np.ndarray:
-    """Columns centred and scaled to unit root-mean-square (ddof 0); a constant column is all 0."""
-    values = np.asarray(values, dtype=np.float64)
-    centred = values - values.mean(axis=0)
-    scale = np.sqrt((centred**2).mean(axis=0))
+    """Columns centred and scaled to unit root-mean-square (ddof 0); a constant column is all 0.
+    A new float64 array, worked on in place (the same operations, fewer temporaries)."""
+    values = np.array(values, dtype=np.float64)
+    values -= values.mean(axis=0)
+    scale = np.sqrt(np.square(values).mean(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(scale > 0, centred / scale, 0.0)
+        values /= scale
+    values[:, ~(scale > 0)] = 0.0
+    return values
+
+
+def compact(values: np.ndarray) -> np.ndarray:
+    """The values as float16 when that holds each exactly (a float16 store's: half the memory,
+    and their bits are the ranks' radix keys), else as float32."""
+    values = np.asarray(values)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        half = values.astype(np.float16)
+    if (half == values).all() or np.array_equal(half, values, equal_nan=True):  # NaN: a missing input
+        return half
+    return values.astype(np.float32)
 
 
 def fisher_ci(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,22 +255,36 @@ def block_draws(n_inputs: int, n_boot: int, seed: int) -> np.ndarray:
     return np.bincount(draw.ravel(), minlength=n_boot * k).reshape(n_boot, k).astype(np.float64)
 
 
-def bootstrap_r(rx: np.ndarray, ry: np.ndarray, rows: np.ndarray, draws: np.ndarray, n_inputs: int) -> np.ndarray:
-    """[n_boot, c] Pearson r of fixed ranks rx, ry [n, c] (of inputs `rows`, in order) over
-    resampled blocks of inputs (`block_draws`): the five sums r needs, per block, weighted by
-    each replicate's draw counts, so a replicate costs blocks x c, not inputs x c."""
-    c, n_blocks = rx.shape[1], draws.shape[1]
+def block_sums(rx: np.ndarray, ry: np.ndarray, rows: np.ndarray, n_blocks: int,
+               n_inputs: int) -> tuple[np.ndarray, np.ndarray]:
+    """([blocks, 5, c] the sums of rx, ry, rx², ry², rx·ry over each bootstrap block's inputs,
+    [blocks] its number of kept inputs), for fixed ranks rx, ry [n, c] of inputs `rows`, in order."""
+    c = rx.shape[1]
     block = input_blocks(n_inputs)[rows]  # ascending: rows are in input order
     counts = np.bincount(block, minlength=n_blocks).astype(np.float64)  # kept inputs per block
     present = counts > 0
     sums = np.zeros((n_blocks, 5 * c))
     values = np.concatenate([rx, ry, rx * rx, ry * ry, rx * ry], axis=1)
     sums[present] = np.add.reduceat(values, np.searchsorted(block, np.flatnonzero(present)), axis=0)
+    return sums.reshape(n_blocks, 5, c), counts
+
+
+def r_from_sums(draws: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[n_boot, c] each replicate's Pearson r from the block sums [blocks, 5, c] (`block_sums`),
+    weighted by its draw counts [n_boot, blocks]: one product for every neuron given."""
+    c = sums.shape[2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        moments = _product(draws, sums) / _product(draws, counts[:, None])
+        moments = _product(draws, sums.reshape(len(sums), 5 * c)) / _product(draws, counts[:, None])
         mx, my, xx, yy, xy = (moments[:, k * c : (k + 1) * c] for k in range(5))
         cov, vx, vy = xy - mx * my, xx - mx**2, yy - my**2
         return np.where((vx > 0) & (vy > 0), cov / np.sqrt(vx * vy), np.nan)
+
+
+def bootstrap_r(rx: np.ndarray, ry: np.ndarray, rows: np.ndarray, draws: np.ndarray, n_inputs: int) -> np.ndarray:
+    """[n_boot, c] Pearson r of fixed ranks rx, ry [n, c] (of inputs `rows`, in order) over
+    resampled blocks of inputs (`block_draws`): the five sums r needs, per block, weighted by
+    each replicate's draw counts, so a replicate costs blocks x c, not inputs x c."""
+    return r_from_sums(draws, *block_sums(rx, ry, rows, draws.shape[1], n_inputs))
 
 
 def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,8 +310,7 @@ class CrossModal:
         self.boot: np.ndarray | None = None
 
     def add(self, slab: Slab) -> None:
-        self.blocks.append((slab.start, np.asarray(slab.values[self.first], dtype=np.float32),
-                            np.asarray(slab.values[self.second], dtype=np.float32)))
+        self.blocks.append((slab.start, compact(slab.values[self.first]), compact(slab.values[self.second])))
 
     def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(input index [n], first [n, w], second [n, w]) in input order, inputs with a
@@ -221,17 +335,22 @@ class CrossModal:
         r, pearson = out["xmodal_r"], out["xmodal_pearson"]
         draws = block_draws(self.n_inputs, self.settings.n_boot, self.settings.seed)
         step = max(1, BLOCK_ELEMENTS // n)
+        boot_sums: list[np.ndarray] = []  # [blocks, 5, neurons] of the bootstrapped neurons, a part at a time
         for start in range(0, width, step):
             part = slice(start, min(start + step, width))
-            rx, ry = _standardised(average_ranks(x[:, part])), _standardised(average_ranks(y[:, part]))
-            defined = (rx != 0).any(axis=0) & (ry != 0).any(axis=0)  # neither response constant
-            r[part] = np.where(defined, (rx * ry).mean(axis=0), np.nan)
-            pearson[part] = np.where(defined, (_standardised(x[:, part]) * _standardised(y[:, part])).mean(axis=0),
-                                     np.nan)
-            chosen = np.flatnonzero((subset >= part.start) & (subset < part.stop))  # bootstrapped here
-            if chosen.size and len(draws):
-                local = subset[chosen] - part.start
-                self.boot[:, chosen] = bootstrap_r(rx[:, local], ry[:, local], rows, draws, self.n_inputs)
+            (rx, x_varies), (ry, y_varies) = (standardised_ranks(np.ascontiguousarray(v[:, part].T)) for v in (x, y))
+            defined = x_varies & y_varies  # neither response constant
+            local = subset[(subset >= part.start) & (subset < part.stop)] - part.start  # bootstrapped here
+            if local.size and len(draws):
+                sums, counts = block_sums(rx[local].T, ry[local].T, rows, draws.shape[1], self.n_inputs)
+                boot_sums.append(sums)
+            rx *= ry  # [neurons, pairs]: the mean over pairs sums as it did over [pairs, neurons] in F order
+            r[part] = np.where(defined, rx.mean(axis=1), np.nan)
+            sx = _standardised(x[:, part])
+            sx *= _standardised(y[:, part])
+            pearson[part] = np.where(defined, sx.mean(axis=0), np.nan)
+        if boot_sums:  # one product for the layer's bootstrapped neurons, not one per part
+            self.boot[:] = r_from_sums(draws, np.concatenate(boot_sums, axis=2), counts)
         out["xmodal_ci_low"], out["xmodal_ci_high"] = fisher_ci(r, n)
         out["xmodal_p"] = permutation_p(r, null_abs_r(n, self.settings.n_perm, self.settings.seed))
         return out
