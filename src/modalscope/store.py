@@ -49,11 +49,11 @@ ANALYSIS_BLOCK = 256
 # How appends write (measured, benchmarks/scale_goals.py): zarr's per-chunk check for an all-fill
 # chunk (NaN) costs as much as compressing it, so it is off, and an array whose new rows are all
 # holes is only resized instead; chunks go through the codecs 64 at a time, not one by one.
-# 0.40 -> 0.14 ms CPU per pair per 44 kB. Each array append costs zarr ~0.3 ms per chunk besides the
-# compression, so a chunk holds a whole window of one layer (window x 1 x neurons: a shard is one chunk
-# per layer), and the opened arrays and the consolidated metadata are kept across appends (the
-# metadata of the arrays an append grew replaces theirs; nothing is re-read): 0.031 -> 0.0xx CPU-s per
-# pair at 32 layers (benchmarks/scale_goals.py write_cost, idle machine).
+# 0.40 -> 0.14 ms CPU per pair per 44 kB. Then, at 7B widths (write_cost, CPU-s per pair at 32 layers,
+# 0.044 -> 0.023 on a loaded machine, ~0.032 -> ~0.016 idle): zarr costs ~0.3 ms per chunk and ~2 ms
+# per array append besides the compression, so a chunk is a whole window of one layer (a shard: one
+# chunk per layer), the arrays' appends run together (_write_all), the opened arrays are kept, and the
+# consolidated metadata is written from memory with the ledger, not re-read from every zarr.json.
 WRITE_CONFIG = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": 64}
 # Stored value dtypes: float16 halves the store (its 11-bit mantissa: ~5e-4 relative rounding,
 # range +-65504, checked before the first write). numpy has no bfloat16, so zarr cannot hold it.
