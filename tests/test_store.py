@@ -214,3 +214,46 @@ def test_check_matches_chat_template_difference_message_is_one_line(tmp_path):
 def test_open_missing_store_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no activation store"):
         ActivationStore.open(tmp_path / "nothing.zarr")
+
+
+def test_window_chunks_and_one_root_write_that_is_zarrs_own_consolidation(tmp_path):
+    """Chunks of a window x one layer in shards of every layer; each append's single root write
+    (ledger + consolidated metadata, from memory) equals what zarr.consolidate_metadata writes,
+    for a created store and for one reopened to resume; values (and holes) read back as appended."""
+    import json
+    import warnings
+
+    import zarr
+
+    path, window, conditions = tmp_path / "activations.zarr", 8, ("text", "image", "image_text_image")
+    store = ActivationStore.create(path, N_LAYERS, WIDTHS, BATCH, ATTRS, conditions=conditions, window=window)
+    for site, width in WIDTHS.items():
+        assert store.array(site, "text", "max").chunks == (window, 1, width)
+        assert store.array(site, "text", "max").shards == (window, N_LAYERS, width)
+    rng = np.random.default_rng(5)
+    appended = []
+
+    def append(target: ActivationStore, n: int) -> None:
+        records = {c: {site: {s: rng.normal(size=(n, N_LAYERS, w)).astype(np.float32) for s in STATS}
+                       for site, w in WIDTHS.items()} for c in conditions}
+        records["image_text_image"]["mlp"]["max"][:] = np.nan  # all holes: only resized
+        records["image"]["mlp"]["mean"][:, :, 0] = np.nan  # NaN first values, numbers after: written
+        target.append(records, {c: [3] * n for c in conditions}, flags={"image_text_image": [True] * n})
+        appended.append(records)
+        mine = json.loads((path / "zarr.json").read_text())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(path))
+        assert mine == json.loads((path / "zarr.json").read_text())
+
+    append(store, window)
+    append(store, 3)  # a partial window
+    resumed = ActivationStore.open(path)  # node metadata listed from disk this time
+    append(resumed, window)
+    assert resumed.n_done == ActivationStore.read(path).n_done == 2 * window + 3
+    for c in conditions:
+        for site in WIDTHS:
+            for s in STATS:
+                expected = np.concatenate([r[c][site][s] for r in appended])
+                np.testing.assert_array_equal(resumed.array(site, c, s)[:], expected, err_msg=f"{site}/{c}/{s}")
+    assert resumed.group["derived/image_text_image"][:].tolist() == [True] * (2 * window + 3)

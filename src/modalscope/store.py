@@ -4,14 +4,17 @@ Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (floa
 dimension names set), `tokens/{condition}` [input] with the number of tokens each
 reduction saw, and `input` [input], the pair ids: a dimension coordinate, so that xarray
 (`xr.open_datatree(DIR/activations.zarr, engine="zarr")`) selects by pair id. Chunks are one
-batch of inputs by one layer by all neurons, so extraction appends whole chunks; the
-analysis reads ANALYSIS_BLOCK inputs of one layer at a time, whatever the chunking, so its
-results do not depend on the batch size the store was recorded with. Metadata is
-consolidated after every append (xarray opens it without a warning, in one read).
+window of inputs (batch size x sort window: what extraction appends at once) by one layer by
+all neurons, in a shard of every layer, so extraction appends whole shards; the analysis reads
+ANALYSIS_BLOCK inputs of one layer at a time, whatever the chunking, so its results do not
+depend on the batch size the store was recorded with. Metadata is consolidated after every
+append (xarray opens it without a warning, in one read).
 
-Why a ledger: arrays are appended per batch, then the group attribute `n_done` is
-updated. A crash between the two leaves arrays longer than `n_done`; opening the store
-trims them back, so the rows that exist always belong to finished batches. Provenance
+Why a ledger: arrays are appended per window, then the group attribute `n_done` is
+updated, in the same write of the root zarr.json as the consolidated metadata. A crash
+between the two leaves arrays longer than `n_done` (and the consolidated copy, which readers
+like xarray use, still at the last finished window); opening the store trims them back, so
+the rows that exist always belong to finished windows. Provenance
 (model, weights, dtype, template, token scope, seed, manifest hash, versions) lives in
 the group attributes, and a rerun into the same store must match it.
 """
@@ -22,11 +25,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncio
+import dataclasses
 import warnings
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import ConsolidatedMetadata, GroupMetadata
+from zarr.core.sync import sync
 
 from modalscope import derived, store_dtypes
 from modalscope.record.reductions import ALWAYS
@@ -41,7 +49,11 @@ ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do no
 # How appends write (measured, benchmarks/scale_goals.py): zarr's per-chunk check for an all-fill
 # chunk (NaN) costs as much as compressing it, so it is off, and an array whose new rows are all
 # holes is only resized instead; chunks go through the codecs 64 at a time, not one by one.
-# 0.40 -> 0.14 ms CPU per pair per 44 kB.
+# 0.40 -> 0.14 ms CPU per pair per 44 kB. Then, at 7B widths (write_cost, CPU-s per pair at 32 layers,
+# 0.044 -> 0.023 on a loaded machine, ~0.032 -> ~0.016 idle): zarr costs ~0.3 ms per chunk and ~2 ms
+# per array append besides the compression, so a chunk is a whole window of one layer (a shard: one
+# chunk per layer), the arrays' appends run together (_write_all), the opened arrays are kept, and the
+# consolidated metadata is written from memory with the ledger, not re-read from every zarr.json.
 WRITE_CONFIG = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": 64}
 # Stored value dtypes (store_dtypes.py: float32, float16, bfloat16, and why).
 STORE_DTYPES = tuple(store_dtypes.STORE_DTYPES)
@@ -73,6 +85,8 @@ class ActivationStore:
         self._counts: dict[str, np.ndarray] | None = None  # tokens/*, read once per ledger
         self._flags: dict[str, np.ndarray] = {}  # derived/*, read with them
         self._derived: dict[str, dict[str, str]] | None = None  # the attribute `derived`, read once
+        self._arrays: dict[str, zarr.Array] = {}  # opened once per store object: writes go through these
+        self._members: dict[str, Any] | None = None  # every node's metadata, for the consolidated copy
 
     @classmethod
     def create(
@@ -94,41 +108,53 @@ class ActivationStore:
         store_dtypes.choose(dtype)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         shards = window if window and window % batch_size == 0 else batch_size
-        for site, width in widths.items():
+        made = {}  # the arrays, kept for the appends (see _node): opened under WRITE_CONFIG
+        with zarr.config.set(WRITE_CONFIG):
+            for site, width in widths.items():
+                for condition in conditions:
+                    for stat in stats:
+                        name = f"{site}/{condition}/{stat}"
+                        made[name] = _value_array(group, name, (0, n_layers, width), shards, shards, dtype)
+            made["input"] = group.create_array("input", shape=(0,), chunks=(max(batch_size, 1024),), dtype=str,
+                                               dimension_names=("input",))
             for condition in conditions:
-                for stat in stats:
-                    _value_array(group, f"{site}/{condition}/{stat}", (0, n_layers, width), batch_size, shards, dtype)
-        group.create_array("input", shape=(0,), chunks=(max(batch_size, 1024),), dtype=str,
-                           dimension_names=("input",))
-        for condition in conditions:
-            group.create_array(
-                f"tokens/{condition}",
-                shape=(0,),
-                chunks=(max(batch_size, 1024),),
-                dtype="int32",
-                fill_value=0,
-                dimension_names=("input",),
-            )
-        for stream in derived.STREAM_RULES:
-            if stream in conditions:
-                group.create_array(f"{derived.FLAGS}/{stream}", shape=(0,), chunks=(max(batch_size, 1024),),
-                                   dtype="bool", fill_value=False, dimension_names=("input",))
+                made[f"tokens/{condition}"] = group.create_array(
+                    f"tokens/{condition}",
+                    shape=(0,),
+                    chunks=(max(batch_size, 1024),),
+                    dtype="int32",
+                    fill_value=0,
+                    dimension_names=("input",),
+                )
+            for stream in derived.STREAM_RULES:
+                if stream in conditions:
+                    made[f"{derived.FLAGS}/{stream}"] = group.create_array(
+                        f"{derived.FLAGS}/{stream}", shape=(0,), chunks=(max(batch_size, 1024),),
+                        dtype="bool", fill_value=False, dimension_names=("input",))
         group.attrs.update(
             {**attrs, "sites": list(widths), "stats": list(stats), "conditions": list(conditions),
              "n_layers": n_layers, "n_done": 0, "store_dtype": dtype, "derived": derived.rules()}
         )
-        return cls(group, Path(path))
+        store = cls(group, Path(path))
+        store._arrays = made
+        # what zarr.consolidate_metadata would read back: the arrays, and their parents as the empty
+        # implicit groups create_array made (tests/test_store.py compares the two)
+        parents = {"/".join(name.split("/")[:i]) for name in made for i in range(1, name.count("/") + 1)}
+        empty = GroupMetadata(consolidated_metadata=ConsolidatedMetadata(metadata={}))
+        store._members = {**{p: empty for p in parents}, **{n: a.metadata for n, a in made.items()}}
+        return store
 
     def widen(self, name: str) -> None:
         """Make the empty array `name` ({site}/{stream}/{stat}) float32: decided on the first window,
         before anything is written, when its values would overflow the store dtype."""
-        array = self.group[name]
+        array = self._node(name)
         if array.shape[0] != 0:
             raise AssertionError(f"bug: widening {name}, which holds {array.shape[0]} inputs")
         chunks, shards = array.chunks[0], (array.shards or array.chunks)[0]
         shape = array.shape
         del self.group[name]
-        _value_array(self.group, name, shape, chunks, shards, "float32")
+        with zarr.config.set(WRITE_CONFIG):  # kept for the appends (see _node); the next commit lists its metadata
+            self._arrays[name] = _value_array(self.group, name, shape, chunks, shards, "float32")
         self.group.attrs["widened"] = sorted({*self.group.attrs.get("widened", []), name})
 
     @classmethod
@@ -176,7 +202,16 @@ class ActivationStore:
         return int(self.group.attrs["n_layers"])
 
     def array(self, site: str, condition: str, stat: str) -> zarr.Array:
-        return self.group[f"{site}/{condition}/{stat}"]
+        return self._node(f"{site}/{condition}/{stat}")
+
+    def _node(self, name: str) -> zarr.Array:
+        """The array `name`, opened once per store object (an open reads and validates its
+        zarr.json: ~1 ms), appends and resizes through it keep its shape current; opened under
+        WRITE_CONFIG, which an array takes when it is opened, not when it is written."""
+        if name not in self._arrays:
+            with zarr.config.set(WRITE_CONFIG):
+                self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def width(self, site: str) -> int:
         return int(self.array(site, UNIMODAL[0], ALWAYS[0]).shape[2])
@@ -202,24 +237,27 @@ class ActivationStore:
         """Append one batch: records[condition][site][stat] is [batch, layer, neuron], with the
         holes of derived.punch; `flags` its derived/{stream} rows; `pair_ids` label its inputs
         (default: their input index)."""
-        for stream, rows in (flags or {}).items():
-            self.group[f"{derived.FLAGS}/{stream}"].append(np.asarray(rows, dtype=bool), axis=0)
-        with zarr.config.set(WRITE_CONFIG):
-            for condition, by_site in records.items():
-                for site, by_stat in by_site.items():
-                    for stat, values in by_stat.items():
-                        array = self.array(site, condition, stat)
-                        if derived.is_holes(values) or np.isnan(values).all():  # all holes: the fill value, no bytes
-                            array.resize((array.shape[0] + len(values), *array.shape[1:]))
-                        else:
-                            array.append(values.astype(array.dtype, copy=False), axis=0)
-                self.group[f"tokens/{condition}"].append(np.asarray(n_tokens[condition], dtype=np.int32), axis=0)
         batch = len(next(iter(n_tokens.values())))
-        if "input" in self.group:
+        writes = []  # (array, rows to append; None: all holes, only resized), written together
+        for stream, rows in (flags or {}).items():
+            writes.append((self._node(f"{derived.FLAGS}/{stream}"), np.asarray(rows, dtype=bool)))
+        for condition, by_site in records.items():
+            for site, by_stat in by_site.items():
+                for stat, values in by_stat.items():
+                    array = self.array(site, condition, stat)
+                    writes.append((array, None if _all_nan(values) else values.astype(array.dtype, copy=False)))
+            writes.append((self._node(f"tokens/{condition}"), np.asarray(n_tokens[condition], dtype=np.int32)))
+        if "input" in self._arrays or "input" in self.group:
             ids = [str(i) for i in range(self.n_done, self.n_done + batch)] if pair_ids is None else pair_ids
-            self.group["input"].append(np.asarray([str(i) for i in ids], dtype=str), axis=0)
-        self.group.attrs["n_done"] = self.n_done + batch  # the ledger: written last
-        self.consolidate()
+            writes.append((self._node("input"), np.asarray([str(i) for i in ids], dtype=str)))
+        try:
+            with zarr.config.set(WRITE_CONFIG):
+                sync(_write_all(writes, batch))
+            self._commit({"n_done": self.n_done + batch})  # the ledger: written last
+        except BaseException:
+            self._arrays.clear()  # a half-written append: the next open trims; nothing cached is trusted
+            self._members = None
+            raise
 
     def consolidate(self) -> None:
         """Consolidated metadata in the root zarr.json, for readers that use it (xarray); our own
@@ -227,6 +265,27 @@ class ActivationStore:
         with warnings.catch_warnings():  # "not part of the Zarr format 3 specification" (yet)
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(self.group.store)
+
+    def _commit(self, attrs: Mapping[str, Any]) -> None:
+        """Update the group attributes and the consolidated metadata in one write of the root
+        zarr.json: what zarr.consolidate_metadata writes, without re-listing and re-reading every
+        node's zarr.json each append (~20 ms). The nodes' metadata is read once per store object;
+        the arrays opened through it (`_node`) carry their current shapes."""
+        if self._members is None:
+            members = {}
+            for name, node in self.group.members(max_depth=None):
+                meta = node.metadata
+                if isinstance(node, zarr.Group):  # as zarr.consolidate_metadata marks an empty child group
+                    meta = dataclasses.replace(meta, consolidated_metadata=ConsolidatedMetadata(metadata={}))
+                members[name] = meta
+            self._members = members
+        for name, array in self._arrays.items():
+            self._members[name] = array.metadata
+        group = self.group.metadata
+        root = dataclasses.replace(group, attributes={**group.attributes, **attrs},
+                                   consolidated_metadata=ConsolidatedMetadata(metadata=dict(self._members)))
+        sync((self.group.store_path / "zarr.json").set(root.to_buffer_dict(default_buffer_prototype())["zarr.json"]))
+        group.attributes.update(attrs)  # then in memory, as zarr's update_attributes does
 
     def read_layer(
         self, site: str, condition: str, stat: str, layer: int, start: int = 0, stop: int | None = None
@@ -289,9 +348,35 @@ class ActivationStore:
                         array.resize((done, *array.shape[1:]))
         flags = [f"{derived.FLAGS}/{s}" for s in derived.STREAM_RULES if f"{derived.FLAGS}/{s}" in self.group]
         for name in [f"tokens/{c}" for c in self.conditions] + flags + (["input"] if "input" in self.group else []):
-            array = self.group[name]
+            array = self._node(name)
             if array.shape[0] != done:
                 array.resize((done,))
+
+
+async def _write_all(writes: Sequence[tuple[zarr.Array, np.ndarray | None]], batch: int) -> None:
+    """Every array's append in one pass of zarr's event loop (one by one, each waits for its
+    own: ~2 ms more per array); the first error is raised once all have finished."""
+    async def one(array: zarr.Array, rows: np.ndarray | None) -> None:
+        target = array.async_array
+        if rows is None:
+            await target.resize((target.shape[0] + batch, *target.shape[1:]))
+        else:
+            await target.append(rows, axis=0)
+
+    done = await asyncio.gather(*(one(a, r) for a, r in writes), return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _all_nan(values: np.ndarray) -> bool:
+    """Whether every value is NaN (an array of holes). Any row whose first value is a number
+    settles it without the full scan (numpy's isnan on float16 is a scalar loop: 5 ms per 4 MB)."""
+    if derived.is_holes(values):
+        return True
+    if values.size and not np.isnan(values[(slice(None),) + (0,) * (values.ndim - 1)]).all():
+        return False
+    return bool(np.isnan(values).all())
 
 
 def _value_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunk: int, shard: int, dtype: str) -> zarr.Array:
