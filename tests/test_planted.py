@@ -2,7 +2,7 @@
 
 `planted.build_planted_llava` edits the tiny checkpoint so that known MLP neurons of one
 layer fire only on image tokens and others only on caption words (see its docstring). The
-whole study then runs on it, and Table 3 must put exactly those neurons at the two ends of
+study is recorded and analysed on it (tests/analysed.py), and Table 3 must put exactly those neurons at the two ends of
 their layer's Cohen's d ranking, significant after BH, with Δ = text - image of the right
 sign.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from modalscope.config import StudyConfig
-from modalscope.study import run_study
+from analysed import extract_and_analyze
 from planted import build_planted_llava
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def planted_study(tmp_path_factory, tiny_model_dir: Path, coco_files: tuple[Path
     root = tmp_path_factory.mktemp("planted")
     planted = build_planted_llava(tiny_model_dir, root / "model")
     captions, images = coco_files
-    run_study(
+    extract_and_analyze(
         StudyConfig(
             out_dir=root / "study",
             model=str(root / "model"),

@@ -2,8 +2,8 @@
 
 `planted_xmodal.build_xmodal_llava` edits the tiny checkpoint so that 18 MLP neurons of layer
 2 read a shape's colour, written the same way by the colour word of the caption and by the
-image's pixels (see its docstring). The whole study then runs on it (`run_study`, the real
-loading and extraction path) and:
+image's pixels (see its docstring). The study is recorded and analysed on it (the real
+loading and extraction path; tests/analysed.py) and:
 
 * the planted neurons are the 18 highest Spearman r of their layer between text and image
   max, significant after FDR (Table 3's `xmodal_r`, `xmodal_q`, and here against scipy on
@@ -34,7 +34,7 @@ from modalscope.config import StudyConfig
 from modalscope.stats.alignment import MEASURES, alignment_with_uncertainty
 from modalscope.stats.protocol import AnalysisSettings
 from modalscope.store import STORE, ActivationStore
-from modalscope.study import run_study
+from analysed import extract_and_analyze
 from planted_xmodal import build_xmodal_llava, colour_pairs
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def xmodal_study(tmp_path_factory, tiny_model_dir: Path):
         num_pairs=N_PAIRS, batch_size=8, device="cpu", sites=("mlp",), stats=("max", "mean"),
         conditions=("text", "image"), n_perm=N_PERM, n_boot=200, png=False, progress=False,
     )
-    run_study(config)
+    extract_and_analyze(config)
     table = pd.read_parquet(config.out_dir / "tables" / "table3_neurons.parquet")
     store = ActivationStore.read(config.out_dir / STORE)
     return planted, table, store

@@ -14,6 +14,7 @@ from modalscope.record.extract import ExtractionError, _check_range
 from modalscope.record.reductions import ALL_STATS
 from modalscope.store import ActivationStore
 from modalscope.store_dtypes import STORE_DTYPES
+from analysed import extract_and_analyze
 from modalscope.streams import CONDITIONS
 
 # Stated tolerances, float16 store against float32, as a share of each column's largest |value|
@@ -65,16 +66,12 @@ def test_a_16_bit_store_gives_table3_within_the_stated_tolerances(dtype: str, sm
                                                                    coco_files, tmp_path: Path):
     """The small study (float32, every condition and reduction) recorded again into a 16-bit store
     and analysed alike (extract and analyze: the figures do not read the store's dtype)."""
-    from modalscope.study import analyze_stage, extract_stage, prepare_manifest
-
     captions, images = coco_files
     config = StudyConfig(out_dir=tmp_path / dtype, model=str(tiny_model_dir), captions=captions, images=images,
                          num_pairs=16, batch_size=8, device="cpu", n_perm=200, n_boot=200, png=False,
                          progress=False, store_dtype=dtype, conditions=CONDITIONS,
                          stats=ALL_STATS)  # as the small study: every condition and reduction
-    manifest = prepare_manifest(config)
-    store = extract_stage(config, manifest)
-    analyze_stage(config, manifest)
+    store = extract_and_analyze(config)
     wide = pd.read_parquet(small_study / "tables/table3_neurons.parquet")  # the same study in float32
     half = pd.read_parquet(config.out_dir / "tables/table3_neurons.parquet")
     assert store.array("mlp", "text", "max").dtype == STORE_DTYPES[dtype] and store.attrs["store_dtype"] == dtype
