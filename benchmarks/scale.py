@@ -28,7 +28,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -126,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pairs: give pair counts of at least 2")
     extra = ["--permutations", "200", "--bootstrap", "200"] if args.smoke else []
 
-    root = args.out or Path(tempfile.mkdtemp(prefix="modalscope-scale-"))
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    from workload import working_folder
+
+    with working_folder(args.out, "modalscope-scale-") as root:
         clock = time.perf_counter()
         assets = build_assets(root, max(pairs))  # several captions per image: enough pairs
         print(f"assets: {max(pairs)} images in {time.perf_counter() - clock:.1f} s ({root / 'assets'})",
@@ -143,9 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    finally:
-        if args.out is None:
-            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

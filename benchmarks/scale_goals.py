@@ -274,21 +274,18 @@ def run(root: Path, n_pairs: int = 16) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=16, help="pairs per measured study (default 16)")
     parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    root = args.out or Path(tempfile.mkdtemp(prefix="modalscope-goals-"))
-    try:
+    from workload import working_folder
+
+    with working_folder(args.out, "modalscope-goals-") as root:
         figures = run(root, args.pairs)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    finally:
-        if args.out is None:
-            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

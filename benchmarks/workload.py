@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -94,3 +98,15 @@ def peak_mib() -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+@contextmanager
+def working_folder(out: Path | None, prefix: str) -> Iterator[Path]:
+    """`out`, kept (a rerun can reuse what it holds), or a temporary folder removed afterwards."""
+    root = out or Path(tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        if out is None:
+            shutil.rmtree(root, ignore_errors=True)

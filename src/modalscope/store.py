@@ -55,8 +55,6 @@ ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do no
 # chunk per layer), the arrays' appends run together (_write_all), the opened arrays are kept, and the
 # consolidated metadata is written from memory with the ledger, not re-read from every zarr.json.
 WRITE_CONFIG = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": 64}
-# Stored value dtypes (store_dtypes.py: float32, float16, bfloat16, and why).
-STORE_DTYPES = tuple(store_dtypes.STORE_DTYPES)
 # Attributes a resumed run must share with the store, with the user-facing name of each.
 MUST_MATCH = {
     "model": "model",
@@ -104,7 +102,7 @@ class ActivationStore:
         """`window`: inputs appended at once (batch size x sort window). Each array is sharded by
         window and all layers: one file per window instead of one per batch and layer, and each
         append writes whole shards; the analysis still reads one layer (an inner chunk) at a time.
-        `dtype`: of the stored values (STORE_DTYPES); reductions are computed in float32 either way."""
+        `dtype`: of the stored values (store_dtypes.STORE_DTYPES: float32, float16, bfloat16, and why); reductions are computed in float32 either way."""
         store_dtypes.choose(dtype)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         shards = window if window and window % batch_size == 0 else batch_size
