@@ -103,7 +103,7 @@ def default_study(base_and_vlm, coco_files, tmp_path_factory) -> Path:
                            "--captions", str(captions), "--images", str(images), "--num-pairs", "12",
                            "--out", str(out), "--quiet", "--no-png", "--permutations", "200", "--bootstrap", "200",
                            "--conditions", "text,image", "--stats", "max,mean,matched_max,frac_active,quantile",
-                           "--store-dtype", "float32")  # every reduction, float32: the golden hashes pin them
+                           "--store-dtype", "float32")  # every reduction, float32: the golden values pin them
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -230,7 +230,7 @@ def test_delta_base_layer_tables_summary_figure_and_report(default_study, base_a
         assert f"{facts.n_up:,} of {facts.n_neurons:,} neurons have q_vs_base" in report
 
 
-def test_the_base_contrast_outputs_are_bit_identical_to_the_committed_ones(default_study):
+def test_the_base_contrast_outputs_equal_the_golden_ones(default_study):
     from test_golden_outputs import check_golden
 
     check_golden(default_study, "base_contrast")

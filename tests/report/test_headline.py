@@ -26,7 +26,7 @@ from modalscope.report import facts
 from modalscope.report.headline import headline, trend_clause
 from modalscope.report.page import REPORT
 
-# The small study's numbers are pinned bit for bit by tests/golden, so its sentences are too.
+# The small study's numbers are pinned by tests/golden (within its tolerances, far below these 3 digits), so its sentences are too.
 SENTENCES = {
     "residual": "residual, layer mean of Δ = text − image: raw max falls by 0.578 per layer (bootstrap 95% CI "
                 "-0.791 to -0.363, sign-flip p = 0.00498); length-matched max rises by 0.915 per layer "
