@@ -42,3 +42,45 @@ def qwen2_vl_files(folder: Path) -> Path:
     processor = json.loads((real / "preprocessor_config.json").read_text())
     (folder / "preprocessor_config.json").write_text(json.dumps(dict(processor, processor_class="Qwen2VLProcessor")))
     return folder
+
+
+SMOLLM2_VOCAB = 49152  # SmolLM2's vocabulary; SmolVLM adds 128 tokens after it (ids 49152-49279)
+
+
+def smollm2_tokenizer(vlm: Path, edit=None):
+    """SmolLM2-135M-Instruct's tokenizer as far as SmolVLM-256M's files say: SmolVLM's tokenizer
+    (SmolLM2's, with 128 tokens added) without the tokens it added. `edit(spec)` changes the
+    tokenizer.json spec first (a tokenizer that reads something differently)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads((vlm / "tokenizer.json").read_text())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < SMOLLM2_VOCAB]
+    if edit is not None:
+        edit(spec)
+    specials = {t["content"] for t in spec["added_tokens"]}
+    names = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+             "unk_token": "<|endoftext|>"}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                   **{k: v for k, v in names.items() if v in specials})
+
+
+def smollm2_base(vlm: Path, folder: Path, edit=None) -> Path:
+    """A SmolLM2 base of a shrunk SmolVLM checkpoint `vlm`: its tokenizer (`smollm2_tokenizer`)
+    and a LLaMA holding the VLM's own decoder weights, embedding and head cut to SmolLM2's
+    vocabulary (so the base and the VLM agree on every text input)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, LlamaForCausalLM
+
+    smollm2_tokenizer(vlm, edit).save_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(vlm)
+    config = model.config.text_config
+    config.vocab_size = SMOLLM2_VOCAB
+    base = LlamaForCausalLM(config)
+    state = model.model.text_model.state_dict()
+    state["embed_tokens.weight"] = state["embed_tokens.weight"][:SMOLLM2_VOCAB]
+    base.model.load_state_dict(state)
+    with torch.no_grad():
+        base.lm_head.weight.copy_(model.lm_head.weight[:SMOLLM2_VOCAB])
+    base.save_pretrained(folder)
+    return folder

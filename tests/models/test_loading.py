@@ -38,7 +38,7 @@ def test_unsupported_model_type_is_refused_from_the_config_alone(real_llava_dir,
     assert not (tmp_path / "study").exists()
 
 
-@pytest.mark.parametrize("name", ["llava-next", "qwen2.5-vl"])
+@pytest.mark.parametrize("name", ["llava-next", "qwen2.5-vl", "qwen3-vl", "smolvlm"])
 def test_a_repository_without_weights_is_one_line(name, tmp_path, capsys):
     """The real repositories' small files hold no weights: config and processor pass, the
     weights fail, in one line, before anything is written."""

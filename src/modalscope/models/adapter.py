@@ -16,7 +16,10 @@ A family says
   through untouched; `token_inputs`, per-token arrays rebuilt with the ids);
 - the image placeholder's config field (an image's content positions are read from each
   input's own ids), and the tokens that are never content (BOS is always excluded);
-- how a user turn is written for its chat template, and the minimal image-only prompt.
+- how a user turn is written for its chat template, and the minimal image-only prompt;
+- anything the loaded model needs once, in place, before it is recorded (`prepare`: Qwen3-VL
+  moves its deepstack additions into the decoder layers, so that a layer's output is what the
+  next layer receives).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class ModelAdapter:
     # (processor, processor outputs, is_image [batch, tokens]) -> the image content positions,
     # when not every image placeholder is content (LLaVA-NeXT's row-ending newlines)
     image_content: Callable[[Any, Any, Any], Any] | None = None
+    prepare: Callable[[Any], None] | None = None  # (model) -> None, once after loading, in place
     notes: dict[str, str] = field(default_factory=dict)  # what "content tokens" means, for docs
 
     def layers(self, model: nn.Module) -> nn.ModuleList:

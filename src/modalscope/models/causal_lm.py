@@ -1,10 +1,11 @@
-"""Plain causal language models (LLaMA / Vicuna, Mistral, Qwen2): the text path only.
+"""Plain causal language models (LLaMA / Vicuna / SmolLM2, Mistral, Qwen2, Qwen3): the text path only.
 
 Why: the report's central claim, "text-only forgetting", compares a vision-language model
 with the language model it was trained from (LLaVA-1.5-7B: `lmsys/vicuna-7b-v1.5`;
 LLaVA-NeXT-Mistral: `mistralai/Mistral-7B-Instruct-v0.2`; Qwen2.5-VL-7B:
-`Qwen/Qwen2.5-7B-Instruct`). Such a model runs the VLM's text-only inputs, the very same
-token ids (`--base-model`), so its neurons can be compared index by index. It has no vision
+`Qwen/Qwen2.5-7B-Instruct`; Qwen3-VL-4B: the Qwen3 of its size, `Qwen/Qwen3-4B`; SmolVLM-256M:
+`HuggingFaceTB/SmolLM2-135M-Instruct`, a `llama`). Such a model runs the VLM's text-only
+inputs, the very same token ids (`--base-model`), so its neurons can be compared index by index. It has no vision
 modules: the image conditions are refused, and on its own it records `--conditions text` only.
 
 Its processor is its tokenizer, wrapped (`TextProcessor`) to answer like a multimodal
@@ -46,7 +47,7 @@ def load_text_processor(model_id: str, revision: str | None = None, backend: str
 
 CAUSAL_LM = ModelAdapter(
     family="causal LM",
-    model_types=("llama", "mistral", "qwen2"),
+    model_types=("llama", "mistral", "qwen2", "qwen3"),
     decoder_layers="model.layers",
     forward="model",
     final_norm="model.norm",

@@ -233,6 +233,8 @@ def load_model(
     if target is not None:
         model.to(target)
     model.eval()
+    if adapter.prepare is not None:
+        adapter.prepare(model)
     local = Path(model_id)
     provenance = {
         "model": str(local.resolve()) if local.is_dir() else model_id,

@@ -44,17 +44,23 @@ PROCESSORS = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen2_vl": "Qwen2VLProcessor
 
 
 @cache
-def image_only_processor(model_type: str) -> type:
-    """The family's processor without its video processor (see the module docstring)."""
+def image_only_subclass(base_name: str, module: str) -> type:
+    """A subclass of transformers' processor `base_name` without its video processor (see the
+    module docstring), named for `module`, whose `__getattr__` must give it back (pickling)."""
     import transformers
 
-    base = getattr(transformers, PROCESSORS[model_type])
+    base = getattr(transformers, base_name)
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
     name = base.__name__.replace("Processor", "ImageOnlyProcessor")
-    return type(name, (base,), {"__init__": __init__, "__module__": __name__, "__qualname__": name})
+    return type(name, (base,), {"__init__": __init__, "__module__": module, "__qualname__": name})
+
+
+def image_only_processor(model_type: str) -> type:
+    """The family's processor without its video processor (see the module docstring)."""
+    return image_only_subclass(PROCESSORS[model_type], __name__)
 
 
 def __getattr__(name: str) -> type:
@@ -65,12 +71,14 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_qwen2_5_vl_processor(model_id: str, revision: str | None = None, backend: str = "pil") -> Any:
-    return image_only_processor("qwen2_5_vl").from_pretrained(model_id, revision=revision, backend=backend)
+def load_qwen2_5_vl_processor(model_id: str, revision: str | None = None, backend: str = "pil", **options: Any
+                              ) -> Any:
+    return image_only_processor("qwen2_5_vl").from_pretrained(model_id, revision=revision, backend=backend, **options)
 
 
-def load_qwen2_vl_processor(model_id: str, revision: str | None = None, backend: str = "pil") -> Any:
-    return image_only_processor("qwen2_vl").from_pretrained(model_id, revision=revision, backend=backend)
+def load_qwen2_vl_processor(model_id: str, revision: str | None = None, backend: str = "pil", **options: Any
+                            ) -> Any:
+    return image_only_processor("qwen2_vl").from_pretrained(model_id, revision=revision, backend=backend, **options)
 
 
 def mrope_section(section: list[int], head_dim: int) -> list[int]:

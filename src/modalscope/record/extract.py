@@ -383,12 +383,19 @@ def _forward_all(loaded: LoadedModel, recorder: Recorder, item: dict, image_text
 
 def for_base(text: ModelBatch, base: LoadedModel) -> ModelBatch:
     """The VLM's text input for its base model: the same ids and masks, padding given the
-    base's own pad id (the VLM's may lie beyond the base vocabulary, as LLaVA's `<pad>` does)."""
-    pad = base.processor.tokenizer.pad_token_id
-    pad = 0 if pad is None else pad
-    ids = text.inputs["input_ids"].masked_fill(text.inputs["attention_mask"] == 0, pad)
-    return ModelBatch(inputs={"input_ids": ids, "attention_mask": text.inputs["attention_mask"]},
-                      content=text.content)
+    base's own pad id (the VLM's may lie beyond the base vocabulary, as LLaVA's `<pad>` does).
+    A row is read up to the first token the base's tokenizer lacks (only ever after the caption,
+    see inputs.BaseTokens: SmolVLM's `<end_of_utterance>`); the rest is padding to the base."""
+    tokenizer = base.processor.tokenizer
+    pad = 0 if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+    ids, mask = text.inputs["input_ids"], text.inputs["attention_mask"]
+    lacked = (ids >= len(tokenizer)) & mask.bool()
+    if lacked.any():
+        mask = mask * (lacked.cumsum(dim=1) == 0).to(mask.dtype)
+        if (text.content & (mask == 0)).any():
+            raise RuntimeError("bug: a content token follows a token the base model lacks")
+    ids = ids.masked_fill(mask == 0, pad)
+    return ModelBatch(inputs={"input_ids": ids, "attention_mask": mask}, content=text.content)
 
 
 def _in_manifest_order(done: list[tuple[Records, dict[str, list[int]]]], order: np.ndarray

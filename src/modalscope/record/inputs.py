@@ -394,13 +394,26 @@ class BaseTokens:
         self.builder = builder
         self.plain = PlainText(tokenizer)
         head = tokenizer(builder.text_pieces.head)["input_ids"]
-        tail = tokenizer(builder.text_pieces.tail, add_special_tokens=False)["input_ids"]
-        self.template_differs = list(head) != list(builder._text_head) or list(tail) != list(builder._text_tail)
+        ours, text = list(builder._text_tail), builder.text_pieces.tail
+        # A token of the VLM's template after the caption that the base lacks (SmolVLM's
+        # `<end_of_utterance>`, added to SmolLM2's vocabulary): the base reads the prompt up to it
+        # (`extract.for_base`), which changes no caption token (attention is causal), so only the
+        # template before it must read the same; refused where it would be recorded (--tokens all).
+        cut = next((i for i, t in enumerate(ours) if t >= len(tokenizer)), None)
+        lacked = None if cut is None else builder.tokenizer.convert_ids_to_tokens(ours[cut])
+        if lacked is not None:
+            ours, text = ours[:cut], text.split(lacked, 1)[0] if lacked in text else None
+        tail = None if text is None else tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.template = None
+        if list(head) != list(builder._text_head) or tail is None or list(tail) != ours:
+            self.template = "the template"
+        elif lacked is not None and builder.tokens == "all":
+            self.template = f"the template (it lacks {lacked!r}, which --tokens all records)"
 
     def mismatch(self, captions: Sequence[str]) -> str | None:
         """"the template", the first caption read differently (repr), or None."""
-        if self.template_differs:
-            return "the template"
+        if self.template:
+            return self.template
         runs = [self.builder.text_pieces.text(c) for c in self.builder.fit_captions(captions)]
         for caption, ours, theirs in zip(captions, self.builder.plain.encode(runs), self.plain.encode(runs)):
             if ours.ids != theirs.ids:
