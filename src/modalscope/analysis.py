@@ -97,10 +97,11 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) 
     input_means = {s: np.full((n_inputs, store.n_layers), np.nan) for s in stats}
     frames = []
     outputs: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in stats}  # per stat, per layer
+    pair_k = np.stack(list(store.token_counts().values())).min(axis=0)  # matched_max's k (xmodal partials it out)
     for layer in range(store.n_layers):
         frame: dict[str, object] = {"site": site, "layer": layer, "neuron": np.arange(width)}
         for stat in stats:
-            ctx = Context(site, layer, stat, width, n_inputs, settings, signs)
+            ctx = Context(site, layer, stat, width, n_inputs, settings, signs, pair_k)
             outputs[stat].append({})
             columns, input_means[stat][:, layer] = analyze_layer(store, ctx, outputs[stat][-1])
             frame.update(columns)

@@ -11,7 +11,7 @@ from scipy import stats as sps
 from modalscope.analysis import AnalysisSettings, run_analysis
 from modalscope.stats.controls import PermutationT, SignFlips, outlier_flags
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.ttest import CONSTANT_RTOL, one_sample_t, t_from_moments
+from modalscope.stats.ttest import CONSTANT_RTOL, hall_p, one_sample_t, t_from_moments
 from modalscope.record.reductions import ALWAYS as STATS
 from modalscope.store import ActivationStore
 from modalscope.streams import UNIMODAL as CONDITIONS
@@ -33,7 +33,7 @@ def test_rounding_sd_of_a_constant_column_is_not_a_huge_t():
     assert np.isnan(got.t_value[0]) and np.isnan(got.p_value[0]) and np.isnan(got.cohen_d[0])
     ref = sps.ttest_1samp(delta[:, 1:], 0.0, axis=0)
     np.testing.assert_allclose(got.t_value[1:], ref.statistic, rtol=1e-10)
-    np.testing.assert_allclose(got.p_value[1:], ref.pvalue, rtol=1e-8)
+    np.testing.assert_allclose(got.p_student[1:], ref.pvalue, rtol=1e-8)
 
 
 def test_t_from_moments_hand_cases():
@@ -105,7 +105,10 @@ def test_table3_and_p_perm_of_constant_columns_are_nan_in_the_analysis(tmp_path)
                  - values["image", "max" if not stat else "mean"].astype(np.float64))
         ref = sps.ttest_1samp(delta[:, :, 2:].reshape(n, -1), 0.0, axis=0)
         np.testing.assert_allclose(table.loc[~constant, f"t_value{stat}"], ref.statistic, rtol=1e-10)
-        np.testing.assert_allclose(table.loc[~constant, f"p_value{stat}"], ref.pvalue, rtol=1e-8)
+        np.testing.assert_allclose(table.loc[~constant, f"p_student{stat}"], ref.pvalue, rtol=1e-8)
+        skew = sps.skew(delta[:, :, 2:].reshape(n, -1), axis=0)
+        np.testing.assert_allclose(table.loc[~constant, f"p_value{stat}"],
+                                   hall_p(ref.statistic, skew, np.full(skew.shape, n)), rtol=1e-8)
         assert table.loc[~constant, f"p_perm{stat}"].between(1 / 201, 1).all()
     np.testing.assert_allclose(table.loc[constant, "mean_diff"], np.tile([1.0 - np.float32(1e-9), np.float32(0.1)], 2))
 

@@ -24,16 +24,29 @@ def test_share_and_p_equal_binomtest_with_ties_and_missing_left_out():
     rng = np.random.default_rng(5)
     delta = rng.normal(0.3, 1.0, size=(41, 12)).round(1)  # rounding makes ties at 0
     delta[rng.random(delta.shape) < 0.1] = np.nan
-    delta[:, 0] = 0.0  # all ties: no test
+    delta[:, 0] = 0.0  # all ties: no pair differs
     delta[:, 1] = np.abs(delta[:, 1]) + 0.1  # every pair positive
     got = _fed(delta).columns()
-    assert np.isnan(got["share_positive"][0]) and np.isnan(got["p_sign"][0])
+    assert got["share_positive"][0] == 0.0 and got["p_sign"][0] == 1.0  # as defined: 0 of 0 positive, p = 1
     for j in range(1, delta.shape[1]):
         column = delta[:, j][~np.isnan(delta[:, j])]
         k, n = int((column > 0).sum()), int((column != 0).sum())
         assert got["share_positive"][j] == pytest.approx(k / n, rel=1e-15)
         assert got["p_sign"][j] == pytest.approx(sps.binomtest(k, n, 0.5).pvalue, rel=1e-10)
     assert got["p_sign"][1] == pytest.approx(2 * 0.5 ** int((~np.isnan(delta[:, 1])).sum()), rel=1e-12)
+
+
+def test_no_finite_delta_stays_nan_and_shards_merge():
+    delta = np.zeros((10, 3))
+    delta[:, 1] = np.nan  # no value at all: no test
+    delta[:4, 2] = [1.0, -2.0, 3.0, 0.5]
+    one = _fed(delta).columns()
+    assert one["share_positive"][0] == 0.0 and one["p_sign"][0] == 1.0
+    assert np.isnan(one["share_positive"][1]) and np.isnan(one["p_sign"][1])
+    first, second = _fed(delta[:5]), _fed(delta[5:])
+    first.merge(second)
+    for name in ("share_positive", "p_sign"):
+        np.testing.assert_array_equal(first.columns()[name], one[name])
 
 
 def test_a_study_has_the_sign_test_columns_for_every_reduction(small_study):

@@ -11,7 +11,7 @@ from scipy import stats as sps
 from modalscope.stats.layers import layer_mean_ci, layer_trend
 from modalscope.stats.moments import RunningMoments
 from modalscope.stats.fdr import benjamini_hochberg
-from modalscope.stats.ttest import one_sample_t
+from modalscope.stats.ttest import hall_p, one_sample_t
 
 
 def _tests_from(delta: np.ndarray, blocks: int = 1):
@@ -27,7 +27,10 @@ def test_t_test_equals_scipy_ttest_1samp():
     got = _tests_from(delta)
     ref = sps.ttest_1samp(delta, 0.0, axis=0)
     np.testing.assert_allclose(got.t_value, ref.statistic, rtol=1e-10)
-    np.testing.assert_allclose(got.p_value, ref.pvalue, rtol=1e-8, atol=1e-300)
+    np.testing.assert_allclose(got.p_student, ref.pvalue, rtol=1e-8, atol=1e-300)
+    skew = sps.skew(delta, axis=0)
+    np.testing.assert_allclose(got.skew_diff, skew, rtol=1e-9)
+    np.testing.assert_allclose(got.p_value, hall_p(ref.statistic, skew, np.full(300, 57)), rtol=1e-8, atol=1e-300)
     np.testing.assert_allclose(got.mean_diff, delta.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(got.sd_diff, delta.std(axis=0, ddof=1), rtol=1e-12)
     np.testing.assert_allclose(got.cohen_d, delta.mean(0) / delta.std(0, ddof=1), rtol=1e-12)
@@ -38,7 +41,7 @@ def test_streamed_blocks_equal_one_pass():
     rng = np.random.default_rng(2)
     delta = rng.normal(5.0, 3.0, size=(101, 40))
     one, many = _tests_from(delta, 1), _tests_from(delta, 7)
-    for name in ("mean_diff", "sd_diff", "t_value", "p_value"):
+    for name in ("mean_diff", "sd_diff", "t_value", "p_value", "skew_diff", "p_student"):
         np.testing.assert_allclose(getattr(many, name), getattr(one, name), rtol=1e-12)
 
 
@@ -50,7 +53,8 @@ def test_hand_computed_three_inputs():
     assert got.mean_diff[0] == pytest.approx(2.0)
     assert got.sd_diff[0] == pytest.approx(1.0)
     assert got.t_value[0] == pytest.approx(2 * math.sqrt(3))
-    assert got.p_value[0] == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-9)
+    assert got.p_student[0] == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-9)
+    assert got.skew_diff[0] == 0.0 and got.p_value[0] == got.p_student[0]  # symmetric: no correction
     assert got.cohen_d[0] == pytest.approx(2.0)
 
 

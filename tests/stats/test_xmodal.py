@@ -23,9 +23,10 @@ from modalscope.stats.xmodal_layers import share, threshold, xmodal_layer_column
 N, WIDTH, N_PERM = 30, 6, 300
 
 
-def _fed(x: np.ndarray, y: np.ndarray, n_perm: int = N_PERM, seed: int = 4, n_boot: int = 0) -> CrossModal:
-    settings = AnalysisSettings(n_perm=n_perm, n_boot=n_boot, seed=seed)
-    acc = CrossModal(Context("mlp", 0, "max", x.shape[1], len(x), settings, SignFlips(len(x), 0)), {})
+def _fed(x: np.ndarray, y: np.ndarray, n_perm: int = N_PERM, seed: int = 4, n_boot: int = 0,
+         perm: bool = True, pair_k: np.ndarray | None = None) -> CrossModal:
+    settings = AnalysisSettings(n_perm=n_perm, n_boot=n_boot, seed=seed, xmodal_perm=perm)
+    acc = CrossModal(Context("mlp", 0, "max", x.shape[1], len(x), settings, SignFlips(len(x), 0), pair_k), {})
     for start in range(0, len(x), 7):  # blocks as the analysis feeds them
         stop = min(start + 7, len(x))
         acc.add(Slab(start, stop, x[start:stop] - y[start:stop], {"text": x[start:stop], "image": y[start:stop]}))
@@ -137,10 +138,10 @@ def test_permutation_p_equals_a_brute_force_loop_with_the_same_pairings():
     got = _fed(x, y).columns()
     perms = pairings(N, N_PERM, 4)
     for j in (0, 1, 3, 4, 5):  # tie-free: exact
-        assert got["xmodal_p"][j] == pytest.approx(_brute_p(x[:, j], y[:, j], perms, by_rank=True), abs=1e-12), j
+        assert got["xmodal_p_perm"][j] == pytest.approx(_brute_p(x[:, j], y[:, j], perms, by_rank=True), abs=1e-12), j
         # the same pairings in input order: other draws of the same null, so close, not equal
-        assert abs(got["xmodal_p"][j] - _brute_p(x[:, j], y[:, j], perms, by_rank=False)) < 0.12, j
-    assert got["xmodal_p"][0] == 1 / (N_PERM + 1)
+        assert abs(got["xmodal_p_perm"][j] - _brute_p(x[:, j], y[:, j], perms, by_rank=False)) < 0.12, j
+    assert got["xmodal_p_perm"][0] == 1 / (N_PERM + 1)
 
 
 def test_with_ties_the_shared_null_stays_close_to_each_neurons_own_permutation_null():
@@ -162,7 +163,7 @@ def test_with_ties_the_shared_null_stays_close_to_each_neurons_own_permutation_n
         r = got["xmodal_r"][j]
         own = (1 + (np.abs(null) >= abs(r) * (1 - 1e-12)).sum()) / (n_perm + 1)
         assert own < 0.05, (j, own)  # in the tail, where the null's shape matters
-        assert got["xmodal_p"][j] == pytest.approx(own, abs=0.005), j
+        assert got["xmodal_p_perm"][j] == pytest.approx(own, abs=0.005), j
 
 
 def test_a_constant_response_gives_nan_and_missing_inputs_are_left_out():
@@ -170,7 +171,7 @@ def test_a_constant_response_gives_nan_and_missing_inputs_are_left_out():
     y[:, 3] = 5.0
     x[4] = np.nan  # an empty input: every neuron
     got = _fed(x, y).columns()
-    assert np.isnan(got["xmodal_r"][3]) and np.isnan(got["xmodal_p"][3])
+    assert np.isnan(got["xmodal_r"][3]) and np.isnan(got["xmodal_p"][3]) and np.isnan(got["xmodal_p_perm"][3])
     keep = np.arange(N) != 4
     assert got["xmodal_r"][0] == pytest.approx(sps.spearmanr(x[keep, 0], y[keep, 0]).statistic, rel=1e-12)
 
@@ -181,8 +182,9 @@ def test_under_random_pairing_the_p_values_are_uniform(dtype):
     sqrt(p(1-p)/P) in the CDF); 10,000 pairings keep that below what KS over 1,000 neurons sees."""
     rng = np.random.default_rng(11)
     x, y = (rng.normal(size=(40, 1000)).astype(dtype).astype(np.float32) for _ in range(2))
-    p = _fed(x, y, n_perm=10_000).columns()["xmodal_p"]
-    assert sps.kstest(p, "uniform").pvalue > 0.01
+    got = _fed(x, y, n_perm=10_000).columns()
+    for name in ("xmodal_p", "xmodal_p_perm"):
+        assert sps.kstest(got[name], "uniform").pvalue > 0.01, name
 
 
 def test_permutation_p_is_monotone_in_abs_r():

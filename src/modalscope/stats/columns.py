@@ -15,9 +15,9 @@ VS_BASE = "_vs_base"  # suffix of Δ_base's columns (text - text_base), after th
 
 # Per-neuron columns, per reduction, in Table 3's order. A statistic (stats/neuron/) may
 # only produce names listed here; `q_value` is the FDR of `p_value` over the site's neurons.
-NEURON_COLUMNS = ("n", "mean_diff", "sd_diff", "t_value", "p_value", "q_value", "cohen_d", "p_perm",
-                  "share_positive", "p_sign", "xmodal_r", "xmodal_p", "xmodal_q", "xmodal_ci_low",
-                  "xmodal_ci_high", "xmodal_pearson")
+NEURON_COLUMNS = ("n", "mean_diff", "sd_diff", "t_value", "p_value", "q_value", "cohen_d", "skew_diff",
+                  "p_student", "p_perm", "share_positive", "p_sign", "xmodal_r", "xmodal_p", "xmodal_q",
+                  "xmodal_ci_low", "xmodal_ci_high", "xmodal_pearson", "xmodal_p_perm")
 # {p column: its q column}: the p-values that analysis.py turns into FDR q-values over the site's
 # neurons (settings.fdr), per reduction, once every layer's p is known.
 FDR_COLUMNS = {"p_value": "q_value", "xmodal_p": "xmodal_q"}

@@ -27,8 +27,9 @@ class AnalysisSettings:
     fdr: str = "bh"
     n_perm: int = 1000
     n_boot: int = 1000
-    outlier_factor: float = 100.0
+    outlier_factor: float = 10.0  # stats/massive.py
     seed: int = 0
+    xmodal_perm: bool = False  # also the permutation p of xmodal_r (`xmodal_p_perm`, n_perm re-pairings)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Context:
     n_inputs: int
     settings: AnalysisSettings
     signs: SignFlips  # the study's sign flips, [perm, input], shared by every neuron and layer
+    pair_k: np.ndarray | None = None  # [input] the pair's k (matched_max's token count); None: unknown
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,20 @@
 """Per-neuron one-sample t-tests, vectorised over neurons (FDR control is in fdr.py).
 
+What q reads (`p_value`): the skewness-corrected t of Hall (1992). Student's t p (kept as
+`p_student`) is anti-conservative in the far tail where Benjamini-Hochberg reads it when Δ
+is skewed: a right-skewed Δ has its mean and sd positively correlated, so a sample without
+its rare large values has a small mean *and* a small sd and a very negative t. Hall's
+monotone transformation of t removes the n^-1/2 term of its Edgeworth expansion, P(t <= x) =
+Φ(x) + n^-1/2 γ (2x² + 1) φ(x) / 6 + O(n^-1) (γ the skewness of Δ):
+
+    T = t + a t² + a² t³ / 3 + b,   a = γ̂ / (3 √n),   b = γ̂ / (6 √n),
+
+γ̂ the sample skewness (stats/moments.py `skewness`); T is referred to Student's t with n - 1
+degrees of freedom (which keeps the exact test for normal Δ, where γ̂ is near 0), two-sided:
+p = 2 min(F(T), 1 - F(T)). T is a non-decreasing function of t (dT/dt = (1 + a t)² >= 0), so
+it never reverses the order of two samples with the same γ̂, and it has an explicit inverse.
+Calibration and power (tests/stats/test_calibration.py, docs/method.md §4) are simulated.
+
 Why: the report's Table 3 is a t-test per neuron of H0: E[Δ] = 0 over inputs. We compute it
 from running moments (see `moments.py`), so it never needs every input in memory, and
 check it against `scipy.stats.ttest_1samp` in the tests. Cohen's d_z (mean Δ / sd Δ) is
@@ -30,8 +45,10 @@ class NeuronTests:
     mean_diff: np.ndarray
     sd_diff: np.ndarray
     t_value: np.ndarray
-    p_value: np.ndarray
+    p_value: np.ndarray  # the skewness-corrected p (`hall_p`): what q reads
     cohen_d: np.ndarray
+    skew_diff: np.ndarray  # sample skewness of Δ
+    p_student: np.ndarray  # Student's t p, 2 P(T_{n-1} > |t|)
 
 
 # Δ counts as constant where sd <= CONSTANT_RTOL · max(|mean|, TINY): float rounding of a
@@ -61,8 +78,28 @@ def t_from_moments(
         return np.where(t_defined(mean, sd, n), mean / (sd / np.sqrt(n)), undefined)
 
 
+def hall_statistic(t: np.ndarray, skewness: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Hall's (1992) skewness-corrected t: t + a t² + a² t³ / 3 + b with a = γ̂ / (3 √n),
+    b = γ̂ / (6 √n); t itself where γ̂ is not finite (n < 3)."""
+    t, skewness, n = (np.asarray(v, dtype=np.float64) for v in (t, skewness, n))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        g = np.where(np.isfinite(skewness), skewness, 0.0)
+        a = g / (3.0 * np.sqrt(n))
+        return t + a * t * t + a * a * t**3 / 3.0 + a / 2.0
+
+
+def hall_p(t: np.ndarray, skewness: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Two-sided p of Hall's statistic against Student's t with n - 1 degrees of freedom,
+    2 min(F(T), 1 - F(T)) (NaN where t is)."""
+    n = np.asarray(n, dtype=np.float64)
+    big_t = hall_statistic(t, skewness, n)
+    with np.errstate(invalid="ignore"):
+        return np.minimum(1.0, 2.0 * sps.t.sf(np.abs(big_t), np.maximum(n - 1, 1)))
+
+
 def one_sample_t(moments: RunningMoments) -> NeuronTests:
-    """t = mean / (sd / √n) against μ = 0, two-sided p with n - 1 degrees of freedom.
+    """t = mean / (sd / √n) against μ = 0; `p_value` the two-sided skewness-corrected p
+    (`hall_p`), `p_student` Student's, both with n - 1 degrees of freedom.
 
     Where Δ is constant (see `t_defined`) or n < 2, the test is undefined and t, p and d
     are NaN.
@@ -70,7 +107,10 @@ def one_sample_t(moments: RunningMoments) -> NeuronTests:
     n, mean, sd = moments.n, moments.mean, moments.sd
     defined = t_defined(mean, sd, n)
     t = t_from_moments(mean, sd, n)
+    skew = np.where(defined, moments.skewness, np.nan) if moments.m3.size else np.full(n.shape, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.where(defined, mean / sd, np.nan)
-        p = np.where(defined, 2.0 * sps.t.sf(np.abs(t), np.maximum(n - 1, 1)), np.nan)
-    return NeuronTests(n=n.astype(np.int64), mean_diff=mean, sd_diff=sd, t_value=t, p_value=p, cohen_d=d)
+        p_student = np.where(defined, 2.0 * sps.t.sf(np.abs(t), np.maximum(n - 1, 1)), np.nan)
+    p = np.where(defined, hall_p(t, skew, n), np.nan)
+    return NeuronTests(n=n.astype(np.int64), mean_diff=mean, sd_diff=sd, t_value=t, p_value=p, cohen_d=d,
+                       skew_diff=skew, p_student=p_student)

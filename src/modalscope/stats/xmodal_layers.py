@@ -6,10 +6,11 @@ and r > 0: the neurons whose text and image responses rank the pairs alike beyon
 `xmodal_median_r` the layer's median r. The trend is a least-squares line of the share on
 the layer index (summary.json `summary[site]["xmodal"]`).
 
-Why the bootstrap is cheap and what it fixes: with one shared null (stats/neuron/xmodal.py)
-p is a non-increasing function of |r|, and BH's q is a non-increasing function of p, so
-"q < 0.05" over the site is exactly "|r| >= r*", r* the smallest |r| among the neurons called
-(`threshold`). The bootstrap keeps r* and each neuron's ranks fixed and resamples the inputs
+Why the bootstrap is cheap and what it fixes: `xmodal_p` (stats/neuron/xmodal.py) is a
+non-increasing function of |r| for a given number of kept pairs and values of k, the same for
+every neuron of a site (exactly so for neurons without ties; a tied neuron's exact permutation
+variance shifts its p slightly), and BH's q is a non-increasing function of p, so "q < 0.05"
+over the site is "|r| >= r*", r* the smallest |r| among the neurons called (`threshold`). The bootstrap keeps r* and each neuron's ranks fixed and resamples the inputs
 (in blocks, stats/neuron/xmodal.py; the same resamples in every layer), so a replicate's
 share is the share of its r's at or above r*: the CI says how much the share moves with the
 sample of pairs at the study's cut, not how much the cut itself would move. The replicates

@@ -1,5 +1,7 @@
 """The report's test: a one-sample t of Δ per neuron (H0: E[Δ] = 0 over inputs), from running
-moments in float64 (stats/moments.py), with Cohen's d_z = mean / sd (see stats/ttest.py)."""
+moments in float64 (stats/moments.py), with Cohen's d_z = mean / sd (see stats/ttest.py).
+`p_value` (what q reads) is the skewness-corrected p of Hall (1992); `p_student` Student's
+t p beside it; `skew_diff` the sample skewness of Δ the correction uses."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from modalscope.stats.ttest import one_sample_t
 class TTest:
     NAME = "t_test"
     REQUIRES: tuple[str, ...] = ()
-    COLUMNS = ("n", "mean_diff", "sd_diff", "t_value", "p_value", "cohen_d")
+    COLUMNS = ("n", "mean_diff", "sd_diff", "t_value", "p_value", "cohen_d", "skew_diff", "p_student")
 
     @staticmethod
     def applies(stat: str) -> bool:

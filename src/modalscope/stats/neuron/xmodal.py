@@ -4,16 +4,42 @@ pairs excite it?
 Δ = text - image says which modality drives a neuron harder on average; it cannot say whether
 the two responses rank the pairs alike, which is what a shared ("mental imagery") code would
 do. Per neuron, over pairs, between the two contrasted conditions' values (settings.contrast:
-text and image by default):
+text and image by default), *within pairs of equal k* (the pair's k, matched_max's token count:
+`Context.pair_k`):
 
-- `xmodal_r`: Spearman's rank correlation (ties get average ranks), with a Fisher-z 95% CI
-  (`xmodal_ci_low`, `xmodal_ci_high`; standard error sqrt(1.06 / (n - 3)), Fieller, Hartley &
-  Pearson 1957);
-- `xmodal_p`: two-sided permutation p of r under random pairing, (1 + #|r_perm| >= |r|) / (P + 1)
-  with P = settings.n_perm; `xmodal_q` its FDR over the site's neurons (analysis.py, as q_value);
-- `xmodal_pearson`: Pearson's r of the raw values, beside it.
+- `xmodal_r`: Spearman's rank correlation within k (stratified): each response is ranked
+  among the pairs of the same k (ties get average ranks), the ranks centred in their group,
+  and r = sum of the products over the root of the product of the sums of squares, pooled over
+  the groups (`within_k_r`). k enters both responses of matched_max (the caption's max over k
+  tokens, the image's expected max over k of its tokens) and the caption's max, quantile and
+  fraction through their sample size, so a plain r ranks pairs alike by length alone, and a
+  shuffled pairing cannot see that (it moves k too). Ranking within k removes any dependence
+  of either response on k, whatever its shape (a linear partial on k would leave a curved
+  one; centring global ranks within k was not enough either: the groups' spreads then follow
+  k in both responses, which inflates r's variance). One value of k (or k unknown): the plain
+  Spearman r, bit for bit as before. With a 95% Fisher-z CI (`xmodal_ci_low`,
+  `xmodal_ci_high`; standard error sqrt(1.06 / (df - 1)), Fieller, Hartley & Pearson 1957);
+- `xmodal_p`: the analytic two-sided p of r, t = r' sqrt(df / (1 - r'²)) against Student's t
+  with df = n - g - 1 degrees of freedom (g the number of distinct k among the kept pairs;
+  n - 2 with one k, as scipy.stats.spearmanr, and then r' = r). r' is r rescaled so that its
+  exact variance under re-pairing within k, sum_g Sx_g Sy_g / (n_g - 1) / (Sx Sy) (S the
+  sums of squares of the centred ranks), is 1 / (n - g), a Spearman r's of n - g + 1 pairs:
+  the first two permutation moments are exact with or without ties (average ranks), the
+  shape is the t approximation's. Unlike a permutation p it has no floor, so BH over a 7B
+  site (352,256 neurons) can call a handful of strong neurons; `xmodal_q` its FDR over the
+  site's neurons (analysis.py, as q_value);
+- `xmodal_pearson`: Pearson's r of the raw values, centred within k the same way, beside it;
+- `xmodal_p_perm` (only with settings.xmodal_perm): the permutation p of r under random
+  re-pairing within k, (1 + #|r_perm| >= |r|) / (P + 1) with P = settings.n_perm, an
+  opt-in check of `xmodal_p`.
 
-The null is ONE set of P permuted r's for every neuron, layer and reduction. Why that is exact:
+Contrasts whose two streams read the same modality's tokens (text - text_base, the Δ_base
+contrast; text - image_text_caption; image - image_text_image) have no cross-modal meaning
+(text and text_base are identical on a model whose language model was not fine-tuned, so r =
+1 for every neuron): this statistic gives no columns there (`cross_modal_contrast`).
+
+The permutation check with one value of k uses ONE set of P permuted r's for every neuron,
+layer and reduction. Why that is exact:
 for a neuron without ties both responses' ranks are permutations of 1..n, and re-pairing them at
 random gives the same distribution of r as re-pairing the ranks 1..n with themselves; so the P
 pairings of the study's `xmodal_null` stream (`pairings`), applied once to 1..n, give every
@@ -24,10 +50,11 @@ and reduction. Ties (a float16 store rounds values, so they happen): a tied neur
 permutation null still has mean 0 and variance exactly 1/(n-1), but its shape differs from the
 tie-free one, more so the more of its values are tied (a neuron that is 0 on most pairs has a
 skewed, lumpy null); the shared null is then an approximation, close for the light ties of
-rounding (tests/stats/test_xmodal.py checks it against a per-neuron permutation). p is also
-monotone in |r| (one null for all), so an FDR cut over the site is an |r| threshold
-(stats/xmodal_layers.py uses this). Resolution: p >= 1/(P+1), so Benjamini-Hochberg over m
-neurons can call any neuron only when at least m / (alpha (P+1)) of them reach that floor.
+rounding (tests/stats/test_xmodal.py checks it against a per-neuron permutation). With
+several values of k the re-pairings keep k (`within_pairings`) and each neuron's own
+centred ranks are re-paired: P·n per neuron, which is why it is opt-in. Resolution: p >=
+1/(P+1), so BH over m neurons could call a neuron on it only when at least m / (alpha (P+1))
+of them reach that floor: why q reads the analytic p.
 
 A neuron can prefer text (Δ > 0) and still be cross-modal. Inputs with a missing value (an empty
 input gives NaN for every neuron) are left out; a neuron whose response is constant gets NaN.
@@ -65,18 +92,134 @@ import functools
 from collections.abc import Mapping
 
 import numpy as np
+from scipy import stats as sps
 
 from modalscope.seeds import generator
 from modalscope.stats.protocol import Accumulator, Context, Slab
 
 BLOCK_ELEMENTS = 1 << 18  # pairs x neurons ranked at once (and pairings x pairs drawn at once), about
 BOOT_NEURONS = 256  # neurons per layer whose r is bootstrapped over inputs
+WITHIN_BLOCKS = 4  # ranking within k works group by group: 4x the neurons at once, fewer small calls
 BOOT_BLOCKS = 100  # the bootstrap resamples this many blocks of inputs (each input, when fewer)
 SMALL_PRODUCT = 1 << 23  # multiply-adds under which a product skips BLAS (`_product`)
 _TIE = 1e-12  # relative tolerance: a permuted r equal to the observed one counts as extreme
 SPEARMAN_SE = 1.06  # Fieller, Hartley & Pearson (1957): var(atanh r_s) ~ 1.06 / (n - 3)
 Z95 = 1.959963984540054
 COLUMNS = ("xmodal_r", "xmodal_p", "xmodal_ci_low", "xmodal_ci_high", "xmodal_pearson")
+PERM_COLUMN = "xmodal_p_perm"
+# Which modality's tokens a stream reads: a contrast of two streams of one modality is not cross-modal.
+MODALITY = {"text": "text", "text_base": "text", "image_text_caption": "text",
+            "image": "image", "image_text_image": "image", "image_text": "both"}
+
+
+def cross_modal_contrast(contrast: tuple[str, str]) -> bool:
+    """Whether r between the contrast's two streams says anything cross-modal: not when both
+    read the same modality's tokens (text - text_base, text - image_text_caption, ...)."""
+    first, second = (MODALITY.get(s, s) for s in contrast)
+    return first != second or first == "both"
+
+
+def k_groups(pair_k: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """([n] the group (distinct k) of each kept input, number of groups); one group without k."""
+    if pair_k is None:
+        return np.zeros(len(rows), np.int64), 1
+    values, group = np.unique(np.asarray(pair_k)[rows], return_inverse=True)
+    return group.astype(np.int64), len(values)
+
+
+def centre_within(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """values [c, n] (rows: neurons, columns: inputs) minus each row's mean within each group of
+    inputs; a new float64 array. Cost c·n (a gather, a sum per group, a scatter)."""
+    order = np.argsort(group, kind="stable")
+    counts = np.bincount(group, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ordered = np.asarray(values, dtype=np.float64)[:, order]
+    present = counts > 0
+    means = np.add.reduceat(ordered, starts[present], axis=1) / counts[present]
+    ordered -= np.repeat(means, counts[present], axis=1)
+    out = np.empty_like(ordered)
+    out[:, order] = ordered
+    return out
+
+
+def ranks_within(xt: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """([c, n] each row's average ranks within each group of inputs, centred in the group, in
+    input order; [c, groups] S_g, each row's sum of squared centred ranks in group g, exact as
+    `ranked` makes it). A group of one input gives 0. Uses `ranked` group by group."""
+    c, n = xt.shape
+    out = np.zeros((c, n))
+    factor = np.zeros((c, n_groups))
+    for g in range(n_groups):
+        members = np.flatnonzero(group == g)
+        if members.size < 2:
+            continue
+        order, twice, squares = ranked(np.ascontiguousarray(xt[:, members]))
+        block = np.empty((c, members.size))
+        block.ravel()[order] = twice * 0.5
+        out[:, members] = block
+        factor[:, g] = squares
+    return out, factor
+
+
+def within_k_r(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(r [c], r rescaled to the permutation variance 1 / (n - g) [c], centred ranks of x and of
+    y [c, n]) of rows x, y [c, n] within groups: r = sum over groups of the products of
+    within-group centred ranks over the square root of the product of their sums of squares (a
+    pooled, stratified Spearman r). Under random re-pairing within groups its variance is
+    V = sum_g Sx_g Sy_g / (n_g - 1) / (Sx Sy); `r / sqrt(V (n - g))` has the variance a
+    Spearman r of n - g + 1 tie-free pairs has, so the t approximation reads it with n - g - 1 df."""
+    ex, fx = ranks_within(x, group, n_groups)
+    ey, fy = ranks_within(y, group, n_groups)
+    size = np.bincount(group, minlength=n_groups).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight = np.where(size > 1, 1.0 / np.maximum(size - 1, 1), 0.0)
+        sx, sy = fx.sum(axis=1), fy.sum(axis=1)
+        variance = (fx * fy) @ weight / (sx * sy)
+        r = np.where((sx > 0) & (sy > 0), np.einsum("ij,ij->i", ex, ey) / np.sqrt(sx * sy), np.nan)
+        scaled = np.clip(r / np.sqrt(variance * (len(group) - n_groups)), -1.0, 1.0)
+    return r, scaled, ex, ey
+
+
+def correlation(ex: np.ndarray, ey: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of centred ex, ey [c, n]; NaN where either row is 0."""
+    sxx, syy = np.einsum("ij,ij->i", ex, ex), np.einsum("ij,ij->i", ey, ey)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((sxx > 0) & (syy > 0), np.einsum("ij,ij->i", ex, ey) / np.sqrt(sxx * syy), np.nan)
+
+
+def analytic_p(r: np.ndarray, df: float) -> np.ndarray:
+    """Two-sided p of a (partial) rank correlation: t = r sqrt(df / (1 - r²)) against Student's
+    t with df degrees of freedom (scipy.stats.spearmanr's, df = n - 2 without a covariate);
+    0 at |r| = 1, NaN where r is."""
+    r = np.asarray(r, dtype=np.float64)
+    if df < 1:
+        return np.full(r.shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = r * np.sqrt(df / np.maximum((1.0 - r) * (1.0 + r), 0.0))
+        return np.where(np.isfinite(r), 2.0 * sps.t.sf(np.abs(t), df), np.nan)
+
+
+def within_pairings(group: np.ndarray, n_perm: int, seed: int) -> np.ndarray:
+    """[n_perm, n] random re-pairings that keep each input's group (k): row j re-pairs input i's
+    first response with input perm[j, i]'s second, perm[j, i] of the same k (`xmodal_null` stream)."""
+    rng = generator(seed, "xmodal_null")
+    base = np.argsort(group, kind="stable")
+    out = np.empty((n_perm, len(group)), np.int64)
+    for j in range(n_perm):
+        shuffled = np.lexsort((rng.random(len(group)), group[base]))
+        out[j, base] = base[shuffled]
+    return out
+
+
+def within_permutation_p(ex: np.ndarray, ey: np.ndarray, r: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """[c] (1 + #{j: |r_j| >= |r|}) / (P + 1), r_j each neuron's r with ey re-paired by perms[j]."""
+    norm = np.sqrt(np.einsum("ij,ij->i", ex, ex) * np.einsum("ij,ij->i", ey, ey))
+    bound = np.abs(r) * (1 - _TIE)
+    count = np.zeros(len(r))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for perm in perms:
+            count += np.abs(np.einsum("ij,ij->i", ex, ey[:, perm]) / norm) >= bound
+    return np.where(np.isfinite(r), (1.0 + count) / (len(perms) + 1), np.nan)
 
 
 def pairings(n: int, n_perm: int, seed: int) -> np.ndarray:
@@ -220,7 +363,10 @@ def compact(values: np.ndarray) -> np.ndarray:
 
 
 def fisher_ci(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """95% CI of Spearman's r: tanh(atanh r ± 1.96 sqrt(1.06 / (n - 3)))."""
+    """95% CI of Spearman's r from n pairs (n = df + 2 for a partial r):
+    tanh(atanh r ± 1.96 sqrt(1.06 / (n - 3)))."""
+    if n <= 3:
+        return np.full(np.shape(r), np.nan), np.full(np.shape(r), np.nan)
     half = Z95 * np.sqrt(SPEARMAN_SE / (n - 3))
     z = np.arctanh(np.clip(r, -1 + 1e-15, 1 - 1e-15))
     return np.tanh(z - half), np.tanh(z + half)
@@ -306,11 +452,14 @@ class CrossModal:
     def __init__(self, ctx: Context, shared: Mapping[str, Accumulator]) -> None:
         self.first, self.second = ctx.settings.contrast
         self.settings, self.n_inputs, self.width = ctx.settings, ctx.n_inputs, ctx.width
+        self.pair_k = ctx.pair_k
+        self.active = cross_modal_contrast(ctx.settings.contrast)  # else: no columns
         self.blocks: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.boot: np.ndarray | None = None
 
     def add(self, slab: Slab) -> None:
-        self.blocks.append((slab.start, compact(slab.values[self.first]), compact(slab.values[self.second])))
+        if self.active:
+            self.blocks.append((slab.start, compact(slab.values[self.first]), compact(slab.values[self.second])))
 
     def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(input index [n], first [n, w], second [n, w]) in input order, inputs with a
@@ -325,25 +474,48 @@ class CrossModal:
         return rows[keep], x[keep], y[keep]
 
     def columns(self) -> dict[str, np.ndarray]:
+        if not self.active:
+            self.boot = np.zeros((0, 0), np.float32)
+            return {}
         rows, x, y = self._values()
         n, width = x.shape
-        out = {name: np.full(width, np.nan) for name in COLUMNS}
+        names = COLUMNS + ((PERM_COLUMN,) if self.settings.xmodal_perm else ())
+        out = {name: np.full(width, np.nan) for name in names}
         subset = boot_neurons(width)
         self.boot = np.full((self.settings.n_boot, subset.size), np.nan, dtype=np.float32)
-        if n < 4:
+        group, n_groups = k_groups(self.pair_k, rows)
+        df = n - n_groups - 1  # residual degrees of freedom of r within k
+        if n < 4 or df < 2:
             return out
         r, pearson = out["xmodal_r"], out["xmodal_pearson"]
+        within = n_groups > 1
+        perms = None
+        if within and self.settings.xmodal_perm:
+            perms = within_pairings(group, self.settings.n_perm, self.settings.seed)
         draws = block_draws(self.n_inputs, self.settings.n_boot, self.settings.seed)
-        step = max(1, BLOCK_ELEMENTS // n)
+        step = max(1, (WITHIN_BLOCKS if within else 1) * BLOCK_ELEMENTS // n)
         boot_sums: list[np.ndarray] = []  # [blocks, 5, neurons] of the bootstrapped neurons, a part at a time
+        scaled = np.full(width, np.nan)  # r rescaled to the permutation variance of n - g + 1 pairs (within k)
         for start in range(0, width, step):
             part = slice(start, min(start + step, width))
-            (rx, x_varies), (ry, y_varies) = (standardised_ranks(np.ascontiguousarray(v[:, part].T)) for v in (x, y))
-            defined = x_varies & y_varies  # neither response constant
             local = subset[(subset >= part.start) & (subset < part.stop)] - part.start  # bootstrapped here
+            if within:  # ranks within k: r is the stratified rank correlation given k
+                r[part], scaled[part], rx, ry = within_k_r(np.ascontiguousarray(x[:, part].T),
+                                                           np.ascontiguousarray(y[:, part].T), group, n_groups)
+                if local.size and len(draws):
+                    sums, counts = block_sums(rx[local].T, ry[local].T, rows, draws.shape[1], self.n_inputs)
+                    boot_sums.append(sums)
+                if perms is not None:
+                    out[PERM_COLUMN][part] = within_permutation_p(rx, ry, r[part], perms)
+                sx = centre_within(np.asarray(x[:, part], dtype=np.float64).T, group, n_groups)
+                pearson[part] = np.where(np.isfinite(r[part]), correlation(sx, centre_within(
+                    np.asarray(y[:, part], dtype=np.float64).T, group, n_groups)), np.nan)
+                continue
+            (rx, x_varies), (ry, y_varies) = (standardised_ranks(np.ascontiguousarray(v[:, part].T)) for v in (x, y))
             if local.size and len(draws):
                 sums, counts = block_sums(rx[local].T, ry[local].T, rows, draws.shape[1], self.n_inputs)
                 boot_sums.append(sums)
+            defined = x_varies & y_varies  # neither response constant
             rx *= ry  # [neurons, pairs]: the mean over pairs sums as it did over [pairs, neurons] in F order
             r[part] = np.where(defined, rx.mean(axis=1), np.nan)
             sx = _standardised(x[:, part])
@@ -351,8 +523,10 @@ class CrossModal:
             pearson[part] = np.where(defined, sx.mean(axis=0), np.nan)
         if boot_sums:  # one product for the layer's bootstrapped neurons, not one per part
             self.boot[:] = r_from_sums(draws, np.concatenate(boot_sums, axis=2), counts)
-        out["xmodal_ci_low"], out["xmodal_ci_high"] = fisher_ci(r, n)
-        out["xmodal_p"] = permutation_p(r, null_abs_r(n, self.settings.n_perm, self.settings.seed))
+        out["xmodal_ci_low"], out["xmodal_ci_high"] = fisher_ci(r, df + 2)
+        out["xmodal_p"] = analytic_p(scaled if within else r, df)
+        if self.settings.xmodal_perm and not within:
+            out[PERM_COLUMN] = permutation_p(r, null_abs_r(n, self.settings.n_perm, self.settings.seed))
         return out
 
     def layer_outputs(self) -> dict[str, np.ndarray]:
