@@ -106,8 +106,8 @@ def test_export_out_of_range_names_the_site_and_its_range(small_study):
     (("plot", "x", "--csv"), "--csv is not an option of plot (it is one of demo, run, analyze, export); see "
                              "`modalscope plot --help`"),
     (("run", "--num-pair", "5"), "unrecognized option --num-pair; did you mean --num-pairs?"),
-    (("frobnicate",), "COMMAND frobnicate: choose demo, init, run, plan, extract, analyze, plot, report, export or "
-                      "neuron"),
+    (("frobnicate",), "COMMAND frobnicate: choose demo, init, run, plan, shrink, extract, analyze, plot, report, "
+                      "export, neuron or ablate"),
 ])
 def test_usage_errors_name_the_option_never_an_internal_function(args, message):
     done = modalscope(*args)
@@ -117,26 +117,29 @@ def test_usage_errors_name_the_option_never_an_internal_function(args, message):
 # What each command uses, and so lists: nothing more.
 OPTIONS = {
     "demo": ["--out", "--num-pairs", "--batch-size", "--device", "--seed", "--sites", "--tokens", "--contrast",
-             "--fdr", "--permutations", "--bootstrap", "--outlier-factor", "--alignment-stat", "--long-tables", "--csv",
+             "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor", "--alignment-stat", "--long-tables", "--csv",
              "--no-png", "--stat", "--quiet"],
     "init": ["path"],
     "run": ["--out", "--config", "--model", "--revision", "--base-model", "--base-revision", "--device", "--dtype",
             "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers", "--captions", "--images",
-            "--jsonl", "--num-pairs", "--seed", "--sites", "--tokens", "--stats", "--quantile", "--store-dtype",
-            "--conditions", "--contrast", "--fdr", "--permutations", "--bootstrap", "--outlier-factor", "--alignment-stat",
+            "--jsonl", "--instances", "--num-pairs", "--seed", "--sites", "--tokens", "--stats", "--quantile", "--store-dtype",
+            "--conditions", "--contrast", "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor", "--alignment-stat",
             "--long-tables", "--csv", "--no-png", "--stat", "--quiet", "--force"],
     "plan": ["--model", "--revision", "--num-pairs", "--out", "--base-model", "--batch-size", "--sort-window",
              "--sites", "--tokens", "--stats", "--quantile", "--store-dtype", "--conditions"],
+    "shrink": ["source", "out", "--revision", "--seed"],
     "extract": ["--out", "--config", "--resume", "--model", "--revision", "--base-model", "--base-revision",
                 "--device", "--dtype", "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers",
-                "--captions", "--images", "--jsonl", "--num-pairs", "--seed", "--sites", "--tokens", "--stats",
+                "--captions", "--images", "--jsonl", "--instances", "--num-pairs", "--seed", "--sites", "--tokens", "--stats",
                 "--quantile", "--store-dtype", "--conditions", "--contrast", "--quiet", "--force"],
-    "analyze": ["dir", "--config", "--contrast", "--fdr", "--permutations", "--bootstrap", "--outlier-factor",
+    "analyze": ["dir", "--config", "--contrast", "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor",
                 "--alignment-stat", "--long-tables", "--csv"],
     "plot": ["dir", "--config", "--no-png", "--stat"],
     "report": ["dir", "--stat"],
     "export": ["dir", "--layers", "--neurons", "--sites", "--name", "--csv"],
     "neuron": ["dir", "--site", "--layer", "--neuron", "--out", "--top"],
+    "ablate": ["dir", "--k", "--sets", "--method", "--random", "--pairs", "--bands", "--readouts", "--concept-words",
+               "--sites", "--stat", "--batch-size", "--device", "--dtype", "--seed", "--quiet"],
 }
 
 

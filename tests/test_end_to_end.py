@@ -33,7 +33,9 @@ def demo(tmp_path_factory) -> Path:
     # Without the browser's PNG/SVG copies (~20 s): tests/figures/test_figures.py writes those.
     done = modalscope("demo", "--out", str(out), "--num-pairs", str(N_PAIRS), "--quiet", "--no-png")
     assert done.returncode == 0, done.stderr
-    assert "figure2_residual.html" in done.stdout
+    first = done.stdout.splitlines()[0]  # --quiet: how many files, not each path (the report links them)
+    assert first.startswith(f"study written to {out} in ") and first.endswith(" figures")
+    assert "  figure  " not in done.stdout and f"  report  {out / 'report.html'}" in done.stdout
     return out
 
 
@@ -55,6 +57,12 @@ def test_demo_writes_every_output_with_its_columns(demo):
     assert (demo / "manifest.parquet").exists() and (demo / "study.json").exists()
     assert (demo / "assets/tiny-llava/model.safetensors").exists()
     assert (demo / "assets/coco/annotations/captions_demo.json").exists()
+    # the drawn world's labels make the demo a concept study: its report says what they show
+    assert (tables / "concepts.parquet").exists()
+    page = (demo / "report.html").read_text(encoding="utf-8")
+    for site in WIDTHS:
+        assert summary[site]["concepts"]["n_concepts"] > 0
+        assert f"<li>{site}, concepts (max): " in page
 
 
 def test_row_counts_are_consistent(demo):

@@ -53,6 +53,10 @@ def test_run_writes_every_output_on_the_real_files(name, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for path in OUTPUTS:
         assert (out / path).exists(), path
+    # a shrunk checkpoint is marked: its study's report says random weights in its title
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f"random weights, shrunk from {files.name}: its numbers say nothing about any trained model" in page
+    assert "(random weights)</title>" in page
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert len(manifest) == n_pairs
     table3 = pd.read_parquet(out / "tables/table3_neurons.parquet")

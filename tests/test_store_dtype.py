@@ -91,11 +91,14 @@ def _records(peak: float) -> dict:
     return {c: {"mlp": {"max": values, "mean": np.ones((2, 2, 4), np.float32)}} for c in ("text", "image")}
 
 
-def test_a_value_beyond_float16_keeps_its_array_float32_in_the_first_window(tmp_path: Path):
+def test_a_value_beyond_float16_keeps_its_array_float32_in_the_first_window(tmp_path: Path, capsys):
     store = _store(tmp_path / "a.zarr")
     manifest = pd.DataFrame({"pair_id": ["p0", "p1"]})
     records = _records(1e5)
     _check_range(records, np.arange(2), manifest, store, first=True)
+    said = capsys.readouterr().err.splitlines()  # printed, not only kept in the store's attributes
+    assert said == [f"  note    mlp/{s}/max reaches 1e+05, beyond float16's range: stored as float32 (the report's "
+                    "'What was run' lists it)" for s in ("text", "image")]
     assert store.array("mlp", "text", "max").dtype == np.float32
     assert store.array("mlp", "text", "mean").dtype == np.float16
     assert store.attrs["widened"] == ["mlp/image/max", "mlp/text/max"]

@@ -32,6 +32,7 @@ def _every_field_set(tmp_path: Path, coco_files) -> StudyConfig:
         num_pairs=9, seed=5, sites=("mlp",), tokens="all", conditions=("text", "image", "image_text"), contrast="image-text",
         stats=("max", "mean", "quantile"), stat="mean", quantile=0.75, store_dtype="float32", fdr="by", n_perm=300, n_boot=400,
         outlier_factor=12.5, alignment_stat="max", long_tables="never", csv=True, png=False, progress=False,
+        primary="mlp:quantile", instances=captions.parent.parent / "instances_demo.json",
     )
 
 
@@ -47,7 +48,7 @@ def test_every_field_survives_a_round_trip(tmp_path, coco_files):
 
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text('{"image": "a.png", "caption": "a cat", "id": "1"}\n')
-    other = StudyConfig(out_dir=tmp_path / "s2", jsonl=jsonl, batch_size="auto", outlier_factor=1e-7)
+    other = StudyConfig(out_dir=tmp_path / "s2", jsonl=jsonl, batch_size="auto", outlier_factor=1e17)
     assert StudyConfig.from_toml(other.to_toml(tmp_path / "other.toml")) == other
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left over
 

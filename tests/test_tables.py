@@ -14,6 +14,7 @@ from modalscope.record.reductions import ALWAYS as STATS
 from modalscope.store import ActivationStore
 from modalscope.streams import UNIMODAL as CONDITIONS
 from modalscope.tables import TABLE1, TABLE2, table1_rows, write_long_tables
+from modalscope.stats.ttest import hall_p
 
 WIDTHS = {"residual": 5, "mlp": 7}
 N_LAYERS = 3
@@ -235,7 +236,8 @@ def test_table3_single_neuron_equals_scipy_ttest_of_text_minus_image(filled, ana
     assert row["mean_diff"] == pytest.approx(delta.mean(), rel=1e-12)
     assert row["sd_diff"] == pytest.approx(delta.std(ddof=1), rel=1e-12)
     assert row["t_value"] == pytest.approx(ref.statistic, rel=1e-10)
-    assert row["p_value"] == pytest.approx(ref.pvalue, rel=1e-8)
+    assert row["p_student"] == pytest.approx(ref.pvalue, rel=1e-8)
+    assert row["p_value"] == pytest.approx(hall_p(ref.statistic, sps.skew(delta), len(delta)), rel=1e-8)
     assert row["cohen_d"] == pytest.approx(delta.mean() / delta.std(ddof=1), rel=1e-10)
 
 
@@ -250,16 +252,18 @@ def test_table3_all_neurons_equal_numpy_scipy_and_q_is_bh_over_site(filled, anal
     ref = sps.ttest_1samp(delta, 0.0, axis=0)
     np.testing.assert_allclose(rows[f"mean_diff{suffix}"], delta.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(rows[f"t_value{suffix}"], ref.statistic, rtol=1e-10)
-    np.testing.assert_allclose(rows[f"p_value{suffix}"], ref.pvalue, rtol=1e-8)
+    np.testing.assert_allclose(rows[f"p_student{suffix}"], ref.pvalue, rtol=1e-8)
+    p = hall_p(ref.statistic, sps.skew(delta, axis=0), np.full(delta.shape[1], N_INPUTS))  # what q reads
+    np.testing.assert_allclose(rows[f"p_value{suffix}"], p, rtol=1e-8)
     np.testing.assert_allclose(
         rows[f"cohen_d{suffix}"], delta.mean(axis=0) / delta.std(axis=0, ddof=1), rtol=1e-10
     )
     # BH over every neuron of this site (all layers), not per layer and not across sites
     np.testing.assert_allclose(
-        rows[f"q_value{suffix}"], sps.false_discovery_control(ref.pvalue), rtol=1e-8
+        rows[f"q_value{suffix}"], sps.false_discovery_control(p), rtol=1e-8
     )
     per_layer = np.concatenate(
-        [sps.false_discovery_control(p) for p in ref.pvalue.reshape(N_LAYERS, -1)]
+        [sps.false_discovery_control(part) for part in p.reshape(N_LAYERS, -1)]
     )
     assert not np.allclose(rows[f"q_value{suffix}"], per_layer)  # the family matters here
 
@@ -302,8 +306,9 @@ def test_summary_regression_equals_linregress_on_layer_means(filled, analyzed):
         assert entry["slope"] == pytest.approx(fit.slope, rel=1e-10)
         assert entry["intercept"] == pytest.approx(fit.intercept, rel=1e-10, abs=1e-12)
         assert entry["r2"] == pytest.approx(fit.rvalue**2, rel=1e-10)
-        assert entry["p_value"] == pytest.approx(fit.pvalue, rel=1e-8)
-        assert entry["stderr"] == pytest.approx(fit.stderr, rel=1e-8)
+        assert entry["ols_p_value_layers_as_independent"] == pytest.approx(fit.pvalue, rel=1e-8)
+        assert entry["ols_stderr_layers_as_independent"] == pytest.approx(fit.stderr, rel=1e-8)
+        assert "p_value" not in entry and "stderr" not in entry  # never read as an inference
         assert entry["n_inputs"] == N_INPUTS
         assert entry["contrast"] == "text - image"
         mean_fit = sps.linregress(

@@ -31,18 +31,21 @@ shuffle that ordered the inputs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from modalscope.streams import BASE_STREAM
 from modalscope.stats import controls
 from modalscope.stats.columns import (
-    FDR_COLUMNS, KEYS, UNSUFFIXED_STAT, VS_BASE, column, kept, table3_order, vs_base_columns,
+    FDR_COLUMNS, FDR_TESTS, HIER_COLUMNS, KEYS, UNSUFFIXED_STAT, VS_BASE, column, kept, table3_order,
+    vs_base_columns,
 )
-from modalscope.stats.fdr import fdr
+from modalscope.stats.fdr import fdr, plan
 from modalscope.stats.input_means import InputLayerMeans
 from modalscope.stats.layer_summary import SiteAnalysis, contrast_name, layer_table, trend_entry
 from modalscope.stats.neuron import accumulators
@@ -60,6 +63,7 @@ class Analysis:
     summary: dict[str, dict]  # per site: the trend with its input-level uncertainty
     input_means: pd.DataFrame  # site, stat, input_index, layer, mean_delta
     vs_base: "Analysis | None" = None  # Δ_base = text - text_base, when the store has text_base
+    fdr_families: pd.DataFrame | None = None  # one row per FDR family: its role in the plan (fdr_plan)
 
 
 def slabs(store: ActivationStore, site: str, layer: int, stat: str, contrast: tuple[str, str]) -> Iterator[Slab]:
@@ -91,14 +95,17 @@ def analyze_layer(store: ActivationStore, ctx: Context,
     return columns, means.means
 
 
-def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings) -> SiteAnalysis:
+def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings, progress: bool = False,
+                 what: str = "analyze") -> SiteAnalysis:
+    """Every statistic of one site, a layer at a time (a progress bar per site when `progress`)."""
     n_inputs, width, stats = store.n_done, store.width(site), store.stats
     signs = controls.SignFlips(n_inputs, settings.n_perm, settings.seed)  # [perm, input] bits
     input_means = {s: np.full((n_inputs, store.n_layers), np.nan) for s in stats}
     frames = []
     outputs: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in stats}  # per stat, per layer
     pair_k = np.stack(list(store.token_counts().values())).min(axis=0)  # matched_max's k (xmodal partials it out)
-    for layer in range(store.n_layers):
+    for layer in tqdm(range(store.n_layers), desc=f"{what} {site}", unit="layer", disable=not progress,
+                      leave=False, file=sys.stderr):
         frame: dict[str, object] = {"site": site, "layer": layer, "neuron": np.arange(width)}
         for stat in stats:
             ctx = Context(site, layer, stat, width, n_inputs, settings, signs, pair_k)
@@ -159,15 +166,16 @@ def _site_summary(store: ActivationStore, layers: pd.DataFrame, site: SiteAnalys
 
 
 def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = None,
-                 vs_base: bool = True) -> Analysis:
+                 vs_base: bool = True, _plan: bool = True, progress: bool = False) -> Analysis:
     """Every table of the analysis for every site of the store; with `vs_base` and a store
-    that recorded `text_base`, also Δ_base = text - text_base (see the module docstring)."""
+    that recorded `text_base`, also Δ_base = text - text_base (see the module docstring); then
+    the study's multiplicity plan over all of it (`fdr_plan`)."""
     settings = settings or AnalysisSettings(seed=int(store.attrs.get("seed", 0)))
     if store.n_done < 2:
         raise ValueError(f"{store.path}: {store.n_done} finished inputs; a t-test needs at least 2")
     neuron_frames, layer_frames, input_frames, summary = [], [], [], {}
     for name in store.sites:
-        site = analyze_site(store, name, settings)
+        site = analyze_site(store, name, settings, progress, "analyze" if vs_base else "analyze (vs base)")
         layers = layer_table(site, store.stats)
         summary[name] = _site_summary(store, layers, site, settings)
         neuron_frames.append(site.neurons)
@@ -181,9 +189,103 @@ def run_analysis(store: ActivationStore, settings: AnalysisSettings | None = Non
     )
     second = base_contrast(store, settings.contrast) if vs_base else None
     if second is not None:  # the same machinery, the same seed (so the same sign flips), Δ_base
-        base = run_analysis(store, replace(settings, contrast=second), vs_base=False)
+        base = run_analysis(store, replace(settings, contrast=second), vs_base=False, _plan=False, progress=progress)
         result.neurons = _join_vs_base(result.neurons, base.neurons, store.stats)
         for name in store.sites:
             summary[name]["vs_base"] = base.summary[name]
         result.vs_base = base
+    if _plan:
+        fdr_plan(result, store.sites, store.stats, settings, second)
     return result
+
+
+# The study's multiplicity plan (docs/method.md §4, "One primary family") ---------------------
+DEFAULT_PRIMARY = ("mlp", "matched_max")  # site, reduction; the contrast is the study's own
+
+
+def family_name(site: str, stat: str, contrast: tuple[str, str] | str, test: str = "delta") -> str:
+    """'mlp:matched_max:text-image:delta': one family of tests (site, reduction, contrast, test;
+    test `delta` is the per-neuron test of Δ behind q_value, `xmodal` the cross-modal r's)."""
+    if not isinstance(contrast, str):
+        contrast = "-".join(contrast)
+    return f"{site}:{stat}:{contrast.replace(' ', '')}:{test}"
+
+
+def primary_family(primary: str | None, sites, stats, contrast: tuple[str, str]) -> str:
+    """The family named by the `primary` setting, "SITE:REDUCTION[:A-B[:TEST]]" (contrast: the
+    study's; test: delta). None: mlp's matched_max (the length-matched control of the raw max,
+    at the per-neuron site), or the first site / the raw max when the store lacks them."""
+    if primary is None:
+        site = DEFAULT_PRIMARY[0] if DEFAULT_PRIMARY[0] in sites else list(sites)[0]
+        stat = DEFAULT_PRIMARY[1] if DEFAULT_PRIMARY[1] in stats else UNSUFFIXED_STAT
+        return family_name(site, stat, contrast)
+    parts = [p.strip() for p in str(primary).split(":")]
+    if len(parts) < 2 or len(parts) > 4 or not all(parts):
+        raise ValueError(f"--primary {primary!r}: give SITE:REDUCTION, e.g. mlp:matched_max")
+    site, stat = parts[0], parts[1]
+    if site not in sites:
+        raise ValueError(f"--primary {primary!r}: site {site!r} not recorded (sites: {', '.join(sites)})")
+    if stat not in stats:
+        raise ValueError(f"--primary {primary!r}: reduction {stat!r} not recorded (reductions: {', '.join(stats)})")
+    return family_name(site, stat, parts[2] if len(parts) > 2 else contrast, parts[3] if len(parts) > 3 else "delta")
+
+
+def fdr_plan(result: Analysis, sites, stats, settings: AnalysisSettings,
+             base: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Every FDR family of Table 3 (site x reduction x contrast x test: the `q_value*` and
+    `xmodal_q*` columns, each BH/BY over one site's neurons) under one plan: the primary family
+    (`settings.primary`) by its own BH/BY at 0.05, every other by Benjamini-Bogomolov
+    (stats/fdr.py `plan`). Adds `q_hier*` / `xmodal_q_hier*` at the end of Table 3
+    (`q_hier < 0.05`: called under the plan), per site to summary.json `fdr_primary`,
+    `fdr_families_selected`, `fdr_families_secondary` (M) and `fdr_families` (the site's
+    families), and returns (and keeps as `result.fdr_families`) one row per family."""
+    neurons = result.neurons
+    contrasts = {"": tuple(settings.contrast)}
+    if base is not None:
+        contrasts[VS_BASE] = tuple(base)
+    families, where = {}, {}
+    for site in sites:
+        rows = (neurons["site"] == site).to_numpy()
+        for suffix, contrast in contrasts.items():
+            for stat in stats:
+                for p_name, q_name in FDR_COLUMNS.items():
+                    p_col, q_col = column(p_name, stat) + suffix, column(q_name, stat) + suffix
+                    if p_col in neurons and q_col in neurons:
+                        name = family_name(site, stat, contrast, FDR_TESTS[p_name])
+                        families[name] = neurons.loc[rows, p_col].to_numpy(dtype=np.float64)
+                        where[name] = (site, stat, contrast, FDR_TESTS[p_name], rows, q_col,
+                                       column(HIER_COLUMNS[q_name], stat) + suffix, suffix)
+    primary = primary_family(settings.primary, sites, stats, tuple(settings.contrast))
+    if primary not in families:
+        raise ValueError(f"--primary: no family {primary} in this analysis (families: {', '.join(families)})")
+    results = plan(families, primary, settings.fdr)
+    hier: dict[str, np.ndarray] = {}
+    records = []
+    for name, fam in results.items():
+        site, stat, contrast, test, rows, q_col, h_col, suffix = where[name]
+        hier.setdefault(h_col, np.full(len(neurons), np.nan))[rows] = fam.q_hier
+        records.append({"family": name, "suffix": suffix, "site": site, "stat": stat, "contrast": " - ".join(contrast), "test": test,
+                        "q_column": q_col, "q_hier_column": h_col, "role": fam.role, "method": settings.fdr,
+                        "m": fam.m, "simes_p": fam.simes_p, "family_q": fam.family_q, "selected": fam.selected,
+                        "level": fam.level, "n_called_within": int(np.sum(neurons.loc[rows, q_col] < 0.05)),
+                        "n_called": int(np.sum(fam.q_hier < 0.05))})
+    for h_col, values in hier.items():  # appended: the columns before them keep their places (a contract)
+        neurons[h_col] = values
+    result.neurons = neurons
+    table = pd.DataFrame.from_records(records).drop(columns="suffix")
+    selected = [r["family"] for r in records if r["role"] == "secondary" and r["selected"]]
+    n_secondary = sum(r["role"] == "secondary" for r in records)
+    for site in sites:  # the site's entry lists its families of the study's contrast, vs_base Δ_base's
+        for suffix in contrasts:
+            entry = result.summary.get(site, {})
+            entry = entry.get("vs_base") if suffix else entry
+            if entry is None:
+                continue
+            entry.update({"fdr_primary": primary, "fdr_families_selected": selected,
+                          "fdr_families_secondary": n_secondary,
+                          "fdr_families": [{k: r[k] for k in ("family", "q_column", "q_hier_column", "role", "m",
+                                                              "simes_p", "family_q", "selected", "level",
+                                                              "n_called_within", "n_called")}
+                                           for r in records if r["site"] == site and r["suffix"] == suffix]})
+    result.fdr_families = table
+    return table

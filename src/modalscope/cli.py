@@ -39,9 +39,10 @@ DIR/study.toml --out NEW` repeats it. Flags given on the command line beat the f
 """
 # Flags whose dest is not the StudyConfig field of the same name (see study_file.KEYS).
 FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dtype", "device_map",
-               "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl",
+               "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl", "instances",
                "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "store_dtype", "conditions",
-               "contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png")
+               "contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png",
+               "primary")
 FORCE_HELP = ("start even when the free disk under DIR looks too small for the store's estimate "
               "(`modalscope plan` prints it) (default: off)")
 CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run writes DIR/study.toml): "
@@ -129,11 +130,17 @@ def plain_usage_error(message: str) -> str:
     return f"{option}: {reason}"
 
 
+# The largest index --layers/--neurons take: checked before a range is expanded (`0-99999999999`
+# would otherwise build a list of that many ints), far above any model's layers and widths.
+MAX_INDEX = {"layer": 9_999, "neuron": 999_999}
+
+
 def _index_list(option: str, what: str):
     """argparse type of --layers/--neurons: '0,3-5' -> [0, 3, 4, 5] (repeats once); anything
     else is one line naming the option, the bad part and what is accepted."""
     accepted = (f"give {what} indices (whole numbers from 0) and ascending ranges A-B, "
                 "separated by commas, e.g. 0,10-12")
+    most = MAX_INDEX[what]
 
     def parse(text: str) -> list[int]:
         values: list[int] = []
@@ -143,6 +150,10 @@ def _index_list(option: str, what: str):
                 shown = f"'{part.strip()}'" if part.strip() else "an empty item"
                 raise argparse.ArgumentTypeError(f"{option} {text}: {shown} is not an index or a range; {accepted}")
             low, high = int(match[1]), int(match[2] or match[1])
+            if max(low, high) > most:
+                raise argparse.ArgumentTypeError(
+                    f"{option} {text}: {max(low, high)} is beyond any model (a {what} index is at most "
+                    f"{most:,}); {accepted}")
             if high < low:
                 raise argparse.ArgumentTypeError(
                     f"{option} {text}: {low}-{high} is an empty range ({low} > {high}); {accepted}")
@@ -159,6 +170,18 @@ def _batch_size(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--batch-size {text}: give a whole number or auto") from None
+
+
+def _folder_type(option: str):
+    """argparse type of a study folder: an empty name (`--out ""`) would mean the current folder."""
+
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{option} {text!r}: give a folder name (an empty one would write "
+                                             "into the current folder)")
+        return Path(text)
+
+    return parse
 
 
 def _sites(text: str) -> tuple[str, ...]:
@@ -207,6 +230,9 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/ (default: none)")
     g.add_argument("--jsonl", type=Path,
                    help='instead of COCO: JSONL of {"image": path, "caption": text, "id": ...} (default: none)')
+    g.add_argument("--instances", type=Path,
+                   help="COCO instances JSON, e.g. instances_val2017.json: each image's object categories become "
+                        "its pair's concept labels (tables/concepts.parquet) (default: none)")
     g.add_argument("--num-pairs", type=int, metavar="N",
                    help="use the first N usable pairs of the shuffled list (unusable ones are listed in "
                         "DIR/skipped.parquet) (default: all usable pairs)")
@@ -237,12 +263,17 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fdr", choices=["bh", "by"], default="bh",
                    help="false discovery rate control over a site's neurons: Benjamini-Hochberg (bh) or "
                         "Benjamini-Yekutieli (by, any dependence) (default: bh)")
+    g.add_argument("--primary", default=None, metavar="SITE:REDUCTION",
+                   help="the primary family of tests, corrected on its own (Table 3 q_hier = its q_value); every "
+                        "other site x reduction x contrast x test by Benjamini-Bogomolov (q_hier) "
+                        "(default: mlp:matched_max, else the recorded site / max)")
     g.add_argument("--permutations", dest="n_perm", type=int, default=1000, metavar="N",
                    help="sign-flip permutations for the null, at least 200 (default: 1000)")
     g.add_argument("--bootstrap", dest="n_boot", type=int, default=1000, metavar="N",
                    help="bootstrap resamples of inputs for the trend's CI, at least 200 (default: 1000)")
-    g.add_argument("--outlier-factor", type=float, default=100.0, metavar="F",
-                   help="flag neurons whose max |activation| exceeds F times the layer median (default: 100)")
+    g.add_argument("--outlier-factor", type=float, default=10.0, metavar="F",
+                   help="flag massive neurons: max |activation| at least F times the layer median and more than 5 "
+                        "robust SDs of log max |activation| above the layer's median; Table 3 `outlier` (default: 10)")
     g.add_argument("--alignment-stat", choices=ALL_STATS, default="mean",
                    help="reduction whose per-pair population vectors the layer alignment (CKA, mutual k-NN, "
                         "retrieval; tables/alignment.parquet) compares between the contrasted conditions "
@@ -272,16 +303,18 @@ def _output_options(p: argparse.ArgumentParser, names: tuple[str, ...] = OUTPUT_
                        help="reduction the headline figures (figure1/2_{site}.html) lead with; the others get "
                             "figure*_{site}_{stat}.html (default: max)")
     if "quiet" in names:
-        g.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
+        g.add_argument("--quiet", action="store_true", help="no progress bars, and a whole study lists the report, "
+                       "not each table and figure (default: show them)")
 
 
 def _folder(p: argparse.ArgumentParser, config_given: bool, option: bool) -> None:
     """The study folder: --out DIR (run, extract) or the positional DIR (analyze, plot)."""
     text = "study folder DIR (required, unless --config gives [output] out)"
     if option:
-        p.add_argument("--out", type=Path, required=not config_given, metavar="DIR", help=text)
+        p.add_argument("--out", type=_folder_type("--out"), required=not config_given, metavar="DIR", help=text)
     else:
-        p.add_argument("dir", type=Path, nargs="?" if config_given else None, metavar="DIR", help=text)
+        p.add_argument("dir", type=_folder_type("DIR"), nargs="?" if config_given else None, metavar="DIR",
+                       help=text)
     p.add_argument("--config", type=Path, metavar="STUDY.TOML", help=CONFIG_HELP)
 
 
@@ -292,7 +325,7 @@ def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
 def _demo_command(sub) -> None:
     """demo: the options of the embedded study (its model and data are built in)."""
     p = _command(sub, "demo", "whole study on the embedded tiny LLaVA (random weights) and synthetic COCO set")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+    p.add_argument("--out", type=_folder_type("--out"), required=True, metavar="DIR",
                    help="study folder; the assets are built in DIR/assets (required)")
     p.add_argument("--num-pairs", type=int, metavar="N", help="pairs to use (default: all 240)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default: 16)")
@@ -310,7 +343,8 @@ def _plan_command(sub) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP + " (required; only its config is read)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) (default: main, the latest)")
     p.add_argument("--num-pairs", type=int, required=True, metavar="N", help="pairs of the study (required)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="study folder whose free disk to check (default: none)")
+    p.add_argument("--out", type=_folder_type("--out"), metavar="DIR",
+                   help="study folder whose free disk to check (default: none)")
     p.add_argument("--base-model", metavar="MODEL", help="with a base model: its text stream too (default: none)")
     p.add_argument("--batch-size", type=_batch_size, default=16, metavar="N", help="pairs per forward (default: 16)")
     p.add_argument("--sort-window", type=int, metavar="N",
@@ -321,7 +355,7 @@ def _plan_command(sub) -> None:
 def _export_command(sub) -> None:
     """export: which layers, neurons and sites of Tables 1-2 to write."""
     p = _command(sub, "export", "Tables 1-2 for chosen layers/neurons (for large studies)")
-    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR (required)")
+    p.add_argument("dir", type=_folder_type("DIR"), metavar="DIR", help="study folder DIR (required)")
     p.add_argument("--layers", type=_index_list("--layers", "layer"), metavar="LIST",
                    help="decoder layers, e.g. 0,10-12 (default: all)")
     p.add_argument("--neurons", type=_index_list("--neurons", "neuron"), metavar="LIST",
@@ -334,11 +368,11 @@ def _export_command(sub) -> None:
 def _neuron_command(sub) -> None:
     """neuron: which neuron's card to write, where, and how many pairs per stream."""
     p = _command(sub, "neuron", "one neuron's card (offline HTML): the captions and images that excite it most")
-    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR, analysed (required)")
+    p.add_argument("dir", type=_folder_type("DIR"), metavar="DIR", help="study folder DIR, analysed (required)")
     p.add_argument("--site", required=True, help="site of the neuron, e.g. mlp (required)")
     p.add_argument("--layer", type=int, required=True, metavar="L", help="decoder layer, from 0 (required)")
     p.add_argument("--neuron", type=int, required=True, metavar="N", help="neuron of the site, from 0 (required)")
-    p.add_argument("--out", type=Path, metavar="FILE",
+    p.add_argument("--out", type=_folder_type("--out"), metavar="FILE",
                    help="where to write the card (default: DIR/cards/SITE_layerL_neuronN.html)")
     p.add_argument("--top", type=int, metavar="K",
                    help="pairs per stream; more than the analysis ranked are read from the store "
@@ -372,6 +406,14 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
 
     _plan_command(sub)
 
+    p = _command(sub, "shrink", "the dry run of a real study: a random-weight checkpoint of a model's family "
+                 "with its real tokenizer, processor and template, shrunk to run on a laptop")
+    p.add_argument("source", metavar="MODEL", help="a hub id (its config, tokenizer and processor files only, "
+                   "from the hub or its cache; never the weights) or a local model folder (required)")
+    p.add_argument("out", type=_folder_type("OUT"), metavar="OUT", help="a new or empty folder for the checkpoint (required)")
+    p.add_argument("--revision", help="the hub revision (branch, tag or commit) to read (default: main)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+
     p = _command(sub, "extract", "record activations into DIR/activations.zarr (continues a stopped run)")
     _folder(p, config_given, option=True)
     p.add_argument("--resume", action="store_true",
@@ -396,12 +438,15 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     _output_options(p, ("png", "stat"))
 
     p = _command(sub, "report", "DIR/report.html from DIR/tables: the study on one offline page")
-    p.add_argument("dir", type=Path, metavar="DIR", help="study folder DIR (required)")
+    p.add_argument("dir", type=_folder_type("DIR"), metavar="DIR", help="study folder DIR (required)")
     p.add_argument("--stat", choices=ALL_STATS,
                    help="reduction the report leads with (default: the study's --stat, else max)")
 
     _export_command(sub)
     _neuron_command(sub)
+    from modalscope.ablation.cli import add_ablate_command  # its options live beside it
+
+    add_ablate_command(sub, _command, _folder_type)
     return parser
 
 
@@ -423,17 +468,19 @@ def _config(args: argparse.Namespace, out_dir: Path | None, **extra: object) -> 
     return StudyConfig(out_dir=out_dir, progress=not getattr(args, "quiet", False), **fields)
 
 
-def _report(result, started: float) -> None:
-    """What a whole study wrote, its notes, and last the headline sentence of each site (the
-    report's "At a glance"; summary.json's `headline`)."""
+def _report(result, started: float, quiet: bool = False) -> None:
+    """What a whole study wrote (with --quiet only how many tables and figures: the report links
+    them all), its notes, and last the headline sentence of each site (the report's "At a
+    glance"; summary.json's `headline`)."""
     if int(os.environ.get("RANK", 0)) != 0:
         return  # under torchrun, rank 0 speaks for the study
     from modalscope.study import study_headlines
 
-    print(f"study written to {result.out_dir} in {time.perf_counter() - started:.1f} s")
-    for path in result.tables:
+    print(f"study written to {result.out_dir} in {time.perf_counter() - started:.1f} s"
+          + (f": {len(result.tables)} tables, {len(result.figures)} figures" if quiet else ""))
+    for path in [] if quiet else result.tables:
         print(f"  table   {path}")
-    for path in result.figures:
+    for path in [] if quiet else result.figures:
         print(f"  figure  {path}")
     if result.report is not None:
         print(f"  report  {result.report}")
@@ -443,12 +490,12 @@ def _report(result, started: float) -> None:
 
 
 def headline_block(out_dir: Path, sentences: list[str]) -> str:
-    """'At a glance' and one sentence per site; a study of the demo's random-weights model says so."""
-    from modalscope.demo import RANDOM_WEIGHTS_TITLE
-    from modalscope.report.facts import random_weights
+    """'At a glance' and one sentence per site; a study of a random-weights model (the demo's, or
+    one `modalscope shrink` built) says so."""
+    from modalscope.report.facts import random_weights_title
 
-    demo = random_weights(out_dir)
-    title = f"At a glance ({RANDOM_WEIGHTS_TITLE}):" if demo else "At a glance:"
+    note = random_weights_title(out_dir)
+    title = f"At a glance ({note}):" if note else "At a glance:"
     return "\n".join([title, *(f"  {sentence}" for sentence in sentences)])
 
 
@@ -489,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # disk full, read-only or vanished output folder: the store stays consistent
         if err.errno not in WRITE_ERRORS:
             raise
-        where = f"{err.filename}: " if err.filename else ""
+        folder = getattr(args, "out", None) or getattr(args, "dir", None)
+        where = f"{err.filename}: " if err.filename else (f"writing under {folder}: " if folder else "")
         print(f"modalscope: error: {where}{err.strerror or err}; finished work is kept: fix this and "
               f"rerun the same command to continue", file=sys.stderr)
         return 2
@@ -510,10 +558,17 @@ def interrupted_message(args: argparse.Namespace, stop: KeyboardInterrupt) -> st
     out = getattr(stop, "out_dir", None) or getattr(args, "out", None) or getattr(args, "dir", None)
     whole = args.command in ("run", "demo")
     if stage == "extract":
-        how = f"`modalscope extract --out {out} --resume` (or the same command)" if out else "the same command"
-        return f"modalscope: interrupted; finished pairs are kept: rerun {how} to continue"
+        from modalscope.store import STORE
+
+        if out is None or not (Path(out) / STORE).exists():  # nothing recorded: --resume would find nothing
+            return "modalscope: interrupted before any pair was recorded; rerun the same command to start"
+        return (f"modalscope: interrupted; finished pairs are kept: rerun `modalscope extract --out {out} --resume` "
+                "(or the same command) to continue")
     if out is None or stage in ("init", "export"):
         return "modalscope: interrupted; nothing half-written is left: rerun the same command"
+    if stage == "ablate":
+        return (f"modalscope: interrupted; the readouts so far are kept in {out}/ablation/progress.npz: "
+                "rerun the same command to continue")
     if stage == "analyze":
         then = f" then `modalscope plot {out}`" if whole else ""
         return (f"modalscope: interrupted during the analysis; every recorded pair is kept: rerun "
@@ -526,8 +581,43 @@ def interrupted_message(args: argparse.Namespace, stop: KeyboardInterrupt) -> st
 
 
 def _dispatch(args: argparse.Namespace, started: float) -> int:
-    COMMANDS[args.command](args, started)
+    """The command, holding its study folder's lock (lock.py) when it writes into one: a second
+    writer is refused in one line naming the process that holds the folder."""
+    from modalscope import provenance
+    from modalscope.lock import study_lock
+
+    folder = written_folder(args)
+    if folder is None:
+        COMMANDS[args.command](args, started)
+        return 0
+    with study_lock(folder, provenance.COMMAND or f"modalscope {args.command}"):
+        COMMANDS[args.command](args, started)
     return 0
+
+
+# Commands that write into their study folder: --out DIR for these, the positional DIR for the rest.
+OUT_FOLDER = ("demo", "run", "extract")
+
+
+def written_folder(args: argparse.Namespace) -> Path | None:
+    """The study folder the command writes into (None for init and plan, and for `neuron --out
+    FILE`, which only reads it), refused in one line when it names something that is not a folder
+    (before any model loads)."""
+    if args.command in ("init", "plan") or (args.command == "neuron" and args.out is not None):
+        return None
+    option = "--out" if args.command in OUT_FOLDER else "DIR"
+    folder = getattr(args, "out" if args.command in OUT_FOLDER else "dir", None)
+    if folder is None and getattr(args, "config", None) is not None:
+        from modalscope.study_file import read
+
+        folder = read(args.config).get("out_dir")
+        option = f"{args.config}: [output] out"
+    if folder is None:
+        return None
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder}: a file, not a folder; give a study folder (it is made if missing)")
+    return folder
 
 
 def _cmd_demo(args: argparse.Namespace, started: float) -> None:
@@ -536,10 +626,11 @@ def _cmd_demo(args: argparse.Namespace, started: float) -> None:
     from modalscope.demo import demo_config
 
     keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
-            "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png")
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+            "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png", "primary")
+    overrides = {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
+    StudyConfig(out_dir=args.out, **overrides).validate()  # bounds first: the assets are written next
     config = demo_config(args.out, progress=not args.quiet, **overrides)
-    _report(study.run_study(config), started)
+    _report(study.run_study(config), started, quiet=not config.progress)
 
 
 def _cmd_init(args: argparse.Namespace, started: float) -> None:
@@ -550,11 +641,23 @@ def _cmd_init(args: argparse.Namespace, started: float) -> None:
     print(f"wrote {path}: check the data paths in [data], then `modalscope run --config {path}`")
 
 
+def _cmd_shrink(args: argparse.Namespace, started: float) -> None:
+    """A random-weight checkpoint from a real model's files (models/shrunk.py `shrink`)."""
+    from modalscope.models.shrunk import shrink
+
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: must be 0 or more")
+    out = shrink(args.source, args.out, revision=args.revision, seed=args.seed)
+    print(f"wrote {out}: random weights, {args.source}'s tokenizer, processor and template; try a study with "
+          f"`modalscope run --model {out} ...` (its report says random weights)")
+
+
 def _cmd_run(args: argparse.Namespace, started: float) -> None:
     """The whole study."""
     from modalscope import study
 
-    _report(study.run_study(_config(args, args.out), force=args.force), started)
+    config = _config(args, args.out)
+    _report(study.run_study(config, force=args.force), started, quiet=not config.progress)
 
 
 def _cmd_plan(args: argparse.Namespace, started: float) -> None:
@@ -563,7 +666,10 @@ def _cmd_plan(args: argparse.Namespace, started: float) -> None:
 
     fields = {k: getattr(args, k) for k in ("model", "revision", "base_model", "batch_size", "sort_window",
                                             "sites", "tokens", "stats", "quantile", "store_dtype", "conditions")}
+    if args.num_pairs < 1:
+        raise ValueError(f"--num-pairs {args.num_pairs}: a study needs at least 1 pair (a t-test, 2)")
     config = StudyConfig(out_dir=args.out or Path("."), num_pairs=args.num_pairs, **fields)
+    config.check_batching()
     print("\n".join(plan_lines(config, args.num_pairs)))
 
 
@@ -584,9 +690,9 @@ def _cmd_extract(args: argparse.Namespace, started: float) -> None:
     config = _config(args, Path(out), **_stored_settings(Path(out), model, args.resume))
     config.validate()
     clock = time.perf_counter()
-    store = study.extract_stage(config, force=args.force)
+    store = study.extract_stage(config, force=args.force, keep_settings=study.EXTRACT_KEEPS)
     if int(os.environ.get("RANK", 0)) == 0:
-        study.write_study_file(config)  # the model and data passed their checks
+        study.write_study_file(config, study.EXTRACT_KEEPS)  # the model and data passed their checks
         from modalscope.provenance import record_stage
 
         record_stage(config.out_dir, "extract", time.perf_counter() - clock)
@@ -600,10 +706,16 @@ def _cmd_analyze(args: argparse.Namespace, started: float) -> None:
     from modalscope import study
 
     config = _config(args, args.dir)
+    config.check_statistics()  # before the store is read (with --config, the file's values were checked)
     manifest = study.analysis_manifest(config)
     partial = study.extraction_note(config.out_dir)
     if partial:
         print(partial)
+    from modalscope.store import STORE, unchecked_note
+
+    unchecked = unchecked_note(config.out_dir / STORE)
+    if unchecked:
+        print(unchecked)
     paths, skipped = study.analyze_stage(config, manifest)
     for path in paths:
         print(f"  table   {path}")
@@ -625,7 +737,7 @@ def _cmd_plot(args: argparse.Namespace, started: float) -> None:
     if args.config is not None:
         config = _config(args, args.dir)
         out, png, stat = config.out_dir, config.png, config.stat
-    paths, message = study.plot_stage(out, png, stat)
+    paths, message = study.plot_stage(out, png, stat, progress=sys.stderr.isatty())
     for path in paths:
         print(f"  figure  {path}")
     print(f"  report  {study.report_stage(out, stat)}")  # its figure links follow
@@ -654,17 +766,41 @@ def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
     from modalscope.cards.thumbnails import Thumbnails
     from modalscope.figures.export import atomic_write
 
+    if args.top is not None and args.top > MAX_TOP:
+        raise ValueError(f"--top {args.top}: a card shows at most {MAX_TOP:,} pairs per stream")
+    from modalscope.study import check_manifest
+
+    check_manifest(args.dir)  # the card's captions and images are the manifest's rows
     card = neuron_card(args.dir, args.site, args.layer, args.neuron, args.top)
-    out = args.out or Path(args.dir) / "cards" / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html"
+    if args.out is None:  # the site becomes the file name: a plain name, and the file inside DIR
+        from modalscope.paths import check_inside, is_safe_name
+
+        if not is_safe_name(card.site):
+            raise ValueError(f"--site {card.site!r}: not a plain site name; give --out FILE")
+        out = check_inside(Path(args.dir) / "cards" / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html",
+                           args.dir)
+    else:
+        out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"  card    {atomic_write(out, card_page(card, Thumbnails()).encode('utf-8'))}")
+
+
+MAX_TOP = 1_000  # neuron --top: each pair is an embedded thumbnail
+
+
+def _cmd_ablate(args: argparse.Namespace, started: float) -> None:
+    """Ablate the neurons the study selects, against random sets (ablation/)."""
+    from modalscope.ablation.cli import ablate_command
+
+    ablate_command(args, started)
 
 
 # One function per command; `_dispatch` calls the one argparse chose.
 COMMANDS = {
     "demo": _cmd_demo, "init": _cmd_init, "run": _cmd_run, "plan": _cmd_plan, "extract": _cmd_extract,
     "analyze": _cmd_analyze, "plot": _cmd_plot, "report": _cmd_report, "export": _cmd_export,
-    "neuron": _cmd_neuron,
+    "neuron": _cmd_neuron, "shrink": _cmd_shrink,
+    "ablate": _cmd_ablate,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,14 @@ from modalscope.streams import CONDITIONS, DEFAULT_CONDITIONS, UNIMODAL, streams
 
 LongTables = Literal["auto", "always", "never"]
 
+# Bounds of the options (checked before anything is written; each message names its flag).
+MAX_BATCH = 65_536  # pairs per forward
+MAX_SORT_WINDOW = 4_096  # batches per length-sorted window
+MAX_WINDOW_ROWS = 1 << 20  # pairs per window: the store's chunk rows
+MAX_WORKERS = 256  # processes preparing batches
+MAX_RESAMPLES = 100_000  # --permutations, --bootstrap
+MAX_SEED = 2**63 - 1  # numpy's SeedSequence takes any int >= 0; stores keep int64
+
 
 @dataclass
 class StudyConfig:
@@ -23,6 +32,7 @@ class StudyConfig:
     captions: Path | None = None  # COCO captions JSON (with `images`)
     images: Path | None = None  # COCO image folder
     jsonl: Path | None = None  # or: JSONL of {"image", "caption", "id"}
+    instances: Path | None = None  # COCO instances JSON: each image's object categories as its concepts (concepts.py)
     revision: str | None = None
     base_model: str | None = None  # the language model the VLM was trained from (stream text_base)
     base_revision: str | None = None
@@ -44,9 +54,10 @@ class StudyConfig:
     quantile: float = 0.9
     store_dtype: str = "float16"  # of the stored reductions (store_dtypes.STORE_DTYPES); computed in float32
     fdr: Literal["bh", "by"] = "bh"
+    primary: str | None = None  # the primary FDR family "SITE:REDUCTION" (analysis.py fdr_plan); None: mlp:matched_max
     n_perm: int = 1000
     n_boot: int = 1000
-    outlier_factor: float = 100.0
+    outlier_factor: float = 10.0  # stats/massive.py: F of the massive-neuron rule
     alignment_stat: str = "mean"  # the reduction the layer alignment compares (layer_alignment.py)
     long_tables: LongTables = "auto"
     csv: bool = False
@@ -55,7 +66,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        for name in ("captions", "images", "jsonl"):
+        for name in ("captions", "images", "jsonl", "instances"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -78,6 +89,19 @@ class StudyConfig:
     def contrast_pair(self) -> tuple[str, str]:
         first, _, second = self.contrast.partition("-")
         return first, second
+
+    def check_primary(self) -> None:
+        """--primary SITE:REDUCTION[:A-B[:TEST]]: a recorded site and reduction (the contrast, when
+        given, the study's own or text-text_base; the test delta or xmodal)."""
+        if self.primary is None:
+            return
+        parts = str(self.primary).split(":")
+        site, stat = (parts + ["", ""])[:2]
+        if not 2 <= len(parts) <= 4 or site not in self.sites or stat not in self.stats:
+            raise ValueError(f"--primary {self.primary}: give SITE:REDUCTION with a recorded site "
+                             f"({', '.join(self.sites)}) and reduction ({', '.join(self.stats)}), e.g. mlp:matched_max")
+        if len(parts) == 4 and parts[3] not in ("delta", "xmodal"):
+            raise ValueError(f"--primary {self.primary}: the test (4th part) is delta or xmodal")
 
     def validate(self) -> "StudyConfig":
         """Raise a one-line ValueError for the first bad setting."""
@@ -104,15 +128,14 @@ class StudyConfig:
             raise ValueError(f"--quantile {self.quantile}: must be between 0 and 1")
         if self.fdr not in ("bh", "by"):
             raise ValueError(f"--fdr {self.fdr!r}: choose bh or by")
-        for flag, value in (("--permutations", self.n_perm), ("--bootstrap", self.n_boot)):
-            if value < 200:
-                raise ValueError(f"{flag} {value}: needs at least 200 resamples")
+        self.check_primary()
+        self.check_statistics()
         if self.tokens not in ("content", "all"):
             raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
-        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"--batch-size {self.batch_size}: must be a positive integer or auto")
-        if self.sort_window is not None and self.sort_window < 1:
-            raise ValueError(f"--sort-window {self.sort_window}: must be at least 1 (1: manifest order)")
+        self.check_batching()
+        if self.workers is not None and not 0 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"--workers {self.workers}: must be from 0 (prepare batches in the main process) "
+                             f"to {MAX_WORKERS}")
         if self.num_pairs is not None and self.num_pairs < 2:
             raise ValueError(f"--num-pairs {self.num_pairs}: a t-test needs at least 2 pairs")
         if self.long_tables not in ("auto", "always", "never"):
@@ -121,11 +144,42 @@ class StudyConfig:
             raise ValueError("give either --captions/--images (COCO) or --jsonl, not both")
         if self.captions is not None and self.images is None:
             raise ValueError("--captions needs --images (the COCO image folder)")
-        for name in ("captions", "images", "jsonl"):
+        if self.instances is not None and self.captions is None:
+            raise ValueError("--instances needs --captions/--images (COCO; a JSONL line carries its own `concepts`)")
+        for name in ("captions", "images", "jsonl", "instances"):
             value = getattr(self, name)
             if value is not None and not value.exists():
                 raise ValueError(f"--{name} {value}: no such file or folder")
         return self
+
+    def check_statistics(self) -> None:
+        """--permutations, --bootstrap, --outlier-factor and --seed within bounds (`analyze` alone
+        checks these before reading the store)."""
+        for flag, value in (("--permutations", self.n_perm), ("--bootstrap", self.n_boot)):
+            if value < 200:
+                raise ValueError(f"{flag} {value}: needs at least 200 resamples")
+            if value > MAX_RESAMPLES:
+                raise ValueError(f"{flag} {value}: at most {MAX_RESAMPLES:,} resamples (p and CIs resolve 1e-5)")
+        if not math.isfinite(self.outlier_factor) or self.outlier_factor <= 1:
+            raise ValueError(f"--outlier-factor {self.outlier_factor}: must be a finite number above 1 (a neuron is "
+                             "flagged when its max |activation| is at least this times its layer's median "
+                             "and 5 robust SDs above the layer; stats/massive.py)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed {self.seed}: must be a whole number from 0 to {MAX_SEED}")
+
+    def check_batching(self) -> None:
+        """--batch-size and --sort-window within bounds (they set the store's chunks, so a bad value
+        would be written into DIR for good); `plan` checks them too."""
+        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                          or not 1 <= self.batch_size <= MAX_BATCH):
+            raise ValueError(f"--batch-size {self.batch_size}: must be a whole number from 1 to {MAX_BATCH:,}, or auto")
+        if self.sort_window is not None and not 1 <= self.sort_window <= MAX_SORT_WINDOW:
+            raise ValueError(f"--sort-window {self.sort_window}: must be from 1 (1: manifest order) to "
+                             f"{MAX_SORT_WINDOW:,} batches")
+        batch = 64 if self.batch_size == "auto" else self.batch_size  # auto starts at 64 (on a GPU)
+        if self.sort_window is not None and batch * self.sort_window > MAX_WINDOW_ROWS:
+            raise ValueError(f"--sort-window {self.sort_window}: with --batch-size {self.batch_size} a window holds "
+                             f"{batch * self.sort_window:,} pairs, at most {MAX_WINDOW_ROWS:,}")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: object) -> "StudyConfig":

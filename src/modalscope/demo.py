@@ -22,10 +22,11 @@ RANDOM_WEIGHTS = "modalscope-random-weights.json"
 RANDOM_WEIGHTS_TITLE = "demo model with random weights: its numbers say nothing about any trained model"
 
 
-def mark_random_weights(model_dir: Path) -> Path:
-    """Write the note that `model_dir` holds random weights (idempotent)."""
+def mark_random_weights(model_dir: Path, built_by: str = "modalscope demo", note: str = RANDOM_WEIGHTS_TITLE) -> Path:
+    """Write the note that `model_dir` holds random weights (idempotent); `note` is what the
+    report's title and the printed summary say of the model."""
     path = Path(model_dir) / RANDOM_WEIGHTS
-    text = json.dumps({"random_weights": True, "built_by": "modalscope demo", "note": RANDOM_WEIGHTS_TITLE}) + "\n"
+    text = json.dumps({"random_weights": True, "built_by": built_by, "note": note}) + "\n"
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
     return path
@@ -34,6 +35,16 @@ def mark_random_weights(model_dir: Path) -> Path:
 def has_random_weights(model: str | Path | None) -> bool:
     """Whether `model` is a local folder that the demo marked as random weights."""
     return model is not None and (Path(str(model)) / RANDOM_WEIGHTS).is_file()
+
+
+def random_weights_note(model: str | Path | None) -> str | None:
+    """What the note of a random-weight folder says of it (demo or `modalscope shrink`), else None."""
+    if not has_random_weights(model):
+        return None
+    try:
+        return str(json.loads((Path(str(model)) / RANDOM_WEIGHTS).read_text(encoding="utf-8"))["note"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return RANDOM_WEIGHTS_TITLE
 
 
 def build_demo_assets(out_dir: Path, n_images: int = 240) -> tuple[Path, Path, Path]:
@@ -50,7 +61,11 @@ def build_demo_assets(out_dir: Path, n_images: int = 240) -> tuple[Path, Path, P
 
 def demo_config(out_dir: Path, **overrides: object) -> StudyConfig:
     model_dir, captions, images = build_demo_assets(Path(out_dir))
+    from modalscope.data.synthetic import INSTANCES_NAME
+
+    # the drawn world's colour, shape and count labels: the concepts of the demo (stats/concepts.py)
+    instances = Path(out_dir) / "assets" / "coco" / INSTANCES_NAME
     settings: dict = {"model": str(model_dir), "captions": captions, "images": images,
-                      "device": "cpu", "batch_size": 16}
+                      "device": "cpu", "batch_size": 16, "instances": instances if instances.exists() else None}
     settings.update(overrides)
     return StudyConfig(out_dir=Path(out_dir), **settings)

@@ -127,6 +127,12 @@ def table_provenance(store: ActivationStore, contrast: str, config: StudyConfig 
                  "n_pairs_recorded": store.n_done, "n_pairs_manifest": attrs.get("n_inputs"), "contrast": contrast,
                  "versions": {"recording": attrs.get("versions", {}), "tables": study_versions()}})
     if config is not None:
+        from modalscope.analysis import primary_family
+
         meta.update({"fdr": config.fdr, "n_perm": config.n_perm, "n_boot": config.n_boot,
-                     "outlier_factor": config.outlier_factor})
+                     "outlier_factor": config.outlier_factor,
+                     # which q is corrected how: this family's q_hier is its own BH/BY, every other
+                     # family's q_hier is Benjamini-Bogomolov's (q_value: BH/BY within its family)
+                     "fdr_primary": primary_family(getattr(config, "primary", None), store.sites, store.stats,
+                                                   config.contrast_pair)})
     return meta

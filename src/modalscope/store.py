@@ -17,6 +17,15 @@ like xarray use, still at the last finished window); opening the store trims the
 the rows that exist always belong to finished windows. Provenance
 (model, weights, dtype, template, token scope, seed, manifest hash, versions) lives in
 the group attributes, and a rerun into the same store must match it.
+
+Why every chunk carries a checksum: a flipped byte in a blosc chunk decodes to other numbers
+without an error, and a deleted shard reads as NaN (zarr's fill value), so a damaged store
+would be analysed as if it were whole. Each chunk's codecs end with zarr v3's `crc32c` (4 bytes
+a chunk; the shards' indexes have their own), every read of a recorded row is checked against it,
+and a shard of a recorded window that is absent is an error unless every row of it is a hole
+(derived.py: such a window is never written). Either stops the reader in one line naming the
+array, the window and the file (StoreDamaged). Stores written before the checksums still read:
+a missing shard is caught there too, a changed byte is not.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import warnings
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import ConsolidatedMetadata, GroupMetadata
 from zarr.core.sync import sync
@@ -45,6 +54,11 @@ STORE = "activations.zarr"
 # with bit shuffle stores as little as zarr's default zstd (0.938 vs 0.940 of raw) at 0.80x its
 # CPU time; fewer, bigger files (a shard per window holding every layer) halve the write cost.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
+# Last in every chunk's codec pipeline: a checksum of the compressed bytes, verified on each read
+# (4 bytes a chunk; measured on the tiny study in tests/test_integrity.py's module docstring).
+CHECKSUM = Crc32cCodec()
+VALUE_CODECS = (COMPRESSOR, CHECKSUM)
+SMALL_CODECS = (ZstdCodec(level=0, checksum=False), CHECKSUM)  # [input] arrays: zarr's default, then the checksum
 ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do not depend on chunking
 # How appends write (measured, benchmarks/scale_goals.py): zarr's per-chunk check for an all-fill
 # chunk (NaN) costs as much as compressing it, so it is off, and an array whose new rows are all
@@ -76,6 +90,11 @@ class StoreMismatch(ValueError):
     """The store in DIR was made by a different study."""
 
 
+class StoreDamaged(ValueError):
+    """A chunk of a recorded window is damaged or missing; the message is one line naming the
+    array, the window (its inputs) and the file."""
+
+
 class ActivationStore:
     def __init__(self, group: zarr.Group, path: Path):
         self.group = group
@@ -85,6 +104,7 @@ class ActivationStore:
         self._derived: dict[str, dict[str, str]] | None = None  # the attribute `derived`, read once
         self._arrays: dict[str, zarr.Array] = {}  # opened once per store object: writes go through these
         self._members: dict[str, Any] | None = None  # every node's metadata, for the consolidated copy
+        self._present: dict[str, set[Path]] = {}  # files of recorded windows seen on disk, per array
 
     @classmethod
     def create(
@@ -114,7 +134,7 @@ class ActivationStore:
                         name = f"{site}/{condition}/{stat}"
                         made[name] = _value_array(group, name, (0, n_layers, width), shards, shards, dtype)
             made["input"] = group.create_array("input", shape=(0,), chunks=(max(batch_size, 1024),), dtype=str,
-                                               dimension_names=("input",))
+                                               compressors=SMALL_CODECS, dimension_names=("input",))
             for condition in conditions:
                 made[f"tokens/{condition}"] = group.create_array(
                     f"tokens/{condition}",
@@ -122,19 +142,20 @@ class ActivationStore:
                     chunks=(max(batch_size, 1024),),
                     dtype="int32",
                     fill_value=0,
+                    compressors=SMALL_CODECS,
                     dimension_names=("input",),
                 )
             for stream in derived.STREAM_RULES:
                 if stream in conditions:
                     made[f"{derived.FLAGS}/{stream}"] = group.create_array(
                         f"{derived.FLAGS}/{stream}", shape=(0,), chunks=(max(batch_size, 1024),),
-                        dtype="bool", fill_value=False, dimension_names=("input",))
+                        dtype="bool", fill_value=False, compressors=SMALL_CODECS, dimension_names=("input",))
         group.attrs.update(
             {**attrs, "sites": list(widths), "stats": list(stats), "conditions": list(conditions),
              "n_layers": n_layers, "n_done": 0, "store_dtype": dtype, "derived": derived.rules()}
         )
         store = cls(group, Path(path))
-        store._arrays = made
+        store._arrays = {name: CheckedArray(array, name, store) for name, array in made.items()}
         # what zarr.consolidate_metadata would read back: the arrays, and their parents as the empty
         # implicit groups create_array made (tests/test_store.py compares the two)
         parents = {"/".join(name.split("/")[:i]) for name in made for i in range(1, name.count("/") + 1)}
@@ -152,7 +173,8 @@ class ActivationStore:
         shape = array.shape
         del self.group[name]
         with zarr.config.set(WRITE_CONFIG):  # kept for the appends (see _node); the next commit lists its metadata
-            self._arrays[name] = _value_array(self.group, name, shape, chunks, shards, "float32")
+            self._arrays[name] = CheckedArray(_value_array(self.group, name, shape, chunks, shards, "float32"),
+                                              name, self)
         self.group.attrs["widened"] = sorted({*self.group.attrs.get("widened", []), name})
 
     @classmethod
@@ -208,7 +230,7 @@ class ActivationStore:
         WRITE_CONFIG, which an array takes when it is opened, not when it is written."""
         if name not in self._arrays:
             with zarr.config.set(WRITE_CONFIG):
-                self._arrays[name] = self.group[name]
+                self._arrays[name] = CheckedArray(self.group[name], name, self)
         return self._arrays[name]
 
     def width(self, site: str) -> int:
@@ -217,6 +239,7 @@ class ActivationStore:
     def check_matches(self, attrs: Mapping[str, Any]) -> None:
         """One-line refusal naming the first difference between this store and a new run."""
         mine = self.attrs
+        self._check_weights(mine, attrs)
         for key, label in MUST_MATCH.items():
             if key in attrs and mine.get(key) != attrs[key]:
                 raise StoreMismatch(
@@ -224,6 +247,24 @@ class ActivationStore:
                     f"({_short(mine.get(key))} vs {_short(attrs[key])}); "
                     "use a new output directory"
                 )
+
+    def _check_weights(self, mine: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+        """The weight files' content (`weights_files`, {file: sha256}: models/loading.weights_content)
+        against what the store recorded, naming the first file that differs, appeared or is gone.
+        A store made before it has only `weights` (names and sizes): not checked here."""
+        then, now = mine.get("weights_files"), attrs.get("weights_files")
+        if not then or now is None:
+            return
+        model = attrs.get("model", mine.get("model", "--model"))
+        for name in sorted({*then, *now}):
+            if then.get(name) == now.get(name):
+                continue
+            what = (f"is gone (sha256 {then[name][:12]}... when recorded)" if name not in now else
+                    "is new (recorded without it)" if name not in then else
+                    f"has other content (sha256 {then[name][:12]}... when recorded, {now[name][:12]}... now)")
+            raise StoreMismatch(
+                f"{self.path}: the model's weights changed since this study was recorded: {Path(model) / name} "
+                f"{what}; restore the weights it was recorded with, or use a new output directory")
 
     def append(
         self,
@@ -308,13 +349,93 @@ class ActivationStore:
                 values[rows] = self.read_layer(site, condition, fill, layer, start, stop)[rows]
         return values
 
+    def holes(self, name: str, start: int, stop: int) -> np.ndarray:
+        """[stop - start] bool: the rows of array `name` that derived.py left as holes (read_layer
+        fills them from their source); none for the [input] arrays and stores made before it."""
+        parts = name.split("/")
+        rows = np.zeros(max(stop - start, 0), dtype=bool)
+        if len(parts) != 3 or parts[0] not in self.sites:
+            return rows
+        _, condition, stat = parts
+        rules = self._rules()
+        source = rules.get("stream", {}).get(condition)
+        if source is not None and source in self.conditions:
+            self.token_counts()
+            rows |= self._flags.get(condition, np.zeros(self.n_done, dtype=bool))[start:stop]
+        fill = rules.get("stat", {}).get(stat)
+        if fill is not None and fill in self.stats:
+            counts = self.token_counts()
+            rows |= derived.shortest({c: n[start:stop] for c, n in counts.items()}, condition)
+        return rows
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether the store's value arrays carry chunk checksums (stores made before them do not:
+        a changed byte there reads back unnoticed; a missing shard is still caught)."""
+        array = self.array(self.sites[0], self.conditions[0], self.stats[0])
+        codecs = getattr(array.metadata.codecs[0], "codecs", array.metadata.codecs)  # inside the shards
+        return any(isinstance(c, Crc32cCodec) for c in codecs)
+
+    def check_present(self, name: str, array: zarr.Array, start: int, stop: int, selection: Any = None) -> None:
+        """Every shard of array `name` holding recorded rows in [start, stop) is on disk, unless
+        all its recorded rows are holes (a window of holes is never written). Each shard is looked
+        for once per store object."""
+        stop = min(stop, self.n_done)
+        if stop <= start:
+            return
+        size = int((array.shards or array.chunks)[0])
+        seen = self._present.setdefault(name, set())
+        for window in range(start // size, (stop - 1) // size + 1):
+            path = self._chunk_file(name, array, window, selection)
+            if path in seen:
+                continue
+            if not path.exists():
+                first, last = window * size, min((window + 1) * size, self.n_done)
+                if not self.holes(name, first, last).all():
+                    raise StoreDamaged(
+                        f"{self.path}: {name}, {_window(array)} {window} (inputs {first}-{last - 1}): its file "
+                        f"{path} is missing, though the ledger (n_done) records {self.n_done} inputs; the store "
+                        "cannot be analysed: restore DIR from a copy or extract again into a new --out")
+            seen.add(path)
+
+    def damaged(self, name: str, array: zarr.Array, selection: Any, start: int, stop: int) -> StoreDamaged | None:
+        """After a read of `name` failed: its windows read again one by one, and the one-line error
+        naming the first that fails to decode (checksum, truncation), or None when each reads alone
+        (then the failure was not the store's)."""
+        size = int((array.shards or array.chunks)[0])
+        rest = selection[1:] if isinstance(selection, tuple) else ()
+        stop = max(min(stop, array.shape[0]), start + 1)
+        for window in range(start // size, (stop - 1) // size + 1):
+            try:
+                zarr.Array.__getitem__(array, (slice(window * size, min((window + 1) * size, array.shape[0])), *rest))
+            except Exception as error:  # noqa: BLE001 - whatever the decoder raises, this window is it
+                first, last = window * size, min((window + 1) * size, max(self.n_done, 1))
+                reason = " ".join(str(error).split()).split(". Stored:")[0][:120] or "unreadable"
+                return StoreDamaged(
+                    f"{self.path}: {name}, {_window(array)} {window} (inputs {first}-{last - 1}, file "
+                    f"{self._chunk_file(name, array, window, selection)}) is damaged ({type(error).__name__}: {reason}); "
+                    "its values cannot be trusted: restore DIR from a copy or extract again into a new --out")
+        return None
+
+    def _chunk_file(self, name: str, array: zarr.Array, window: int, selection: Any = None) -> Path:
+        """The file of window `window` of array `name`: its shard (every layer), or in an unsharded
+        array (stores made before shards) the chunk of the layer `selection` reads (default: the first)."""
+        coords = [window] + [0] * (len(array.shape) - 1)
+        rest = selection[1:] if isinstance(selection, tuple) else ()
+        if array.shards is None:
+            for axis, index in enumerate(rest, start=1):
+                if isinstance(index, (int, np.integer)) and axis < len(coords):
+                    coords[axis] = int(index) % max(array.shape[axis], 1) // int(array.chunks[axis])
+        return self.path / name / array.metadata.encode_chunk_key(tuple(coords))
+
     def token_counts(self) -> dict[str, np.ndarray]:
         """{stream: [input]} content tokens of the finished inputs: read once per store object and
         ledger, not once per layer read."""
         if self._counts is None or len(next(iter(self._counts.values()))) != self.n_done:
-            self._counts = {c: self.group[f"tokens/{c}"][: self.n_done] for c in self.conditions}
-            self._flags = {s: self.group[f"{derived.FLAGS}/{s}"][: self.n_done] for s in derived.STREAM_RULES
+            counts = {c: self._node(f"tokens/{c}")[: self.n_done] for c in self.conditions}
+            self._flags = {s: self._node(f"{derived.FLAGS}/{s}")[: self.n_done] for s in derived.STREAM_RULES
                            if f"{derived.FLAGS}/{s}" in self.group}
+            self._counts = counts
         return self._counts
 
     def _rules(self) -> dict[str, dict[str, str]]:
@@ -334,7 +455,7 @@ class ActivationStore:
         """The finished inputs' pair ids (a store without them: their input index)."""
         if "input" not in self.group:
             return [str(i) for i in range(self.n_done)]
-        return [str(v) for v in self.group["input"][: self.n_done]]
+        return [str(v) for v in self._node("input")[: self.n_done]]
 
     def _trim_to_ledger(self) -> None:
         done = self.n_done
@@ -349,6 +470,17 @@ class ActivationStore:
             array = self._node(name)
             if array.shape[0] != done:
                 array.resize((done,))
+
+
+def unchecked_note(path: Path) -> str | None:
+    """One line when the store at `path` predates chunk checksums (it still reads), else None."""
+    if not (Path(path) / "zarr.json").is_file():
+        return None
+    store = ActivationStore.read(path)
+    if store.checksummed:
+        return None
+    return (f"{path}: made before chunk checksums: a damaged chunk would read unnoticed (a missing one is "
+            "still caught); extract again into a new --out to have them")
 
 
 async def _write_all(writes: Sequence[tuple[zarr.Array, np.ndarray | None]], batch: int) -> None:
@@ -386,9 +518,50 @@ def _value_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunk: in
         shards=(shard, shape[1], shape[2]),
         dtype=store_dtypes.STORE_DTYPES[dtype],
         fill_value=float("nan"),
-        compressors=COMPRESSOR,
+        compressors=VALUE_CODECS,
         dimension_names=("input", "layer", "neuron"),
     )
+
+
+class CheckedArray(zarr.Array):
+    """A zarr array of the store whose reads are checked: a recorded window's shard must be on
+    disk (ActivationStore.check_present) and decode (its checksums match); either failure is a
+    one-line StoreDamaged naming the array, the window and the file. Writes are zarr's own."""
+
+    def __init__(self, array: zarr.Array, name: str, owner: ActivationStore) -> None:
+        super().__init__(array.async_array)
+        self._name, self._owner = name, owner
+
+    def __getitem__(self, selection: Any) -> Any:
+        start, stop = _input_rows(selection, self.shape[0])
+        self._owner.check_present(self._name, self, start, stop, selection)
+        try:
+            return super().__getitem__(selection)
+        except Exception as err:
+            # zarr's crc32c ("Stored and computed checksum do not match"), blosc, a shard index that
+            # cannot be parsed: named when a window fails alone; anything else is raised as it was
+            damage = self._owner.damaged(self._name, self, selection, start, stop)
+            if damage is None:
+                raise
+            raise damage from err
+
+
+def _input_rows(selection: Any, n: int) -> tuple[int, int]:
+    """The [start, stop) rows of the input axis a selection reads (all of them when not a plain
+    index or slice)."""
+    first = selection[0] if isinstance(selection, tuple) and selection else selection
+    if isinstance(first, slice) and first.step in (None, 1):
+        start, stop, _ = first.indices(n)
+        return start, max(start, stop)
+    if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+        index = int(first) + (n if first < 0 else 0)
+        return index, index + 1
+    return 0, n
+
+
+def _window(array: zarr.Array) -> str:
+    """What one shard of the input axis is: a window (value arrays) or a chunk ([input] arrays)."""
+    return "window" if array.shards is not None else "chunk"
 
 
 def _short(value: Any) -> str:

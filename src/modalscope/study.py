@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
@@ -27,7 +28,7 @@ import pandas as pd
 
 from modalscope.config import StudyConfig
 from modalscope.data.manifest import (
-    SKIPPED, TRUNCATED, data_counts, data_notes, load_manifest, manifest_frame, manifest_hash,
+    MANIFEST, SKIPPED, TRUNCATED, data_counts, data_notes, load_manifest, manifest_frame, manifest_hash,
     save_manifest, save_skipped, shuffled,
 )
 from modalscope.data.pairs import DataError, Pair, load_coco, load_jsonl
@@ -63,7 +64,7 @@ def read_pairs(config: StudyConfig) -> list[Pair]:
     if config.jsonl is not None:
         pairs = load_jsonl(config.jsonl)
     elif config.captions is not None:
-        pairs = load_coco(config.captions, config.images)
+        pairs = load_coco(config.captions, config.images, config.instances)
     else:
         raise DataError(f"{config.out_dir}: no manifest yet; give --captions/--images or --jsonl")
     if not pairs:
@@ -79,7 +80,7 @@ def prepare_manifest(config: StudyConfig, prepare: Prepare | None = None,
     `prepare(caption, image)`: the model's check that a pair's inputs can be made (the
     extraction passes its PromptBuilder's); without it only the data are checked."""
     wanted = {"seed": config.seed, "num_pairs": config.num_pairs, "source": _source(config)}
-    path = config.out_dir / "manifest.parquet"
+    path = config.out_dir / MANIFEST
     if path.exists():
         frame, meta = load_manifest(config.out_dir)
         if wanted["source"] is not None:
@@ -116,7 +117,8 @@ def _source(config: StudyConfig) -> str | None:
 
 
 # 2-3. Inputs and recording ----------------------------------------------------------------
-def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, force: bool = False) -> ActivationStore:
+def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, force: bool = False,
+                  keep_settings: tuple[str, ...] = ()) -> ActivationStore:
     """Record every condition for every pair not yet in the store (a rerun continues).
 
     The model and its processor are loaded (and refused in one line if they cannot be used)
@@ -126,14 +128,17 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, for
     merges the shards into DIR/activations.zarr (see record/distributed.py).
     Before anything is written the store's estimated size and file count are printed (with
     `config.progress`) and a disk without room for it refuses the study unless `force`.
+    DIR/study.toml is written before the first forward (`write_study_file`, keeping
+    `keep_settings` from the file), so a study killed during its first extraction still has it.
     """
     from modalscope.record.distributed import Ranks
     from modalscope.record.inputs import PromptBuilder
 
     ranks = Ranks.from_env()
     ranks.start()
-    fresh = manifest is None and ranks.leader and not (config.out_dir / "manifest.parquet").exists()
+    fresh = manifest is None and ranks.leader and not (config.out_dir / MANIFEST).exists()
     pairs = read_pairs(config) if fresh and not (config.out_dir / STORE).exists() else None
+    weights = _weights_content_started(config)  # hashed while the model loads
     loaded = _load_vlm(config, ranks)
     base = _load_base(config, loaded, ranks) if config.base_model else None
     builder = PromptBuilder.for_model(loaded, config.tokens)  # cuts captions to the context
@@ -151,16 +156,49 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, for
 
         manifest = prepare_manifest_ranked(config, prepare, pairs)
     check_base(manifest["caption"].tolist())  # a manifest made before
-    attrs = store_attributes(config, loaded, builder, manifest, plan, base)
-    recorder = _Recording(config, loaded, builder, base, manifest, plan, attrs, ranks, budget)
+    attrs = {**store_attributes(config, loaded, builder, manifest, plan, base), **weights()}
+    recorder = _Recording(config, loaded, builder, base, manifest, plan, attrs, ranks, budget, keep_settings)
     return recorder.run_sharded() if ranks.parallel else recorder.run()
+
+
+def _weights_content_started(config: StudyConfig):
+    """The content of a local model folder's weight files (models/loading.weights_content), hashed
+    in a thread while the model loads; returns the function that waits for it ({} for a hub model,
+    pinned by its commit hash). A resumed store's attributes let unchanged files go unread."""
+    import threading
+
+    from modalscope.models.loading import weights_content
+
+    folder = Path(config.model).expanduser() if config.model else None
+    if folder is None or not folder.is_dir():
+        return dict
+    store = config.out_dir / STORE
+    recorded = ActivationStore.read(store).attrs if (store / "zarr.json").is_file() else None
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["content"] = weights_content(folder, recorded)
+        except OSError as err:
+            result["error"] = err
+
+    thread = threading.Thread(target=run, name="weights-sha256", daemon=True)  # a failed load does not wait
+    thread.start()
+
+    def wait() -> dict:
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["content"]
+
+    return wait
 
 
 def _expected_pairs(config: StudyConfig, manifest: pd.DataFrame | None, pairs: list[Pair] | None) -> int:
     """Pairs the store will hold: the manifest's, or at most --num-pairs of the data's."""
     if manifest is not None:
         return len(manifest)
-    if (config.out_dir / "manifest.parquet").exists():
+    if (config.out_dir / MANIFEST).exists():
         return len(load_manifest(config.out_dir)[0])
     available = len(pairs) if pairs is not None else (config.num_pairs or 0)
     return min(available, config.num_pairs or available)
@@ -183,12 +221,48 @@ def _load_vlm(config: StudyConfig, ranks):
     """The vision-language model, refused in one line if it has no vision tower."""
     from modalscope.models.loading import load_model  # torch/transformers only when needed
 
-    loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
-                        config.device_map, config.quantization)
+    with _weights_checked("--model", config.model):
+        loaded = load_model(config.model, config.revision, config.dtype, ranks.device(config.device),
+                            config.device_map, config.quantization)
     if not loaded.adapter.has_vision:
         raise ValueError(f"--model {config.model}: a language model without vision ({loaded.provenance['model_type']}): "
                          "the image conditions cannot run on it; pass it as --base-model of its vision-language model")
     return loaded
+
+
+def weights_problem(err: BaseException) -> str | None:
+    """Why a model's weight files cannot be loaded, in one line, for the errors that are the
+    files' fault (truncated or damaged safetensors, a pickle holding more than tensors); None for
+    anything else (a bug keeps its traceback)."""
+    import pickle
+
+    text = " ".join(str(err).split())
+    first = text.split(". ")[0][:200]
+    if type(err).__name__ == "SafetensorError":
+        return (f"a weight file cannot be read ({first}): it is truncated or damaged; download or copy "
+                "it again")
+    if isinstance(err, pickle.UnpicklingError):
+        return ("its pytorch_model.bin is a pickle holding more than tensors, which modalscope refuses to load "
+                "(unpickling it could run code); use a safetensors copy of the weights from a trusted source")
+    if isinstance(err, EOFError) or (isinstance(err, RuntimeError) and "PytorchStreamReader" in text):
+        return f"a weight file cannot be read ({first}): it is truncated or damaged; download or copy it again"
+    return None
+
+
+class _weights_checked:
+    """`with _weights_checked("--model", name):` turns a damaged or refused weight file into a
+    one-line ValueError naming the option and the model."""
+
+    def __init__(self, option: str, model: str | None) -> None:
+        self.option, self.model = option, model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, trace) -> None:
+        problem = weights_problem(error) if error is not None and isinstance(error, Exception) else None
+        if problem is not None:
+            raise ValueError(f"{self.option} {self.model}: {problem}") from None
 
 
 @dataclass(frozen=True)
@@ -264,6 +338,7 @@ class _Recording:
     attrs: dict
     ranks: object
     budget: object = None  # budget.Budget, printed before the first forward
+    keep_settings: tuple[str, ...] = ()  # kept from DIR/study.toml when it is written (write_study_file)
 
     def announce(self) -> None:
         """The store's estimated size and files, once the store is known to match the study."""
@@ -285,9 +360,11 @@ class _Recording:
                                       dtype=self.config.store_dtype)
 
     def write_truncations(self) -> None:
-        """After the store check: a refused study leaves DIR untouched."""
+        """After the store check: a refused study leaves DIR untouched. DIR/study.toml with them,
+        so a study killed before its first stage ends can still be repeated from it."""
         if self.ranks.leader:
             write_frame(self.builder.truncations(self.manifest), self.config.out_dir / TRUNCATED)
+            write_study_file(self.config, self.keep_settings)
 
     def record(self, store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
         from modalscope.record.extract import Extraction, extract
@@ -330,8 +407,9 @@ def _load_base(config: StudyConfig, loaded, ranks):
     the same number of decoder layers and the same width at every site."""
     from modalscope.models.loading import load_model
 
-    base = load_model(config.base_model, config.base_revision, config.dtype, ranks.device(config.device),
-                      config.device_map, config.quantization)
+    with _weights_checked("--base-model", config.base_model):
+        base = load_model(config.base_model, config.base_revision, config.dtype, ranks.device(config.device),
+                          config.device_map, config.quantization)
     if base.adapter.has_vision:
         raise ValueError(f"--base-model {config.base_model}: a vision-language model; give the language model "
                          f"{config.model} was trained from")
@@ -405,12 +483,15 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     from modalscope.stats.layer_summary import significance_table
     from modalscope.tables import remove_table
 
+    from modalscope.paths import check_inside
+
     clock = time.perf_counter()
     store = ActivationStore.read(config.out_dir / STORE)
-    tables_dir = config.out_dir / "tables"
+    tables_dir = check_inside(config.out_dir / "tables", config.out_dir)  # never written outside DIR
     contrast = config.contrast_pair
     settings = _analysis_settings(config, store)
-    result = run_analysis(store, settings)  # with text_base recorded, also Δ_base = text - text_base
+    # with text_base recorded, also Δ_base = text - text_base; a bar per site unless --quiet
+    result = run_analysis(store, settings, progress=config.progress and sys.stderr.isatty())
     for site, entry in result.summary.items():  # per site (and its Δ_base): pairs left out or cut, the headline
         for trend in (entry, entry.get("vs_base")):
             if trend is not None:
@@ -437,6 +518,8 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     paths.append(write_top_pairs(store, tables_dir / TOP_PAIRS, top_pairs_stat(config.stat, store), contrast,
                                  provenance=meta, csv=config.csv))
     paths, note = _long_tables(config, store, manifest, meta, paths)
+    from modalscope.concepts import concept_stage  # concepts.parquet, summary's `concepts`; none without labels
+    paths += concept_stage(config.out_dir, config.csv, meta)
     record_stage(config.out_dir, "analyze", time.perf_counter() - clock,
                  {name: getattr(config, name) for name in ANALYSIS_FIELDS}, seeds=seed_streams(settings.seed))
     update_study_file(config.out_dir, {name: getattr(config, name) for name in ANALYSIS_FIELDS})
@@ -453,7 +536,8 @@ def _analysis_settings(config: StudyConfig, store: ActivationStore):
         raise ValueError(f"--contrast {config.contrast}: {config.out_dir} did not record "
                          f"{', '.join(missing)} (it has {', '.join(store.conditions)})")
     return AnalysisSettings(contrast=config.contrast_pair, fdr=config.fdr, n_perm=config.n_perm, n_boot=config.n_boot,
-                            outlier_factor=config.outlier_factor, seed=int(store.attrs.get("seed", config.seed)))
+                            outlier_factor=config.outlier_factor, seed=int(store.attrs.get("seed", config.seed)),
+                            primary=config.primary)
 
 
 def _long_tables(config: StudyConfig, store: ActivationStore, manifest: pd.DataFrame, meta: dict,
@@ -483,7 +567,7 @@ def analysis_manifest(config: StudyConfig) -> pd.DataFrame:
     """The manifest of the study in DIR, for `analyze`; a folder without a study, or with no
     recorded pairs, is a one-line DataError pointing to the command that makes them."""
     out = config.out_dir
-    has_manifest, has_store = (out / "manifest.parquet").exists(), (out / STORE).exists()
+    has_manifest, has_store = (out / MANIFEST).exists(), (out / STORE).exists()
     if not has_manifest and not has_store:
         raise DataError(f"{out}: no study here (no manifest.parquet, no {STORE}); make one with "
                         f"`modalscope run --out {out} ...` or `modalscope extract --out {out} ...`, then analyze it")
@@ -491,6 +575,7 @@ def analysis_manifest(config: StudyConfig) -> pd.DataFrame:
         raise DataError(f"{out}: nothing recorded yet (no {STORE}); record its manifest's pairs with "
                         f"`modalscope extract --out {out} --model MODEL`, then analyze it")
     manifest = prepare_manifest(config)
+    check_manifest(out, manifest)
     done = int(ActivationStore.read(out / STORE).attrs.get("n_done", 0))
     if done < 2:
         raise DataError(f"{out}: {len(manifest):,} pairs in the manifest, {done} recorded: a t-test needs 2; "
@@ -498,11 +583,85 @@ def analysis_manifest(config: StudyConfig) -> pd.DataFrame:
     return manifest
 
 
+def check_manifest(out_dir: Path, manifest: pd.DataFrame | None = None) -> None:
+    """A one-line DataError when DIR/manifest.parquet is not the manifest the store was recorded
+    with (the store keeps its hash, as extraction checks on resume): row i of the store would
+    be read as another pair, with another caption. `analyze`, `report` (so `plot`), `export`
+    and `neuron` check it before reading either."""
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST
+    if not (out_dir / STORE).exists() or not path.exists():
+        return
+    recorded = ActivationStore.read(out_dir / STORE).attrs.get("manifest_hash")
+    if recorded is None:
+        return
+    manifest = load_manifest(out_dir)[0] if manifest is None else manifest
+    if manifest_hash(manifest) != recorded:
+        raise DataError(f"{path}: not the manifest {out_dir / STORE} was recorded with (its pairs, captions or "
+                        f"image files differ from the store's manifest hash), so the store's rows cannot be "
+                        f"matched to its pairs; restore this study's manifest.parquet (nothing was written)")
+
+
+# Summary entries and the table provenance key that say the same thing (summary.json has no schema
+# metadata, so these are how it is matched to the Parquet tables of its analysis).
+SUMMARY_VS_PROVENANCE = {"n_inputs": "n_pairs_recorded", "contrast": "contrast", "fdr": "fdr", "n_perm": "n_perm",
+                         "n_boot": "n_boot"}
+
+
+def mixed_tables(out_dir: Path) -> str | None:
+    """One line when DIR/tables holds the tables of two analyses side by side (an `analyze` killed
+    half-way through replaces some of them only), else None. Every table `analyze` writes carries
+    the same provenance (settings, pairs analysed, versions: provenance.table_provenance), and
+    summary.json the same pairs and settings; two analyses that agree on all of it wrote the same
+    tables, so only a real mix is found. Reads Parquet footers only."""
+    from modalscope.cards.table import TOP_PAIRS
+    from modalscope.tables import TABLE1, TABLE2, read_provenance, read_summary
+
+    tables = Path(out_dir) / "tables"
+    names = (TABLE3, LAYERS, INPUT_LAYERS, SIGNIFICANT, ALIGNMENT, TOP_PAIRS, TABLE1, TABLE2, LAYERS_VS_BASE,
+             INPUT_LAYERS_VS_BASE)
+    seen: tuple[str, dict] | None = None
+    for name in names:
+        path = tables / name
+        if not path.exists():
+            continue
+        try:
+            meta = {k: v for k, v in read_provenance(path).items() if k != "top_pairs"}
+        except Exception:  # noqa: BLE001 - an unreadable table is the readers' to report
+            continue
+        if not meta:  # written by hand or by an older modalscope: nothing to compare
+            continue
+        if seen is None:
+            seen = (name, meta)
+            continue
+        differ = sorted(k for k in set(meta) | set(seen[1]) if meta.get(k) != seen[1].get(k))
+        if differ:
+            return _mixed(out_dir, seen[0], name, differ)
+    if seen is not None and (tables / SUMMARY).exists():
+        try:
+            summary = read_summary(tables / SUMMARY)
+        except Exception:  # noqa: BLE001
+            return None
+        for entry in summary.values():
+            if not isinstance(entry, dict):
+                continue
+            differ = sorted(key for key, prov in SUMMARY_VS_PROVENANCE.items()
+                            if key in entry and prov in seen[1] and entry[key] != seen[1][prov])
+            if differ:
+                return _mixed(out_dir, seen[0], SUMMARY, differ)
+    return None
+
+
+def _mixed(out_dir: Path, first: str, second: str, keys: list[str]) -> str:
+    return (f"{Path(out_dir) / 'tables'}: {first} and {second} come from two different analyses (they differ in "
+            f"{', '.join(keys[:4])}), e.g. an `analyze` stopped half-way; rerun `modalscope analyze {out_dir}`")
+
+
 def extraction_note(out_dir: Path) -> str | None:
     """One line when the store holds fewer pairs than the manifest (an unfinished extraction):
     the analysis uses the recorded ones, and the line says how to finish."""
     out_dir = Path(out_dir)
-    if not (out_dir / STORE).exists() or not (out_dir / "manifest.parquet").exists():
+    if not (out_dir / STORE).exists() or not (out_dir / MANIFEST).exists():
         return None
     n_manifest = len(load_manifest(out_dir)[0])
     done = ActivationStore.read(out_dir / STORE).n_done
@@ -512,7 +671,17 @@ def extraction_note(out_dir: Path) -> str | None:
             f"run `modalscope extract --out {out_dir} --resume` to finish")
 
 
-def plot_stage(out_dir: Path, png: bool = True, stat: str = "max") -> tuple[list[Path], str | None]:
+def extraction_complete(out_dir: Path) -> int | None:
+    """The pairs recorded when DIR's store already holds every pair of its manifest, else None."""
+    out_dir = Path(out_dir)
+    if not (out_dir / STORE).exists() or not (out_dir / MANIFEST).exists():
+        return None
+    n_manifest = len(load_manifest(out_dir)[0])
+    return n_manifest if n_manifest and ActivationStore.read(out_dir / STORE).n_done >= n_manifest else None
+
+
+def plot_stage(out_dir: Path, png: bool = True, stat: str = "max",
+               progress: bool = False) -> tuple[list[Path], str | None]:
     """Figures 1 and 2 per site and reduction from DIR/tables, the significant-neuron counts,
     and PNG and SVG copies when a browser exists. `figure2_{site}.html` leads with `stat` and
     draws max and matched_max side by side; `figure{1,2}_{site}_{other}.html` show each other
@@ -526,16 +695,27 @@ def plot_stage(out_dir: Path, png: bool = True, stat: str = "max") -> tuple[list
     from modalscope.figures.histograms import for_static
     from modalscope.provenance import record_stage
 
+    from modalscope.paths import check_inside
+
     clock = time.perf_counter()
-    tables = StudyTables.read(out_dir)
+    check_manifest(out_dir)  # the report it is followed by shows the manifest's captions
+    tables = StudyTables.read(out_dir)  # its site and reduction names checked against the store's
     tables.check_stat(stat, out_dir)
-    figures_dir = Path(out_dir) / "figures"
-    figures = {figures_dir / f"{name}.html": fig for name, fig in study_figures(tables, stat).items()}
-    paths = [write_html(fig, path, plotlyjs="directory") for path, fig in figures.items()]
+    mixed = mixed_tables(out_dir)
+    if mixed:
+        raise ValueError(mixed)
+    figures_dir = check_inside(Path(out_dir) / "figures", out_dir)
+    figures = {check_inside(figures_dir / f"{name}.html", figures_dir): fig
+               for name, fig in study_figures(tables, stat).items()}
+    from tqdm.auto import tqdm
+
+    paths = [write_html(fig, path, plotlyjs="directory", within=out_dir)
+             for path, fig in tqdm(figures.items(), desc="plot", unit="figure", disable=not progress, leave=False,
+                                   file=sys.stderr)]
     for old in owned_figure_files(figures_dir):
         if old.suffix != ".html" or old not in figures:
             old.unlink()
-    message = write_images({path: for_static(fig) for path, fig in figures.items()}) if png else None
+    message = write_images({path: for_static(fig) for path, fig in figures.items()}, within=out_dir) if png else None
     if message == NO_BROWSER_MESSAGE:
         message = message.replace("DIR", str(out_dir))
     settings = dict(zip(PLOT_FIELDS, (png, stat)))
@@ -552,6 +732,10 @@ def report_stage(out_dir: Path, stat: str | None = None) -> Path:
 
     from modalscope.report import write_report
 
+    check_manifest(out_dir)
+    mixed = mixed_tables(out_dir)
+    if mixed:
+        raise ValueError(mixed)
     if stat is None:
         study = Path(out_dir) / "study.json"
         stat = json.loads(study.read_text()).get("config", {}).get("stat", "max") if study.exists() else "max"
@@ -584,11 +768,22 @@ class _Stage:
 def run_study(config: StudyConfig, force: bool = False) -> StudyResult:
     """The whole method on one config: manifest, extraction, statistics, tables, figures, report.
     `force`: record even when the free disk looks too small for the store (budget.py)."""
-    from modalscope.provenance import read_study_json, record_stage
+    from modalscope.lock import study_lock
 
     config.validate()
+    with study_lock(config.out_dir, "run_study"):  # one writer per folder (the CLI already holds it)
+        return _run_study(config, force)
+
+
+def _run_study(config: StudyConfig, force: bool) -> StudyResult:
+    from modalscope.provenance import read_study_json, record_stage
+
     result = StudyResult(out_dir=config.out_dir)
     clock = time.perf_counter()
+    done = extraction_complete(config.out_dir) if config.progress and sys.stderr.isatty() else None
+    if done and int(os.environ.get("RANK", 0)) == 0:  # a rerun of a finished study: say so before the work
+        print(f"extraction already complete ({done:,} pairs in {config.out_dir / STORE}): analysing and plotting "
+              "again", file=sys.stderr)
     with _Stage("extract", config.out_dir):
         extract_stage(config, force=force)  # model checked, then pairs (DIR/manifest.parquet), then recorded
     manifest, _ = load_manifest(config.out_dir)
@@ -608,7 +803,8 @@ def run_study(config: StudyConfig, force: bool = False) -> StudyResult:
     result.timings["analyze_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     with _Stage("plot", config.out_dir):
-        result.figures, png_message = plot_stage(config.out_dir, config.png, config.stat)
+        result.figures, png_message = plot_stage(config.out_dir, config.png, config.stat,
+                                                 config.progress and sys.stderr.isatty())
     if png_message:
         result.messages.append(png_message)
     result.timings["plot_s"] = time.perf_counter() - clock
@@ -633,26 +829,42 @@ def study_headlines(out_dir: Path) -> list[str]:
 
 # The study file's data keys: kept from DIR/study.toml when a rerun names no data (it reuses
 # the manifest), so the file still repeats the study from its data.
-DATA_KEYS = ("captions", "images", "jsonl", "num_pairs", "seed")
+DATA_KEYS = ("captions", "images", "jsonl", "instances", "num_pairs", "seed")
 
 
-def write_study_file(config: StudyConfig) -> Path:
+def write_study_file(config: StudyConfig, keep: tuple[str, ...] = ()) -> Path:
     """DIR/study.toml: every setting of the study, defaults included, so that `modalscope run
     --config DIR/study.toml --out NEW` repeats it. Written once the model and the data passed
-    their checks (never for a refused study); paths are absolute so it works from any folder."""
+    their checks and the store matched (never for a refused study), before the first forward, and
+    again when the stage ends; paths are absolute (a local --model too) so it works from any
+    folder. A rerun that names no data (it reuses the manifest, e.g. `extract --resume`) keeps the
+    file's data keys, and the settings in `keep` (those the command has no option for, e.g. the
+    analysis settings for `extract`) are kept from the file too."""
     from modalscope.study_file import StudyFileError, read
 
     path = config.out_dir / "study.toml"
     settings: dict[str, object] = {}
-    if config.captions is None and config.jsonl is None and path.exists():
+    if path.exists():
         try:
-            settings = {k: v for k, v in read(path).items() if k in DATA_KEYS}
+            current = read(path)
         except StudyFileError:
-            settings = {}
+            current = {}
+        names = (*DATA_KEYS, *keep) if config.captions is None and config.jsonl is None else keep
+        settings = {k: v for k, v in current.items() if k in names}
     resolved = replace(config, **settings)
-    paths = {name: Path(value).resolve() for name in ("out_dir", "captions", "images", "jsonl")
-             if (value := getattr(resolved, name)) is not None}
+    paths: dict[str, object] = {name: Path(value).resolve() for name in ("out_dir", "captions", "images", "jsonl",
+                                                                         "instances")
+                                if (value := getattr(resolved, name)) is not None}
+    for name in ("model", "base_model"):  # a local folder, as the loader read it; a hub id stays as it is
+        value = getattr(resolved, name)
+        if value and Path(value).is_dir():
+            paths[name] = str(Path(value).resolve())
     return replace(resolved, **paths).to_toml(path)
+
+
+# The settings `extract` has no option for: kept from DIR/study.toml when it rewrites the file.
+EXTRACT_KEEPS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables",
+                 "csv", "png", "primary")
 
 
 def update_study_file(out_dir: Path, settings: dict[str, object]) -> Path | None:
@@ -674,7 +886,8 @@ def update_study_file(out_dir: Path, settings: dict[str, object]) -> Path | None
 
 
 # The settings each stage run alone owns in study.json's `config` (and DIR/study.toml).
-ANALYSIS_FIELDS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "long_tables", "csv", "alignment_stat")
+ANALYSIS_FIELDS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "long_tables", "csv", "alignment_stat",
+                   "primary")
 PLOT_FIELDS = ("png", "stat")  # in this order: plot_stage's arguments
 
 
@@ -687,8 +900,15 @@ def export_stage(
     csv: bool = False,
 ) -> list[Path]:
     """Tables 1-2 restricted to some sites/layers/neurons, streamed from the store."""
+    import re
+
+    from modalscope.paths import check_inside
     from modalscope.provenance import table_provenance
 
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", name) or name.startswith("."):
+        raise ValueError(f"--name {name!r}: a file-name suffix of letters, digits, '_', '-', '.' (at most 64), "
+                         "e.g. _export")
+    check_inside(Path(out_dir) / "tables", out_dir)
     store = ActivationStore.read(Path(out_dir) / STORE)
     for site in sites or []:
         if site not in store.sites:
@@ -704,6 +924,7 @@ def export_stage(
                 hint = f"; export {', '.join(ok)} alone with --sites {','.join(ok)}" if ok else ""
                 raise ValueError(f"--neurons {neuron}: site {site} has neurons 0-{store.width(site) - 1}{hint}")
     manifest, _ = load_manifest(Path(out_dir))
+    check_manifest(Path(out_dir), manifest)
     contrast = tuple(str(store.attrs.get("contrast", "text - image")).split(" - "))
     paths = write_long_tables(
         store, manifest["pair_id"].tolist(), Path(out_dir) / "tables", sites, layers, neurons, name,

@@ -68,6 +68,8 @@ KEYS: tuple[Key, ...] = (
     Key("data", "images", "path", "COCO image folder", example="coco/val2017"),
     Key("data", "jsonl", "path", 'instead of COCO: JSONL of {"image": path, "caption": text, "id": ...} lines',
         example="pairs.jsonl"),
+    Key("data", "instances", "path", "COCO instances JSON: each image's object categories become its concept "
+        "labels (tables/concepts.parquet)", example="coco/annotations/instances_val2017.json"),
     Key("data", "num_pairs", "int", "use the first N usable pairs of the shuffled list (default: all)",
         example=1000),
     Key("data", "seed", "int", "seed of the one-time shuffle of the pairs"),
@@ -103,12 +105,15 @@ KEYS: tuple[Key, ...] = (
         "image_text_caption, image_text_image, text_base)"),
     Key("statistics", "fdr", "str", "false discovery rate control: bh (Benjamini-Hochberg) or by "
         "(Benjamini-Yekutieli)"),
+    Key("statistics", "primary", "str", "the primary family of tests, SITE:REDUCTION, corrected on its own; "
+        "every other family by Benjamini-Bogomolov (Table 3 q_hier); default mlp:matched_max",
+        example="mlp:matched_max"),
     Key("statistics", "permutations", "int", "sign-flip permutations for the null (at least 200)",
         field="n_perm"),
     Key("statistics", "bootstrap", "int", "bootstrap resamples of inputs for the trend's CI (at least 200)",
         field="n_boot"),
-    Key("statistics", "outlier_factor", "float", "flag neurons whose max |activation| exceeds this times "
-        "the layer median"),
+    Key("statistics", "outlier_factor", "float", "flag massive neurons: max |activation| at least this "
+        "times the layer median and 5 robust SDs of log max |activation| above the layer"),
     Key("statistics", "alignment_stat", "str", "the reduction whose per-pair population vectors the layer "
         "alignment (CKA, mutual k-NN, retrieval) compares between the contrasted conditions"),
     Key("output", "out", "path", "the study folder", field="out_dir"),

@@ -57,7 +57,8 @@ def card_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def test_the_neuron_command_writes_a_card_with_its_top_captions_and_its_t(small_study: Path, tmp_path: Path):
+def test_the_neuron_command_writes_a_card_with_its_top_captions_and_its_t(small_study: Path, tmp_path: Path,
+                                                                         tiny_model_dir: Path):
     import html
 
     store = ActivationStore.read(small_study / STORE)
@@ -83,6 +84,8 @@ def test_the_neuron_command_writes_a_card_with_its_top_captions_and_its_t(small_
     shared = [i for i in text_top if i in set(image_top)]
     assert page.count('class="both"') == 2 * len(shared)  # marked in both sets
     assert "http" not in page.replace("http-equiv", "")  # offline: no link out
+    # a card saved on its own names its model and study
+    assert f'<p class="note" id="origin">model {tiny_model_dir}; study {small_study.resolve()}</p>' in page
     study = tmp_path / "study"  # the default place, DIR/cards/, in a copy of the study's tables
     (study / "tables").mkdir(parents=True)
     for name in ("tables/table3_neurons.parquet", "tables/top_pairs.parquet", "manifest.parquet"):

@@ -21,7 +21,7 @@ from modalscope.figures.export import (
     write_html,
     write_images,
 )
-from modalscope.figures.histograms import figure1, for_static
+from modalscope.figures.histograms import N_BINS, figure1, for_static
 from modalscope.figures.style import BLUE, VERMILLION
 from modalscope.figures.trend import figure2
 
@@ -88,30 +88,30 @@ def test_figure1_each_step_shows_exactly_that_layers_two_traces(neurons):
 
 
 def _edges_of(bar: go.Bar) -> np.ndarray:
-    cd = np.asarray(bar.customdata, dtype=float)
+    """The layer's own bin edges: the bars before the two overflow bars."""
+    cd = np.asarray(bar.customdata, dtype=float)[:-2]
     return np.append(cd[:, 0], cd[-1, 1])
 
 
 @pytest.mark.parametrize("col,offset", [("mean_diff", 0), ("t_value", 1)])
-def test_figure1_bars_equal_np_histogram_on_shared_bins(neurons, col, offset):
+def test_figure1_bars_equal_np_histogram_on_each_layers_bins(neurons, col, offset):
     fig = figure1(neurons, SITE)
-    all_vals = neurons[col].to_numpy(float)
-    all_vals = all_vals[np.isfinite(all_vals)]
-    first_edges = _edges_of(fig.data[offset])
-    # shared bins: global range (including 0), same edges for every layer
-    assert first_edges[0] == pytest.approx(min(all_vals.min(), 0.0))
-    assert first_edges[-1] == pytest.approx(max(all_vals.max(), 0.0))
     for layer in range(N_LAYERS):
         bar = fig.data[2 * layer + offset]
         edges = _edges_of(bar)
-        np.testing.assert_allclose(edges, first_edges)
         vals = neurons.loc[neurons.layer == layer, col].to_numpy(float)
         finite = vals[np.isfinite(vals)]
         heights = np.asarray(bar.y)
-        assert heights.sum() == finite.size
+        assert heights.sum() == finite.size  # the overflow bars count the rest
         expected, _ = np.histogram(finite, bins=edges)
-        np.testing.assert_array_equal(heights, expected)
-        np.testing.assert_allclose(np.asarray(bar.x), (edges[:-1] + edges[1:]) / 2)
+        np.testing.assert_array_equal(heights[:-2], expected)
+        assert [heights[-2], heights[-1]] == [(finite < edges[0]).sum(), (finite > edges[-1]).sum()]
+        assert edges[0] >= min(finite.min(), 0) and edges[-1] <= max(finite.max(), 0) and len(edges) == N_BINS + 1
+        np.testing.assert_allclose(np.asarray(bar.x)[:-2], (edges[:-1] + edges[1:]) / 2)
+        assert bar.x[-2] < edges[0] and bar.x[-1] > edges[-1]  # the overflow bars, set apart
+        view = fig.layout.sliders[0].steps[layer].args[1]
+        axis = "xaxis" if offset == 0 else "xaxis2"
+        assert view[f"{axis}.range"][0] < bar.x[-2] and view[f"{axis}.range"][1] > bar.x[-1]  # overflow bars shown
     # the NaN layer really lost 7 values in the t column only
     if col == "t_value":
         assert np.asarray(fig.data[2 * 2 + 1].y).sum() == N_NEURONS - 7
@@ -416,14 +416,19 @@ def test_count_ticks_are_symmetric_round_and_cover_the_largest(largest, step):
 def test_static_figure1_shows_every_layer_with_the_sliders_counts(neurons):
     interactive = figure1(neurons, SITE)
     static = for_static(interactive)
-    assert not static.layout.sliders and len(static.data) == 2
+    assert not static.layout.sliders
     layers = sorted(neurons.loc[neurons["site"] == SITE, "layer"].unique().tolist())
-    for column, heatmap in enumerate(static.data):
-        assert list(heatmap.y) == layers
-        bars = interactive.data[column::2]
-        np.testing.assert_array_equal(np.asarray(heatmap.z), np.array([bar.y for bar in bars]))
+    assert len(static.data) == 2 * len(layers)  # a row per layer and column, each on the layer's own bins
+    for column in (0, 1):
+        rows, bars = static.data[column * len(layers):(column + 1) * len(layers)], interactive.data[column::2]
+        assert [row.y[0] for row in rows] == layers and {row.type for row in rows} == {"heatmap"}
         per_layer = neurons[neurons["site"] == SITE].groupby("layer")["mean_diff" if column == 0 else "t_value"]
-        np.testing.assert_array_equal(np.asarray(heatmap.z).sum(axis=1), per_layer.apply(lambda v: np.isfinite(v).sum()))
+        for row, bar, finite in zip(rows, bars, per_layer.apply(lambda v: np.isfinite(v).sum())):
+            z = np.asarray(row.z[0], dtype=float)
+            y = np.asarray(bar.y)  # the bins, then underflow and overflow: in the row, at its two ends
+            np.testing.assert_array_equal(z[~np.isnan(z)], np.r_[y[-2], y[:-2], y[-1]])
+            assert np.isnan(z[[1, -2]]).all() and np.nansum(z) == finite
+            np.testing.assert_allclose(np.asarray(row.x)[2:-2], _edges_of(bar))
     figure2_like = figure1(neurons, SITE)
     figure2_like.layout.sliders = ()
     assert for_static(figure2_like) is figure2_like  # only slider figures change

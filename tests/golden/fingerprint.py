@@ -61,9 +61,9 @@ RTOL_STORE, RTOL = 1e-5, 1e-4
 DISCONTINUOUS: tuple[tuple[str, float, float, str], ...] = (
     (r"frac_active", 3e-3, 0.01,
      "the share of tokens above 0: a token within kernel noise of 0 moves it by 1/T (1/576 = 1.7e-3)"),
-    (r"q_value|xmodal_q", RTOL, 0.25,
+    (r"q_value|q_hier|xmodal_q", RTOL, 0.25,
      "BH q: one p that moved changes the q of every neuron whose running minimum passes through it"),
-    (r"p_perm|xmodal_(r|p|ci_low|ci_high)(_|$)", RTOL, 0.01,
+    (r"p_perm|p_layers|xmodal_(r|p|ci_low|ci_high)(_|$)", RTOL, 0.01,
      "ranks and permutation counts: near-tied values (a max at a token shared by all prompts) reorder"),
 )
 

@@ -29,11 +29,13 @@ from modalscope.report.page import REPORT
 # The small study's numbers are pinned by tests/golden (within its tolerances, far below these 3 digits), so its sentences are too.
 SENTENCES = {
     "residual": "residual, layer mean of Δ = text − image: raw max falls by 0.578 per layer (bootstrap 95% CI "
-                "-0.791 to -0.363, sign-flip p = 0.00498); length-matched max rises by 0.915 per layer "
-                "(bootstrap 95% CI 0.713 to 1.15, sign-flip p = 0.00498).",
+                "-0.791 to -0.363, sign-flip p ≤ 0.00498; R² = 0.98); length-matched max rises by 0.915 per layer "
+                "(bootstrap 95% CI 0.713 to 1.15, sign-flip p ≤ 0.00498; R² = 0.97). The reductions disagree on "
+                "the direction: raw max falls, length-matched max rises.",
     "mlp": "mlp, layer mean of Δ = text − image: raw max falls by 0.252 per layer (bootstrap 95% CI -0.309 to "
-           "-0.203, sign-flip p = 0.00498); length-matched max changes by -0.0335 per layer (bootstrap 95% CI "
-           "-0.0674 to 3.88e-05, sign-flip p = 0.124).",
+           "-0.203, sign-flip p ≤ 0.00498; R² = 0.78); length-matched max changes by -0.0335 per layer (bootstrap 95% "
+           "CI -0.0674 to 3.88e-05, sign-flip p = 0.124). The reductions disagree on the direction: raw max falls, "
+           "mean rises.",
 }
 
 
@@ -51,8 +53,9 @@ def test_summary_json_states_each_sites_trends_in_one_sentence_from_its_numbers(
         matched = entry["by_stat"]["matched_max"]
 
         def clause(e: dict) -> str:
+            at_floor = e["slope_p_perm"] == 1 / (entry["n_perm"] + 1)
             return (f"per layer (bootstrap 95% CI {e['slope_ci_low']:.3g} to {e['slope_ci_high']:.3g}, "
-                    f"sign-flip p = {e['slope_p_perm']:.3g})")
+                    f"sign-flip p {'≤' if at_floor else '='} {e['slope_p_perm']:.3g}")
 
         assert clause(entry) in entry["headline"] and clause(matched) in entry["headline"]
         assert entry["headline"] == SENTENCES[site]
@@ -68,6 +71,8 @@ def test_a_direction_is_named_only_when_the_interval_excludes_zero():
 
     assert trend_clause("raw max", entry(-1.034, -1.2, -0.85, 0.000999)) == (
         "raw max falls by 1.03 per layer (bootstrap 95% CI -1.2 to -0.85, sign-flip p = 0.000999)")
+    assert trend_clause("raw max", entry(-1.034, -1.2, -0.85, 1 / 1001), p_floor=1 / 1001) == (
+        "raw max falls by 1.03 per layer (bootstrap 95% CI -1.2 to -0.85, sign-flip p ≤ 0.000999)")
     assert trend_clause("x", entry(0.5, 0.1, 0.9)) == "x rises by 0.5 per layer (bootstrap 95% CI 0.1 to 0.9, " \
                                                       "sign-flip p = 0.01)"
     assert trend_clause("x", entry(-0.03, -0.1, 0.05)).startswith("x changes by -0.03 per layer")
@@ -103,7 +108,8 @@ def test_p_values_read_the_same_in_tables_and_legends(small_study):
     p = tables.trend("mlp", "max")["slope_p_perm"]
     legend = [t.name for t in headline_figures(tables, "mlp", "max")["figure2_mlp"].data
               if t.name.startswith("linear fit (max)")][0]
-    assert f"sign-flip p = {p:.3g})" in legend and f"<td>{p:.3g}</td>" in site  # 0.00498 in both
+    assert p == 1 / (tables.summary["mlp"]["n_perm"] + 1)  # at the floor: a bound in both
+    assert f"sign-flip p ≤ {p:.3g})" in legend and f"<td>≤ {p:.3g}</td>" in site  # ≤ 0.00498 in both
     top = re.search(r"<h4>text-preferring.*?</table>", site, re.S).group(0)
     first = facts.top_neurons(tables, "mlp", "max")[0].iloc[0]
     cells = re.findall(r"<tr[^>]*>(.*?)</tr>", top)[1]  # the first neuron's row
@@ -122,10 +128,11 @@ def test_report_figure1_shows_every_layer_above_the_slider_with_the_fdr_threshol
         lines = sorted(s.x0 for s in fig.layout.shapes if s.name == "fdr-threshold")
         np.testing.assert_allclose(lines, [-threshold, threshold])
         assert all(s.xref == "x2" for s in fig.layout.shapes if s.name == "fdr-threshold")  # the t panel
-    heatmaps = figure1_static(slider).data
-    assert [t.type for t in heatmaps] == ["heatmap", "heatmap"] and [len(t.y) for t in heatmaps] == [4, 4]
-    for column, heatmap in zip((0, 1), heatmaps):  # row l is layer l's histogram of the slider
-        np.testing.assert_array_equal(np.asarray(heatmap.z)[2], slider.data[2 * 2 + column].y)
+    heatmaps = figure1_static(slider).data  # a row per layer and column, each on the layer's own bins
+    assert [t.type for t in heatmaps] == ["heatmap"] * 8 and [t.y[0] for t in heatmaps] == [0, 1, 2, 3] * 2
+    for column in (0, 1):  # row l is layer l's histogram of the slider, its overflow cells set apart
+        z, y = np.asarray(heatmaps[4 * column + 2].z[0], dtype=float), np.asarray(slider.data[2 * 2 + column].y)
+        np.testing.assert_array_equal(z[~np.isnan(z)], np.r_[y[-2], y[:-2], y[-1]])  # bins, then under/overflow
 
 
 def test_null_band_colour_is_named_as_drawn(small_study):

@@ -1,24 +1,29 @@
-"""Layer alignment (stats/alignment.py): linear CKA against the HSIC form with an explicit
-centring matrix, mutual k-NN and retrieval against double loops, the bootstrap and the
-shuffled-pairing null against replicates rebuilt by brute force from numpy's own seed
-children, uniform p-values without alignment and a planted alignment far above its null."""
+"""Layer alignment (stats/alignment*.py): plug-in linear CKA against the HSIC form with an
+explicit centring matrix, debiased CKA against Song et al.'s U-statistic summed over every
+4-tuple and its jackknife against deleted samples recomputed by brute force, mutual k-NN and
+retrieval against double loops, the shuffled-pairing null against replicates rebuilt from
+numpy's own seed child, uniform p-values without alignment and a planted alignment far above
+its null. Coverage of the interval: test_alignment_coverage.py."""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from modalscope.stats import alignment
+from modalscope.stats import alignment_cka, alignment_common
 from modalscope.stats.alignment import (
     MEASURES,
     alignment_with_uncertainty,
+    debiased_cka,
     linear_cka,
     mutual_knn,
     retrieval,
 )
+from modalscope.stats.alignment_cka import debiased_cka_jackknife, grams
 
 NAMES = [f"{m}_{d}" for d in ("text_to_image", "image_to_text") for m in ("top1", "top5", "mrr")]
 
@@ -32,6 +37,23 @@ def reference_cka(X, Y):
     K, L = X @ X.T, Y @ Y.T
     hsic = lambda a, b: np.trace(a @ H @ b @ H) / (n - 1) ** 2  # noqa: E731
     return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+def song_hsic(X, Y):
+    """Song et al. 2012, Theorem 2: the U-statistic (1/(n)_4) Σ over ordered 4-tuples of
+    distinct pairs (i, j, q, r) of K_ij L_ij + K_ij L_qr - 2 K_ij L_iq, linear kernels on the
+    raw (uncentred) rows: a loop, sharing nothing with the closed form in alignment_cka.py."""
+    n = len(X)
+    K, L = X @ X.T, Y @ Y.T
+    total, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(n), 4):
+        total += K[i, j] * L[i, j] + K[i, j] * L[q, r] - 2 * K[i, j] * L[i, q]
+        count += 1
+    return total / count
+
+
+def reference_debiased_cka(X, Y):
+    return song_hsic(X, Y) / np.sqrt(song_hsic(X, X) * song_hsic(Y, Y))
 
 
 def unit(X, center):
@@ -94,7 +116,7 @@ def paired(n, d, seed, noise=1.0):
 @pytest.mark.parametrize("blocks", ["whole", "tiny"])
 def test_linear_cka_equals_the_hsic_reference_for_n_above_and_below_d(n, p, q, blocks, monkeypatch):
     if blocks == "tiny":  # one row / column per block: the blocked sums add up the same
-        monkeypatch.setattr(alignment, "BLOCK_ELEMENTS", 1)
+        monkeypatch.setattr(alignment_common, "BLOCK_ELEMENTS", 1)
     rng = np.random.default_rng(n + p)
     X = rng.normal(size=(n, p)) + 3.0
     Y = X[:, :q] @ rng.normal(size=(q, q)) + rng.normal(size=(n, q))
@@ -106,8 +128,8 @@ def test_linear_cka_equals_the_hsic_reference_for_n_above_and_below_d(n, p, q, b
 def test_linear_cka_takes_the_cheaper_form(monkeypatch):
     """Feature form when p² + pq + q² <= n(p + q), Gram form otherwise (same value)."""
     calls = []
-    original = alignment._cross_sq
-    monkeypatch.setattr(alignment, "_cross_sq", lambda a, b: calls.append(a.shape) or original(a, b))
+    original = alignment_cka._cross_sq
+    monkeypatch.setattr(alignment_cka, "_cross_sq", lambda a, b: calls.append(a.shape) or original(a, b))
     rng = np.random.default_rng(1)
     linear_cka(rng.normal(size=(50, 4)), rng.normal(size=(50, 6)))
     assert len(calls) == 3  # feature space: ||XᵀY||, ||XᵀX||, ||YᵀY||
@@ -127,6 +149,56 @@ def test_linear_cka_invariances_and_identity():
     assert linear_cka(X, 2.0 * X @ Q + 1.0) == pytest.approx(1.0, rel=1e-10)
     scaled = X * np.linspace(0.1, 3.0, 12)  # not invariant to an anisotropic scaling
     assert abs(linear_cka(scaled, X) - 1.0) > 1e-3
+
+
+@pytest.mark.parametrize("n, p, q, shift", [(8, 3, 4, 2.0), (9, 12, 5, -7.0), (7, 2, 2, 0.0)])
+def test_debiased_cka_equals_song_et_al_u_statistic(n, p, q, shift):
+    """To 1e-10, in pairs fewer and more than neurons, shifted or not (HSIC_u is unchanged by a
+    shift, so the loop over raw rows and the centred closed form must agree)."""
+    rng = np.random.default_rng(n * p + q)
+    X = rng.normal(size=(n, p)) + shift
+    Y = X[:, :1] @ rng.normal(size=(1, q)) + rng.normal(size=(n, q))
+    assert debiased_cka(X, Y) == pytest.approx(reference_debiased_cka(X, Y), rel=1e-10, abs=1e-12)
+    Z = rng.normal(size=(n, q)) - shift
+    assert debiased_cka(X, Z) == pytest.approx(reference_debiased_cka(X, Z), rel=1e-10, abs=1e-12)
+
+
+def test_debiased_cka_invariances_and_bias():
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(40, 12)), rng.normal(size=(40, 8))
+    Q = np.linalg.qr(rng.normal(size=(12, 12)))[0]
+    base = debiased_cka(X, Y)
+    assert debiased_cka(X @ Q, Y) == pytest.approx(base, rel=1e-9)
+    assert debiased_cka(3.7 * X + 5.0, 1e-3 * Y) == pytest.approx(base, rel=1e-8)
+    assert debiased_cka(X, 2.0 * X @ Q + 1.0) == pytest.approx(1.0, rel=1e-10)
+    wide_x, wide_y = rng.normal(size=(60, 200)), rng.normal(size=(60, 200))  # unrelated, many neurons
+    assert linear_cka(wide_x, wide_y) > 0.5 and abs(debiased_cka(wide_x, wide_y)) < 0.05
+
+
+def test_debiased_cka_jackknife_equals_deleted_samples_recomputed():
+    """θ_(j) and θ_(ij) from the closed-form updates equal debiased_cka of the deleted samples
+    (recentred), so se² = (n-1)/n Σ (θ_(j) - θ_(·))² - ½ Σ_{i<j} (θ - θ_(i) - θ_(j) + θ_(ij))²."""
+    rng = np.random.default_rng(5)
+    n = 14
+    X = rng.normal(size=(n, 4)) + 1.0
+    Y = X @ rng.normal(size=(4, 3)) + 2 * rng.normal(size=(n, 3))
+    value, se, se_plain = debiased_cka_jackknife(*grams(X, Y))
+    one = np.array([debiased_cka(np.delete(X, j, 0), np.delete(Y, j, 0)) for j in range(n)])
+    v_plain = (n - 1) / n * np.sum((one - one.mean()) ** 2)
+    second = sum((value - one[i] - one[j] + debiased_cka(np.delete(X, [i, j], 0), np.delete(Y, [i, j], 0))) ** 2
+                 for i in range(n) for j in range(i + 1, n))
+    assert value == pytest.approx(debiased_cka(X, Y), rel=1e-12)
+    assert se_plain == pytest.approx(np.sqrt(v_plain), rel=1e-9)
+    assert v_plain > second and se == pytest.approx(np.sqrt(v_plain - second / 2), rel=1e-9)
+
+
+def test_debiased_cka_jackknife_in_blocks(monkeypatch):
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(20, 5))
+    Y = X + rng.normal(size=(20, 5))
+    whole = debiased_cka_jackknife(*grams(X, Y))
+    monkeypatch.setattr(alignment_common, "BLOCK_ELEMENTS", 1)  # one row per block
+    assert debiased_cka_jackknife(*grams(X, Y)) == pytest.approx(whole, rel=1e-12)
 
 
 # --- mutual k-NN and retrieval ----------------------------------------------------------
@@ -189,68 +261,64 @@ def test_retrieval_counts_ties_against_the_query():
 
 # --- bootstrap and null ------------------------------------------------------------------
 
-@pytest.mark.parametrize("prefix", ["default", "short"])
-def test_bootstrap_and_null_equal_brute_force_replicates(prefix, monkeypatch):
-    """Every interval, band and p rebuilt from the documented draws: resamples
-    `integers(0, n, (n_boot, n))` of child 3, pairings `permutation(n)` of child 4. "short"
-    keeps only 2k neighbours per pair, so resamples often need the full-order fallback, and
-    cuts every array into blocks of a few rows (the same streams, cut differently)."""
-    n, k, n_boot, n_null, seed, level = 24, 3, 30, 30, 5, 0.9
-    if prefix == "short":
-        monkeypatch.setattr(alignment, "KNN_PREFIX", 0)
-        monkeypatch.setattr(alignment, "BOOT_CHUNK", 7)
-        monkeypatch.setattr(alignment, "BLOCK_ELEMENTS", 50)  # every loop in blocks of a few rows
-        fallbacks = []
-        original = alignment._neighbours
-        monkeypatch.setattr(alignment, "_neighbours",
-                            lambda u, m, rows=None: fallbacks.append(rows is not None) or original(u, m, rows))
+@pytest.mark.parametrize("blocks", ["whole", "tiny"])
+def test_null_and_interval_equal_brute_force_replicates(blocks, monkeypatch):
+    """Every band and p rebuilt from the documented draws: pairings `permutation(n)` of child
+    4; the debiased CKA's interval is value ± z se with se from the deleted samples. "tiny"
+    cuts every array into blocks of a few rows (the same stream, cut differently)."""
+    n, k, n_null, seed, level = 24, 3, 30, 5, 0.9
+    if blocks == "tiny":
+        monkeypatch.setattr(alignment_common, "BLOCK_ELEMENTS", 50)
     X, Y = paired(n, 5, 6, noise=1.5)
-    got = alignment_with_uncertainty(X, Y, n_boot=n_boot, n_null=n_null, seed=seed, k=k, level=level)
-    if prefix == "short":
-        assert any(fallbacks)
+    got = alignment_with_uncertainty(X, Y, n_null=n_null, seed=seed, k=k, level=level)
 
     ux, uy = unit(X, True), unit(Y, True)
-    draws = numpy_child(seed, 3).integers(0, n, size=(n_boot, n))
     rng = numpy_child(seed, 4)
     pairings = [rng.permutation(n) for _ in range(n_null)]
-    observed = {"cka": reference_cka(X, Y), "mutual_knn": brute_knn(ux, uy, k),
+    observed = {"cka": reference_cka(X, Y), "cka_debiased": debiased_cka(X, Y), "mutual_knn": brute_knn(ux, uy, k),
                 **dict(zip(NAMES, brute_retrieval(ux, uy)))}
-    boot = {"cka": [reference_cka(X[d], Y[d]) for d in draws],
-            "mutual_knn": [brute_knn(ux, uy, k, d) for d in draws]}
     null = {"cka": [reference_cka(X, Y[p]) for p in pairings],
+            "cka_debiased": [debiased_cka(X, Y[p]) for p in pairings],
             "mutual_knn": [brute_knn(ux, uy[p], k) for p in pairings]}
-    ret_boot = np.array([brute_retrieval(ux, uy, d) for d in draws])
     ret_null = np.array([brute_retrieval(ux, uy[p]) for p in pairings])
     for j, name in enumerate(NAMES):
-        boot[name], null[name] = ret_boot[:, j], ret_null[:, j]
+        null[name] = ret_null[:, j]
 
     tails = [50 * (1 - level), 50 * (1 + level)]
     assert set(MEASURES) == set(observed)
     for name in MEASURES:
-        low, high = np.percentile(boot[name], tails)
         null_low, null_high = np.percentile(null[name], tails)
         p = (1 + np.sum(np.array(null[name]) >= observed[name] - 1e-9)) / (n_null + 1)
         assert got[name] == pytest.approx(observed[name], rel=1e-10, abs=1e-12), name
-        assert (got[f"{name}_low"], got[f"{name}_high"]) == pytest.approx((low, high), rel=1e-9, abs=1e-12), name
         assert (got[f"{name}_null_low"], got[f"{name}_null_high"]) == pytest.approx(
             (null_low, null_high), rel=1e-9, abs=1e-12), name
         assert got[f"{name}_p"] == pytest.approx(p), name
+        if name != "cka_debiased":  # no interval
+            assert np.isnan([got[f"{name}_se"], got[f"{name}_low"], got[f"{name}_high"]]).all(), name
+    se = debiased_cka_jackknife(*grams(X, Y))[1]
+    z = sps.norm.ppf(0.95)
+    assert got["cka_debiased_se"] == pytest.approx(se, rel=1e-9)
+    assert (got["cka_debiased_low"], got["cka_debiased_high"]) == pytest.approx(
+        (observed["cka_debiased"] - z * se, observed["cka_debiased"] + z * se), rel=1e-9)
     assert got["mutual_knn_chance"] == pytest.approx(k / (n - 1))
-    assert (got["n_pairs"], got["k"], got["n_boot"], got["n_null"]) == (n, k, n_boot, n_null)
+    assert (got["n_pairs"], got["k"], got["n_null"]) == (n, k, n_null)
 
 
 def test_observed_values_are_the_plain_measures():
     X, Y = paired(40, 10, 7)
-    got = alignment_with_uncertainty(X, Y, n_boot=5, n_null=5, seed=1, k=5)
+    got = alignment_with_uncertainty(X, Y, n_null=5, seed=1, k=5)
     assert got["cka"] == pytest.approx(linear_cka(X, Y), rel=1e-10)
+    assert got["cka_debiased"] == pytest.approx(debiased_cka(X, Y), rel=1e-10)
     assert got["mutual_knn"] == mutual_knn(X, Y, k=5)
     plain = retrieval(X, Y)
     for name in NAMES:
         assert got[name] == plain[name] and got[f"{name}_chance"] == plain[f"{name}_chance"]
-    again = alignment_with_uncertainty(X, Y, n_boot=5, n_null=5, seed=1, k=5)
-    assert again == got  # seeded: the same draws every time
-    other = alignment_with_uncertainty(X, Y, n_boot=5, n_null=5, seed=2, k=5)
-    assert other["cka_low"] != got["cka_low"] and other["cka_null_low"] != got["cka_null_low"]
+    again = alignment_with_uncertainty(X, Y, n_boot=7, n_null=5, seed=1, k=5)  # n_boot: ignored
+    assert again.keys() == got.keys()
+    assert all(again[key] == got[key] or (np.isnan(again[key]) and np.isnan(got[key])) for key in got)
+    other = alignment_with_uncertainty(X, Y, n_null=5, seed=2, k=5)
+    assert other["cka_debiased_low"] == got["cka_debiased_low"]  # the jackknife draws nothing
+    assert other["cka_null_low"] != got["cka_null_low"]
 
 
 def test_null_p_values_are_uniform_without_alignment():
@@ -260,10 +328,10 @@ def test_null_p_values_are_uniform_without_alignment():
     for seed in range(200):
         rng = np.random.default_rng(10_000 + seed)
         got = alignment_with_uncertainty(rng.normal(size=(16, 4)), rng.normal(size=(16, 4)),
-                                         n_boot=0, n_null=99, seed=seed, k=3)
+                                         n_null=99, seed=seed, k=3)
         for name in MEASURES:
             p[name].append(got[f"{name}_p"])
-    for name in ("cka", "mrr_text_to_image", "mrr_image_to_text"):
+    for name in ("cka", "cka_debiased", "mrr_text_to_image", "mrr_image_to_text"):
         assert sps.kstest(p[name], "uniform").pvalue > 0.01, name
     for name in MEASURES:
         values = np.array(p[name])
@@ -272,20 +340,24 @@ def test_null_p_values_are_uniform_without_alignment():
 
 
 def test_planted_alignment_is_far_above_the_null_band():
-    """Y = X R + noise with R near the identity: every measure's CI lies above its null band.
-    With R a full rotation, CKA and k-NN (rotation-free) stay, retrieval (same neurons) goes."""
+    """Y = X R + noise with R near the identity: every measure lies far above its null band,
+    the debiased CKA's interval too. With R a full rotation, CKA and k-NN (rotation-free)
+    stay, retrieval (same neurons) goes."""
     n, d = 80, 20
     X, Y = paired(n, d, 8, noise=0.5)
-    got = alignment_with_uncertainty(X, Y, n_boot=200, n_null=200, seed=3, k=5)
-    for name in ("cka", "mutual_knn", "top1_text_to_image", "top1_image_to_text", "mrr_text_to_image"):
-        assert got[f"{name}_low"] > got[f"{name}_null_high"] + 0.1, name
+    got = alignment_with_uncertainty(X, Y, n_null=200, seed=3, k=5)
+    assert got["cka_debiased_low"] > got["cka_debiased_null_high"] + 0.1
+    for name in ("cka", "cka_debiased", "mutual_knn", "top1_text_to_image", "top1_image_to_text",
+                 "mrr_text_to_image"):
+        assert got[name] > got[f"{name}_null_high"] + 0.1, name
         assert got[f"{name}_p"] == pytest.approx(1 / 201), name
     assert got["top1_text_to_image"] > 10 * got["top1_text_to_image_chance"]
     assert got["mutual_knn_null_low"] <= got["mutual_knn_chance"] <= got["mutual_knn_null_high"]
 
     Q = np.linalg.qr(np.random.default_rng(9).normal(size=(d, d)))[0]
-    rotated = alignment_with_uncertainty(X, Y @ Q, n_boot=0, n_null=200, seed=3, k=5)
+    rotated = alignment_with_uncertainty(X, Y @ Q, n_null=200, seed=3, k=5)
     assert rotated["cka"] == pytest.approx(got["cka"], rel=1e-9)
+    assert rotated["cka_debiased"] == pytest.approx(got["cka_debiased"], rel=1e-9)
     assert rotated["mutual_knn"] > rotated["mutual_knn_null_high"] + 0.1
     assert rotated["top1_text_to_image"] < 0.1
 
@@ -298,11 +370,11 @@ def test_fewer_than_three_pairs_give_nan_without_warnings(n):
     X, Y = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = alignment_with_uncertainty(X, Y, n_boot=10, n_null=10, seed=0)
+        got = alignment_with_uncertainty(X, Y, n_null=10, seed=0)
         assert np.isnan(linear_cka(X, Y)) and np.isnan(mutual_knn(X, Y))
         assert all(np.isnan(v) for v in retrieval(X, Y).values())
     for name in MEASURES:
-        for suffix in ("", "_low", "_high", "_null_low", "_null_high", "_p"):
+        for suffix in ("", "_se", "_low", "_high", "_null_low", "_null_high", "_p"):
             assert np.isnan(got[name + suffix]), name + suffix
     assert got["n_pairs"] == n
 
@@ -312,12 +384,13 @@ def test_constant_modality_and_too_large_k():
     X, Y = rng.normal(size=(10, 3)), np.ones((10, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = alignment_with_uncertainty(X, Y, n_boot=20, n_null=20, seed=0, k=8)
-    assert np.isnan(got["cka"]) and np.isnan(got["cka_low"]) and np.isnan(got["cka_p"])
+        got = alignment_with_uncertainty(X, Y, n_null=20, seed=0, k=8)
+    assert np.isnan(got["cka"]) and np.isnan(got["cka_p"])
+    assert np.isnan(got["cka_debiased"]) and np.isnan(got["cka_debiased_low"]) and np.isnan(got["cka_debiased_p"])
     assert got["mutual_knn"] == pytest.approx(brute_knn(unit(X, True), unit(Y, True), 8))
     assert got["top1_text_to_image"] == 0.0  # all image cosines 0: ties, rank n
     assert got["top1_text_to_image_p"] == 1.0  # every pairing ties with it: all count
-    assert np.isnan(mutual_knn(X, X, k=9)) and np.isnan(alignment_with_uncertainty(X, X, 5, 5, k=9)["mutual_knn"])
+    assert np.isnan(mutual_knn(X, X, k=9)) and np.isnan(alignment_with_uncertainty(X, X, n_null=5, k=9)["mutual_knn"])
     assert mutual_knn(X, X, k=8) == 1.0
 
 
@@ -328,6 +401,8 @@ def test_bad_input_is_one_clear_error():
         linear_cka(X, X[:9])
     with pytest.raises(ValueError, match="NaN"):
         mutual_knn(X, np.where(X > 1, np.nan, X))
+    with pytest.raises(ValueError, match="same pairs"):
+        debiased_cka(X, X[:9])
     with pytest.raises(ValueError, match="same neurons"):
         retrieval(X, X[:, :3])
     with pytest.raises(ValueError, match="same neurons"):

@@ -14,7 +14,6 @@ from modalscope.stats.controls import (
     SignFlips,
     bootstrap_trend,
     input_layer_interval,
-    outlier_flags,
     significant_counts,
     trend_null,
 )
@@ -221,14 +220,3 @@ def test_significant_counts_hand_case():
     )
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
     assert significant_counts(layer, mean_diff, q, alpha=0.1)["n_text_preferring"].tolist() == [0, 1, 1]
-
-
-def test_outlier_flags_hand_case():
-    acts = np.array([[1.0, 2.0, 3.0, 250.0, 301.0], [10.0, 10.0, -2000.0, 999.0, 1001.0]])
-    # medians 3 and 999: thresholds 300 and 99,900 (for 2000 with factor 1: > 999)
-    np.testing.assert_array_equal(
-        outlier_flags(acts), [[False, False, False, False, True], [False] * 5]
-    )
-    np.testing.assert_array_equal(outlier_flags(acts, factor=1.0)[1], [False, False, True, False, True])
-    ragged = outlier_flags([np.array([1.0, 1.0, 1.0, 500.0]), np.array([2.0, np.nan, 2.0, 2.0, 1000.0])])
-    assert [r.tolist() for r in ragged] == [[False, False, False, True], [False, False, False, False, True]]

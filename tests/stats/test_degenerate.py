@@ -9,7 +9,8 @@ import pytest
 from scipy import stats as sps
 
 from modalscope.analysis import AnalysisSettings, run_analysis
-from modalscope.stats.controls import PermutationT, SignFlips, outlier_flags
+from modalscope.stats.controls import PermutationT, SignFlips
+from modalscope.stats.massive import massive_flags as outlier_flags
 from modalscope.stats.moments import RunningMoments
 from modalscope.stats.ttest import CONSTANT_RTOL, hall_p, one_sample_t, t_from_moments
 from modalscope.record.reductions import ALWAYS as STATS
@@ -114,7 +115,8 @@ def test_table3_and_p_perm_of_constant_columns_are_nan_in_the_analysis(tmp_path)
 
 
 def test_outliers_against_a_zero_median_hand_case():
-    # medians of the plain values: 0, 0, 1 (old rule: 0 x 100 = 0 flags 1, 2 and 1000 in row 0)
+    # dead neurons (0) leave the median and the spread of log peaks and are never flagged; medians
+    # of the plain values are 0, 0, 1 (a rule on them would flag 1, 2 and 1000 in row 0)
     acts = np.array([[0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 1000.0],   # active median 2: only 1000 > 200
                      [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],      # no active neuron: nothing
                      [0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 1000.0]])  # active median 2.5: 1000 > 250

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -25,12 +25,13 @@ from modalscope.cards.table import (
     TOP_PAIRS, layer_rows, layer_top, neuron_top_pairs, sites_top_pairs,
 )
 from modalscope.cards.thumbnails import REPORT_SIZE, Thumbnails
+from modalscope.concepts import concepts_sentence, neuron_concepts
 from modalscope.figures.style import contrast_label, format_p, preferring
 from modalscope.stats.columns import column
+from modalscope.stats.fdr import ALPHA as SIGNIFICANT_Q
 from modalscope.stats.top_pairs import DEFAULT_K
 from modalscope.tables import TABLE3, read_provenance
 
-SIGNIFICANT_Q = 0.05
 CARDS_PER_KIND = 3  # per kind and site in the report
 # The card's numbers: (Table 3 column, as the card names it); the reduction's suffix is added.
 NUMBERS = (("mean_diff", "Δ"), ("t_value", "t"), ("q_value", "q"), ("cohen_d", "d_z"), ("xmodal_r", "xmodal_r"))
@@ -87,6 +88,10 @@ class NeuronCard:
     contrast: str  # 'text − image'
     numbers: dict[str, float | None]  # Table 3 name (unsuffixed) -> value; None: not in Table 3
     top: dict[str, list[TopPair]]  # stream -> its top set, rank 0 first
+    model: str = ""  # the study's model and folder: a card saved on its own still says where it is from
+    study: str = ""
+    concepts: dict = field(default_factory=dict)  # concepts.neuron_concepts: its top concepts per modality
+    ablations: list[str] = field(default_factory=list)  # ablation.report.card_lines: the ablated sets it is in
 
     @property
     def overlap(self) -> list[int]:
@@ -130,6 +135,8 @@ def render_card(card: NeuronCard, thumbs: Thumbnails, heading: str = "", explain
              f"neuron {card.neuron}</h4>",
              f'<table class="numbers"><thead><tr>{numbers}</tr></thead><tbody><tr>{values}</tr></tbody></table>',
              f'<p class="note">{_explanation(card) + " " if explain else ""}{_overlap_sentence(card)}</p>',
+             *([f'<p class="note concepts">{_esc(concepts_sentence(card.concepts))}</p>'] if card.concepts else []),
+             *(f'<p class="note ablation">{_esc(line)}</p>' for line in card.ablations),
              '<div class="sets">']
     for stream, rows in card.top.items():
         parts.append(_image_set(stream, rows, both, thumbs) if "image" in stream else _caption_set(stream, rows, both))
@@ -189,6 +196,8 @@ def _title(stream: str) -> str:
 def card_page(card: NeuronCard, thumbs: Thumbnails) -> str:
     """A whole offline HTML page holding one card."""
     title = f"modalscope neuron card: site {card.site}, layer {card.layer}, neuron {card.neuron}"
+    origin = "; ".join(x for x in ((f"model {card.model}" if card.model else ""),
+                                    (f"study {card.study}" if card.study else "")) if x)
     return "\n".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">', f"<title>{_esc(title)}</title>",
         '<style>body { font-family: "Liberation Sans", Arial, Helvetica, sans-serif; margin: 16px; color: #222; }'
@@ -196,6 +205,7 @@ def card_page(card: NeuronCard, thumbs: Thumbnails) -> str:
         "th, td { border: 1px solid #d8dde3; padding: 3px 8px; text-align: right; vertical-align: top; }"
         "th { background: #f3f5f7; } th.l { text-align: left; } .note { color: #555; font-size: 13px; }"
         f"{CARD_CSS}</style></head><body>",
+        *([f'<p class="note" id="origin">{_esc(origin)}</p>'] if origin else []),
         render_card(card, thumbs), "</body></html>",
     ])
 
@@ -224,7 +234,16 @@ def neuron_card(out_dir: Path, site: str, layer: int, neuron: int, top: int | No
         rows = _from_store(out_dir, site, layer, neuron, stat, streams, top or DEFAULT_K)
     elif top is not None:
         rows = [r for r in rows if r["rank"] < top]
-    return card_from(row, stat, contrast, rows, Pairs(load_manifest(out_dir)[0]))
+    from dataclasses import replace
+
+    from modalscope.report.facts import study_model
+
+    card = card_from(row, stat, contrast, rows, Pairs(load_manifest(out_dir)[0]))
+    from modalscope.ablation.report import card_lines
+
+    return replace(card, model=study_model(out_dir), study=str(out_dir.resolve()),
+                   concepts=neuron_concepts(out_dir, site, layer, neuron, stat),
+                   ablations=card_lines(out_dir, site, layer, neuron))
 
 
 def _table3_row(path: Path, site: str, layer: int, neuron: int) -> pd.Series:
@@ -274,6 +293,8 @@ def chosen_neurons(neurons: pd.DataFrame, stat: str, contrast: str,
 
 def report_cards(out_dir: Path, neurons: pd.DataFrame, sites: list[str], per_kind: int = CARDS_PER_KIND) -> str:
     """The report's section of neuron cards ('' when the analysis wrote no top_pairs.parquet)."""
+    from modalscope.ablation.report import card_lines
+
     from modalscope.data.manifest import load_manifest
 
     out_dir = Path(out_dir)
@@ -303,6 +324,8 @@ def report_cards(out_dir: Path, neurons: pd.DataFrame, sites: list[str], per_kin
             for _, row in rows.iterrows():
                 mine = top.get((int(row["layer"]), int(row["neuron"])), [])
                 card = card_from(row, stat, contrast, mine, pairs)
+                card.concepts = neuron_concepts(out_dir, site, int(row["layer"]), int(row["neuron"]), stat)
+                card.ablations = card_lines(out_dir, site, int(row["layer"]), int(row["neuron"]))
                 parts.append(render_card(card, thumbs, heading=kind, explain=False))
     parts.append("</section>")
     return "\n".join(parts)

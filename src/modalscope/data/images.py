@@ -21,8 +21,10 @@ Problems raise `ImageProblem` with a short reason (the path is the caller's to a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -45,7 +47,13 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """The RGB image a pair's file holds, decoded in full; `ImageProblem` says why not."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(str(path))
+        if not stat.S_ISREG(info.st_mode):  # a named pipe would block the open; a device never ends
+            kind = "a named pipe" if stat.S_ISFIFO(info.st_mode) else "a socket or device"
+            raise ImageProblem(f"image path is {kind}, not a regular file")
+        if info.st_size == 0:
             raise ImageProblem("image file is empty (0 bytes)")
         with Image.open(path) as image:
             _check_size(image.size)
@@ -69,6 +77,13 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageProblem(f"cannot decode image ({detail})") from None
     except Exception as err:  # a decoder plugin tripping over a malformed file (struct.error, ...)
         raise ImageProblem(f"cannot decode image ({type(err).__name__}: {err})") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (an image's: recorded in the manifest when its pair is checked,
+    compared when extraction reads it again)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

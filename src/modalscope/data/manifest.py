@@ -30,7 +30,10 @@ from modalscope.seeds import generator
 MANIFEST = "manifest.parquet"
 SKIPPED = "skipped.parquet"
 TRUNCATED = "truncated.parquet"
-COLUMNS = ["input_index", "pair_id", "image_path", "caption", "caption_id"]
+COLUMNS = ["input_index", "pair_id", "image_path", "caption", "caption_id", "concepts", "image_sha256"]
+# image_sha256: the image file's sha256 when the pair was checked; extraction refuses an image that no
+# longer matches it (manifests made before it lack the column and are not checked)
+CONCEPTS_TYPE = pa.list_(pa.string())  # the `concepts` column: the pair's concept labels, null if unlabelled
 SKIPPED_SCHEMA = pa.schema([("pair_id", pa.string()), ("image_path", pa.string()),
                             ("caption", pa.string()), ("caption_id", pa.int64()),
                             ("reason", pa.string())])
@@ -48,6 +51,8 @@ def manifest_frame(pairs: list[Pair]) -> pd.DataFrame:
     frame = pd.DataFrame([asdict(p) for p in pairs], columns=[f.name for f in fields(Pair)])
     frame.insert(0, "input_index", np.arange(len(frame), dtype=np.int64))
     frame["caption_id"] = frame["caption_id"].astype("Int64")
+    frame["concepts"] = pd.Series([None if c is None else list(c) for c in frame["concepts"]], dtype=object)
+    frame["image_sha256"] = frame["image_sha256"].astype("str")  # as read back (null: not checked)
     return frame[COLUMNS]
 
 
@@ -63,6 +68,12 @@ def save_manifest(frame: pd.DataFrame, out_dir: Path, meta: dict) -> Path:
     path = Path(out_dir) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
+    if "concepts" in table.column_names and table.schema.field("concepts").type != CONCEPTS_TYPE:
+        index = table.column_names.index("concepts")  # all null (no labels): typed, not `null`
+        table = table.set_column(index, pa.field("concepts", CONCEPTS_TYPE), table["concepts"].cast(CONCEPTS_TYPE))
+    if "image_sha256" in table.column_names and table.schema.field("image_sha256").type != pa.string():
+        index = table.column_names.index("image_sha256")  # all null (pairs made by hand): typed, not `null`
+        table = table.set_column(index, pa.field("image_sha256", pa.string()), table["image_sha256"].cast(pa.string()))
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), b"modalscope": json.dumps(meta).encode()}
     )
@@ -131,4 +142,8 @@ def load_manifest(out_dir: Path) -> tuple[pd.DataFrame, dict]:
         raise DataError(f"{path}: no manifest; run `modalscope run` (or `extract`) with data first")
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(b"modalscope", b"{}"))
-    return table.to_pandas(), meta
+    frame = table.to_pandas()
+    if "concepts" in frame.columns:  # lists, as manifest_frame makes them (Arrow gives arrays)
+        frame["concepts"] = pd.Series([None if c is None else [str(v) for v in c] for c in frame["concepts"]],
+                                      dtype=object)
+    return frame, meta

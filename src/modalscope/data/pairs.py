@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class Pair:
     caption: str
     caption_id: int | None = None  # COCO annotation id of the chosen caption
     problem: str | None = None  # why the pair cannot be used, known from the data file alone
+    concepts: tuple[str, ...] | None = None  # concept labels (--instances, JSONL `concepts`); None: unlabelled
+    image_sha256: str | None = None  # of the image file's bytes, set when the pair is checked (validate.py)
 
 
 def caption_problem(caption: Any) -> str | None:
@@ -51,9 +53,12 @@ def caption_problem(caption: Any) -> str | None:
     return None
 
 
-def load_coco(captions_json: Path, images_dir: Path) -> list[Pair]:
-    """One pair per image that has at least one caption, in image-id order."""
+def load_coco(captions_json: Path, images_dir: Path, instances: Path | None = None) -> list[Pair]:
+    """One pair per image that has at least one caption, in image-id order. With `instances`
+    (a COCO instances file, e.g. instances_val2017.json) each pair carries the names of the
+    object categories present in its image as its concepts (concepts.py)."""
     captions_json = Path(captions_json)
+    labels = load_instances(instances) if instances is not None else None
     data = _read_json(captions_json)
     if not isinstance(data, dict):
         raise DataError(f"{captions_json}: holds a JSON {_json_type(data)}, not a COCO captions object")
@@ -87,8 +92,8 @@ def load_coco(captions_json: Path, images_dir: Path) -> list[Pair]:
         if names is None:
             problem = f"annotation {ann_id} points to image id {image_id}, which 'images' does not list"
         else:
-            path = str((Path(images_dir) / names[0]).resolve())
-            if len(names) > 1:
+            path, problem = _image_path(Path(images_dir) / names[0])
+            if problem is None and len(names) > 1:
                 problem = (f"image id {image_id} is listed in 'images' with {len(names)} different "
                            f"files ({', '.join(names)})")
         pairs.append(
@@ -98,9 +103,50 @@ def load_coco(captions_json: Path, images_dir: Path) -> list[Pair]:
                 caption=caption.strip() if isinstance(caption, str) else "",
                 caption_id=ann_id,
                 problem=problem or caption_problem(caption),
+                concepts=labels.get(image_id, () if labels.listed is None else None) if labels is not None else None,
             )
         )
     return pairs
+
+
+class InstanceLabels(dict):
+    """{image id: sorted category names present}; `listed`: the image ids the file's `images`
+    lists (None without one), so an image it does not list is unlabelled, not concept-free."""
+
+    listed: set[int] | None = None
+
+
+def load_instances(path: Path) -> InstanceLabels:
+    """The category names present in each image of a COCO instances file (`categories`,
+    `annotations` with image_id and category_id; `images` optional): an image listed without
+    annotations has none (an empty tuple). A file that cannot be read is a one-line DataError."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: holds a JSON {_json_type(data)}, not a COCO instances object")
+    for key in ("categories", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: no '{key}' list (not a COCO instances file)")
+    names: dict[int, str] = {}
+    for i, category in enumerate(data["categories"]):
+        where = f"{path}: categories[{i}]"
+        name = _field(category, "name", where)
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{where}: 'name' is {name!r}, not a category name")
+        names[_int_field(category, "id", where)] = name.strip()
+    present: dict[int, set[str]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}]"
+        category = _int_field(ann, "category_id", where)
+        if category not in names:
+            raise DataError(f"{where}: category_id {category} is not in 'categories'")
+        present.setdefault(_int_field(ann, "image_id", where), set()).add(names[category])
+    labels = InstanceLabels()
+    if isinstance(data.get("images"), list):
+        labels.listed = {_int_field(image, "id", f"{path}: images[{i}]") for i, image in enumerate(data["images"])}
+        labels.update({image_id: () for image_id in labels.listed})
+    labels.update({image_id: tuple(sorted(found)) for image_id, found in present.items()})
+    return labels
 
 
 def load_jsonl(path: Path) -> list[Pair]:
@@ -119,22 +165,38 @@ def load_jsonl(path: Path) -> list[Pair]:
             record = _json_line(line.rstrip("\r\n"), where)
             image, caption = record["image"], record["caption"]
             pair_id = record.get("id")
+            concepts = _concepts(record.get("concepts"), where)
             if pair_id is None:
                 pair_id = number
             elif isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)):
                 raise DataError(f"{where}: 'id' is a {_json_type(pair_id)}; give a string or an integer")
             problem = None if isinstance(image, str) and image else (
                 f"'image' is {_json_type(image) if not isinstance(image, str) else 'empty'}, not a file path")
+            image_path = ""
+            if problem is None:
+                image_path, problem = _image_path(path.parent / image)
             pairs.append(
                 Pair(
                     pair_id=str(pair_id),
-                    image_path=str((path.parent / image).resolve()) if problem is None else "",
+                    image_path=image_path,
                     caption=caption.strip() if isinstance(caption, str) else "",
                     problem=problem or caption_problem(caption),
+                    concepts=concepts,
                 )
             )
             lines.append(number)
     return _one_pair_per_id(pairs, lines)
+
+
+def _image_path(path: Path) -> tuple[str, str | None]:
+    """The absolute, resolved image path, or (the unresolved absolute path, why not): a symlink
+    loop (or a path the OS cannot resolve) makes that one pair unusable, not the whole study."""
+    try:
+        return str(path.resolve()), None
+    except (RuntimeError, OSError) as err:  # Python <= 3.12: RuntimeError('Symlink loop from ...')
+        reason = "a symlink loop" if "loop" in str(err).lower() or getattr(err, "errno", None) == 40 \
+            else f"cannot be resolved ({' '.join(str(err).split())})"
+        return str(path.absolute()), f"image path is {reason}"
 
 
 def _one_pair_per_id(pairs: list[Pair], lines: list[int]) -> list[Pair]:
@@ -154,15 +216,34 @@ def _one_pair_per_id(pairs: list[Pair], lines: list[int]) -> list[Pair]:
             continue
         numbers = ", ".join(str(lines[i]) for i in same)
         problem = pair.problem or f"pair id {pair.pair_id!r} is used for different pairs (lines {numbers})"
-        kept.append(Pair(pair.pair_id, pair.image_path, pair.caption, pair.caption_id, problem))
+        kept.append(replace(pair, problem=problem))
     return kept
+
+
+def _concepts(value: Any, where: str) -> tuple[str, ...] | None:
+    """A JSONL line's `concepts` (a list of names) as a sorted tuple; absent or null: unlabelled."""
+    if value is None:
+        return None
+    bad = next((v for v in value if not isinstance(v, str) or not v.strip()), None) if isinstance(value, list) else None
+    if not isinstance(value, list) or bad is not None:
+        what = f"holds {json.dumps(bad)}" if isinstance(value, list) else f"is {_json_type(value)}"
+        raise DataError(f"{where}: 'concepts' {what}; give a list of concept names, "
+                        'e.g. ["dog", "red"]; fix or delete the line')
+    return tuple(sorted({v.strip() for v in value}))
 
 
 def _read_json(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # utf-8-sig counts after the BOM
+        start = err.start + bom
+        line = raw.count(b"\n", 0, start) + 1
+        begin = max(raw.rfind(b"\n", 0, start) + 1, bom)
+        column = len(raw[begin:start].decode("utf-8", errors="replace")) + 1
+        raise DataError(f"{path}: not UTF-8 text (line {line}, column {column}: byte 0x{raw[start]:02x}); "
+                        "save it as UTF-8") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     try:

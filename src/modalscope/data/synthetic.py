@@ -22,6 +22,10 @@ image entry carries one extra key, ``scene``, describing what was drawn::
 ``bbox`` is inclusive pixel bounds; shapes never overlap and stay at least
 ``MARGIN`` pixels away from the image border, so the corners show background.
 
+Beside ``annotations/``, ``instances_demo.json`` holds each image's concept labels (the colour,
+shape and number word its captions state; ``scene_concepts``) in the COCO instances format, so
+``--instances`` reads them as it reads COCO's object categories (concepts.py).
+
 Building is deterministic (a seeded ``random.Random``, no global state) and
 safe against interruption: images are written first and the JSON last, via a
 temporary file and ``os.replace``; an existing annotations file is returned
@@ -55,6 +59,7 @@ POSITIONS: dict[tuple[int, int], str] = {  # (row, col) of the 3x3 grid
     (1, 0): "on the left", (1, 1): "at the center", (1, 2): "on the right",
     (2, 0): "in the bottom left corner", (2, 1): "at the bottom", (2, 2): "in the bottom right corner",
 }
+INSTANCES_NAME = "instances_demo.json"  # the concept labels, beside annotations/ (COCO instances format)
 MARGIN = 8  # min distance (px) of any shape from the border and from each other
 MIN_CONTRAST = 160.0  # min RGB distance between shape and background colours
 ANNOTATIONS_NAME = "captions_demo.json"
@@ -203,6 +208,41 @@ def captions_for(scene: dict, rng: random.Random, k: int = 3) -> list[str]:
     return [t.format(**fields) for t in rng.sample(templates, k)]
 
 
+def scene_concepts(scene: dict) -> list[str]:
+    """The concepts every caption of `scene` states: its shapes' colour, their kind and their
+    number, as the captions word them (colour name, singular shape name, number word)."""
+    shapes = scene["shapes"]
+    return [shapes[0]["color"], shapes[0]["kind"], NUMBER_WORDS[len(shapes)]]
+
+
+CONCEPT_GROUPS = (("colour", tuple(PALETTE)), ("shape", KINDS), ("count", tuple(NUMBER_WORDS.values())))
+
+
+def concept_instances(captions_json: Path) -> Path:
+    """Write (once) the concept labels of a synthetic set as a COCO instances file,
+    `root/instances_demo.json` beside `root/annotations/`: one category per colour, shape and
+    number word (supercategory colour, shape, count) and one annotation per image and concept
+    (`scene_concepts`), read from the scenes the captions file records. Pass it as
+    `--instances` to label the pairs with them (concepts.py). Returns its path."""
+    captions_json = Path(captions_json)
+    path = captions_json.parent.parent / INSTANCES_NAME
+    if path.exists():
+        return path
+    data = json.loads(captions_json.read_text(encoding="ascii"))
+    categories = [{"id": i, "name": name, "supercategory": group}
+                  for i, (group, name) in enumerate(((g, n) for g, names in CONCEPT_GROUPS for n in names), start=1)]
+    ids = {c["name"]: c["id"] for c in categories}
+    annotations = [{"id": 0, "image_id": image["id"], "category_id": ids[name]}
+                   for image in data["images"] for name in scene_concepts(image["scene"])]
+    for number, ann in enumerate(annotations, start=1):
+        ann["id"] = number
+    images = [{"id": image["id"], "file_name": image["file_name"]} for image in data["images"]]
+    _write_json_atomic(path, {"info": {"description": "modalscope synthetic shapes: concept labels "
+                                       "(colour, shape, count) in the COCO instances format"},
+                              "images": images, "annotations": annotations, "categories": categories})
+    return path
+
+
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=True) + "\n", encoding="ascii")
@@ -219,6 +259,7 @@ def build_synthetic_coco(root: Path, n_images: int = 240, seed: int = 0, image_s
     root = Path(root)
     ann_path = root / "annotations" / ANNOTATIONS_NAME
     if ann_path.exists():
+        concept_instances(ann_path)  # a set built before the concept labels existed gains them
         return ann_path
     if n_images < 1 or image_size < 64:
         raise ValueError("need n_images >= 1 and image_size >= 64")
@@ -243,5 +284,7 @@ def build_synthetic_coco(root: Path, n_images: int = 240, seed: int = 0, image_s
         "images": images,
         "annotations": annotations,
     }
+    (root / INSTANCES_NAME).unlink(missing_ok=True)  # a half-built set's labels may be of other scenes
     _write_json_atomic(ann_path, payload)
+    concept_instances(ann_path)
     return ann_path

@@ -23,13 +23,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 
 from PIL import Image
 
 from tqdm.auto import tqdm
 
-from modalscope.data.images import ImageProblem, load_rgb
+from modalscope.data.images import ImageProblem, file_sha256, load_rgb
 from modalscope.data.pairs import Pair, caption_problem
 
 THREADS = 8
@@ -58,6 +59,17 @@ def pair_problem(pair: Pair, prepare: Prepare | None = None, lock: threading.Loc
         return prepare(pair.caption, image)
 
 
+def _checked(pair: Pair, check: Callable[[Pair], str | None]) -> tuple[str | None, str | None]:
+    """(why `pair` cannot be used or None, the sha256 of its image file when it can)."""
+    problem = check(pair)
+    if problem is not None:
+        return problem, None
+    try:
+        return None, file_sha256(pair.image_path)
+    except OSError as err:  # gone since it decoded
+        return f"image file cannot be read ({err.strerror or err})", None
+
+
 def select_usable(
     pairs: list[Pair], num_pairs: int | None, threads: int = THREADS, progress: bool = False,
     prepare: Prepare | None = None,
@@ -74,11 +86,11 @@ def select_usable(
         while len(usable) < target and position < len(pairs):
             chunk = pairs[position : position + min(MAX_CHUNK, max(16, target - len(usable)))]
             position += len(chunk)
-            for pair, problem in zip(chunk, pool.map(check, chunk)):
+            for pair, (problem, digest) in zip(chunk, pool.map(partial(_checked, check=check), chunk)):
                 if len(usable) == target:
                     break
                 if problem is None:
-                    usable.append(pair)
+                    usable.append(replace(pair, image_sha256=digest))
                     bar.update(1)
                 else:
                     skipped.append((pair, problem))

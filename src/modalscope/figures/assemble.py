@@ -8,7 +8,9 @@ and, when the study recorded the base LLM's text stream, `figure2_{site}_vs_base
 Δ_base = text − text_base (tables/layers_vs_base.parquet, summary.json's `vs_base`); when
 Table 3 has the cross-modal columns, `xmodal_r_{site}` (r per layer) and `xmodal_scatter_{site}`
 (cohen_d vs xmodal_r per layer) for the headline reduction; `figure3_alignment_{site}`: the
-layer alignment of the two modalities (tables/alignment.parquet).
+layer alignment of the two modalities (tables/alignment.parquet); `concepts_{site}`: the neurons
+selective for each concept from the caption, the image and both, per layer (tables/concepts.parquet,
+when the pairs carry concept labels; figures/concepts.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from modalscope.figures.alignment import figure_alignment
+from modalscope.figures.concepts import concept_figures
 from modalscope.figures.histograms import figure1
 from modalscope.figures.significance import figure_significant
 from modalscope.figures.style import contrast_label
@@ -43,6 +46,7 @@ class StudyTables:
     summary: dict  # summary.json: per site, the layer trend
     layers_vs_base: pd.DataFrame | None = None  # layers_vs_base: Δ_base = text − text_base, if analysed
     alignment: pd.DataFrame | None = None  # alignment.parquet: text vs image per site x layer x measure
+    concepts: pd.DataFrame | None = None  # concepts.parquet (concepts.py), when the pairs carry concept labels
 
     @classmethod
     def read(cls, out_dir: Path) -> "StudyTables":
@@ -55,8 +59,40 @@ class StudyTables:
             raise FileNotFoundError(f"{tables}: no {', '.join(missing)}; run `modalscope analyze {out_dir}` first")
         base = pd.read_parquet(tables / LAYERS_VS_BASE) if (tables / LAYERS_VS_BASE).exists() else None
         alignment = pd.read_parquet(tables / ALIGNMENT) if (tables / ALIGNMENT).exists() else None
-        return cls(pd.read_parquet(tables / TABLE3), pd.read_parquet(tables / LAYERS),
+        read = cls(pd.read_parquet(tables / TABLE3), pd.read_parquet(tables / LAYERS),
                    pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY), base, alignment)
+        read.check_names(Path(out_dir))
+        read.concepts = pd.read_parquet(tables / "concepts.parquet") if (tables / "concepts.parquet").exists() else None
+        return read
+
+    def check_names(self, out_dir: Path) -> None:
+        """Every site and reduction name the figures turn into file names (and the report into
+        links) must be a plain name the store recorded (paths.py): a crafted table naming a site
+        `../../tmp/pwn` is refused in one line, before anything is written."""
+        from modalscope.models.adapter import SITES
+        from modalscope.paths import check_names
+        from modalscope.record.reductions import ALL_STATS
+
+        sites, stats = list(SITES), list(ALL_STATS)
+        if (out_dir / STORE).exists():
+            from modalscope.store import ActivationStore
+
+            store = ActivationStore.read(out_dir / STORE)
+            sites, stats = store.sites, store.stats
+        tables = out_dir / "tables"
+        named = [(TABLE3, self.neurons), (LAYERS, self.layers), (SIGNIFICANT, self.counts),
+                 (LAYERS_VS_BASE, self.layers_vs_base), (ALIGNMENT, self.alignment)]
+        for name, frame in named:
+            if frame is not None and "site" in frame.columns:
+                check_names(frame["site"].unique().tolist(), "site", sites, tables / name, out_dir)
+        check_names(list(self.summary), "site", sites, tables / SUMMARY, out_dir)
+        for name, frame in ((SIGNIFICANT, self.counts), (ALIGNMENT, self.alignment)):
+            if frame is not None and "stat" in frame.columns:
+                check_names(frame["stat"].unique().tolist(), "reduction", stats, tables / name, out_dir)
+        for entry in self.summary.values():
+            by_stat = entry.get("by_stat") if isinstance(entry, dict) else None
+            if isinstance(by_stat, dict):
+                check_names(list(by_stat), "reduction", stats, tables / SUMMARY, out_dir)
 
     @property
     def sites(self) -> list[str]:
@@ -163,4 +199,5 @@ def study_figures(tables: StudyTables, stat: str = "max") -> dict[str, go.Figure
             figures[f"figure2_{site}{VS_BASE}"] = figure2_vs_base(tables, site, stat)
         if tables.has_alignment(site):
             figures[f"{ALIGNMENT_FIGURE}{site}"] = figure_alignment(tables.alignment, site)
+    figures.update(concept_figures(tables.concepts, tables.summary, tables.sites, stat))  # {} without concepts
     return figures

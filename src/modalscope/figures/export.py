@@ -42,6 +42,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from modalscope.files import atomic
+from modalscope.paths import check_inside
 
 __all__ = [
     "BROWSER_NAMES",
@@ -69,9 +70,12 @@ PNG_SCALE = 2
 RENDER_TIMEOUT_S = 120.0
 
 
-def atomic_write(path: Path, data: bytes) -> Path:
+def atomic_write(path: Path, data: bytes, within: Path | None = None) -> Path:
     """Write ``data`` to ``path`` through ``files.atomic`` (which syncs it to disk before the
-    rename, and the folder after it, as it does for every table)."""
+    rename, and the folder after it, as it does for every table). With ``within`` (the study
+    folder) a path that resolves outside it is refused (ValueError) before anything is made."""
+    if within is not None:
+        check_inside(path, within)
     with atomic(Path(path)) as tmp, open(tmp, "xb") as fh:
         fh.write(data)
     return Path(path)
@@ -83,16 +87,18 @@ def plotlyjs_bytes() -> bytes:
     return get_plotlyjs().encode("utf-8")
 
 
-def write_plotlyjs(directory: Path) -> Path:
+def write_plotlyjs(directory: Path, within: Path | None = None) -> Path:
     """``directory/plotly.min.js``, written only when missing or another version."""
     path = Path(directory) / PLOTLYJS
+    if within is not None:
+        check_inside(path, within)
     data = plotlyjs_bytes()
     if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return path
-    return atomic_write(path, data)
+    return atomic_write(path, data, within)
 
 
-FIGURE_KINDS = ("figure1_", "figure2_", "significant_", "xmodal_", "figure3_")  # the stems `modalscope plot` writes
+FIGURE_KINDS = ("figure1_", "figure2_", "significant_", "xmodal_", "figure3_", "concepts_")  # the stems `modalscope plot` writes
 
 
 def owned_figure_files(figures_dir: Path) -> list[Path]:
@@ -106,17 +112,21 @@ def owned_figure_files(figures_dir: Path) -> list[Path]:
                   and p.name.startswith(FIGURE_KINDS))
 
 
-def write_html(fig: go.Figure, path: Path, plotlyjs: Literal["embed", "directory"] = "embed") -> Path:
-    """Write ``fig`` as offline HTML: plotly.js embedded, or read from plotly.min.js beside it."""
+def write_html(fig: go.Figure, path: Path, plotlyjs: Literal["embed", "directory"] = "embed",
+               within: Path | None = None) -> Path:
+    """Write ``fig`` as offline HTML: plotly.js embedded, or read from plotly.min.js beside it.
+    ``within``: the study folder, outside which nothing is written (ValueError)."""
     path = Path(path)
+    if within is not None:
+        check_inside(path, within)
     if plotlyjs == "directory":
-        write_plotlyjs(path.parent)
+        write_plotlyjs(path.parent, within)
     html = fig.to_html(
         include_plotlyjs=True if plotlyjs == "embed" else "directory",
         full_html=True,
         config=HTML_CONFIG,
     )
-    return atomic_write(path, html.encode("utf-8"))
+    return atomic_write(path, html.encode("utf-8"), within)
 
 
 def find_browser() -> str | None:
@@ -173,16 +183,21 @@ def _looks_like(fmt: str, data: bytes) -> bool:
     return data.startswith(PNG_MAGIC) if fmt == "png" else b"<svg" in data[:400]
 
 
-def write_images(figures: dict[Path, go.Figure], formats: Sequence[str] = FORMATS) -> str:
+def write_images(figures: dict[Path, go.Figure], formats: Sequence[str] = FORMATS,
+                 within: Path | None = None) -> str:
     """Write ``path.with_suffix(.png/.svg)`` of each of ``figures`` ({path: figure}) through
     one browser session; return a one-line status.
 
     Never raises for a missing browser or a kaleido failure: the returned line
-    says what happened. Either all files are written or none.
+    says what happened. Either all files are written or none. With ``within`` (the study
+    folder) a path outside it is refused (ValueError) before anything is rendered.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"image formats {unknown}: choose from {', '.join(FORMATS)}")
+    if within is not None:
+        for path in figures:
+            check_inside(path, within)
     kinds = "/".join(f.upper() for f in formats)
     if not figures:
         return f"wrote 0 {kinds} figures"
@@ -199,7 +214,7 @@ def write_images(figures: dict[Path, go.Figure], formats: Sequence[str] = FORMAT
         return f"{kinds} figures skipped: kaleido returned unexpected data for {bad or 'some figures'}"
     try:
         for p, img in zip(paths, images):
-            atomic_write(p, bytes(img))
+            atomic_write(p, bytes(img), within)
     except OSError as exc:
         return f"{kinds} figures failed: could not write ({_one_line(exc)})"
     counts = " and ".join(f"{len(figures)} {f.upper()}" for f in formats)

@@ -42,9 +42,11 @@ def layer_ticks(n_layers: int) -> dict[str, object]:
     return {"tick0": 0, "dtick": max(1, math.ceil(n_layers / 16)), "tickformat": "d"}
 
 
-def format_p(p: object) -> str:
+def format_p(p: object, floor: float | None = None) -> str:
     """A p or q value as every table, legend and sentence writes it: three significant digits
-    (0.00498, 0.0312, 1), e-notation below 1e-4 (3.21e-05); '—' when undefined.
+    (0.00498, 0.0312, 1), e-notation below 1e-4 (3.21e-05); '—' when undefined. A permutation p
+    at its floor 1/(P+1) (`floor`) reads '≤ 0.001': all it says is that no permutation of P did
+    as well, so writing it as '= 0.000999' would claim a precision it does not have.
 
     Why one function: the same number must read the same in the report's tables, a figure's
     legend and the headline sentence."""
@@ -52,7 +54,20 @@ def format_p(p: object) -> str:
         value = float(p)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return "—"
-    return "—" if math.isnan(value) else f"{value:.3g}"
+    if math.isnan(value):
+        return "—"
+    if floor is not None and value <= floor * (1 + 1e-9):
+        return f"≤ {floor:.3g}"
+    return f"{value:.3g}"
+
+
+def permutation_floor(n_perm: object) -> float | None:
+    """The smallest permutation p of P permutations, 1/(P+1); None when P is unknown."""
+    try:
+        count = int(n_perm)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return 1.0 / (count + 1) if count > 0 else None
 
 
 def rgba(hex_colour: str, alpha: float) -> str:

@@ -15,8 +15,11 @@ Design choices:
   95% CI (t-interval over inputs of each input's layer mean: the inputs are the sampled
   units), the sign-flip permutation null band (where layer means fall when Δ has no
   preferred sign), and a second reduction (by default matched_max, which removes the
-  length bias of max over 10 caption vs 576 image tokens) beside the first. The report's
-  band over neurons is kept but named for what it is: the neurons' spread.
+  length bias of a max over a few caption tokens vs hundreds of image tokens) beside the
+  first. The report's band over neurons is kept but named for what it is: the neurons' spread.
+  How many tokens each side had is the study's own count (`token_lengths`, from the store's
+  `tokens/<stream>`): 576 image tokens for LLaVA-1.5, 216-484 for Qwen2.5-VL, 1,440-2,880 for
+  LLaVA-NeXT, so a caption that named one number for every family would be wrong for most.
 * Hovering a layer shows its mean, both intervals, the null band and how many of its
   neurons are FDR-significant each way, named by the contrast (text-/image-preferring for
   text − image, "A > B" / "B > A" for any other).
@@ -25,6 +28,8 @@ Design choices:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,11 +38,46 @@ from plotly.subplots import make_subplots
 
 from modalscope.figures.style import (
     BLUE, DEFAULT_CONTRAST, GREEN, LAYER_AXIS, PURPLE, VERMILLION, apply_layout, delta_axis, format_p, layer_ticks,
-    no_preference, preferring, rgba,
+    permutation_floor,
+    contrast_sides, no_preference, preferring, rgba,
 )
 from modalscope.stats.columns import column, site_rows
 
-__all__ = ["figure2", "fit_label"]
+__all__ = ["figure2", "fit_label", "token_counts", "token_lengths"]
+
+TOKEN_NOUNS = {"text": "caption", "image": "image", "text_base": "caption (base LLM)"}  # the streams in words
+
+
+def token_counts(out_dir: Path) -> dict[str, np.ndarray]:
+    """{stream: [input]} content tokens of every finished input, from DIR's store; {} without one."""
+    from modalscope.store import STORE, ActivationStore
+
+    if not (Path(out_dir) / STORE).exists():
+        return {}
+    return {stream: np.asarray(n) for stream, n in ActivationStore.read(Path(out_dir) / STORE).token_counts().items()}
+
+
+def _count(n: np.ndarray) -> str:
+    """'576' or 'median 12 (8-19)': a stream's content tokens over the inputs."""
+    lo, mid, hi = np.min(n), np.median(n), np.max(n)
+    return f"{lo:,.0f}" if lo == hi else f"median {mid:,.4g} ({lo:,.0f}-{hi:,.0f})"
+
+
+def token_lengths(counts: Mapping[str, np.ndarray], contrast: str = DEFAULT_CONTRAST) -> str | None:
+    """'median 12 (8-19) caption vs 576 image tokens': the two contrasted streams' content tokens in
+    this study, or None when the store has no count for one of them (e.g. no store, a derived stream)."""
+    sides = contrast_sides(contrast)
+    found = [np.asarray(counts[side]) for side in sides if side in counts and len(counts[side])]
+    if len(found) < 2:
+        return None
+    first, second = (TOKEN_NOUNS.get(side, side) for side in sides)
+    return f"{_count(found[0])} {first} vs {_count(found[1])} {second} tokens"
+
+
+def _p_text(regression: dict) -> str:
+    """'= 0.0312', or '≤ 0.001' at the permutation floor 1/(n_perm + 1)."""
+    text = format_p(regression.get("slope_p_perm"), permutation_floor(regression.get("n_perm")))
+    return text if text.startswith("≤") else f"= {text}"
 
 
 def fit_label(regression: dict, stat: str | None = None) -> str:
@@ -48,7 +88,7 @@ def fit_label(regression: dict, stat: str | None = None) -> str:
     label = "linear fit" + (f" ({stat})" if stat else "") + f", R² = {r2_txt}, slope = {slope:.3g}/layer"
     if "slope_ci_low" in regression:
         label += (f"<br>(bootstrap 95% CI {regression['slope_ci_low']:.3g} to "
-                  f"{regression['slope_ci_high']:.3g}; sign-flip p = {format_p(regression.get('slope_p_perm'))})")
+                  f"{regression['slope_ci_high']:.3g}; sign-flip p {_p_text(regression)})")
     return label
 
 

@@ -11,8 +11,13 @@ Design choices:
   To keep the file small at 7B (11,008 neurons a layer) a layer draws at most MAX_POINTS
   neurons, evenly spaced in neuron index, plus every labelled one; the title says how many.
   Labelled: the TOP_LABELLED largest cohen_d (text-preferring), smallest (image-preferring)
-  and largest xmodal_r (most cross-modal) of the layer. A neuron can be both: it prefers
-  text and still ranks the pairs alike in both modalities.
+  and largest xmodal_r of the layer. A neuron can be both: it prefers text and still ranks
+  the pairs alike in both modalities.
+* One encoding per meaning, each in the legend: black (a point, or a labelled neuron's
+  outline) means xmodal_q < 0.05 and nothing else; the top by xmodal_r are diamonds, named
+  for how they were picked, not "cross-modal", since the top r of a layer need not be
+  significant. The title is two short lines under a top margin that holds them and the
+  legend, so a 1,100 px PNG shows it whole.
 * A PNG cannot move a slider: `xmodal_scatter_static` keeps the layer with the highest
   median r (named in its title).
 """
@@ -92,44 +97,84 @@ def labelled(rows: pd.DataFrame, k: int = TOP_LABELLED) -> dict[str, pd.DataFram
             "xmodal": r.nlargest(k, "xmodal_r")}
 
 
+def _kinds(contrast: str) -> dict[str, tuple[str, str, str]]:
+    """Legend name, fill colour and symbol of each kind of labelled neuron."""
+    up, down = preferring(contrast)
+    return {"text": (f"top {TOP_LABELLED} {up} (by cohen_d)", BLUE, "circle"),
+            "image": (f"top {TOP_LABELLED} {down} (by cohen_d)", VERMILLION, "circle"),
+            "xmodal": (f"top {TOP_LABELLED} by xmodal_r (whatever its q)", GREEN, "diamond")}
+
+
+def _significant(q: pd.Series | np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.asarray(q, dtype=float) < ALPHA
+
+
+def _labelled_trace(rows: pd.DataFrame, layer: int, kinds: dict, visible: bool) -> go.Scatter:
+    """The layer's neurons of interest: fill and symbol by kind, a black outline only where
+    xmodal_q < ALPHA (the encoding of the points beneath: black means significant)."""
+    keys = [(kind, row) for kind, part in labelled(rows).items() for _, row in part.iterrows()]
+    q = np.array([row["xmodal_q"] for _, row in keys], dtype=float)
+    return go.Scatter(
+        x=[row["cohen_d"] for _, row in keys], y=[row["xmodal_r"] for _, row in keys], visible=visible,
+        mode="markers+text", text=[f"{int(row['neuron'])}" for _, row in keys], textposition="top center",
+        cliponaxis=False,  # a label above r = 1 stays readable
+        marker=dict(color=[kinds[kind][1] for kind, _ in keys], symbol=[kinds[kind][2] for kind, _ in keys], size=10,
+                    line=dict(color=np.where(_significant(q), BLACK, "rgba(0, 0, 0, 0)").tolist(), width=2)),
+        customdata=[[kinds[kind][0], float(qv)] for (kind, _), qv in zip(keys, q)],  # q a number, for :.3g
+        name=f"layer {layer}: labelled neurons", showlegend=False,
+        hovertemplate="neuron %{text} (%{customdata[0]})<br>cohen_d %{x:.3f}<br>xmodal_r %{y:.3f}"
+                      "<br>xmodal_q %{customdata[1]:.3g}<extra></extra>")
+
+
+def _legend(fig: go.Figure, kinds: dict) -> None:
+    """Legend entries (no data) of every encoding the layers use, always shown."""
+    for name, colour in ((f"xmodal_q < {ALPHA:g}", BLACK), (f"xmodal_q ≥ {ALPHA:g}", GREY)):
+        fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(color=colour, size=6), name=name)
+    for name, colour, symbol in kinds.values():
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=name,
+                        marker=dict(color=colour, symbol=symbol, size=10, line=dict(color="rgba(0, 0, 0, 0)", width=2)))
+    fig.add_scatter(x=[None], y=[None], mode="markers", name=f"outlined: labelled with xmodal_q < {ALPHA:g}",
+                    marker=dict(color="#ffffff", size=10, line=dict(color=BLACK, width=2)))
+
+
+def _scatter_title(site: str, layer: int, stat: str, shown: int, total: int) -> str:
+    """Two short lines (a PNG is 1,100 px wide): what is drawn, then how many and the encoding."""
+    return (f"{site} — layer {layer}: cohen_d vs xmodal_r ({stat})<br><sup>{shown:,} of {total:,} neurons drawn; "
+            f"black: xmodal_q < {ALPHA:g}</sup>")
+
+
 def figure_xmodal_scatter(neurons: pd.DataFrame, site: str, stat: str = "max",
                           contrast: str = DEFAULT_CONTRAST) -> go.Figure:
     """Per layer (slider): cohen_d (x) against xmodal_r (y), neurons of interest labelled."""
     df = site_rows(neurons, site, ("layer", "neuron", "cohen_d", "xmodal_r", "xmodal_q"), "neurons")
     up, down = preferring(contrast)
-    names = {"text": (f"top {up}", BLUE), "image": (f"top {down}", VERMILLION), "xmodal": ("most cross-modal", GREEN)}
+    kinds = _kinds(contrast)
     fig, steps, titles = go.Figure(), [], []
     groups = list(df.groupby("layer", sort=True))
     for i, (layer, rows) in enumerate(groups):
         rows = rows.sort_values("neuron")
         shown = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), MAX_POINTS)).astype(int))]
         fig.add_scattergl(
-            x=shown["cohen_d"], y=shown["xmodal_r"], mode="markers", visible=i == 0,
-            marker=dict(color=np.where(shown["xmodal_q"] < ALPHA, BLACK, GREY), size=4, opacity=0.6),
+            x=shown["cohen_d"], y=shown["xmodal_r"], mode="markers", visible=i == 0, showlegend=False,
+            marker=dict(color=np.where(_significant(shown["xmodal_q"]), BLACK, GREY), size=4, opacity=0.6),
             customdata=shown[["neuron", "xmodal_q"]].to_numpy(), name=f"layer {layer}: neurons",
             hovertemplate="neuron %{customdata[0]}<br>cohen_d %{x:.3f}<br>xmodal_r %{y:.3f}"
                           "<br>xmodal_q %{customdata[1]:.3g}<extra></extra>")
-        picks = labelled(rows)
-        keys = [(kind, row) for kind, part in picks.items() for _, row in part.iterrows()]
-        fig.add_scatter(
-            x=[row["cohen_d"] for _, row in keys], y=[row["xmodal_r"] for _, row in keys], visible=i == 0,
-            mode="markers+text", text=[f"{int(row['neuron'])}" for _, row in keys], textposition="top center",
-            marker=dict(color=[names[kind][1] for kind, _ in keys], size=9, line=dict(color=BLACK, width=1)),
-            customdata=[names[kind][0] for kind, _ in keys], name=f"layer {layer}: labelled neurons",
-            hovertemplate="neuron %{text} (%{customdata})<br>cohen_d %{x:.3f}<br>xmodal_r %{y:.3f}<extra></extra>")
-        titles.append(f"{site} — layer {layer}: cohen_d vs xmodal_r ({stat}; {len(shown):,} of {len(rows):,} "
-                      "neurons drawn; black: xmodal_q < 0.05)")
+        fig.add_trace(_labelled_trace(rows, int(layer), kinds, i == 0))
+        titles.append(_scatter_title(site, int(layer), stat, len(shown), len(rows)))
         visible = [False] * (2 * len(groups))
         visible[2 * i] = visible[2 * i + 1] = True
         steps.append(dict(method="update", label=str(layer), args=[{"visible": visible}, {"title.text": titles[-1]}]))
-    for kind, (name, colour) in names.items():  # a legend of the label colours, always shown
-        fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(color=colour, size=9), name=name)
+    _legend(fig, kinds)
     fig.add_hline(y=0, line=dict(color=GREY, width=1, dash="dot"))
     fig.add_vline(x=0, line=dict(color=GREY, width=1, dash="dot"))
-    apply_layout(fig, titles[0], height=600, xaxis_title=f"{D_AXIS}<br>→ {up}, ← {down}", yaxis_title=r_axis(contrast),
-                 legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0), margin=dict(t=110, b=150),
+    apply_layout(fig, titles[0], height=640, xaxis_title=f"{D_AXIS}<br>→ {up}, ← {down}",
+                 yaxis_title=r_axis(contrast),
+                 legend=dict(orientation="h", yanchor="bottom", y=1.07, x=0), margin=dict(t=175, b=150),
                  sliders=[dict(active=0, currentvalue=dict(prefix="decoder layer: "), pad=dict(t=75), steps=steps)],
                  meta=SCATTER_META)
+    fig.update_layout(title=dict(yref="container", y=0.975, yanchor="top"))  # 16 px below the top edge
     fig.update_yaxes(range=[-1.05, 1.05])
     return fig
 
@@ -144,6 +189,6 @@ def xmodal_scatter_static(fig: go.Figure) -> go.Figure:
     for j, trace in enumerate(static.data):
         trace.visible = j >= 2 * len(steps) or j // 2 == best
     static.layout.sliders = ()
-    static.update_layout(title_text=steps[best].args[1]["title.text"] + " (the layer with the "
-                         "highest median r; the HTML figure has a layer slider)")
+    static.update_layout(title_text=steps[best].args[1]["title.text"].replace(
+        "</sup>", "; the layer with the highest median r (the HTML figure has a slider)</sup>"))
     return static

@@ -19,11 +19,11 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.utils import logging as hf_logging
 
-from modalscope.models.tiny import write_checkpoint
+from modalscope.demo import mark_random_weights
+from modalscope.models.tiny import COMPLETE_MARKER, write_checkpoint
 
 # Files of a hub repository that are not the model's inputs side: not copied.
 NOT_COPIED = {"config.json", "README.md", "SOURCE.txt", "LICENSE", "LICENSE.txt", ".gitattributes"}
-COMPLETE_MARKER = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,12 @@ def shrunk_config(real_dir: Path, sizes: ShrunkSizes = ShrunkSizes()):
     return config
 
 
-def build_shrunk(real_dir: Path, out_dir: Path, seed: int = 0, sizes: ShrunkSizes = ShrunkSizes()) -> Path:
+def build_shrunk(real_dir: Path, out_dir: Path, seed: int = 0, sizes: ShrunkSizes = ShrunkSizes(),
+                 source: str | None = None) -> Path:
     """Write the checkpoint once to `out_dir` (built aside, then renamed): random weights from
-    `seed`, and every tokenizer, processor and template file of `real_dir` copied unchanged."""
+    `seed`, every tokenizer, processor and template file of `real_dir` copied unchanged, and the
+    note that its weights are random (demo.RANDOM_WEIGHTS), so that a study of it says so in its
+    report title and printed summary. `source`: the hub id or folder named in that note."""
     real_dir, out_dir = Path(real_dir), Path(out_dir)
     if (out_dir / COMPLETE_MARKER).exists():
         return out_dir
@@ -82,5 +85,50 @@ def build_shrunk(real_dir: Path, out_dir: Path, seed: int = 0, sizes: ShrunkSize
         for path in sorted(real_dir.iterdir()):
             if path.is_file() and path.name not in NOT_COPIED and path.suffix != ".safetensors":
                 shutil.copy2(path, folder / path.name)
+        mark_random_weights(folder, built_by="modalscope shrink",
+                            note=f"random weights, shrunk from {source or real_dir.name}: "
+                                 "its numbers say nothing about any trained model")
 
     return write_checkpoint(out_dir, write)
+
+
+# `modalscope shrink SOURCE OUT`: the dry run of a real study ---------------------------------
+# What is read of a hub repository: its config, tokenizer, processor and chat template, never
+# its weights (a few MB, not GB).
+SMALL_FILES = ["*.json", "*.jinja", "*.model", "*.txt", "*.py", "*.tiktoken"]
+
+
+def real_model_files(source: str, revision: str | None = None) -> Path:
+    """The folder holding `source`'s real small files: `source` itself when it is a local folder,
+    else the hub repository's files (config, tokenizer, processor, template; no weights) through
+    huggingface_hub, from its cache when offline. One-line errors."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"{local}: no config.json (a model folder holds its config, tokenizer "
+                                    "and processor files)")
+        return local
+    if local.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise FileNotFoundError(f"{source}: not a model folder nor a hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=revision, allow_patterns=SMALL_FILES))
+    except Exception as error:  # offline and not cached, unknown repository, gated: one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(f"{source}: its config, tokenizer and processor files could not be read from "
+                                f"the hub or its cache ({first})") from None
+
+
+def shrink(source: str, out_dir: Path, revision: str | None = None, seed: int = 0,
+           sizes: ShrunkSizes = ShrunkSizes()) -> Path:
+    """A random-weight checkpoint of `source`'s family, with its real tokenizer, processor and
+    template, shrunk to `sizes`, written to `out_dir` (a new or empty folder): a study of it runs
+    every stage of a real one on a laptop, before renting a GPU."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / COMPLETE_MARKER).exists():
+        raise ValueError(f"{out_dir}: not empty; give a new folder")
+    real = real_model_files(source, revision)
+    return build_shrunk(real, out_dir, seed=seed, sizes=sizes, source=source)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from modalscope import derived
 from modalscope.streams import BASE_STREAM
-from modalscope.data.images import load_rgb
+from modalscope.data.images import file_sha256, load_rgb
 from modalscope.data.pairs import DataError
 from modalscope.models.adapter import first_line
 from modalscope.models.loading import LoadedModel
@@ -345,7 +345,9 @@ def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, sto
                     continue
                 if first:
                     store.widen(name)
-                    del narrow[name]
+                    dtype = narrow.pop(name).name
+                    print(f"  note    {name} reaches {peak.max():.4g}, beyond {dtype}'s range: stored as float32 "
+                          "(the report's 'What was run' lists it)", file=sys.stderr)
                     continue
                 row = int(rows[int(peak.argmax())])
                 dtype = narrow[name].name
@@ -412,10 +414,19 @@ def _in_manifest_order(done: list[tuple[Records, dict[str, list[int]]]], order: 
 
 
 def _open(row) -> Image.Image:
+    """The pair's image, refused when its file is not the one the manifest recorded (`image_sha256`:
+    a resume or rerun must not record another picture under the pair; manifests without it are not checked)."""
     try:
-        return load_rgb(row.image_path)
+        image = load_rgb(row.image_path)
+        recorded = getattr(row, "image_sha256", None)
+        now = file_sha256(row.image_path) if isinstance(recorded, str) else None
     except (OSError, ValueError) as err:
         raise DataError(f"{row.image_path}: pair {row.pair_id}: cannot read image ({err})") from None
+    if now is not None and now != recorded:
+        raise DataError(f"{row.image_path}: pair {row.pair_id}: the image changed since DIR/manifest.parquet was made "
+                        f"(sha256 {recorded[:12]}... then, {now[:12]}... now); restore that file, or start a new --out: "
+                        "the finished windows are kept, this pair's was not recorded")
+    return image
 
 
 def _check_content(batch: ModelBatch, rows: pd.DataFrame, condition: str) -> None:

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from modalscope.data.manifest import SKIPPED, TRUNCATED, load_skipped
+from modalscope.data.manifest import MANIFEST, SKIPPED, TRUNCATED, load_skipped
 from modalscope.figures.assemble import StudyTables
 from modalscope.figures.style import direction_names
+from modalscope.stats.fdr import ALPHA as SIGNIFICANT_Q  # the one level of every call
 from modalscope.store import STORE
 
 TOP_K = 20
-SIGNIFICANT_Q = 0.05
 # Table 3 columns of the top-neuron tables, as the report names them.
 NEURON_COLUMNS = {"layer": "layer", "neuron": "neuron", "mean_diff": "mean Δ", "sd_diff": "sd Δ",
                   "t_value": "t", "p_value": "p", "q_value": "q", "cohen_d": "d_z", "p_perm": "p_perm",
@@ -120,6 +120,9 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
         rows[at:at] = [("base model", base["model"]),
                        ("base model weights (commit or sha256 of local files)",
                         base.get("commit_hash") or base.get("weights_fingerprint") or base.get("revision"))]
+    if attrs.get("widened"):  # 16-bit arrays whose first window left the dtype's range (store.widen)
+        at = next(i for i, (k, _) in enumerate(rows) if k == "reductions over tokens") + 1
+        rows.insert(at, ("stored as float32 (values beyond the 16-bit range)", ", ".join(attrs["widened"])))
     truncated = out_dir / TRUNCATED
     if truncated.exists():
         rows.append(("captions cut to fit the context", pq.read_metadata(truncated).num_rows))
@@ -147,19 +150,32 @@ def is_hub_model(attrs: dict, model: object) -> bool:
     return model is not None and not Path(str(model)).is_dir()
 
 
+def study_model(out_dir: Path) -> str:
+    """The model the study in `out_dir` recorded (hub id or path), '' when unknown."""
+    return str(store_attrs(out_dir).get("model")
+               or _read_json(Path(out_dir) / "study.json").get("config", {}).get("model") or "")
+
+
 def random_weights(out_dir: Path) -> bool:
     """Whether the study's model is the demo's, with random weights (see demo.py)."""
     from modalscope.demo import has_random_weights
 
-    model = store_attrs(out_dir).get("model") or _read_json(Path(out_dir) / "study.json").get("config", {}).get("model")
-    return has_random_weights(model)
+    return has_random_weights(study_model(out_dir) or None)
+
+
+def random_weights_title(out_dir: Path) -> str | None:
+    """What the title says of a study whose model has random weights (the demo's, or one built by
+    `modalscope shrink`), else None."""
+    from modalscope.demo import random_weights_note
+
+    return random_weights_note(study_model(out_dir) or None)
 
 
 def partial_study(out_dir: Path, tables: StudyTables) -> str | None:
     """One sentence when the tables do not cover the whole manifest (an unfinished extraction,
     or tables older than the store), with the commands that finish the study; else None."""
     out_dir = Path(out_dir)
-    manifest = out_dir / "manifest.parquet"
+    manifest = out_dir / MANIFEST
     if not manifest.exists() or not tables.sites:
         return None
     n_manifest = pq.read_metadata(manifest).num_rows
@@ -273,14 +289,14 @@ class LinkedFile:
 def table_files(out_dir: Path) -> list[LinkedFile]:
     """Every table, the manifest, skipped pairs, study.json and study.toml, to link."""
     out_dir = Path(out_dir)
-    found = [out_dir / "manifest.parquet", out_dir / SKIPPED, out_dir / TRUNCATED, out_dir / "study.json",
+    found = [out_dir / MANIFEST, out_dir / SKIPPED, out_dir / TRUNCATED, out_dir / "study.json",
              out_dir / "study.toml"]
     found += sorted((out_dir / "tables").glob("*"))
     files = []
     for path in found:
         if not path.is_file() or path.name.startswith("."):
             continue
-        what = {"manifest.parquet": "the shuffled pairs (row i is input i)",
+        what = {MANIFEST: "the shuffled pairs (row i is input i)",
                 SKIPPED: "pairs left out, with the reason",
                 TRUNCATED: "captions cut to fit the model's context",
                 "study.json": "config, versions and wall time of each stage",

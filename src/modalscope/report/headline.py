@@ -4,10 +4,15 @@ length-matched max, each with its bootstrap interval and sign-flip p.
 Why this sentence and no other: the raw max compares the peak over a few caption tokens with
 the peak over hundreds of image tokens, so it is biased towards the longer side
 (docs/method.md §3); its trend is never stated without the length-matched one beside it. A
-direction is named ("falls", "rises") only when the bootstrap 95% CI over inputs excludes 0;
-otherwise the slope is given as "changes by". The sentence says what the numbers show, never
-why. The same sentence is written to summary.json (`summary[site]["headline"]`), printed at the
-end of `modalscope run` and leads the report's "At a glance", so all three agree by construction.
+direction is named ("falls", "rises") only when the trend is both significant and robust: the
+bootstrap 95% CI over inputs excludes 0, and leaving out any one layer keeps the slope's sign
+(the CI resamples inputs, not layers, so one layer can carry a "significant" slope). Otherwise
+the slope is given as "changes by", and a significant slope that hangs on one layer is called
+"not monotone", naming that layer. R² says how linear a named trend is; layers far off the line
+are named. When the reductions name opposite directions, a second sentence says so. The
+sentence says what the numbers show, never why. The same sentence is written to summary.json
+(`summary[site]["headline"]`), printed at the end of `modalscope run` and leads the report's
+"At a glance", so all three agree by construction.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from __future__ import annotations
 import math
 import numbers
 
-from modalscope.figures.style import contrast_label, format_p
+from modalscope.figures.style import contrast_label, format_p, permutation_floor
 
-RAW, MATCHED = "max", "matched_max"
-NAMES = {RAW: "raw max", MATCHED: "length-matched max"}
+RAW, MATCHED, MEAN = "max", "matched_max", "mean"
+NAMES = {RAW: "raw max", MATCHED: "length-matched max", MEAN: "mean"}
 
 
 def _finite(value: object) -> bool:
@@ -30,28 +35,71 @@ def _n(value: float) -> str:
     return f"{value:.3g}"
 
 
-def trend_clause(name: str, entry: dict) -> str:
-    """'raw max falls by 1.03 per layer (bootstrap 95% CI -1.2 to -0.85, sign-flip p = 0.001)'."""
+def _layers(layers: list[int]) -> str:
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(str(x) for x in layers)
+
+
+def direction(entry: dict) -> int:
+    """+1 rises, -1 falls, 0 no direction: the CI excludes 0 and no layer left out flips the sign."""
+    slope, low, high = entry.get("slope"), entry.get("slope_ci_low"), entry.get("slope_ci_high")
+    if not (_finite(slope) and _finite(low) and _finite(high)) or low <= 0 <= high:
+        return 0
+    return 0 if entry.get("sign_flipping_layers") else (1 if low > 0 else -1)
+
+
+def trend_clause(name: str, entry: dict, p_floor: float | None = None) -> str:
+    """'raw max falls by 1.03 per layer (bootstrap 95% CI -1.2 to -0.85, sign-flip p ≤ 0.001; R² = 0.91)'."""
     slope = entry.get("slope")
     if not _finite(slope):
         return f"{name} has no trend (it needs 3 layers with a finite mean)"
     low, high = entry.get("slope_ci_low"), entry.get("slope_ci_high")
     has_ci = _finite(low) and _finite(high)
-    if has_ci and high < 0:
+    flips = list(entry.get("sign_flipping_layers") or [])
+    way = direction(entry)
+    if way < 0:
         verb = f"falls by {_n(-slope)}"
-    elif has_ci and low > 0:
+    elif way > 0:
         verb = f"rises by {_n(slope)}"
+    elif has_ci and (high < 0 or low > 0):  # significant, but one layer carries the sign
+        verb = f"is not monotone over depth: it changes by {_n(slope)}"
     else:
         verb = f"changes by {_n(slope)}"
     detail = [f"bootstrap 95% CI {_n(low)} to {_n(high)}"] if has_ci else []
     if _finite(entry.get("slope_p_perm")):
-        detail.append(f"sign-flip p = {format_p(entry['slope_p_perm'])}")
-    return f"{name} {verb} per layer" + (f" ({', '.join(detail)})" if detail else "")
+        p = format_p(entry["slope_p_perm"], p_floor)
+        detail.append(f"sign-flip p {p}" if p.startswith("≤") else f"sign-flip p = {p}")
+    text = f"{name} {verb} per layer" + (f" ({', '.join(detail)}" if detail else "")
+    if way and _finite(entry.get("r2")):
+        text += f"; R² = {entry['r2']:.2g}"
+    if has_ci and (high < 0 or low > 0) and flips:
+        text += f"; leaving out {_layers(flips)} turns the sign"
+    text += ")" if detail else ""
+    standout = list(entry.get("standout_layers") or [])
+    if standout:
+        values = ", ".join(_n(v) for v in entry.get("standout_mean_diff") or [])
+        text += f", {_layers(standout)} far off the line (layer mean Δ {values})"
+    return text
+
+
+def disagreement(site_entry: dict) -> str:
+    """'The reductions disagree on the direction: raw max falls, length-matched max rises.', or ''."""
+    named = {}
+    for stat in (RAW, MATCHED, MEAN):
+        entry = site_entry if stat == RAW else site_entry.get("by_stat", {}).get(stat)
+        if entry and direction(entry):
+            named[stat] = direction(entry)
+    if len(set(named.values())) < 2:
+        return ""
+    return ("The reductions disagree on the direction: "
+            + ", ".join(f"{NAMES[stat]} {'rises' if way > 0 else 'falls'}" for stat, way in named.items()) + ".")
 
 
 def headline(site: str, entry: dict) -> str:
     """The sentence of one site from its summary.json entry (the max trend, with `by_stat`)."""
+    floor = permutation_floor(entry.get("n_perm"))
     matched = entry.get("by_stat", {}).get(MATCHED)
-    parts = [trend_clause(NAMES[RAW], entry),
-             trend_clause(NAMES[MATCHED], matched) if matched else f"{NAMES[MATCHED]} not recorded (see --stats)"]
-    return f"{site}, layer mean of Δ = {contrast_label(entry.get('contrast'))}: {'; '.join(parts)}."
+    parts = [trend_clause(NAMES[RAW], entry, floor),
+             trend_clause(NAMES[MATCHED], matched, floor) if matched
+             else f"{NAMES[MATCHED]} not recorded (see --stats)"]
+    sentence = f"{site}, layer mean of Δ = {contrast_label(entry.get('contrast'))}: {'; '.join(parts)}."
+    return " ".join(x for x in (sentence, disagreement(entry)) if x)

@@ -24,24 +24,27 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from modalscope.cards.card import CARD_CSS, report_cards
-from modalscope.demo import RANDOM_WEIGHTS_TITLE
 from modalscope.figures.alignment import figure_alignment
 from modalscope.figures.assemble import (
     ALIGNMENT_FIGURE, VS_BASE, StudyTables, comparison, figure2_vs_base, headline_figures,
 )
 from modalscope.figures.export import HTML_CONFIG, atomic_write, plotlyjs_bytes
 from modalscope.figures.histograms import figure1_static
+from modalscope.figures.trend import token_counts, token_lengths
+from modalscope.ablation.report import ablation_section
 from modalscope.figures.style import (
     BLUE, COLOUR_NAMES, GREEN, PURPLE, VERMILLION, contrast_sides, direction_names, format_p, no_preference,
+    permutation_floor,
     preferring,
 )
 from modalscope.report.facts import (
     NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Forgetting, Provenance, figure_files, forgetting, partial_study,
-    provenance, random_weights, significant_counts, table_files, top_neurons, trend_rows,
+    provenance, random_weights_title, significant_counts, table_files, top_neurons, trend_rows,
 )
 from modalscope.report.headline import MATCHED, NAMES, RAW, headline
 
 P_COLUMNS = ("p", "q", "p_perm", "sign-flip p")  # cells written by format_p, as the legends are
+PERMUTATION_COLUMNS = ("p_perm", "sign-flip p")  # permutation p: at its floor 1/(P+1) it reads "≤ ..."
 
 REPORT = "report.html"
 SKIPPED_SHOWN = 50
@@ -78,9 +81,9 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: object, column: str = "") -> str:
+def _num(value: object, column: str = "", p_floor: float | None = None) -> str:
     """A cell: integers with separators, floats to 4 significant digits, p and q as `format_p`
-    writes them (as in the figures' legends)."""
+    writes them (as in the figures' legends; a permutation p at `p_floor` as '≤ ...')."""
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, numbers.Integral):
@@ -91,17 +94,23 @@ def _num(value: object, column: str = "") -> str:
     if math.isnan(value):
         return "—"
     if column in P_COLUMNS:
-        return format_p(value)
+        return format_p(value, p_floor if column in PERMUTATION_COLUMNS else None)
     return f"{value:.4g}"
 
 
-def _table(frame: pd.DataFrame, index: str | None = None, row_class=None, cls: str = "") -> str:
+def _p_floor(tables: StudyTables) -> float | None:
+    """The permutation p's floor 1/(P+1) of this study's sign-flip and per-neuron permutations."""
+    return permutation_floor(next(iter(tables.summary.values()), {}).get("n_perm"))
+
+
+def _table(frame: pd.DataFrame, index: str | None = None, row_class=None, cls: str = "",
+           p_floor: float | None = None) -> str:
     head = ([f'<th class="l">{_esc(index)}</th>'] if index else []) + [f"<th>{_esc(c)}</th>" for c in frame.columns]
     body = []
     for key, row in frame.iterrows():
         row_attr = f' class="{row_class(row)}"' if row_class and row_class(row) else ""
         cells = ([f'<td class="l">{_esc(key)}</td>'] if index else []) + [
-            f"<td>{_esc(_num(v, c))}</td>" for c, v in row.items()]
+            f"<td>{_esc(_num(v, c, p_floor))}</td>" for c, v in row.items()]
         body.append(f"<tr{row_attr}>{''.join(cells)}</tr>")
     attr = f' class="{cls}"' if cls else ""
     return f"<table{attr}><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -142,15 +151,20 @@ def _glance(tables: StudyTables, stat: str) -> str:
                          down: int(counts["n_image_preferring"].sum()),
                          "neurons": int(counts["n_neurons"].sum())})
     frame = pd.DataFrame(rows).set_index("site")
+    from modalscope.concepts import glance_sentence
+
     sentences = "".join(f"<li>{_esc(tables.summary[site].get('headline') or headline(site, tables.summary[site]))}"
                         "</li>" for site in tables.sites)
+    sentences += "".join(f"<li>{_esc(glance_sentence(site, tables.summary[site]['concepts']))}</li>"
+                         for site in tables.sites if tables.summary[site].get("concepts"))
     note = ("Per site, the trend over decoder layers of the layer mean of Δ, length-matched max first: the raw "
             "max compares the peak over a few caption tokens with the peak over hundreds of image tokens, so it is "
             "biased towards the longer input (docs/method.md §3); the length-matched max compares peaks over the "
             "same number of tokens. A direction (falls, rises) is named only where the bootstrap 95% CI over inputs "
-            f"excludes 0. Neuron counts: q &lt; {SIGNIFICANT_Q} each way, over all layers.")
+            "excludes 0 and leaving out any one layer keeps the slope's sign; R² says how linear it is. Neuron "
+            f"counts: q &lt; {SIGNIFICANT_Q} each way, over all layers.")
     return (f'<section id="glance"><h2>At a glance</h2><ul class="headline">{sentences}</ul>'
-            f'<p class="note">{note}</p>' + _table(frame, index="site") + "</section>")
+            f'<p class="note">{note}</p>' + _table(frame, index="site", p_floor=_p_floor(tables)) + "</section>")
 
 
 def _provenance_section(prov: Provenance) -> str:
@@ -189,20 +203,23 @@ def _skipped(skipped: pd.DataFrame) -> str:
             + "</table></details>")
 
 
-def _figure2_note(stat: str, compare: str | None, contrast: str) -> str:
+def _figure2_note(stat: str, compare: str | None, contrast: str, tokens: dict | None = None) -> str:
     note = (f"The layer mean of the neurons' mean Δ ({_esc(contrast)}; reduction {_esc(stat)}, "
             f"{COLOUR_NAMES[BLUE]}) with its 95% CI over inputs; grey: the spread over neurons (the report's band); "
             f"{COLOUR_NAMES[PURPLE]} with a dotted edge: where layer means fall under the sign-flip null "
             f"({_esc(no_preference(contrast))}); {COLOUR_NAMES[VERMILLION]}, dashed: the least-squares line.")
     if compare:
         note += (f" Right: the same for {_esc(compare)} ({COLOUR_NAMES[GREEN]})"
-                 + (", which removes the length bias of a max over ~10 caption vs 576 image tokens."
-                    if compare == "matched_max" else "."))
+                 + (", which removes the length bias of a max over "
+                    + _esc(token_lengths(tokens or {}, contrast) or "fewer tokens on one side than the other")
+                    + " in this study." if compare == "matched_max" else "."))
     return note + " Hover a point for its numbers."
 
 
-FIGURE1_NOTE = ("A row per decoder layer, a column per bin of the neurons' mean Δ (left) and t (right); colour: "
-                "how many of the layer's neurons fall in the bin. Dashed lines in the t panel: the FDR threshold, "
+FIGURE1_NOTE = ("A row per decoder layer, binned over its own range of the neurons' mean Δ (left) and t (right): "
+                "its 1st to 99th percentile, widened a little, so one extreme neuron cannot squash the rest; the "
+                "cells set apart at a row's ends count the neurons beyond. Colour: how many of the layer's neurons "
+                "fall in the bin. Dashed lines in the t panel: the FDR threshold, "
                 f"beyond which neurons have q &lt; {SIGNIFICANT_Q}.")
 def _xmodal_notes(contrast: str) -> tuple[str, str]:
     """The notes of the two cross-modal figures, in the contrast's words."""
@@ -216,9 +233,10 @@ def _xmodal_notes(contrast: str) -> tuple[str, str]:
     scatter_note = (f"One layer at a time (move the slider): how much a neuron prefers one side (cohen_d, x) "
                     "against whether its two responses agree on which pairs excite it (xmodal_r, y). "
                     f"Top right: {up} and still cross-modal; near x = 0, high y: one code for both. Named: the "
-                    "layer's top neurons each way and the most cross-modal; black points have xmodal_q &lt; "
-                    f"{SIGNIFICANT_Q}. The share of cross-modal neurons per layer is in layers.parquet "
-                    "(`xmodal_share`), its trend in summary.json (`xmodal`).")
+                    "layer's top neurons each way (circles) and the top by xmodal_r (diamonds, whatever their q); "
+                    f"black points and black outlines have xmodal_q &lt; {SIGNIFICANT_Q}, and nothing else is black. "
+                    "The share of cross-modal neurons per layer is in layers.parquet (`xmodal_share`), its trend in "
+                    "summary.json (`xmodal`).")
     return r_note, scatter_note
 
 
@@ -241,20 +259,29 @@ def _xmodal_section(figs: dict[str, go.Figure], site: str, trend: dict, contrast
             _figure(figs[f"xmodal_scatter_{site}"], f"xmodal_scatter_{site}")]
 
 
-FORGETTING_TITLE = "Text-only forgetting (Δ = text − text_base)"
+# Named for what it compares (the same text through the VLM and through its base LM), not for a
+# cause ("forgetting") that its own paragraph says the numbers cannot show.
+FORGETTING_TITLE = "The same text through the VLM and its base LM (Δ_base = text − text_base)"
 ALIGNMENT_NOTE = (
     "How alike a layer's codes of the same pairs are when they arrive as words and as pixels (1: the same), "
     "from each pair's population vector (reduction {stat}), three views from loose to strict. Left: linear CKA, "
-    "the same geometry up to a rotation and a scale. Middle: mutual k-NN, the share of a pair's 10 nearest pairs "
+    "the same geometry up to a rotation and a scale (debiased, Song et al. 2012; the thin dotted line is the "
+    "plug-in CKA, biased upwards, for comparison). Middle: mutual k-NN, the share of a pair's 10 nearest pairs "
     "in text space that are also among its 10 nearest in image space. Right: retrieval, whether a caption's own "
     "image is its nearest image by cosine in the same neurons (top-1), and the mean of 1/its rank (MRR). "
-    f"Coloured bands: the bootstrap 95% CI over pairs; {COLOUR_NAMES[PURPLE]} with a dotted edge: where the "
+    f"Coloured band: the debiased CKA's 95% CI over pairs (jackknife); {COLOUR_NAMES[PURPLE]} with a dotted edge: where the "
     "measure falls when captions and images are paired at random (the shuffled-pairing null); grey dashed: "
-    "chance. A line above its null band is alignment that unrelated pairs do not give. Read CKA against its null "
-    "band, not against 0: with many neurons and few pairs it is high even for unrelated pairs (docs/method.md).")
+    "chance. A line above its null band is alignment that unrelated pairs do not give. Never read the plug-in CKA "
+    "against 0: with many neurons and few pairs it is high even for unrelated pairs (docs/method.md).")
 
 
-def _forgetting_paragraph(facts: Forgetting, model: str) -> str:
+def _p_clause(p: object, floor: float | None) -> str:
+    """'= 0.0312' or '≤ 0.001' (at the permutation floor), to follow 'p'."""
+    text = format_p(p, floor)
+    return text if text.startswith("≤") else f"= {text}"
+
+
+def _forgetting_paragraph(facts: Forgetting, model: str, p_floor: float | None = None) -> str:
     """The numbers of Δ_base at one site, in words (HTML, escaped), without a cause."""
     up, down = (_esc(d) for d in direction_names(facts.contrast))
     base = _esc(facts.base_model or "the base language model")
@@ -263,7 +290,7 @@ def _forgetting_paragraph(facts: Forgetting, model: str) -> str:
     text = [f"Δ_base = {_esc(facts.contrast)}: the same text-only inputs, with the same token ids, through "
             f"{_esc(model)} and through the language model it was trained from, {base} (reduction "
             f"{_esc(facts.stat)}). The layer mean of Δ_base changes by {_num(facts.slope)} per layer ({ci}"
-            f"sign-flip p = {_num(facts.slope_p_perm, 'p')})."]
+            f"sign-flip p {_p_clause(facts.slope_p_perm, p_floor)})."]
     if facts.first_nonzero_layer is None:
         text.append("Δ_base is exactly 0 in every neuron of every layer.")
     elif facts.first_nonzero_layer > 0:
@@ -284,7 +311,7 @@ def _forgetting_paragraph(facts: Forgetting, model: str) -> str:
 def _forgetting_section(tables: StudyTables, site: str, stat: str, facts: Forgetting, model: str) -> str:
     return "\n".join([
         f'<h3 id="forgetting-{_esc(site)}">{_esc(FORGETTING_TITLE)}</h3>',
-        f'<p class="note">{_forgetting_paragraph(facts, model)}</p>',
+        f'<p class="note">{_forgetting_paragraph(facts, model, _p_floor(tables))}</p>',
         _figure(figure2_vs_base(tables, site, stat), f"figure2_{site}{VS_BASE}"),
     ])
 
@@ -302,13 +329,14 @@ def _alignment_section(tables: StudyTables, site: str) -> str:
         f'<h3 id="alignment-{_esc(site)}">Figure 3: where words and pixels meet (layer alignment)</h3>',
         f'<p class="note">{ALIGNMENT_NOTE.format(stat=_esc(entry.get("stat", "mean")))}</p>',
         _figure(figure_alignment(tables.alignment, site), f"{ALIGNMENT_FIGURE}{site}"),
-        '<p class="note">Per measure, the layer where it peaks (both retrieval directions, top-5 too), and the '
-        "first layer whose value lies above its null band:</p>", peaks,
+        '<p class="note">Per measure, the layer where it peaks (both retrieval directions, top-5 too) with a 95% CI '
+        "simultaneous over the layers (debiased CKA only) and p family-wise over the layers (max-statistic over "
+        "the shuffled pairings), and the first layer above its null at that family-wise 5%:</p>", peaks,
     ])
 
 
 def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | None = None,
-                  model: str = "") -> str:
+                  model: str = "", tokens: dict | None = None) -> str:
     figs = headline_figures(tables, site, stat)
     text, image = top_neurons(tables, site, stat)
     names = {c: NEURON_COLUMNS[c] for c in text.columns}
@@ -322,11 +350,11 @@ def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | 
     return "\n".join([
         f'<section id="site-{_esc(site)}"><h2>Site: {_esc(site)}</h2>',
         f'<h3 id="figure2-{_esc(site)}">Figure 2: layer mean Δ by decoder layer, with its controls</h3>',
-        f'<p class="note">{_figure2_note(stat, comparison(tables.stats, stat), contrast)}</p>',
+        f'<p class="note">{_figure2_note(stat, comparison(tables.stats, stat), contrast, tokens)}</p>',
 
         _figure(figs[f"figure2_{site}"], f"figure2_{site}"),
         "<p class=\"note\">The trend for every reduction (bootstrap 95% CI over inputs, sign-flip permutation p):</p>",
-        _table(trend, index="reduction"),
+        _table(trend, index="reduction", p_floor=_p_floor(tables)),
         f'<h3 id="figure1-{_esc(site)}">Figure 1: distributions over neurons, every layer</h3>',
         f'<p class="note">{FIGURE1_NOTE}</p>',
         _figure(figure1_static(figs[f"figure1_{site}"]), f"figure1_{site}_all_layers"),
@@ -338,7 +366,8 @@ def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | 
         _table(significant_counts(tables, site), index="layer"),
         f'<h3 id="top-{_esc(site)}">Top {TOP_K} neurons each way (reduction {_esc(stat)}, by t)</h3>',
         '<p class="note">Grey rows are not significant after FDR control (q ≥ 0.05).</p><div class="grid">',
-        *(f"<div><h4>{title}</h4>{_table(top.rename(columns=names), row_class=ns, cls='compact')}</div>"
+        *(f"<div><h4>{title}</h4>"
+          f"{_table(top.rename(columns=names), row_class=ns, cls='compact', p_floor=_p_floor(tables))}</div>"
           for title, top in ((f"{_esc(up)} (Δ &gt; 0)", text), (f"{_esc(down)} (Δ &lt; 0)", image))),
         "</div>",
         *_xmodal_section(figs, site, _xmodal_trend(tables, site, stat), contrast),
@@ -418,17 +447,23 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
     tables.check_stat(stat, out_dir)
     prov = provenance(out_dir, tables)
     model = dict(prov.study).get("model", "")
-    demo = f" ({RANDOM_WEIGHTS_TITLE})" if random_weights(out_dir) else ""
+    note = random_weights_title(out_dir)  # the demo's or a `modalscope shrink` checkpoint's
+    demo = f" ({note})" if note else ""
     partial = partial_study(out_dir, tables)
     banner = f'<p class="banner" id="partial">{_esc(partial)}</p>' if partial else ""
     cards = report_cards(out_dir, tables.neurons, tables.sites)  # '' without tables/top_pairs.parquet
-    nav = " ".join(['<a href="#glance">at a glance</a>', '<a href="#provenance">what was run</a>']
+    ablation = ablation_section(out_dir)  # None without tables/ablation.parquet (`modalscope ablate`)
+    # Results first (the glance, then each site, then the cards), provenance last: a reader opens
+    # the report for the answer; what was run is for checking it.
+    nav = " ".join(['<a href="#glance">at a glance</a>']
                    + [f'<a href="#site-{_esc(s)}">site {_esc(s)}</a>' for s in tables.sites]
                    + (['<a href="#cards">neuron cards</a>'] if cards else [])
-                   + ['<a href="#files">tables and files</a>'])
-    body = [_provenance_section(prov),
-            *(_site_section(tables, s, stat, forgetting(out_dir, tables, s, stat), model) for s in tables.sites),
-            cards, _files_section(out_dir, tables.sites, stat)]
+                   + (['<a href="#ablation">ablation</a>'] if ablation else [])
+                   + ['<a href="#provenance">what was run</a>', '<a href="#files">tables and files</a>'])
+    tokens = token_counts(out_dir)  # {stream: [input]}: Figure 2's note names the study's own lengths
+    body = [*(_site_section(tables, s, stat, forgetting(out_dir, tables, s, stat), model, tokens)
+              for s in tables.sites),
+            cards, ablation or "", _provenance_section(prov), _files_section(out_dir, tables.sites, stat)]
     return "\n".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         f"<title>modalscope report: {_esc(Path(model).name or model)}{' (random weights)' if demo else ''}</title>",

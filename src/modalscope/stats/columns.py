@@ -21,6 +21,12 @@ NEURON_COLUMNS = ("n", "mean_diff", "sd_diff", "t_value", "p_value", "q_value", 
 # {p column: its q column}: the p-values that analysis.py turns into FDR q-values over the site's
 # neurons (settings.fdr), per reduction, once every layer's p is known.
 FDR_COLUMNS = {"p_value": "q_value", "xmodal_p": "xmodal_q"}
+# {q column: its column under the study's multiplicity plan} (stats/fdr.py `plan`, analysis.py):
+# the q of the primary family's own BH, or Benjamini-Bogomolov over every other family; placed
+# at the end of Table 3 (earlier columns keep their places), with the same suffixes (q_hier_matched_max, xmodal_q_hier_vs_base).
+HIER_COLUMNS = {"q_value": "q_hier", "xmodal_q": "xmodal_q_hier"}
+# The test behind each p column, as a family's name says it (site:reduction:contrast:test).
+FDR_TESTS = {"p_value": "delta", "xmodal_p": "xmodal"}
 # Of these, the same for every reduction (the inputs): kept once, unsuffixed.
 SHARED_COLUMNS = ("n",)
 # Per-neuron columns of the report's reduction only, after every reduction's columns.

@@ -12,7 +12,7 @@ the input, so they are correlated). This module gives:
 - a sign-flip permutation null (H0: each input's Δ is symmetric about 0, one sign per input
   for all layers and neurons): `SignFlips` (the signs, one bit each), `trend_null` for the
   trend and `PermutationT` for per-neuron t-tests that do not lean on normality;
-- `significant_counts` per layer and `outlier_flags` for "massive activations"
+- `significant_counts` per layer (massive neurons: stats/massive.py)
   (Sun et al. 2024), neurons whose few huge values can dominate layer means.
 
 All take what a streaming caller has: an [input, layer] matrix of per-input layer means
@@ -33,7 +33,6 @@ does between BLAS builds and thread counts.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,7 +45,8 @@ from modalscope.stats.ttest import t_from_moments
 
 BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inputs are many)
 BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements
-_TIE = 1e-12  # relative tolerance so that a permuted statistic equal to the observed counts
+TIE = 1e-12  # relative tolerance so that a permuted statistic equal to the observed counts
+_TIE = TIE  # (the one home of the tolerance: stats/neuron/xmodal.py and stats/alignment.py read it)
 
 
 def _as_matrix(input_layer_means: np.ndarray) -> np.ndarray:
@@ -341,29 +341,3 @@ def significant_counts(
     )
     counts = frame.groupby("layer", sort=True).sum().reset_index()
     return counts.astype({c: np.int64 for c in counts.columns if c != "layer"})
-
-
-def outlier_flags(
-    max_activation_abs: np.ndarray | Sequence[np.ndarray], factor: float = 100.0
-) -> np.ndarray | list[np.ndarray]:
-    """True where a neuron's max |activation| > factor × its layer's reference scale.
-
-    The reference is the median over the layer's *active* neurons: those whose max
-    |activation| is neither NaN nor 0. Why not the plain median: a layer where half the
-    neurons never leave 0 (dead units) has median 0, and 0 × factor would flag every
-    neuron that moves at all. A dead neuron has no scale to compare with, so it is left
-    out of the median, and it is never flagged itself (0 is not > anything ≥ 0). A layer
-    with no active neuron flags nothing. Where no neuron is 0 this is the plain median.
-
-    An array is [..., N] with neurons on the last axis (e.g. [L, N]); the result has its
-    shape. A sequence of per-layer arrays (widths may differ) gives a list of bool arrays.
-    NaN values are ignored by the median and never flagged.
-    """
-    if isinstance(max_activation_abs, np.ndarray):
-        values = np.abs(max_activation_abs.astype(np.float64))
-        active = np.where(values > 0, values, np.nan)  # NaN and 0 both leave the median
-        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)  # a layer without active neurons
-            reference = np.nanmedian(active, axis=-1, keepdims=True)
-            return values > factor * reference
-    return [outlier_flags(np.asarray(layer), factor) for layer in max_activation_abs]

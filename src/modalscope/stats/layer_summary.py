@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from modalscope.stats import controls
+from modalscope.stats.fdr import ALPHA
 from modalscope.stats.columns import UNSUFFIXED_STAT, column
-from modalscope.stats.layers import layer_mean_ci, layer_trend
+from modalscope.stats.layers import layer_mean_ci, layer_trend, leave_one_out_slopes, standout_layers
 from modalscope.stats.protocol import CONTRAST, AnalysisSettings
 from modalscope.stats.xmodal_layers import xmodal_layer_columns
 
-ALPHA = 0.05
 
 
 def contrast_name(contrast: tuple[str, str]) -> str:
@@ -88,10 +88,20 @@ def trend_entry(layers: pd.DataFrame, site: SiteAnalysis, stat: str, settings: A
     boot = controls.bootstrap_trend(site.input_means[stat], settings.n_boot, settings.seed)
     null = site.nulls[stat]
     clean = layer_trend(layers["layer"], layers[column("mean_diff_no_outliers", stat)])
+    means = layers[column("mean_diff", stat)].to_numpy()
+    left_out = leave_one_out_slopes(layers["layer"].to_numpy(), means)
+    standout = standout_layers(layers["layer"].to_numpy(), means)
     entry.update({
+        # robustness of the direction (report/headline.py): the slope with each layer left out
+        "slope_leave_one_out_low": min(left_out.values()) if left_out else np.nan,
+        "slope_leave_one_out_high": max(left_out.values()) if left_out else np.nan,
+        "sign_flipping_layers": [layer for layer, slope in left_out.items()
+                                 if np.sign(slope) != np.sign(entry["slope"])],
+        "standout_layers": standout,
+        "standout_mean_diff": [float(means[layers["layer"].to_numpy() == layer][0]) for layer in standout],
         "slope_ci_low": boot["slope_low"], "slope_ci_high": boot["slope_high"],
         "r2_ci_low": boot["r2_low"], "r2_ci_high": boot["r2_high"],
-        "slope_p_perm": null["p_value"],
+        "slope_p_perm": null["p_value"], "n_perm": settings.n_perm,  # the p's floor is 1/(n_perm + 1)
         "slope_no_outliers": clean["slope"], "r2_no_outliers": clean["r2"],
     })
     return entry

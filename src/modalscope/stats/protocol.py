@@ -30,6 +30,9 @@ class AnalysisSettings:
     outlier_factor: float = 10.0  # stats/massive.py
     seed: int = 0
     xmodal_perm: bool = False  # also the permutation p of xmodal_r (`xmodal_p_perm`, n_perm re-pairings)
+    # The primary family of tests, "SITE:REDUCTION[:A-B[:TEST]]" (BH at 0.05 on its own; every
+    # other family by Benjamini-Bogomolov: analysis.py `fdr_plan`); None: mlp:matched_max.
+    primary: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,12 @@ import numpy as np
 
 from modalscope.stats.columns import UNSUFFIXED_STAT, column
 from modalscope.stats.controls import _line_fit
+from modalscope.stats.fdr import ALPHA
 from modalscope.stats.layers import layer_trend
 
 if TYPE_CHECKING:
     from modalscope.stats.layer_summary import SiteAnalysis
 
-ALPHA = 0.05
 LEVEL = 0.95
 # Per-layer columns of layers.parquet (per reduction, suffixed as stats/columns.py `column`).
 LAYER_COLUMNS = ("xmodal_share", "xmodal_share_ci_low", "xmodal_share_ci_high", "xmodal_median_r")

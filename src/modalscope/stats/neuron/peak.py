@@ -1,7 +1,8 @@
 """Massive activations (Sun et al. 2024): each neuron's largest |activation| over the contrasted
-inputs, and whether it exceeds `outlier_factor` x its layer's median (stats/controls.py
-outlier_flags). Neurons with a few huge values can dominate layer means; the layer summary
-also reports the mean without them. Taken on the raw max, the reduction the report uses."""
+inputs (`max_abs_activation`), and whether it is massive in its layer (`outlier`: at least
+`outlier_factor` x the layer's median peak and more than 5 robust SDs of log peak above it;
+stats/massive.py says why). Neurons with a few huge values can dominate layer means; the layer
+summary also reports the mean without them. Taken on the raw max, the reduction the report uses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from modalscope.stats.columns import UNSUFFIXED_STAT
-from modalscope.stats.controls import outlier_flags
+from modalscope.stats.massive import massive_flags
 from modalscope.stats.protocol import Accumulator, Context, Slab
 
 
@@ -31,7 +32,7 @@ class PeakActivation:
             self.peak = np.fmax(self.peak, np.nanmax(np.abs(values), 0))
 
     def columns(self) -> dict[str, np.ndarray]:
-        return {"max_abs_activation": self.peak, "outlier": outlier_flags(self.peak, self.factor)}
+        return {"max_abs_activation": self.peak, "outlier": massive_flags(self.peak, self.factor)}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"peak": self.peak}

@@ -95,6 +95,7 @@ import numpy as np
 from scipy import stats as sps
 
 from modalscope.seeds import generator
+from modalscope.stats.controls import TIE as _TIE  # a permuted r equal to the observed one counts as extreme
 from modalscope.stats.protocol import Accumulator, Context, Slab
 
 BLOCK_ELEMENTS = 1 << 18  # pairs x neurons ranked at once (and pairings x pairs drawn at once), about
@@ -102,7 +103,6 @@ BOOT_NEURONS = 256  # neurons per layer whose r is bootstrapped over inputs
 WITHIN_BLOCKS = 4  # ranking within k works group by group: 4x the neurons at once, fewer small calls
 BOOT_BLOCKS = 100  # the bootstrap resamples this many blocks of inputs (each input, when fewer)
 SMALL_PRODUCT = 1 << 23  # multiply-adds under which a product skips BLAS (`_product`)
-_TIE = 1e-12  # relative tolerance: a permuted r equal to the observed one counts as extreme
 SPEARMAN_SE = 1.06  # Fieller, Hartley & Pearson (1957): var(atanh r_s) ~ 1.06 / (n - 3)
 Z95 = 1.959963984540054
 COLUMNS = ("xmodal_r", "xmodal_p", "xmodal_ci_low", "xmodal_ci_high", "xmodal_pearson")
