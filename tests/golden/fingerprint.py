@@ -108,6 +108,9 @@ def _flatten(prefix: str, value: object, out: dict[str, np.ndarray]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             _flatten(f"{prefix}.{key}", item, out)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # records: each by its place
+        for i, item in enumerate(value):
+            _flatten(f"{prefix}[{i}]", item, out)
     elif isinstance(value, str) and NUMBER.search(value):  # a sentence: its numbers are compared as numbers
         out[prefix] = np.asarray(value)
     elif isinstance(value, bool) or value is None or isinstance(value, str):

@@ -1,0 +1,196 @@
+"""One function per command (`COMMANDS`); `run.main` calls the one argparse chose."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from modalscope.config import StudyConfig
+from modalscope.cli.run import _config, _report, _stored_settings
+
+
+def _cmd_demo(args: argparse.Namespace, started: float) -> None:
+    """The whole study on the embedded tiny LLaVA and synthetic COCO set."""
+    from modalscope import study
+    from modalscope.demo import demo_config
+
+    keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
+            "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png", "primary")
+    overrides = {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
+    StudyConfig(out_dir=args.out, **overrides).validate()  # bounds first: the assets are written next
+    config = demo_config(args.out, progress=not args.quiet, **overrides)
+    _report(study.run_study(config), started, quiet=not config.progress)
+
+
+def _cmd_init(args: argparse.Namespace, started: float) -> None:
+    """A commented starter study.toml."""
+    from modalscope.study_file import write_starter
+
+    path = write_starter(args.path)
+    print(f"wrote {path}: check the data paths in [data], then `modalscope run --config {path}`")
+
+
+def _cmd_shrink(args: argparse.Namespace, started: float) -> None:
+    """A random-weight checkpoint from a real model's files (models/shrunk.py `shrink`)."""
+    from modalscope.models.shrunk import shrink
+
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: must be 0 or more")
+    out = shrink(args.source, args.out, revision=args.revision, seed=args.seed)
+    print(f"wrote {out}: random weights, {args.source}'s tokenizer, processor and template; try a study with "
+          f"`modalscope run --model {out} ...` (its report says random weights)")
+
+
+def _cmd_run(args: argparse.Namespace, started: float) -> None:
+    """The whole study."""
+    from modalscope import study
+
+    config = _config(args, args.out)
+    _report(study.run_study(config, force=args.force), started, quiet=not config.progress)
+
+
+def _cmd_plan(args: argparse.Namespace, started: float) -> None:
+    """The study's budget, from the model's config alone."""
+    from modalscope.budget import plan_lines
+
+    fields = {k: getattr(args, k) for k in ("model", "revision", "base_model", "batch_size", "sort_window",
+                                            "sites", "tokens", "stats", "quantile", "store_dtype", "conditions")}
+    if args.num_pairs < 1:
+        raise ValueError(f"--num-pairs {args.num_pairs}: a study needs at least 1 pair (a t-test, 2)")
+    config = StudyConfig(out_dir=args.out or Path("."), num_pairs=args.num_pairs, **fields)
+    config.check_batching()
+    print("\n".join(plan_lines(config, args.num_pairs)))
+
+
+def _cmd_extract(args: argparse.Namespace, started: float) -> None:
+    """Record (or continue recording) the store."""
+    from modalscope import study
+    from modalscope.data.manifest import data_notes
+
+    out, model = args.out, args.model
+    if args.config is not None:  # the folder and model may come from the file
+        from modalscope.study_file import read
+
+        settings = read(args.config)
+        out = out or settings.get("out_dir")
+        model = model or settings.get("model")
+        if out is None:
+            raise ValueError(f"{args.config}: no [output] out; give the study folder there or with --out DIR")
+    config = _config(args, Path(out), **_stored_settings(Path(out), model, args.resume))
+    config.validate()
+    clock = time.perf_counter()
+    store = study.extract_stage(config, force=args.force, keep_settings=study.EXTRACT_KEEPS)
+    if int(os.environ.get("RANK", 0)) == 0:
+        study.write_study_file(config, study.EXTRACT_KEEPS)  # the model and data passed their checks
+        from modalscope.provenance import record_stage
+
+        record_stage(config.out_dir, "extract", time.perf_counter() - clock)
+        print(f"{store.n_done} of {store.attrs['n_inputs']} pairs recorded in {store.path}")
+        for note in data_notes(config.out_dir):
+            print(note)
+
+
+def _cmd_analyze(args: argparse.Namespace, started: float) -> None:
+    """Tables from the store."""
+    from modalscope import study
+
+    config = _config(args, args.dir)
+    config.check_statistics()  # before the store is read (with --config, the file's values were checked)
+    manifest = study.analysis_manifest(config)
+    partial = study.extraction_note(config.out_dir)
+    if partial:
+        print(partial)
+    from modalscope.store import STORE, unchecked_note
+
+    unchecked = unchecked_note(config.out_dir / STORE)
+    if unchecked:
+        print(unchecked)
+    paths, skipped = study.analyze_stage(config, manifest)
+    for path in paths:
+        print(f"  table   {path}")
+    if skipped:
+        print(skipped)
+    from modalscope.figures.export import owned_figure_files
+
+    drawn = (config.out_dir / "report.html").exists() or bool(owned_figure_files(config.out_dir / "figures"))
+    if drawn:
+        print(f"figures and report.html show the previous analysis: `modalscope plot {config.out_dir}` "
+              "redraws them")
+
+
+def _cmd_plot(args: argparse.Namespace, started: float) -> None:
+    """Figures and the report from the tables."""
+    from modalscope import study
+
+    out, png, stat = args.dir, args.png, args.stat
+    if args.config is not None:
+        config = _config(args, args.dir)
+        out, png, stat = config.out_dir, config.png, config.stat
+    paths, message = study.plot_stage(out, png, stat, progress=sys.stderr.isatty())
+    for path in paths:
+        print(f"  figure  {path}")
+    print(f"  report  {study.report_stage(out, stat)}")  # its figure links follow
+    if message:
+        print(message)
+
+
+def _cmd_report(args: argparse.Namespace, started: float) -> None:
+    """The report from the tables and figures."""
+    from modalscope import study
+
+    print(f"  report  {study.report_stage(args.dir, args.stat)}")
+
+
+def _cmd_export(args: argparse.Namespace, started: float) -> None:
+    """Tables 1-2 for chosen layers and neurons."""
+    from modalscope import study
+
+    for path in study.export_stage(args.dir, args.sites, args.layers, args.neurons, args.name, args.csv):
+        print(f"  table   {path}")
+
+
+def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
+    """One neuron's card from the tables (and the store for more pairs than they hold)."""
+    from modalscope.cards.card import card_page, neuron_card
+    from modalscope.cards.thumbnails import Thumbnails
+    from modalscope.figures.export import atomic_write
+
+    if args.top is not None and args.top > MAX_TOP:
+        raise ValueError(f"--top {args.top}: a card shows at most {MAX_TOP:,} pairs per stream")
+    from modalscope.study import check_manifest
+
+    check_manifest(args.dir)  # the card's captions and images are the manifest's rows
+    card = neuron_card(args.dir, args.site, args.layer, args.neuron, args.top)
+    if args.out is None:  # the site becomes the file name: a plain name, and the file inside DIR
+        from modalscope.paths import check_inside, is_safe_name
+
+        if not is_safe_name(card.site):
+            raise ValueError(f"--site {card.site!r}: not a plain site name; give --out FILE")
+        out = check_inside(Path(args.dir) / "cards" / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html",
+                           args.dir)
+    else:
+        out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"  card    {atomic_write(out, card_page(card, Thumbnails()).encode('utf-8'))}")
+
+
+MAX_TOP = 1_000  # neuron --top: each pair is an embedded thumbnail
+
+
+def _cmd_ablate(args: argparse.Namespace, started: float) -> None:
+    """Ablate the neurons the study selects, against random sets (ablation/)."""
+    from modalscope.ablation.cli import ablate_command
+
+    ablate_command(args, started)
+
+
+# One function per command; `_dispatch` calls the one argparse chose.
+COMMANDS = {
+    "demo": _cmd_demo, "init": _cmd_init, "run": _cmd_run, "plan": _cmd_plan, "extract": _cmd_extract,
+    "analyze": _cmd_analyze, "plot": _cmd_plot, "report": _cmd_report, "export": _cmd_export,
+    "neuron": _cmd_neuron, "shrink": _cmd_shrink,
+    "ablate": _cmd_ablate,
+}
