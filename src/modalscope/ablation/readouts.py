@@ -78,13 +78,7 @@ class ReadoutBuilder:
             last = max((j for j, s in enumerate(span) if s), default=-1) + 1
             runs[i], scored[i] = runs[i][:last], scored[i][:last]
         inputs, caption = b._assemble(heads, runs, scored, [])
-        inputs.update({k: enc[k] for k in self.adapter.vision_inputs if k in enc})
-        for key in self.adapter.token_inputs:  # per-token arrays: the head's, then zeros
-            if key in enc:
-                values = torch.zeros_like(inputs["input_ids"], dtype=enc[key].dtype)
-                for row, (head, mask) in enumerate(zip(heads, enc["attention_mask"])):
-                    values[row, : len(head)] = enc[key][row][mask.bool()]
-                inputs[key] = values
+        b.add_processor_inputs(inputs, enc, heads)
         return inputs, caption
 
     def text_batch(self, captions: Sequence[str], words: Sequence[Sequence[str]] | None = None

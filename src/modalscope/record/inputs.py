@@ -277,6 +277,17 @@ class PromptBuilder:
                    "max_length": "int64"})
 
     # Batches -------------------------------------------------------------------------------
+    def add_processor_inputs(self, inputs: dict[str, torch.Tensor], enc, heads: Sequence[Sequence[int]]) -> None:
+        """The processor's vision inputs, untouched, and its per-token arrays (e.g. Qwen's
+        `mm_token_type_ids`) laid over `inputs`: each row's head from the processor, then zeros."""
+        inputs.update({k: enc[k] for k in self.adapter.vision_inputs if k in enc})
+        for key in self.adapter.token_inputs:
+            if key in enc:
+                values = torch.zeros_like(inputs["input_ids"], dtype=enc[key].dtype)
+                for row, (head, mask) in enumerate(zip(heads, enc["attention_mask"])):
+                    values[row, : len(head)] = enc[key][row][mask.bool()]
+                inputs[key] = values
+
     def _assemble(self, heads: Sequence[Sequence[int]], runs: list[list[int]], spans: list[list[bool]],
                   tail: Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Right-padded input_ids and attention_mask of head + caption run + tail per row, and
@@ -340,13 +351,7 @@ class PromptBuilder:
         heads = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
         runs, spans = self._caption_runs(self.joint_pieces, self.fit_captions(captions))
         inputs, caption = self._assemble(heads, runs, spans, self._joint_tail)
-        inputs.update({k: enc[k] for k in self.adapter.vision_inputs if k in enc})  # untouched
-        for key in self.adapter.token_inputs:  # per-token arrays: the head's, then zeros
-            if key in enc:
-                values = torch.zeros_like(inputs["input_ids"], dtype=enc[key].dtype)
-                for row, (head, mask) in enumerate(zip(heads, enc["attention_mask"])):
-                    values[row, : len(head)] = enc[key][row][mask.bool()]
-                inputs[key] = values
+        self.add_processor_inputs(inputs, enc, heads)
         is_image, real = self._image_and_real(enc, inputs)
         content = (caption | is_image) if self.tokens == "content" else real
         streams = {"image_text": content, "image_text_caption": caption, "image_text_image": is_image}
