@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -40,17 +40,9 @@ from modalscope.tables import (
     SUMMARY, TABLE3, long_table_csv, table1_rows, write_frame, write_json, write_long_tables,
 )
 
+from modalscope.results import StudyResult  # what run_study returns (its tables read lazily)
+
 LIBRARIES = ("modalscope", "torch", "transformers", "tokenizers", "numpy", "scipy", "zarr", "pyarrow", "plotly")
-
-
-@dataclass
-class StudyResult:
-    out_dir: Path
-    tables: list[Path] = field(default_factory=list)
-    figures: list[Path] = field(default_factory=list)
-    report: Path | None = None
-    messages: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def library_versions() -> dict[str, str]:
@@ -101,7 +93,7 @@ def prepare_manifest(config: StudyConfig, prepare: Prepare | None = None,
                                     progress=config.progress, prepare=prepare)
     save_skipped(skipped, config.out_dir)
     if len(usable) < 2:
-        example = f" (e.g. pair {skipped[0][0].pair_id}: {skipped[0][1]})" if skipped else ""
+        example = f" (e.g. pair {skipped[0][0].pair_id}: {_missing_hint(config, *skipped[0])})" if skipped else ""
         raise DataError(
             f"{wanted['source']}: {len(usable)} usable image-caption pair(s), a study needs 2; "
             f"{len(skipped)} skipped{example}; see {config.out_dir / SKIPPED}"
@@ -109,6 +101,16 @@ def prepare_manifest(config: StudyConfig, prepare: Prepare | None = None,
     frame = manifest_frame(usable)
     save_manifest(frame, config.out_dir, wanted)
     return frame
+
+
+def _missing_hint(config: StudyConfig, pair: Pair, reason: str) -> str:
+    """A skip reason; a missing image file names the path tried and where it was resolved from."""
+    if reason != "image file not found":
+        return reason
+    if config.jsonl is not None:
+        return (f"{reason}: {pair.image_path} (JSONL image paths are relative to the JSONL file's folder, "
+                f"{Path(config.jsonl).resolve().parent})")
+    return f"{reason}: {pair.image_path} (check --images)"
 
 
 def _source(config: StudyConfig) -> str | None:
@@ -913,9 +915,12 @@ def export_stage(
     for site in sites or []:
         if site not in store.sites:
             raise ValueError(f"--sites {site}: {out_dir} recorded only {', '.join(store.sites)}")
-    for layer in layers or []:
-        if not 0 <= layer < store.n_layers:
-            raise ValueError(f"--layers {layer}: the model has layers 0-{store.n_layers - 1}")
+    beyond = [layer for layer in layers or [] if not 0 <= layer < store.n_layers]
+    if beyond:  # `--layers 2-10` on 4 layers names 4-10, not the first of them alone
+        shown = f"{beyond[0]}-{beyond[-1]}" if beyond == list(range(beyond[0], beyond[-1] + 1)) and len(beyond) > 1 \
+            else ",".join(map(str, beyond))
+        raise ValueError(f"--layers: {shown} {'are' if len(beyond) > 1 else 'is'} beyond the model, which has "
+                         f"layers 0-{store.n_layers - 1}")
     chosen = list(sites or store.sites)
     for neuron in neurons or []:
         for site in chosen:
