@@ -90,7 +90,7 @@ def test_export_out_of_range_names_the_site_and_its_range(small_study):
     done = modalscope("export", small_study, "--neurons", "0,176", "--sites", "mlp", "--name", "_never")
     assert done.stderr == "modalscope: error: --neurons 176: site mlp has neurons 0-175\n"
     done = modalscope("export", small_study, "--layers", "0-4", "--name", "_never")
-    assert done.stderr == "modalscope: error: --layers 4: the model has layers 0-3\n"
+    assert done.stderr == "modalscope: error: --layers: 4 is beyond the model, which has layers 0-3\n"
     assert not list((small_study / "tables").glob("*_never*"))
 
 
@@ -127,7 +127,7 @@ OPTIONS = {
             "--long-tables", "--csv", "--no-png", "--stat", "--quiet", "--force"],
     "plan": ["--model", "--revision", "--num-pairs", "--out", "--base-model", "--batch-size", "--sort-window",
              "--sites", "--tokens", "--stats", "--quantile", "--store-dtype", "--conditions"],
-    "shrink": ["source", "out", "--revision", "--seed"],
+    "shrink": ["source", "out", "--revision", "--seed", "--layers"],
     "extract": ["--out", "--config", "--resume", "--model", "--revision", "--base-model", "--base-revision",
                 "--device", "--dtype", "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers",
                 "--captions", "--images", "--jsonl", "--instances", "--num-pairs", "--seed", "--sites", "--tokens", "--stats",

@@ -29,6 +29,14 @@ from modalscope import store_dtypes
 from modalscope.streams import BASE_STREAM
 
 GB = 1e9
+
+
+def size_text(n_bytes: float) -> str:
+    """'24.2 GB', or in MB/kB below 1 GB (a small store is not '0.0 GB')."""
+    for unit, size in (("GB", GB), ("MB", 1e6)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:,.1f} {unit}"
+    return f"{n_bytes / 1e3:,.1f} kB"
 MARGIN = 1.10  # free disk needed beyond the estimate (tables, figures, filesystem overhead)
 TOKENS_CHUNK = 1024  # store.py: the [input] arrays' chunk
 
@@ -103,14 +111,14 @@ class Budget:
     def lines(self) -> list[str]:
         derived = f", {len(self.derived)} of them derived, not stored" if self.derived else ""
         lines = [
-            f"store: at most {self.store_bytes / GB:,.1f} GB in {self.files:,} files "
+            f"store: at most {size_text(self.store_bytes)} in {self.files:,} files "
             f"({self.n_pairs:,} pairs x {self.n_layers} layers x {sum(self.widths.values()):,} neurons "
             f"x {self.stored} arrays: {len(self.streams)} streams x {len(self.stats)} reductions{derived}; "
             f"{self.store_dtype})",
-            f"  {self.gb_per_1000_pairs():,.1f} GB per 1,000 pairs" + self._shrink(),
+            f"  {size_text(self.gb_per_1000_pairs() * GB)} per 1,000 pairs" + self._shrink(),
         ]
         if self.joint_image_bytes:
-            lines.append(f"  up to {self.joint_image_bytes / GB:,.1f} GB more if the joint prompt's image tokens "
+            lines.append(f"  up to {size_text(self.joint_image_bytes)} more if the joint prompt's image tokens "
                          "do not match the image-only forward's (checked per pair as it runs)")
         return lines
 
@@ -136,8 +144,8 @@ def disk_problem(budget: Budget, out_dir: Path, already: int = 0) -> str | None:
     need = (budget.n_pairs - already) * budget.values_per_pair * budget.value_bytes * MARGIN
     if need <= free:
         return None
-    return (f"{out_dir}: the store needs about {need / GB:,.1f} GB (with a {MARGIN - 1:.0%} margin) and "
-            f"{free / GB:,.1f} GB are free; shrink it with --stats max,mean, --conditions text,image, "
+    return (f"{out_dir}: the store needs about {size_text(need)} (with a {MARGIN - 1:.0%} margin) and "
+            f"{size_text(free)} are free; shrink it with --stats max,mean, --conditions text,image, "
             "--sites mlp, --store-dtype float16 or fewer --num-pairs, or pass --force")
 
 

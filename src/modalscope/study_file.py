@@ -376,8 +376,11 @@ def starter() -> str:
 
 
 def write_starter(path: str | Path) -> Path:
-    """`starter()` into `path`; an existing file is never overwritten (one-line error)."""
+    """`starter()` into `path` (an existing folder: `path/study.toml`); an existing file is never
+    overwritten (one-line error)."""
     path = Path(path)
+    if path.is_dir():
+        path = path / "study.toml"
     if path.exists():
         raise StudyFileError(f"{path}: already exists; give another PATH (modalscope init PATH) or remove it")
     with atomic(path) as tmp:

@@ -20,7 +20,7 @@ def test_shrink_keeps_the_real_files_and_marks_the_weights_random(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote {out}: random weights")
     config, original = AutoConfig.from_pretrained(out), AutoConfig.from_pretrained(real)
-    assert config.text_config.num_hidden_layers == 2 < original.text_config.num_hidden_layers
+    assert config.text_config.num_hidden_layers == 4 < original.text_config.num_hidden_layers  # --layers' default
     assert config.text_config.vocab_size == original.text_config.vocab_size
     assert config.vision_config.image_size == original.vision_config.image_size
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):

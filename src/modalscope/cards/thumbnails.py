@@ -45,3 +45,8 @@ class Thumbnails:
         if path not in self._made:
             self._made[path] = thumbnail_uri(path, self.size, self.quality)
         return self._made[path]
+
+    @property
+    def missing(self) -> list[str]:
+        """The image paths asked for that could not be read (the page shows placeholders)."""
+        return [path for path, uri in self._made.items() if uri is None and path]

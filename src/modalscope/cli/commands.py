@@ -39,7 +39,11 @@ def _cmd_shrink(args: argparse.Namespace, started: float) -> None:
 
     if args.seed < 0:
         raise ValueError(f"--seed {args.seed}: must be 0 or more")
-    out = shrink(args.source, args.out, revision=args.revision, seed=args.seed)
+    if not 1 <= args.layers <= 64:
+        raise ValueError(f"--layers {args.layers}: choose 1 to 64")
+    from modalscope.models.shrunk import ShrunkSizes
+
+    out = shrink(args.source, args.out, revision=args.revision, seed=args.seed, sizes=ShrunkSizes(layers=args.layers))
     print(f"wrote {out}: random weights, {args.source}'s tokenizer, processor and template; try a study with "
           f"`modalscope run --model {out} ...` (its report says random weights)")
 
@@ -148,8 +152,11 @@ def _cmd_export(args: argparse.Namespace, started: float) -> None:
     """Tables 1-2 for chosen layers and neurons."""
     from modalscope import study
 
+    tables = Path(args.dir) / "tables"
+    before = set(tables.glob(f"*{args.name}.*")) if tables.is_dir() else set()
     for path in study.export_stage(args.dir, args.sites, args.layers, args.neurons, args.name, args.csv):
-        print(f"  table   {path}")
+        print(f"  table   {path}" + (" (replaced the previous export; --name SUFFIX keeps both)"
+                                     if path in before else ""))
 
 
 def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
@@ -174,7 +181,12 @@ def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
     else:
         out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  card    {atomic_write(out, card_page(card, Thumbnails()).encode('utf-8'))}")
+    thumbnails = Thumbnails()
+    print(f"  card    {atomic_write(out, card_page(card, thumbnails).encode('utf-8'))}")
+    if thumbnails.missing:  # images moved or deleted since the study: the card shows placeholders
+        print(f"modalscope: warning: {len(thumbnails.missing)} image(s) could not be read (e.g. "
+              f"{thumbnails.missing[0]}), shown as placeholders; were the images moved since the study?",
+              file=sys.stderr)
 
 
 MAX_TOP = 1_000  # neuron --top: each pair is an embedded thumbnail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 from pathlib import Path
@@ -88,10 +89,16 @@ class _Parser(argparse.ArgumentParser):
         name = unknown.split("=", 1)[0]
         owners = [command for command, sub in self.commands.items()
                   if sub is not parser and any(name in a.option_strings for a in sub._actions)]
-        if owners:
-            return (f"{name} is not an option of {parser.prog.split()[-1]} (it is one of {', '.join(owners)}); "
-                    f"see `{parser.prog} --help`")
         close = suggest_option(name, options)
+        if owners:
+            positional = [a.metavar for a in parser._actions if not a.option_strings and a.metavar
+                          and str(a.metavar).isupper()]
+            if name == "--out" and positional:  # analyze --out DIR: the study folder is positional
+                hint = f"{positional[0]} is positional: `{parser.prog} {positional[0]}`"
+            else:  # only a near spelling (`neuron --layers` -> --layer), not any option of this command
+                near = difflib.get_close_matches(name, options, n=1, cutoff=0.8)
+                hint = f"did you mean {near[0]}?" if near else f"see `{parser.prog} --help`"
+            return f"{name} is not an option of {parser.prog.split()[-1]} (it is one of {', '.join(owners)}); {hint}"
         hint = f"did you mean {close}?" if close else f"see `{parser.prog} --help`"
         return f"unrecognized option {name}; {hint}"
 
@@ -230,7 +237,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json (default: none)")
     g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/ (default: none)")
     g.add_argument("--jsonl", type=Path,
-                   help='instead of COCO: JSONL of {"image": path, "caption": text, "id": ...} (default: none)')
+                   help='instead of COCO: JSONL of {"image": path, "caption": text, "id": ...}, one per line; '
+                        "relative image paths are read from the JSONL file's folder (default: none)")
     g.add_argument("--instances", type=Path,
                    help="COCO instances JSON, e.g. instances_val2017.json: each image's object categories become "
                         "its pair's concept labels (tables/concepts.parquet) (default: none)")
@@ -297,8 +305,8 @@ def _output_options(p: argparse.ArgumentParser, names: tuple[str, ...] = OUTPUT_
                             "(default: off)")
     if "png" in names:
         g.add_argument("--no-png", dest="png", action="store_false",
-                       help="skip PNG and SVG copies of the figures (default: write them when Chrome/Chromium "
-                            "is found)")
+                       help="skip PNG and SVG copies of the figures, and remove those of an earlier plot in "
+                            "DIR/figures (default: write them when Chrome/Chromium is found)")
     if "stat" in names:
         g.add_argument("--stat", default="max", choices=ALL_STATS,
                        help="reduction the headline figures (figure1/2_{site}.html) lead with; the others get "

@@ -85,7 +85,8 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
 
     p = _command(sub, "init", "write a commented starter study.toml (LLaVA-1.5-7B on COCO val2017)")
     p.add_argument("path", type=Path, nargs="?", default=Path("study.toml"), metavar="PATH",
-                   help="where to write it; an existing file is never overwritten (default: ./study.toml)")
+                   help="where to write it (a folder: FOLDER/study.toml); an existing file is never overwritten "
+                        "(default: ./study.toml)")
 
     p = _command(sub, "run", "whole study: manifest, extract, analyze, plot, report")
     _folder(p, config_given, option=True)
@@ -105,6 +106,8 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     p.add_argument("out", type=_folder_type("OUT"), metavar="OUT", help="a new or empty folder for the checkpoint (required)")
     p.add_argument("--revision", help="the hub revision (branch, tag or commit) to read (default: main)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument("--layers", type=int, default=4, metavar="N",
+                   help="decoder layers of the checkpoint: 3 or more give a layer trend (default: 4)")
 
     p = _command(sub, "extract", "record activations into DIR/activations.zarr (continues a stopped run)")
     _folder(p, config_given, option=True)

@@ -53,7 +53,10 @@ def manifest_frame(pairs: list[Pair]) -> pd.DataFrame:
     frame["caption_id"] = frame["caption_id"].astype("Int64")
     frame["concepts"] = pd.Series([None if c is None else list(c) for c in frame["concepts"]], dtype=object)
     frame["image_sha256"] = frame["image_sha256"].astype("str")  # as read back (null: not checked)
-    return frame[COLUMNS]
+    # a JSONL line's other fields, one text column each (null where a line lacks it), after the manifest's own
+    names = list(dict.fromkeys(key for pair in pairs for key, _ in pair.extra if key not in COLUMNS))
+    extra = pd.DataFrame([dict(pair.extra) for pair in pairs], columns=names, dtype=object)
+    return pd.concat([frame[COLUMNS], extra], axis=1) if names else frame[COLUMNS]
 
 
 def manifest_hash(frame: pd.DataFrame) -> str:
@@ -127,8 +130,9 @@ def data_notes(out_dir: Path) -> list[str]:
     skipped = load_skipped(out_dir)
     if len(skipped):
         first = skipped.iloc[0]
+        reason = first.reason + (f": {first.image_path}" if first.reason == "image file not found" else "")
         notes.append(f"{len(skipped)} pair(s) skipped in both conditions (e.g. pair {first.pair_id}: "
-                     f"{first.reason}); all listed in {out_dir / SKIPPED}")
+                     f"{reason}); all listed in {out_dir / SKIPPED}")
     n_truncated = data_counts(out_dir)["n_truncated"]
     if n_truncated:
         notes.append(f"{n_truncated} caption(s) cut to fit the model's context; "

@@ -34,6 +34,20 @@ class Pair:
     problem: str | None = None  # why the pair cannot be used, known from the data file alone
     concepts: tuple[str, ...] | None = None  # concept labels (--instances, JSONL `concepts`); None: unlabelled
     image_sha256: str | None = None  # of the image file's bytes, set when the pair is checked (validate.py)
+    extra: tuple[tuple[str, str], ...] = ()  # a JSONL line's other fields (name, text): manifest columns
+
+
+# JSONL keys read as the pair itself, and the manifest's own columns: never an extra column.
+RESERVED = frozenset({"image", "caption", "id", "concepts", "input_index", "pair_id", "image_path", "caption_id",
+                      "image_sha256", "extra"})
+
+
+def _extra(record: dict) -> tuple[tuple[str, str], ...]:
+    """A JSONL line's other fields as (name, text): strings as they are, anything else as JSON;
+    text Parquet cannot hold (a lone surrogate) is escaped."""
+    return tuple((key, (value if isinstance(value, str) else json.dumps(value)).encode(
+        "utf-8", "backslashreplace").decode("utf-8")) for key, value in record.items()
+        if key.strip() and key not in RESERVED and value is not None)
 
 
 def caption_problem(caption: Any) -> str | None:
@@ -62,6 +76,11 @@ def load_coco(captions_json: Path, images_dir: Path, instances: Path | None = No
     data = _read_json(captions_json)
     if not isinstance(data, dict):
         raise DataError(f"{captions_json}: holds a JSON {_json_type(data)}, not a COCO captions object")
+    if "annotations" not in data and isinstance(data.get("images"), list) and any(
+            isinstance(image, dict) and "sentences" in image for image in data["images"][:1]):
+        raise DataError(f"{captions_json}: a Karpathy split file (images with 'sentences'), not a COCO captions "
+                        "file; give --captions the COCO annotations file (e.g. annotations/captions_val2017.json), "
+                        'or write the pairs as JSONL ({"image": ..., "caption": ...} per line) for --jsonl')
     for key in ("images", "annotations"):
         if key not in data:
             raise DataError(f"{captions_json}: missing '{key}' (not a COCO captions file)")
@@ -162,7 +181,7 @@ def load_jsonl(path: Path) -> list[Pair]:
                 raise DataError(f"{where}: not UTF-8 text (byte {err.start}); fix or delete the line") from None
             if not line.strip():
                 continue
-            record = _json_line(line.rstrip("\r\n"), where)
+            record = _json_line(line.rstrip("\r\n"), where, first=not pairs and not lines)
             image, caption = record["image"], record["caption"]
             pair_id = record.get("id")
             concepts = _concepts(record.get("concepts"), where)
@@ -182,6 +201,7 @@ def load_jsonl(path: Path) -> list[Pair]:
                     caption=caption.strip() if isinstance(caption, str) else "",
                     problem=problem or caption_problem(caption),
                     concepts=concepts,
+                    extra=_extra(record),
                 )
             )
             lines.append(number)
@@ -261,8 +281,12 @@ def _open(path: Path):
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
 
 
-def _json_line(line: str, where: str) -> dict:
+def _json_line(line: str, where: str, first: bool = False) -> dict:
     expected = '{"image": ..., "caption": ..., "id": ...}'
+    if first and line.lstrip().startswith("["):  # a whole file that is one JSON array is not JSONL
+        raise DataError(f"{where}: a JSON array; --jsonl takes one {expected} object per line (JSON Lines), "
+                        f"not a JSON array (convert it: jq -c '.[]' {where.rsplit(', line', 1)[0]} > pairs.jsonl); "
+                        "a COCO captions file goes to --captions")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
