@@ -43,8 +43,9 @@ from modalscope.report.facts import (
 )
 from modalscope.report.headline import MATCHED, NAMES, RAW, headline
 
-P_COLUMNS = ("p", "q", "p_perm", "sign-flip p")  # cells written by format_p, as the legends are
-PERMUTATION_COLUMNS = ("p_perm", "sign-flip p")  # permutation p: at its floor 1/(P+1) it reads "≤ ..."
+SHUFFLED_P = "shuffled-pairing p"  # the alignment's permutation p (over layers, at the peak)
+P_COLUMNS = ("p", "q", "p_perm", "sign-flip p", SHUFFLED_P)  # cells written by format_p, as the legends are
+PERMUTATION_COLUMNS = ("p_perm", "sign-flip p", SHUFFLED_P)  # permutation p: at its floor 1/(P+1) it reads "≤ ..."
 
 REPORT = "report.html"
 SKIPPED_SHOWN = 50
@@ -321,10 +322,13 @@ def _alignment_section(tables: StudyTables, site: str) -> str:
     entry = tables.summary.get(site, {}).get("alignment", {})
     rows = {measure: {"peak layer": facts.get("peak_layer"), "value": facts.get("value"),
                       "95% CI": (f"{facts['ci_low']:.3g} to {facts['ci_high']:.3g}" if "ci_low" in facts else "—"),
-                      "p": facts.get("p_value"), "chance": facts.get("chance"),
+                      SHUFFLED_P: facts.get("p_value"), "chance": facts.get("chance"),
                       "first layer above null": facts.get("first_layer_above_null")}
             for measure, facts in entry.get("measures", {}).items()}
-    peaks = _table(pd.DataFrame.from_dict(rows, orient="index"), index="measure", cls="compact") if rows else ""
+    nulls = tables.alignment["n_null"] if tables.alignment is not None and "n_null" in tables.alignment else None
+    floor = permutation_floor(int(nulls.max())) if nulls is not None and len(nulls) else None
+    peaks = (_table(pd.DataFrame.from_dict(rows, orient="index"), index="measure", cls="compact", p_floor=floor)
+             if rows else "")
     return "\n".join([
         f'<h3 id="alignment-{_esc(site)}">Figure 3: where words and pixels meet (layer alignment)</h3>',
         f'<p class="note">{ALIGNMENT_NOTE.format(stat=_esc(entry.get("stat", "mean")))}</p>',
