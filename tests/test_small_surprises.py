@@ -46,7 +46,7 @@ def test_export_layers_beyond_the_model_names_the_layers_beyond(small_study):
 
 @pytest.mark.parametrize("args, message", [
     (("neuron", "d", "--layers", "1", "--site", "mlp", "--layer", "1", "--neuron", "0"),
-     "--layers is not an option of neuron (it is one of export); did you mean --layer?"),
+     "--layers is not an option of neuron (it is one of shrink, export); did you mean --layer?"),
     (("analyze", "--out", "d"), "--out is not an option of analyze (it is one of demo, run, plan, extract, neuron); "
                                 "DIR is positional: `modalscope analyze DIR`"),
 ])
