@@ -61,6 +61,16 @@ def small_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     return config.out_dir
 
 
+# A writable copy of the small study, for the tests that change, break or rerun it.
+@pytest.fixture()
+def copy(small_study: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "study"
+    shutil.copytree(small_study, out)
+    return out
+
+
 # Real model files (config, tokenizer, processor, template; no weights): see real_models.py
 @pytest.fixture(scope="session")
 def real_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -31,13 +31,6 @@ FAST = ("--permutations", "200", "--bootstrap", "200")
 SHARD = Path("activations.zarr/mlp/text/max/c/0/0/0")  # the one window of the small study (16 pairs)
 
 
-@pytest.fixture()
-def copy(small_study: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "study"
-    shutil.copytree(small_study, out)
-    return out
-
-
 def _one_line_error(done) -> str:
     """The one line of a refusal (after any progress bar, which redraws itself with carriage returns)."""
     assert done.returncode == 2, (done.stdout, done.stderr)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import tomllib
 from importlib.metadata import version
-from pathlib import Path
 
-import pytest
 import zarr
 
 from cli_run import modalscope
@@ -21,13 +18,6 @@ from modalscope import provenance, study
 from modalscope.tables import read_provenance
 
 FAST = ("--permutations", "200", "--bootstrap", "200")
-
-
-@pytest.fixture()
-def copy(small_study: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "study"
-    shutil.copytree(small_study, out)
-    return out
 
 
 def test_a_rerun_of_analyze_without_csv_leaves_no_csv_and_updates_the_settings(copy):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,13 +14,6 @@ from cli_run import modalscope
 
 def _flat(text: str) -> str:
     return " ".join(text.split())
-
-
-@pytest.fixture()
-def copy(small_study: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "study"
-    shutil.copytree(small_study, out)
-    return out
 
 
 def test_no_png_help_says_it_removes_earlier_copies():

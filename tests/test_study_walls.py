@@ -37,13 +37,6 @@ from modalscope.lock import LOCK_NAME, StudyLocked, study_lock
 FAST = ("--permutations", "200", "--bootstrap", "200")
 
 
-@pytest.fixture()
-def copy(small_study: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "study"
-    shutil.copytree(small_study, out)
-    return out
-
-
 def _one_line_error(done, *starts: str) -> str:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("modalscope: error: "), done.stderr

@@ -352,3 +352,18 @@ def test_mean_ablation_values_are_the_first_halfs_means(small_study):
                          filters=[("site", "==", "mlp"), ("layer", "==", 1), ("modality", "==", "text")])
     want = t1[t1["input_index"] < 8].groupby("neuron")["mean_activation"].mean().to_numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_effect_interval_covers_a_known_mean_and_the_random_p_is_uniform():
+    """Known truth: per-pair effects drawn around a mean of -0.3 (normal, and skewed gamma) cover it
+    in 93-97% of 2,000 studies of 40 pairs; an observed effect drawn like its 100 random sets gives
+    a p whose rate below 0.05 is 0.05 within simulation error."""
+    rng = np.random.default_rng(5)
+    for draw in (lambda: rng.normal(-0.3, 1.0, 40), lambda: rng.gamma(4.0, 0.5, 40) - 2.0 - 0.3):
+        hits = 0
+        for _ in range(2000):
+            _, low, high = mean_ci(draw())
+            hits += low <= -0.3 <= high
+        assert 0.93 <= hits / 2000 <= 0.97
+    p = np.array([p_against_random(x[0], x[1:]) for x in rng.normal(size=(4000, 101))])
+    assert 0.035 <= np.mean(p <= 0.05) <= 0.065

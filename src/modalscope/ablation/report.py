@@ -10,6 +10,8 @@ table), for the report page to place where it likes.
 
 from __future__ import annotations
 
+import functools
+
 import html
 import math
 from pathlib import Path
@@ -102,6 +104,12 @@ def ablation_section(out_dir: Path) -> str | None:
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>")
 
 
+@functools.lru_cache(maxsize=8)
+def _read(path: Path, mtime_ns: int) -> pd.DataFrame:
+    """A table read once per version of the file: the report asks for it once per card."""
+    return pd.read_parquet(path)
+
+
 def card_lines(out_dir: Path, site: str, layer: int, neuron: int) -> list[str]:
     """One sentence per ablated set that holds this neuron (for its neuron card), or [] when the
     study has no ablation or the neuron is in none of its sets."""
@@ -110,11 +118,11 @@ def card_lines(out_dir: Path, site: str, layer: int, neuron: int) -> list[str]:
     tables = Path(out_dir) / "tables"
     if not (tables / MEMBERS).exists() or not (tables / TABLE).exists():
         return []
-    sets = pd.read_parquet(tables / MEMBERS)
+    sets = _read(tables / MEMBERS, (tables / MEMBERS).stat().st_mtime_ns)
     mine = sets[(sets["site"] == site) & (sets["layer"] == layer) & (sets["neuron"] == neuron)]
     if mine.empty:
         return []
-    effects = pd.read_parquet(tables / TABLE).merge(mine[["set", "site", "layer_band"]].drop_duplicates(),
+    effects = _read(tables / TABLE, (tables / TABLE).stat().st_mtime_ns).merge(mine[["set", "site", "layer_band"]].drop_duplicates(),
                                                      on=["set", "site", "layer_band"])
     return [f"In the ablated set {r.set} · {r.site} · layers {r.layer_band} (k={r.k}): {r.method} ablation changed "
             f"{READOUT_TITLES.get(r.readout, r.readout)} by {_fmt(r.effect)} (95% CI {_fmt(r.ci_low)} to "
