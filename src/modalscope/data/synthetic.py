@@ -172,6 +172,87 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: list[int], rgb: tuple
         raise ValueError(f"unknown shape kind: {kind!r}")
 
 
+SIZE_WORDS: tuple[str, ...] = ("small", "large")
+# Half-widths (fraction of the image side) of a "small" and a "large" shape, alone and among 2-4.
+_SIZE_RANGES = {1: {"small": (0.10, 0.13), "large": (0.20, 0.25)},
+                2: {"small": (0.07, 0.09), "large": (0.12, 0.15)}}
+
+
+def _place_sized(rng: random.Random, count: int, size: int, size_word: str) -> list[list[int]]:
+    """`_place` with every shape's half-width drawn from the range of `size_word`."""
+    lo, hi = _SIZE_RANGES[1 if count == 1 else 2][size_word]
+    if count == 1:
+        half = rng.randint(round(size * lo), round(size * hi))
+        cx, cy = _single_center(rng, half, size)
+        return [[cx - half, cy - half, cx + half, cy + half]]
+    while True:
+        boxes: list[list[int]] = []
+        for _ in range(400):
+            half = rng.randint(round(size * lo), round(size * hi))
+            cx = rng.randint(half + MARGIN // 2, size - 1 - half - MARGIN // 2)
+            cy = rng.randint(half + MARGIN // 2, size - 1 - half - MARGIN // 2)
+            box = [cx - half, cy - half, cx + half, cy + half]
+            if not any(_overlaps(box, other) for other in boxes):
+                boxes.append(box)
+                if len(boxes) == count:
+                    return boxes
+
+
+def make_world_scene(rng: random.Random, size: int) -> dict:
+    """The richer drawn world the trained demo VLM learned (issue 25): `make_scene` plus a size
+    class ("small"/"large", shared by the scene's 1-4 shapes, of clearly separated extents)."""
+    color, bg = _pick_colors(rng)
+    kind = rng.choice(KINDS)
+    size_word = rng.choice(SIZE_WORDS)
+    boxes = _place_sized(rng, rng.randint(1, 4), size, size_word)
+    shapes = [{"kind": kind, "color": color, "bbox": box, "center": _shape_center(kind, box)}
+              for box in boxes]
+    position = POSITIONS[grid_cell(tuple(shapes[0]["center"]), size)] if len(shapes) == 1 else None
+    return {"background": bg, "shapes": shapes, "position": position, "size": size_word}
+
+
+_WORLD_FRAMES: tuple[str, ...] = (
+    "{Subject}{where}{ground}.", "A picture of {subject}{where}{ground}.",
+    "There {be} {subject}{where}{ground}.", "An image showing {subject}{where}{ground}.",
+    "This image shows {subject}{where}{ground}.", "We see {subject}{where}{ground}.",
+)
+
+
+def world_caption(scene: dict, rng: random.Random) -> str:
+    """One caption of a world scene from a small grammar: a frame, a subject (number or
+    article, an optional size word, the colour, the shape), an optional position (one shape)
+    and an optional background phrase. Every wording states colour, shape and count."""
+    shapes = scene["shapes"]
+    count, kind, color = len(shapes), shapes[0]["kind"], shapes[0]["color"]
+    size_word = scene.get("size") if rng.random() < 0.6 else None
+    body = " ".join(w for w in (size_word, color, kind + ("s" if count > 1 else "")) if w)
+    if count == 1:
+        lead = rng.choice(("one", "a single", _article(body.split()[0]).split()[0]))
+    else:
+        lead = NUMBER_WORDS[count]
+    subject = f"{lead} {body}"
+    where = f" {scene['position']}" if scene.get("position") and rng.random() < 0.7 else ""
+    ground = ""
+    if rng.random() < 0.6:
+        ground = rng.choice((" on {a} background", " against {a} background")).format(a=_article(scene["background"]))
+    frame = rng.choice(_WORLD_FRAMES)
+    text = frame.format(Subject=subject[0].upper() + subject[1:], subject=subject,
+                        be="is" if count == 1 else "are", where=where, ground=ground)
+    return text
+
+
+def world_captions(scene: dict, rng: random.Random, k: int = 3) -> list[str]:
+    """`k` distinct captions of a world scene (`world_caption`), each true of it."""
+    out: list[str] = []
+    for _ in range(50 * k):
+        caption = world_caption(scene, rng)
+        if caption not in out:
+            out.append(caption)
+        if len(out) == k:
+            break
+    return out
+
+
 def make_scene(rng: random.Random, size: int) -> dict:
     """Randomly choose what one image shows: background, shapes and position."""
     color, bg = _pick_colors(rng)
@@ -212,10 +293,12 @@ def scene_concepts(scene: dict) -> list[str]:
     """The concepts every caption of `scene` states: its shapes' colour, their kind and their
     number, as the captions word them (colour name, singular shape name, number word)."""
     shapes = scene["shapes"]
-    return [shapes[0]["color"], shapes[0]["kind"], NUMBER_WORDS[len(shapes)]]
+    concepts = [shapes[0]["color"], shapes[0]["kind"], NUMBER_WORDS[len(shapes)]]
+    return concepts + ([scene["size"]] if scene.get("size") else [])
 
 
 CONCEPT_GROUPS = (("colour", tuple(PALETTE)), ("shape", KINDS), ("count", tuple(NUMBER_WORDS.values())))
+WORLD_CONCEPT_GROUPS = CONCEPT_GROUPS + (("size", SIZE_WORDS),)
 
 
 def concept_instances(captions_json: Path) -> Path:
@@ -229,8 +312,9 @@ def concept_instances(captions_json: Path) -> Path:
     if path.exists():
         return path
     data = json.loads(captions_json.read_text(encoding="ascii"))
+    groups = WORLD_CONCEPT_GROUPS if any("size" in image["scene"] for image in data["images"]) else CONCEPT_GROUPS
     categories = [{"id": i, "name": name, "supercategory": group}
-                  for i, (group, name) in enumerate(((g, n) for g, names in CONCEPT_GROUPS for n in names), start=1)]
+                  for i, (group, name) in enumerate(((g, n) for g, names in groups for n in names), start=1)]
     ids = {c["name"]: c["id"] for c in categories}
     annotations = [{"id": 0, "image_id": image["id"], "category_id": ids[name]}
                    for image in data["images"] for name in scene_concepts(image["scene"])]
@@ -249,8 +333,13 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def build_synthetic_coco(root: Path, n_images: int = 240, seed: int = 0, image_size: int = 256) -> Path:
+def build_synthetic_coco(root: Path, n_images: int = 240, seed: int = 0, image_size: int = 256,
+                         world: bool = False) -> Path:
     """Build (once) the synthetic COCO-captions dataset under ``root``.
+
+    ``world=True`` draws the richer world the trained demo VLM learned (`make_world_scene`,
+    `world_captions`); its training scenes come from another seed stream
+    (`training/shapes_vlm.py`), so a set built here is held out from training.
 
     Writes ``root/images/000000000001.jpg`` ... and, last,
     ``root/annotations/captions_demo.json``; returns the path of the latter.
@@ -268,17 +357,18 @@ def build_synthetic_coco(root: Path, n_images: int = 240, seed: int = 0, image_s
     rng = random.Random(seed)
     images, annotations = [], []
     for image_id in range(1, n_images + 1):
-        scene = make_scene(rng, image_size)
+        scene = (make_world_scene if world else make_scene)(rng, image_size)
         file_name = f"{image_id:012d}.jpg"
         render_scene(scene, image_size).save(root / "images" / file_name, format="JPEG", quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": image_size,
                        "height": image_size, "license": 1, "scene": scene})
-        for caption in captions_for(scene, rng):
+        for caption in (world_captions if world else captions_for)(scene, rng):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
     payload = {
         "info": {"description": "modalscope synthetic shapes, MSCOCO captions format",
                  "version": "1.0", "contributor": "modalscope", "seed": seed,
-                 "n_images": n_images, "image_size": image_size},
+                 "n_images": n_images, "image_size": image_size,
+                 **({"world": "shapes-world"} if world else {})},
         "licenses": [{"id": 1, "name": "CC0 1.0",
                       "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
         "images": images,
