@@ -22,8 +22,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/modalscope demo --out $(DEMO_DIR)
 
+# Two workers, a test file each at a time (module fixtures stay whole); each computes on one
+# thread (tests/conftest.py).
 test: install chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The browser test and the PNG/SVG tests need a Chromium: install Debian's when none is found
 # (needs root and apt-get, ~1 min); otherwise say so in one line and those tests skip.

@@ -7,9 +7,18 @@ The checkpoint is built by the same code as `modalscope demo` and loaded through
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker, and every process it
+# starts, computes on one thread: two workers of two threads each would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 from modalscope.data.synthetic import build_synthetic_coco
 from real_models import real_files

@@ -116,22 +116,22 @@ def test_usage_errors_name_the_option_never_an_internal_function(args, message):
 
 # What each command uses, and so lists: nothing more.
 OPTIONS = {
-    "demo": ["--out", "--num-pairs", "--batch-size", "--device", "--seed", "--sites", "--tokens", "--contrast",
+    "demo": ["--out", "--model", "--num-pairs", "--batch-size", "--device", "--seed", "--sites", "--tokens", "--control", "--contrast",
              "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor", "--alignment-stat", "--long-tables", "--csv",
              "--no-png", "--stat", "--quiet"],
     "init": ["path"],
     "run": ["--out", "--config", "--model", "--revision", "--base-model", "--base-revision", "--device", "--dtype",
             "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers", "--captions", "--images",
             "--jsonl", "--instances", "--num-pairs", "--seed", "--sites", "--tokens", "--stats", "--quantile", "--store-dtype",
-            "--conditions", "--contrast", "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor", "--alignment-stat",
-            "--long-tables", "--csv", "--no-png", "--stat", "--quiet", "--force"],
+            "--conditions", "--control", "--contrast", "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor",
+            "--alignment-stat", "--long-tables", "--csv", "--no-png", "--stat", "--quiet", "--force"],
     "plan": ["--model", "--revision", "--num-pairs", "--out", "--base-model", "--batch-size", "--sort-window",
              "--sites", "--tokens", "--stats", "--quantile", "--store-dtype", "--conditions"],
     "shrink": ["source", "out", "--revision", "--seed", "--layers"],
     "extract": ["--out", "--config", "--resume", "--model", "--revision", "--base-model", "--base-revision",
                 "--device", "--dtype", "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers",
                 "--captions", "--images", "--jsonl", "--instances", "--num-pairs", "--seed", "--sites", "--tokens", "--stats",
-                "--quantile", "--store-dtype", "--conditions", "--contrast", "--quiet", "--force"],
+                "--quantile", "--store-dtype", "--conditions", "--control", "--contrast", "--quiet", "--force"],
     "analyze": ["dir", "--config", "--contrast", "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor",
                 "--alignment-stat", "--long-tables", "--csv"],
     "plot": ["dir", "--config", "--no-png", "--stat"],
@@ -139,7 +139,7 @@ OPTIONS = {
     "export": ["dir", "--layers", "--neurons", "--sites", "--name", "--csv"],
     "neuron": ["dir", "--site", "--layer", "--neuron", "--out", "--top"],
     "ablate": ["dir", "--k", "--sets", "--method", "--random", "--pairs", "--bands", "--readouts", "--concept-words",
-               "--sites", "--stat", "--batch-size", "--device", "--dtype", "--seed", "--quiet"],
+               "--sites", "--stat", "--batch-size", "--device", "--dtype", "--seed", "--new-tokens", "--quiet"],
 }
 
 

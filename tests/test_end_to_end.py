@@ -31,7 +31,7 @@ LAYERS, WIDTHS = 4, {"residual": 64, "mlp": 176}
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     # Without the browser's PNG/SVG copies (~20 s): tests/figures/test_figures.py writes those.
-    done = modalscope("demo", "--out", str(out), "--num-pairs", str(N_PAIRS), "--quiet", "--no-png")
+    done = modalscope("demo", "--model", "tiny", "--out", str(out), "--num-pairs", str(N_PAIRS), "--quiet", "--no-png")
     assert done.returncode == 0, done.stderr
     first = done.stdout.splitlines()[0]  # --quiet: how many files, not each path (the report links them)
     assert first.startswith(f"study written to {out} in ") and first.endswith(" figures")
@@ -107,7 +107,7 @@ def test_tables_agree_with_each_other_and_the_store(demo):
 
 def test_rerun_reuses_manifest_and_store(demo):
     before = (demo / "manifest.parquet").read_bytes()
-    done = modalscope("demo", "--out", str(demo), "--num-pairs", str(N_PAIRS), "--quiet", "--no-png")
+    done = modalscope("demo", "--model", "tiny", "--out", str(demo), "--num-pairs", str(N_PAIRS), "--quiet", "--no-png")
     assert done.returncode == 0, done.stderr
     assert (demo / "manifest.parquet").read_bytes() == before
     assert zarr.open_group(str(demo / "activations.zarr"), mode="r").attrs["n_done"] == N_PAIRS

@@ -33,6 +33,9 @@ def _every_field_set(tmp_path: Path, coco_files) -> StudyConfig:
         stats=("max", "mean", "quantile"), stat="mean", quantile=0.75, store_dtype="float32", fdr="by", n_perm=300, n_boot=400,
         outlier_factor=12.5, alignment_stat="max", long_tables="never", csv=True, png=False, progress=False,
         primary="mlp:quantile", instances=captions.parent.parent / "instances_demo.json",
+        control="random-twin",
+        ablation=True, ablation_k=3, ablation_sets=("text", "concept:red"), ablation_method=("mean", "zero"),
+        ablation_random=200, ablation_pairs=50, ablation_bands=2, ablation_readouts=("image", "caption_words"),
     )
 
 

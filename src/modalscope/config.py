@@ -48,6 +48,7 @@ class StudyConfig:
     sites: tuple[str, ...] = SITES
     tokens: Literal["content", "all"] = "content"
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
+    control: str | None = None  # "random-twin": the same inputs through a re-initialised copy too (twin.py)
     contrast: str = "text-image"
     stats: tuple[str, ...] = DEFAULT_STATS
     stat: str = "max"  # the reduction the headline figures lead with
@@ -63,6 +64,16 @@ class StudyConfig:
     csv: bool = False
     png: bool = True
     progress: bool = True
+    # [ablation] of the study file: `modalscope ablate` after the analysis (ablation/stage.py); the
+    # fields mirror its options (--k, --sets, --method, --random, --pairs, --bands, --readouts)
+    ablation: bool = False
+    ablation_k: int = 10
+    ablation_sets: tuple[str, ...] = ("text", "image", "xmodal")
+    ablation_method: tuple[str, ...] = ("mean",)
+    ablation_random: int = 100
+    ablation_pairs: int | None = None  # None: every pair of the scoring half
+    ablation_bands: int = 1
+    ablation_readouts: tuple[str, ...] | None = None  # None: ablate's default for the model and labels
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -73,6 +84,11 @@ class StudyConfig:
         self.sites = tuple(self.sites)
         self.stats = tuple(dict.fromkeys((*ALWAYS, *self.stats)))
         self.conditions = tuple(dict.fromkeys((*UNIMODAL, *self.conditions)))
+        if self.control == "none":  # the study file's and the flag's word for no control
+            self.control = None
+        for name in ("ablation_sets", "ablation_method", "ablation_readouts"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(getattr(self, name)))
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -115,6 +131,8 @@ class StudyConfig:
             raise ValueError(f"--stat {self.stat}: choose one of the recorded {', '.join(self.stats)}")
         if self.alignment_stat not in self.stats:
             raise ValueError(f"--alignment-stat {self.alignment_stat}: choose one of the recorded {', '.join(self.stats)}")
+        if self.control not in (None, "random-twin"):
+            raise ValueError(f"--control {self.control}: choose none or random-twin")
         bad = [c for c in self.conditions if c not in CONDITIONS]
         if bad:
             raise ValueError(f"--conditions {','.join(bad)}: choose from {', '.join(CONDITIONS)}")
@@ -133,6 +151,7 @@ class StudyConfig:
         if self.tokens not in ("content", "all"):
             raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
         self.check_batching()
+        self.check_ablation()
         if self.workers is not None and not 0 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"--workers {self.workers}: must be from 0 (prepare batches in the main process) "
                              f"to {MAX_WORKERS}")
@@ -151,6 +170,29 @@ class StudyConfig:
             if value is not None and not value.exists():
                 raise ValueError(f"--{name} {value}: no such file or folder")
         return self
+
+    def check_ablation(self) -> None:
+        """The [ablation] settings within bounds (ablation/cli.py's); those that depend on the model or
+        the tables (a readout the model lacks, a set file) are checked when the ablation starts."""
+        from modalscope.study_file import ABLATION_CHOICES, value_toml
+
+        def whole(value: object, low: int, high: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+        for name, value, low, high in (("k", self.ablation_k, 1, 1_000_000),
+                                       ("random", self.ablation_random, 1, 100_000),
+                                       ("bands", self.ablation_bands, 1, 1_000)):
+            if not whole(value, low, high):
+                raise ValueError(f"[ablation] {name} = {value}: give {low:,} to {high:,}")
+        if self.ablation_pairs is not None and not whole(self.ablation_pairs, 2, 10_000_000):
+            raise ValueError(f"[ablation] pairs = {self.ablation_pairs}: give 2 to 10,000,000 (pairs to score)")
+        for name, values in (("method", self.ablation_method), ("readouts", self.ablation_readouts)):
+            bad = [v for v in values or () if v not in ABLATION_CHOICES[name]]
+            if bad or (values is not None and not values):
+                raise ValueError(f"[ablation] {name} = {value_toml(list(values))}: choose from "
+                                 f"{', '.join(ABLATION_CHOICES[name])}")
+        if not self.ablation_sets:
+            raise ValueError("[ablation] sets = []: give text, image, xmodal, concepts, concept:NAME or a table file")
 
     def check_statistics(self) -> None:
         """--permutations, --bootstrap, --outlier-factor and --seed within bounds (`analyze` alone

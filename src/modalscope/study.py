@@ -135,7 +135,11 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, for
     """
     from modalscope.record.distributed import Ranks
     from modalscope.record.inputs import PromptBuilder
+    from modalscope.twin import twin_problem
 
+    problem = twin_problem(config)  # --control random-twin with what it cannot run with: before any model loads
+    if problem:
+        raise ValueError(problem)
     ranks = Ranks.from_env()
     ranks.start()
     fresh = manifest is None and ranks.leader and not (config.out_dir / MANIFEST).exists()
@@ -160,6 +164,40 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, for
     check_base(manifest["caption"].tolist())  # a manifest made before
     attrs = {**store_attributes(config, loaded, builder, manifest, plan, base), **weights()}
     recorder = _Recording(config, loaded, builder, base, manifest, plan, attrs, ranks, budget, keep_settings)
+    store = recorder.run_sharded() if ranks.parallel else recorder.run()
+    if config.control == "random-twin":  # the same inputs through the re-initialised model (twin.py)
+        seed = int(store.attrs.get("seed", config.seed))  # the recorded study's (`extract --resume` names none)
+        _record_twin(config, loaded, builder, manifest, plan, {**attrs, "seed": seed}, ranks)
+    return store
+
+
+def _record_twin(config: StudyConfig, loaded, builder, manifest: pd.DataFrame, plan: "RecordingPlan", attrs: dict,
+                 ranks) -> ActivationStore | None:
+    """The random twin's recording into DIR/control/random-twin/activations.zarr: the study's
+    manifest, batches and token scopes through `type(model)._from_config(config)` seeded from the
+    study's seed (the store's). A twin store that already holds every pair is checked against the
+    study and kept (nothing is built); an unfinished one continues. The study's model is released
+    before the twin is built, so the twin fits wherever the model did."""
+    from modalscope import twin as twins
+
+    folder = twins.twin_dir(config.out_dir)
+    seed = int(attrs["seed"])
+    twin_attrs = twins.twin_attributes(attrs, seed)
+    path = folder / STORE
+    if (path / "zarr.json").is_file():
+        existing = ActivationStore.read(path)
+        existing.check_matches(twin_attrs)
+        if existing.n_done >= len(manifest):
+            return existing
+    if ranks.leader:
+        twins.prepare_folder(config.out_dir)
+    ranks.barrier()
+    if config.progress and ranks.leader:
+        print(f"random twin: the same {len(manifest):,} pairs through a re-initialised copy of {config.model} "
+              f"(seed {seed}) into {folder}", file=sys.stderr)
+    twin = twins.twin_of(loaded, seed, release_source=True)
+    twin_config = replace(config, out_dir=folder, control=None)
+    recorder = _Recording(twin_config, twin, builder, None, manifest, plan, twin_attrs, ranks, study_file=False)
     return recorder.run_sharded() if ranks.parallel else recorder.run()
 
 
@@ -214,6 +252,12 @@ def _check_budget(config: StudyConfig, loaded, plan: "RecordingPlan", n_pairs: i
     store = config.out_dir / STORE
     already = ActivationStore.read(store).n_done if store.exists() else 0
     problem = disk_problem(budget, config.out_dir, already)
+    if config.control == "random-twin":  # the twin's store is as large again
+        from modalscope.twin import twin_store_done
+
+        both = disk_problem(replace(budget, n_pairs=2 * budget.n_pairs), config.out_dir,
+                            already + twin_store_done(config.out_dir))
+        problem = both and both.replace("the store needs", "the store and its random twin's need")
     if problem and not force:
         raise ValueError(problem)
     return budget
@@ -341,6 +385,7 @@ class _Recording:
     ranks: object
     budget: object = None  # budget.Budget, printed before the first forward
     keep_settings: tuple[str, ...] = ()  # kept from DIR/study.toml when it is written (write_study_file)
+    study_file: bool = True  # write DIR/study.toml (not in the random twin's folder: DIR's repeats both)
 
     def announce(self) -> None:
         """The store's estimated size and files, once the store is known to match the study."""
@@ -348,6 +393,8 @@ class _Recording:
 
         if self.budget is not None and self.config.progress and self.ranks.leader:
             print("\n".join(self.budget.lines()), file=sys.stderr)
+            if self.config.control == "random-twin":
+                print("  as much again for the random twin's store (control/random-twin)", file=sys.stderr)
 
     def open_or_create(self, path: Path) -> ActivationStore:
         if path.exists():
@@ -366,7 +413,8 @@ class _Recording:
         so a study killed before its first stage ends can still be repeated from it."""
         if self.ranks.leader:
             write_frame(self.builder.truncations(self.manifest), self.config.out_dir / TRUNCATED)
-            write_study_file(self.config, self.keep_settings)
+            if self.study_file:
+                write_study_file(self.config, self.keep_settings)
 
     def record(self, store: ActivationStore, rows: pd.DataFrame, progress: bool) -> None:
         from modalscope.record.extract import Extraction, extract
@@ -474,8 +522,11 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     Each Parquet table carries the study's settings and versions in its schema metadata;
     summary.json gains per site the headline sentence and where each alignment measure peaks;
     study.json and DIR/study.toml take the analysis settings, its wall time and versions.
+    With a random twin recorded (`--control random-twin`), the twin's folder is analysed first with
+    the same settings and each site's summary gains its `twin` block (twin.py).
 
-    Returns the paths written and, when Tables 1-2 were left out for size, a one-line note.
+    Returns the paths written and, when Tables 1-2 were left out for size (or a twin cannot be
+    compared), a one-line note.
     """
     from modalscope.analysis import run_analysis
     from modalscope.layer_alignment import alignment_summary, run_alignment
@@ -488,6 +539,7 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     from modalscope.paths import check_inside
 
     clock = time.perf_counter()
+    twin_paths, twin_summary, twin_note = _analyze_twin(config)  # ([], None, None) without a random twin
     store = ActivationStore.read(config.out_dir / STORE)
     tables_dir = check_inside(config.out_dir / "tables", config.out_dir)  # never written outside DIR
     contrast = config.contrast_pair
@@ -522,10 +574,34 @@ def analyze_stage(config: StudyConfig, manifest: pd.DataFrame) -> tuple[list[Pat
     paths, note = _long_tables(config, store, manifest, meta, paths)
     from modalscope.concepts import concept_stage  # concepts.parquet, summary's `concepts`; none without labels
     paths += concept_stage(config.out_dir, config.csv, meta)
+    if twin_summary is not None:  # each site's `twin` block and the twin sentence of its headline
+        from modalscope.tables import read_summary
+        from modalscope.twin import add_twin
+
+        write_json(add_twin(read_summary(tables_dir / SUMMARY), twin_summary), tables_dir / SUMMARY)
+        paths += twin_paths
+    note = "\n".join(x for x in (note, twin_note) if x) or None
     record_stage(config.out_dir, "analyze", time.perf_counter() - clock,
                  {name: getattr(config, name) for name in ANALYSIS_FIELDS}, seeds=seed_streams(settings.seed))
     update_study_file(config.out_dir, {name: getattr(config, name) for name in ANALYSIS_FIELDS})
     return paths, note
+
+
+def _analyze_twin(config: StudyConfig) -> tuple[list[Path], dict | None, str | None]:
+    """The random twin's analysis (DIR/control/random-twin/tables, the study's settings, Tables 1-2
+    left out) when DIR holds a twin of all the study's recorded pairs: (its paths, its summary, None);
+    a twin that cannot be compared gives ([], None, one line why); no twin ([], None, None)."""
+    from modalscope import twin as twins
+    from modalscope.tables import read_summary
+
+    ready, note = twins.analysable(config.out_dir)
+    if not ready:
+        return [], None, note
+    folder = twins.twin_dir(config.out_dir)
+    twin_config = replace(config, out_dir=folder, control=None, long_tables="never")
+    manifest, _ = load_manifest(folder)
+    paths, _ = analyze_stage(twin_config, manifest)  # finds no twin of its own
+    return paths, read_summary(folder / "tables" / SUMMARY), None
 
 
 def _analysis_settings(config: StudyConfig, store: ActivationStore):
@@ -810,6 +886,11 @@ def _run_study(config: StudyConfig, force: bool) -> StudyResult:
     if png_message:
         result.messages.append(png_message)
     result.timings["plot_s"] = time.perf_counter() - clock
+    if config.ablation:  # the study file's [ablation]: `modalscope ablate` on this study (ablation/stage.py)
+        from modalscope.ablation.stage import ablation_stage
+
+        with _Stage("ablate", config.out_dir):
+            ablation_stage(config, result)
     seed = int(ActivationStore.read(config.out_dir / STORE).attrs.get("seed", config.seed))
     study = read_study_json(config.out_dir)  # the stages' records stay; the whole study's settings replace theirs
     study.update({"config": config.as_dict(), "timings": result.timings,

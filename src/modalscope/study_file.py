@@ -4,8 +4,9 @@ Why a file: a real study has some thirty settings; typed on a command line they 
 day after. A file can be kept beside the data, versioned and shared, and every run writes its
 complete resolved settings back as DIR/study.toml, so `modalscope run --config DIR/study.toml
 --out NEW` repeats a study exactly. Its sections follow the method ([data], [model],
-[conditions], [reductions], [statistics], [output]); each key is the CLI option's name with
-underscores, so a flag and its key never need a lookup table in the user's head.
+[conditions], [reductions], [statistics], [output]; [ablation] runs `modalscope ablate` after the
+analysis); each key is the CLI option's name with underscores ([ablation]'s: `ablate`'s), so a
+flag and its key never need a lookup table in the user's head.
 
 Why checked here, before anything runs: a typo in a file that takes hours to run must cost
 one line naming the file, the line and the key (with the closest valid key), not a traceback
@@ -95,6 +96,9 @@ KEYS: tuple[Key, ...] = (
         "(caption and image in one turn)"),
     Key("conditions", "tokens", "str", "reduce over content tokens (caption/image) or all tokens but BOS"),
     Key("conditions", "sites", "list", "residual (decoder layer output) and mlp (down_proj input)"),
+    Key("conditions", "control", "str", "random-twin: also run the same inputs through a re-initialised copy of the "
+        "model (same config, its own initialisation, seeded) into DIR/control/random-twin, shown beside every result; "
+        "none: no control", choices=("none", "random-twin"), example="random-twin"),
     Key("reductions", "stats", "list", "reductions over tokens (max and mean always): matched_max, "
         "frac_active, quantile"),
     Key("reductions", "quantile", "float", "the quantile of the `quantile` reduction"),
@@ -124,7 +128,26 @@ KEYS: tuple[Key, ...] = (
     Key("output", "png", "bool", "PNG and SVG copies of the figures (they need Chrome/Chromium)",
         flag="--no-png"),
     Key("output", "progress", "bool", "progress bars", flag="--quiet"),
+    # `modalscope ablate` after the analysis (issue 26): keys named like its options
+    Key("ablation", "enabled", "bool", "ablate the selected neurons after the analysis, against random sets "
+        "(tables/ablation.parquet); default: true when this section sets any key, else false", field="ablation"),
+    Key("ablation", "k", "int", "neurons per set: the top k that pass q < 0.05", field="ablation_k"),
+    Key("ablation", "sets", "list", "text, image, xmodal (Table 3's top k of each site), concept:NAME or concepts "
+        "(needs concept labels), or files of (site, layer, neuron[, set]) rows", field="ablation_sets"),
+    Key("ablation", "method", "list", "mean (the neuron's mean over the half of the inputs not scored) and/or zero",
+        field="ablation_method"),
+    Key("ablation", "random", "int", "random sets per set, matched in site, layers and size (p's floor 1/(random+1))",
+        field="ablation_random"),
+    Key("ablation", "pairs", "int", "pairs to score, from the half of the manifest the means do not use "
+        "(default: all of it)", field="ablation_pairs", example=200),
+    Key("ablation", "bands", "int", "also make the sets within N bands of consecutive layers (1: the whole model)",
+        field="ablation_bands"),
+    Key("ablation", "readouts", "list", "image, text, image_concept, text_concept, caption_words (default: image, "
+        "text, and caption_words with drawn-world labels)", field="ablation_readouts", example=["image", "text"]),
 )
+# The values the [ablation] lists take (ablation/ checks the rest against the model and tables).
+ABLATION_CHOICES = {"method": ("mean", "zero"),
+                    "readouts": ("image", "text", "image_concept", "text_concept", "caption_words")}
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in KEYS))
 BY_ATTR: dict[str, Key] = {k.attr: k for k in KEYS}
 _IN_SECTION: dict[str, dict[str, Key]] = {s: {k.name: k for k in KEYS if k.section == s} for s in SECTIONS}
@@ -170,6 +193,8 @@ def read(path: str | Path) -> dict[str, object]:
             if key is None:
                 raise _error(path, text, section, name, f"[{section}] {name}: unknown key{_suggest_key(section, name)}")
             settings[key.attr] = _checked(path, text, key, value)
+    if data.get("ablation") and "ablation" not in settings:  # an [ablation] that sets a key asks for it
+        settings["ablation"] = True
     return settings
 
 
@@ -218,6 +243,10 @@ def _value_error(path: Path, message: str, from_file: set[str], settings: dict) 
     """StudyConfig.validate()'s message, told about the file's key when the bad value came from
     the file (it names the first flag the file set); a flag's own value keeps the plain message."""
     text = path.read_text(encoding="utf-8")
+    named = re.match(r"\[(\w+)\] (\w+)", message)  # a message that names its key: "[ablation] k = 0: ..."
+    key = _IN_SECTION.get(named[1], {}).get(named[2]) if named else None
+    if key is not None and key.attr in from_file:
+        return _error(path, text, key.section, key.name, message)
     by_option = {k.option: k for k in KEYS}
     for option in re.findall(r"--[a-z][a-z-]*", message):
         key = by_option.get(option)

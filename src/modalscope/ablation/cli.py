@@ -52,8 +52,11 @@ def add_ablate_command(sub, command, folder_type) -> argparse.ArgumentParser:
                    help="also make the sets within N bands of consecutive layers (default: 1, the whole model)")
     p.add_argument("--readouts", type=_list, metavar="LIST",
                    help="image (log p(caption | image)), text (log p(caption) in the text-only input), "
-                        "image_concept and text_concept (the same, of the concept words in the caption only) "
-                        "(default: image,text; text alone for a model without vision)")
+                        "image_concept and text_concept (the same, of the concept words in the caption only), "
+                        "caption_words (a caption generated greedily from the image alone: the accuracy of its "
+                        "colour, shape, count and size words against the pairs' drawn-world concept labels) "
+                        "(default: image,text, and caption_words when the pairs have drawn-world labels; text "
+                        "alone for a model without vision)")
     p.add_argument("--concept-words", type=_list, metavar="LIST",
                    help="the words image_concept and text_concept score in every caption (default: each pair's "
                         "concept labels, the manifest's concepts)")
@@ -66,6 +69,8 @@ def add_ablate_command(sub, command, folder_type) -> argparse.ArgumentParser:
                    help="weights' dtype (default: the study's)")
     p.add_argument("--seed", type=_positive("--seed", 0, 2**63 - 1), default=0,
                    help="seed of the random sets (default: 0)")
+    p.add_argument("--new-tokens", type=_positive("--new-tokens", 1, 4096), default=24, metavar="N",
+                   help="greedy tokens per generated caption of the caption_words readout (default: 24)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     return p
 
@@ -77,7 +82,8 @@ def ablate_command(args: argparse.Namespace, started: float) -> None:
                                 n_pairs=args.pairs, n_bands=args.bands, readouts=args.readouts or None,
                                 concept_words=args.concept_words or None,
                                 sites=args.sites or None, stat=args.stat, batch_size=args.batch_size,
-                                device=args.device, dtype=args.dtype, seed=args.seed, progress=not args.quiet)
+                                device=args.device, dtype=args.dtype, seed=args.seed, progress=not args.quiet,
+                                new_tokens=args.new_tokens)
     result = run_ablation(Path(args.dir), settings)
     for note in result.notes:
         print(f"  note    {note}")

@@ -22,7 +22,9 @@ from plotly.subplots import make_subplots
 
 READOUT_TITLES = {"image": "log p(caption | image), nats", "text": "log p(caption), text-only input, nats",
                   "image_concept": "log p(concept words | image), nats",
-                  "text_concept": "log p(concept words), text-only input, nats"}
+                  "text_concept": "log p(concept words), text-only input, nats",
+                  **{f"generated_{f}_acc": f"accuracy of the {f} word of the generated caption"
+                     for f in ("colour", "shape", "count", "size")}}
 METHOD_COLORS = {"mean": "#1f77b4", "zero": "#d62728"}
 
 
@@ -88,12 +90,24 @@ def ablation_section(out_dir: Path) -> str | None:
     means = meta.get("means_from_inputs", ["?", "?"])
     scored = meta.get("scored_inputs", ["?", "?"])
     n_random = int(frame["n_random"].max()) if len(frame) else 0
+    if means:
+        how = (f"set to 0 (zero ablation) or to their mean over inputs {means[0]}-{int(means[1]) - 1} of the manifest "
+               "(mean ablation; the store's mean reduction, in the readout's condition), at every position,")
+        where = f"on the other pairs (inputs {scored[0]}-{int(scored[1]) - 1})"
+    else:
+        how = "set to 0 at every position,"
+        where = f"on inputs {scored[0]}-{int(scored[1]) - 1} of the manifest"
+    readouts = set(frame["readout"].astype(str))
+    what = "the caption's teacher-forced log-likelihood" if readouts - {r for r in readouts
+                                                                        if r.startswith("generated_")} else ""
+    if any(r.startswith("generated_") for r in readouts):
+        what += (" and " if what else "") + (
+            f"the accuracy of the colour, shape, count and size words of the caption the model generated greedily "
+            f"from the image alone (at most {meta.get('new_tokens', 24)} tokens; 1 right, 0 wrong or unstated)")
     design = (
-        f"Each set's neurons were set to 0 (zero ablation) or to their mean over inputs {means[0]}-{int(means[1]) - 1}"
-        f" of the manifest (mean ablation; the store's mean reduction, in the readout's condition), at every position,"
-        f" and the caption's teacher-forced log-likelihood was measured on the other pairs (inputs "
-        f"{scored[0]}-{int(scored[1]) - 1}). Effect: the mean change over those pairs, with its 95% t-interval; "
-        f"p: against {n_random} random sets of the same site, layers and size (floor {1 / (1 + n_random):.3g}).")
+        f"Each set's neurons were {how} and {what} was measured {where}. Effect: the mean change over those "
+        f"pairs, with its 95% t-interval; p: against {n_random} random sets of the same site, layers and size "
+        f"(floor {1 / (1 + n_random):.3g}).")
     div = figure_ablation(frame).to_html(full_html=False, include_plotlyjs=False, div_id="fig-ablation",
                                          default_width="100%")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)

@@ -5,9 +5,11 @@ Why this shape:
   its first half is a random half: mean ablation sets a neuron to its mean over the first
   half's inputs (the store's `mean` reduction, averaged over pairs, in the condition of the
   readout: `image_text` for the image readout when the study recorded it, else `image`; `text`
-  for the text readout), and only pairs of the second half are scored (`--pairs N`: its first
-  N). Zero ablation scores the same pairs, so the two methods compare. The sets themselves
-  come from Table 3, which used every pair: see docs/method.md for what that leaves.
+  for the text readout; `image` for generated captions, whose prompt is the image alone), and
+  only pairs of the second half are scored (`--pairs N`: its first N). Zero ablation scores the
+  same pairs, so the two methods compare; zero ablation alone needs no means, so it scores every
+  pair. The sets themselves come from Table 3, which used every pair: see docs/method.md for
+  what that leaves.
 - **One forward holds many sets.** Rows are (set, pair): the intact model, every target set
   and its R random twins, for each method, are stacked `--batch-size` rows at a time and each
   row gets its own ablation (hooks.py), so R = 100 costs forwards, not Python loops.
@@ -26,6 +28,13 @@ import numpy as np
 import torch
 
 from modalscope.ablation.effects import as_table, effect_row
+from modalscope.ablation.generated import (
+    NEW_TOKENS,
+    field_readout,
+    fields_of,
+    manifest_truths,
+)
+from modalscope.ablation.generated import READOUT as GENERATED
 from modalscope.ablation.progress import PROGRESS, key_of, resume, save
 from modalscope.ablation.sets import (
     KINDS,
@@ -60,6 +69,7 @@ class AblationSettings:
     dtype: str | None = None  # default: the study's
     seed: int = 0
     progress: bool = True
+    new_tokens: int = NEW_TOKENS  # greedy tokens per generated caption (the caption_words readout)
 
 
 @dataclass
@@ -108,10 +118,18 @@ def _means(store, keys: set[tuple[str, int]], condition: str, stop: int) -> dict
 
 
 def mean_condition(readout: str, conditions: list[str]) -> str:
-    """The stream whose per-neuron mean a mean ablation uses for `readout`."""
+    """The stream whose per-neuron mean a mean ablation uses for `readout`: the recorded input
+    closest to the readout's (generated captions start from the image alone)."""
     if readout.startswith("text"):
         return "text"
+    if readout == GENERATED or readout.startswith("generated_"):
+        return "image"
     return "image_text" if "image_text" in conditions else "image"
+
+
+def outputs_of(readout: str, fields: tuple[str, ...]) -> list[str]:
+    """The table's readouts one scored readout fills: itself, or one accuracy per caption field."""
+    return [field_readout(f) for f in fields] if readout == GENERATED else [readout]
 
 
 def choose_sets(out_dir: Path, settings: AblationSettings, widths: dict[str, int], n_layers: int):
@@ -168,12 +186,16 @@ def run_ablation(out_dir: Path, settings: AblationSettings | None = None, loaded
                          "use --method zero")
     if not 1 <= settings.n_random <= 100_000:
         raise ValueError(f"--random {settings.n_random}: give 1 to 100,000 random sets (100 or more for a p worth reading)")
+    if not 1 <= settings.new_tokens <= 4096:
+        raise ValueError(f"--new-tokens {settings.new_tokens}: give 1 to 4,096")
     n = store.n_done
-    half = n // 2
+    half = n // 2 if "mean" in settings.methods else 0  # zero ablation alone needs no means
     scored = np.arange(half, n)[: settings.n_pairs]
-    if half < 1 or scored.size < 2:
-        raise ValueError(f"{out_dir}: {n} recorded pairs; ablation needs at least 4 (half for the means, "
-                         "at least 2 to score)")
+    if "mean" in settings.methods and (half < 1 or scored.size < 2):
+        raise ValueError(f"{out_dir}: {n} recorded pairs; mean ablation needs at least 4 (half for the means, "
+                         "at least 2 to score); --method zero scores every pair")
+    if scored.size < 2:
+        raise ValueError(f"{out_dir}: {n} recorded pairs; ablation needs at least 2 to score")
     if settings.n_pairs is not None and scored.size < settings.n_pairs:
         notes_pairs = [f"--pairs {settings.n_pairs}: the scoring half holds {scored.size} pairs; scoring those"]
     else:
@@ -198,11 +220,19 @@ def run_ablation(out_dir: Path, settings: AblationSettings | None = None, loaded
     from modalscope.record.inputs import PromptBuilder
 
     readouts_of = ReadoutBuilder(PromptBuilder.for_model(loaded, store.attrs.get("tokens", "content")))
-    readouts = settings.readouts or readouts_of.readouts
-    allowed = [*readouts_of.readouts, *(f"{r}_concept" for r in readouts_of.readouts)]
+    truths = manifest_truths(manifest)
+    fields = fields_of([truths[i] for i in scored])  # the caption fields some scored pair has a truth for
+    vision = "image" in readouts_of.readouts
+    readouts = settings.readouts or (*readouts_of.readouts, *((GENERATED,) if vision and fields else ()))
+    allowed = [*readouts_of.readouts, *(f"{r}_concept" for r in readouts_of.readouts),
+               *((GENERATED,) if vision else ())]
     bad = [r for r in readouts if r not in allowed]
     if bad:
         raise ValueError(f"--readouts {','.join(bad)}: this model has {', '.join(allowed)}")
+    if GENERATED in readouts and not fields:
+        raise ValueError(f"--readouts {GENERATED}: no scored pair has the drawn world's concept labels (a colour, "
+                         "shape and number word, e.g. --instances instances_demo.json of the synthetic set), so no "
+                         "generated caption can be scored")
     words = concept_words(manifest, settings, readouts)
     specs = _specs(targets, settings.methods, settings.n_random, widths, settings.seed)
     keys = {key for spec in specs for key in spec.neurons}
@@ -214,31 +244,36 @@ def run_ablation(out_dir: Path, settings: AblationSettings | None = None, loaded
     from modalscope.paths import check_inside
 
     check_inside(out_dir / PROGRESS, out_dir)  # nothing written outside DIR, even through a symlink
-    key = key_of(store, settings, targets, readouts, scored, loaded)
-    results, done = resume(out_dir, key, readouts, len(specs), scored.size)
+    table_readouts = [o for r in readouts for o in outputs_of(r, fields)]
+    key = key_of(store, settings, targets, table_readouts, scored, loaded)
+    results, done = resume(out_dir, key, table_readouts, len(specs), scored.size)
     rows = _score(loaded, readouts_of, manifest, scored, specs, values, widths, readouts, settings,
-                  results, done, lambda: save(out_dir, key, results, done), words)
-    frame = _summarize(targets, specs, results, readouts)
-    table, figure = _write(out_dir, frame, settings, store, readouts, half, scored, targets)
+                  results, done, lambda: save(out_dir, key, results, done), words, (truths, fields))
+    frame = _summarize(targets, specs, results, table_readouts)
+    table, figure = _write(out_dir, frame, settings, store, table_readouts, half, scored, targets)
     seconds = time.perf_counter() - started
     return AblationResult(table, figure, frame, notes, seconds, rows / max(seconds, 1e-9), rows)
 
 
 def _score(loaded, readouts_of, manifest, scored, specs, values, widths, readouts, settings, results, done, save,
-           words=None) -> int:
+           words=None, generated=None) -> int:
     """Fill results[readout] [spec, pair] forward by forward, skipping what `done` [spec, pair]
     marks; `save()` at most every SAVE_EVERY_S seconds, after each batch of pairs and on the way
-    out (Ctrl-C included: only finished forwards are marked). Returns the rows run."""
+    out (Ctrl-C included: only finished forwards are marked). Returns the rows run. The
+    caption_words readout (generated.py) generates one caption per row and fills one table
+    readout per field; `generated` = (truth per manifest row, fields)."""
     from tqdm.auto import tqdm
 
     from modalscope.ablation.hooks import Ablation, build_plan
     from modalscope.ablation.readouts import caption_loglik, repeat_rows
     from modalscope.data.images import load_rgb
 
+    truths, fields = generated or ([], ())
     per = min(settings.batch_size, scored.size)
     chunk = max(1, settings.batch_size // per)
     work = [(r, start, c) for r in readouts for start in range(0, scored.size, per)
-            for c in range(0, len(specs), chunk) if not done[r][c:c + chunk, start:start + per].all()]
+            for c in range(0, len(specs), chunk)
+            if not all(done[o][c:c + chunk, start:start + per].all() for o in outputs_of(r, fields))]
     bar = tqdm(total=len(work), unit="batch", desc="ablate", disable=not settings.progress)
     ran, saved, batch = 0, time.monotonic(), None
     try:
@@ -248,19 +283,37 @@ def _score(loaded, readouts_of, manifest, scored, specs, values, widths, readout
                     save()
                     saved = time.monotonic()
                 rows = manifest.iloc[scored[start:start + per]]
-                images = [load_rgb(p) for p in rows["image_path"]] if readout.startswith("image") else None
-                row_words = None if words is None else [words[i] for i in scored[start:start + per]]
-                batch = (readout, start, *readouts_of.batch(readout, images, rows["caption"].tolist(), row_words))
-            inputs, caption = batch[2], batch[3]
-            p, part = caption.shape[0], specs[c:c + chunk]
+                images = [load_rgb(p) for p in rows["image_path"]] if readout.startswith("image") \
+                    or readout == GENERATED else None
+                if readout == GENERATED:
+                    from modalscope.ablation.generated import prompt_batch
+
+                    batch = (readout, start, prompt_batch(readouts_of, images),
+                             [truths[i] for i in scored[start:start + per]])
+                else:
+                    row_words = None if words is None else [words[i] for i in scored[start:start + per]]
+                    batch = (readout, start, *readouts_of.batch(readout, images, rows["caption"].tolist(), row_words))
+            inputs, part = batch[2], specs[c:c + chunk]
+            p = inputs["input_ids"].shape[0]
             plan = build_plan([s.neurons for s in part], values[readout][c:c + chunk], widths, p)
-            with Ablation(loaded.model, loaded.adapter, plan):
-                ll = caption_loglik(loaded.model, loaded.adapter, repeat_rows(inputs, len(part)),
-                                    caption.repeat(len(part), 1))
-            ll = ll.view(len(part), p).numpy()
-            ll[:, ~caption[:, 1:].any(1).numpy()] = np.nan  # nothing to score (no concept word): left out
-            results[readout][c:c + len(part), start:start + p] = ll
-            done[readout][c:c + len(part), start:start + p] = True
+            if readout == GENERATED:
+                from modalscope.ablation.generated import generate_captions, score
+
+                with Ablation(loaded.model, loaded.adapter, plan):
+                    texts = generate_captions(loaded, repeat_rows(inputs, len(part)), settings.new_tokens)
+                scores = score(texts, batch[3] * len(part), fields)
+                for f in fields:
+                    results[field_readout(f)][c:c + len(part), start:start + p] = scores[f].reshape(len(part), p)
+                    done[field_readout(f)][c:c + len(part), start:start + p] = True
+            else:
+                caption = batch[3]
+                with Ablation(loaded.model, loaded.adapter, plan):
+                    ll = caption_loglik(loaded.model, loaded.adapter, repeat_rows(inputs, len(part)),
+                                        caption.repeat(len(part), 1))
+                ll = ll.view(len(part), p).numpy()
+                ll[:, ~caption[:, 1:].any(1).numpy()] = np.nan  # nothing to score (no concept word): left out
+                results[readout][c:c + len(part), start:start + p] = ll
+                done[readout][c:c + len(part), start:start + p] = True
             ran += len(part) * p
             bar.update(1)
             if time.monotonic() - saved > SAVE_EVERY_S:
@@ -319,7 +372,8 @@ def _write(out_dir: Path, frame, settings: AblationSettings, store, readouts, ha
     from modalscope.tables import write_frame
 
     provenance = {"ablation": {**{k: v for k, v in asdict(settings).items() if k not in ("progress",)},
-                               "means_from_inputs": [0, half], "scored_inputs": [int(scored[0]), int(scored[-1]) + 1],
+                               "means_from_inputs": [0, half] if half else None,
+                               "scored_inputs": [int(scored[0]), int(scored[-1]) + 1],
                                "mean_conditions": {r: mean_condition(r, store.conditions) for r in readouts},
                                "model": store.attrs.get("model"), "manifest_hash": store.attrs.get("manifest_hash")}}
     table = write_frame(frame, check_inside(out_dir / "tables" / TABLE, out_dir), provenance=provenance)

@@ -13,15 +13,15 @@ from modalscope.cli.run import _config, _report, _stored_settings
 
 
 def _cmd_demo(args: argparse.Namespace, started: float) -> None:
-    """The whole study on the embedded tiny LLaVA and synthetic COCO set."""
+    """The whole study on the embedded trained VLM and drawn-shapes set (or the tiny LLaVA)."""
     from modalscope import study
     from modalscope.demo import demo_config
 
     keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
-            "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png", "primary")
+            "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png", "primary", "control")
     overrides = {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
     StudyConfig(out_dir=args.out, **overrides).validate()  # bounds first: the assets are written next
-    config = demo_config(args.out, progress=not args.quiet, **overrides)
+    config = demo_config(args.out, model=args.model, progress=not args.quiet, **overrides)
     _report(study.run_study(config), started, quiet=not config.progress)
 
 

@@ -32,7 +32,7 @@ FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dt
                "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl", "instances",
                "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "store_dtype", "conditions",
                "contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png",
-               "primary")
+               "primary", "control")
 
 
 FORCE_HELP = ("start even when the free disk under DIR looks too small for the store's estimate "
@@ -40,7 +40,8 @@ FORCE_HELP = ("start even when the free disk under DIR looks too small for the s
 
 
 CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run writes DIR/study.toml): "
-               "every option under [data], [model], [conditions], [reductions], [statistics], [output], "
+               "every option under [data], [model], [conditions], [reductions], [statistics], [output] "
+               "(and [ablation]: `ablate` after the analysis), "
                "keys named like the flags (num_pairs, permutations, ...); a flag given here beats the file "
                "(default: none, the flags alone)")
 
@@ -264,6 +265,17 @@ def _recording_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--conditions", type=_sites, default=DEFAULT_CONDITIONS, metavar="LIST",
                    help="forwards per pair: text (caption alone) and image (image alone) always; image_text "
                         "(both in one turn) (default: text,image)")
+
+
+CONTROL_HELP = ("random-twin: also run the same inputs (pairs, batches, token scopes) through a re-initialised "
+                "copy of the model (same config, the model's own initialisation, seeded from --seed) into "
+                "DIR/control/random-twin, and show its results beside every layer trend, cross-modal share, "
+                "alignment curve and concept count; a rerun keeps a finished twin (default: none)")
+
+
+def _control_option(p: argparse.ArgumentParser) -> None:
+    """--control: the untrained twin (twin.py), for the commands that record (run, extract, demo)."""
+    p.add_argument("--control", choices=["none", "random-twin"], default=None, help=CONTROL_HELP)
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from modalscope.config import ALL_STATS
 from modalscope.models.adapter import SITES
 from modalscope.cli.options import DESCRIPTION, FORCE_HELP, MODEL_HELP, _Parser, _index_list, _batch_size, _folder_type, _sites, SEED_HELP, SITES_HELP, TOKENS_HELP, CONTRAST_HELP, _model_options, _data_options, _recording_options, _analysis_options, _output_options, _folder
+from modalscope.cli.options import _control_option
 
 
 def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
@@ -16,15 +17,22 @@ def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
 
 def _demo_command(sub) -> None:
     """demo: the options of the embedded study (its model and data are built in)."""
-    p = _command(sub, "demo", "whole study on the embedded tiny LLaVA (random weights) and synthetic COCO set")
+    p = _command(sub, "demo", "whole study on the embedded VLM trained on drawn shapes (or the tiny random LLaVA)")
     p.add_argument("--out", type=_folder_type("--out"), required=True, metavar="DIR",
                    help="study folder; the assets are built in DIR/assets (required)")
+    p.add_argument("--model", choices=["trained", "tiny"], default="trained",
+                   help="trained: a small VLM trained here on drawn shapes by LLaVA's recipe (frozen "
+                        "SmolLM2-135M-Instruct; its LM is dequantized once, ~30 s); tiny: a random-weight "
+                        "tiny LLaVA on the basic shapes set (seconds; says nothing about trained models); the trained "
+                        "model is studied beside its random twin (--control none skips it) "
+                        "(default: trained)")
     p.add_argument("--num-pairs", type=int, metavar="N", help="pairs to use (default: all 240)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default: 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--sites", type=_sites, default=SITES, metavar="LIST", help=SITES_HELP)
     p.add_argument("--tokens", choices=["content", "all"], default="content", help=TOKENS_HELP)
+    _control_option(p)
     _analysis_options(p)
     _output_options(p)
 
@@ -93,6 +101,7 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     _model_options(p, MODEL_HELP + " (required, unless --config gives [model] model)", not config_given)
     _data_options(p)
     _recording_options(p)
+    _control_option(p)
     _analysis_options(p)
     _output_options(p)
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -117,6 +126,7 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     _model_options(p, MODEL_HELP + " (default: the model DIR recorded, when it holds a study)", False)
     _data_options(p)
     _recording_options(p)
+    _control_option(p)
     g = p.add_argument_group("statistics")
     g.add_argument("--contrast", default="text-image", metavar="A-B",
                    help=CONTRAST_HELP.replace(" (default", "; its streams must be recorded (default"))

@@ -62,12 +62,18 @@ def _report(result, started: float, quiet: bool = False) -> None:
 
 def headline_block(out_dir: Path, sentences: list[str]) -> str:
     """'At a glance' and one sentence per site; a study of a random-weights model (the demo's, or
-    one `modalscope shrink` built) says so."""
+    one `modalscope shrink` built) says so. With the random twin (--control random-twin) each
+    sentence ends with whether its effects exceed the twin's, and a last line says where the twin is."""
     from modalscope.report.facts import random_weights_title
+    from modalscope.twin import twin_dir
 
     note = random_weights_title(out_dir)
     title = f"At a glance ({note}):" if note else "At a glance:"
-    return "\n".join([title, *(f"  {sentence}" for sentence in sentences)])
+    lines = [title, *(f"  {sentence}" for sentence in sentences)]
+    if any("random twin" in sentence for sentence in sentences):
+        lines.append(f"  (random twin: this model re-initialised, the same inputs; its study folder "
+                     f"{twin_dir(out_dir)})")
+    return "\n".join(lines)
 
 
 def _given(argv: list[str], config_given: bool) -> set[str]:
@@ -206,9 +212,23 @@ def _stored_settings(out: Path, model: str | None, resume: bool) -> dict[str, ob
         return {"model": attrs["model"]}
     conditions = tuple(c for c in ("text", "image", "image_text") if c in attrs["conditions"])
     base = attrs.get("base_model") or {}
+    from modalscope.twin import RANDOM_TWIN, twin_dir
+
+    twin = (twin_dir(out) / STORE).exists() or _study_file_control(out) == RANDOM_TWIN  # --resume continues it
     return {"model": attrs["model"], "revision": attrs.get("revision"), "dtype": attrs["dtype"],
             "base_model": base.get("model"), "base_revision": base.get("revision"),
             "quantization": attrs.get("quantization"),
             "sites": tuple(attrs["sites"]), "tokens": attrs["tokens"], "stats": tuple(attrs["stats"]),
             "conditions": conditions, "quantile": attrs["quantile"],
-            "batch_size": int(attrs["batch_size"]), "sort_window": attrs.get("sort_window")}
+            "batch_size": int(attrs["batch_size"]), "sort_window": attrs.get("sort_window"),
+            **({"control": RANDOM_TWIN} if twin else {})}
+
+
+def _study_file_control(out: Path) -> str | None:
+    """The `[conditions] control` of DIR/study.toml (None without one, or when it does not parse)."""
+    from modalscope.study_file import StudyFileError, read
+
+    try:
+        return read(out / "study.toml").get("control") if (out / "study.toml").is_file() else None
+    except StudyFileError:
+        return None

@@ -26,8 +26,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from modalscope.figures.style import (
-    BLUE, GREEN, GREY, LAYER_AXIS, ORANGE, PURPLE, VERMILLION, apply_layout, contrast_sides, format_p, layer_ticks,
-    rgba,
+    BLUE, GREEN, GREY, LAYER_AXIS, ORANGE, PURPLE, TWIN_GREY, VERMILLION, apply_layout, contrast_sides, format_p,
+    layer_ticks, rgba,
 )
 
 __all__ = ["SHOWN", "figure_alignment"]
@@ -56,10 +56,25 @@ def _values(part: pd.DataFrame, name: str) -> np.ndarray:
 PLUG_IN = ("cka", 1, "plug-in CKA (biased)", GREY)  # a reference line, no bands
 
 
-def figure_alignment(alignment: pd.DataFrame, site: str) -> go.Figure:
+def _twin_lines(fig: go.Figure, rows: pd.DataFrame) -> None:
+    """Each shown measure of the random twin: a dark grey dashed line in its panel, no bands."""
+    for measure, panel, label, _colour, _reverse in SHOWN:
+        part = rows[rows["measure"] == measure].sort_values("layer")
+        if not len(part):
+            continue
+        name = f"random twin: {label}"
+        fig.add_trace(go.Scatter(x=part["layer"].to_numpy(dtype=float), y=_values(part, "value"),
+                                 mode="markers+lines", name=name, marker=dict(size=6, symbol="x", color=TWIN_GREY),
+                                 line=dict(color=TWIN_GREY, width=2, dash="dash"),
+                                 hovertemplate="<b>layer %{x}</b>: " + name + " = %{y:.3f}<extra></extra>"),
+                      row=1, col=panel)
+
+
+def figure_alignment(alignment: pd.DataFrame, site: str, twin: pd.DataFrame | None = None) -> go.Figure:
     """`alignment` is tables/alignment.parquet (site, layer, stat, measure, value, ci_low,
     ci_high, null_low, null_high, p_value, p_layers, chance, n_pairs, contrast); the rows of
-    `site`. A measure's CI band is drawn only where it has an interval."""
+    `site`. A measure's CI band is drawn only where it has an interval. `twin`: the random twin's
+    alignment.parquet (--control random-twin): each measure's twin line, dark grey and dashed."""
     rows = alignment[alignment["site"] == site]
     stat = str(rows["stat"].iloc[0]) if len(rows) else "mean"
     first, second = contrast_sides(str(rows["contrast"].iloc[0]) if len(rows) else None)
@@ -93,6 +108,8 @@ def figure_alignment(alignment: pd.DataFrame, site: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=x, y=_values(part, "value"), mode="markers+lines", name=label,
                                  line=dict(color=colour, width=2.5), marker=dict(size=7), customdata=data,
                                  text=p_text, hovertemplate=hover + "<extra></extra>"), **where)
+    if twin is not None:
+        _twin_lines(fig, twin[twin["site"] == site])
     measure, panel, label, colour = PLUG_IN
     part = rows[rows["measure"] == measure].sort_values("layer")
     if len(part):

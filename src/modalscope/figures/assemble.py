@@ -10,7 +10,10 @@ Table 3 has the cross-modal columns, `xmodal_r_{site}` (r per layer) and `xmodal
 (cohen_d vs xmodal_r per layer) for the headline reduction; `figure3_alignment_{site}`: the
 layer alignment of the two modalities (tables/alignment.parquet); `concepts_{site}`: the neurons
 selective for each concept from the caption, the image and both, per layer (tables/concepts.parquet,
-when the pairs carry concept labels; figures/concepts.py).
+when the pairs carry concept labels; figures/concepts.py). With the random twin (`--control
+random-twin`, twin.py) the figures keep their names and gain its lines (Figures 2 and 3) and its
+imagery column (`concepts_{site}`), and `xmodal_share_{site}` draws the cross-modal share per layer
+beside the twin's.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from modalscope.figures.histograms import figure1
 from modalscope.figures.significance import figure_significant
 from modalscope.figures.style import contrast_label
 from modalscope.figures.trend import figure2
-from modalscope.figures.xmodal import figure_xmodal_r, figure_xmodal_scatter, has_xmodal
-from modalscope.stats.columns import as_unsuffixed
+from modalscope.figures.xmodal import (
+    SHARE_FIGURE, figure_xmodal_r, figure_xmodal_scatter, figure_xmodal_share, has_xmodal,
+)
+from modalscope.stats.columns import as_unsuffixed, column
 from modalscope.store import STORE
 from modalscope.tables import ALIGNMENT, LAYERS, LAYERS_VS_BASE, SIGNIFICANT, SUMMARY, TABLE3, read_summary
 
@@ -47,6 +52,7 @@ class StudyTables:
     layers_vs_base: pd.DataFrame | None = None  # layers_vs_base: Δ_base = text − text_base, if analysed
     alignment: pd.DataFrame | None = None  # alignment.parquet: text vs image per site x layer x measure
     concepts: pd.DataFrame | None = None  # concepts.parquet (concepts.py), when the pairs carry concept labels
+    twin: "StudyTables | None" = None  # the random twin's tables (DIR/control/random-twin), when compared
 
     @classmethod
     def read(cls, out_dir: Path) -> "StudyTables":
@@ -63,7 +69,21 @@ class StudyTables:
                    pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY), base, alignment)
         read.check_names(Path(out_dir))
         read.concepts = pd.read_parquet(tables / "concepts.parquet") if (tables / "concepts.parquet").exists() else None
+        read.twin = cls._twin(Path(out_dir), read.summary)
         return read
+
+    @classmethod
+    def _twin(cls, out_dir: Path, summary: dict) -> "StudyTables | None":
+        """The random twin's tables, when this analysis compared the study with it (summary.json's
+        `twin`) and they are there (`--control random-twin`; twin.py); else None."""
+        from modalscope.twin import twin_dir
+
+        if not any(isinstance(entry, dict) and "twin" in entry for entry in summary.values()):
+            return None
+        try:
+            return cls.read(twin_dir(out_dir))
+        except FileNotFoundError:
+            return None
 
     def check_names(self, out_dir: Path) -> None:
         """Every site and reduction name the figures turn into file names (and the report into
@@ -136,6 +156,25 @@ class StudyTables:
         """'text − text_base', as summary.json's `vs_base` entry names it."""
         return contrast_label(self.summary[site]["vs_base"].get("contrast", "text - text_base"))
 
+    def twin_alignment(self, site: str) -> pd.DataFrame | None:
+        """The random twin's alignment.parquet, or None."""
+        return self.twin.alignment if self.has_twin(site) else None
+
+    def has_twin(self, site: str) -> bool:
+        """Whether the random twin was compared at `site` (summary.json's `twin`) and its tables read."""
+        return self.twin is not None and "twin" in self.summary.get(site, {}) and site in self.twin.summary
+
+    def twin_layers(self, site: str) -> pd.DataFrame | None:
+        """The random twin's layers table (tables/layers.parquet of its folder), or None."""
+        return self.twin.layers if self.has_twin(site) else None
+
+    def twin_trends(self, site: str) -> dict[str, dict]:
+        """The random twin's trend per reduction at `site` ({} without a twin)."""
+        if not self.has_twin(site):
+            return {}
+        entry = self.twin.summary[site]
+        return {"max": entry, **(entry.get("by_stat") or {})}
+
     def has_alignment(self, site: str) -> bool:
         """Whether the analysis measured the layer alignment at `site` (an older one did not)."""
         return self.alignment is not None and site in set(self.alignment["site"].astype(str))
@@ -153,7 +192,8 @@ def headline_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.
     contrast = tables.contrast(site)
     return {**xmodal_figures(tables, site, stat), 
         f"figure2_{site}": figure2(tables.layers, tables.trend(site, stat), site, stat, compare,
-                                   tables.trend(site, compare) if compare else None, contrast),
+                                   tables.trend(site, compare) if compare else None, contrast,
+                                   tables.twin_layers(site), tables.twin_trends(site)),
         f"figure1_{site}": figure1(tables.neurons_as(site, stat), site, stat=stat, contrast=contrast),
         f"significant_{site}": figure_significant(
             tables.counts, site, [s for s in ("max", "matched_max") if s in tables.stats] or tables.stats[:1],
@@ -167,8 +207,12 @@ def xmodal_figures(tables: StudyTables, site: str, stat: str) -> dict[str, go.Fi
     neurons = tables.neurons_as(site, stat)
     if not has_xmodal(neurons):
         return {}
-    return {f"xmodal_r_{site}": figure_xmodal_r(neurons, site, stat, tables.contrast(site)),
-            f"xmodal_scatter_{site}": figure_xmodal_scatter(neurons, site, stat, tables.contrast(site))}
+    figures = {f"xmodal_r_{site}": figure_xmodal_r(neurons, site, stat, tables.contrast(site)),
+               f"xmodal_scatter_{site}": figure_xmodal_scatter(neurons, site, stat, tables.contrast(site))}
+    twin = tables.twin_layers(site)  # with the random twin: the share per layer beside the twin's
+    if twin is not None and column("xmodal_share", stat) in tables.layers.columns:
+        figures[f"{SHARE_FIGURE}{site}"] = figure_xmodal_share(tables.layers, site, stat, twin, tables.contrast(site))
+    return figures
 
 
 def figure2_vs_base(tables: StudyTables, site: str, stat: str) -> go.Figure:
@@ -192,12 +236,16 @@ def study_figures(tables: StudyTables, stat: str = "max") -> dict[str, go.Figure
             figures[f"figure1_{site}_{shown}"] = figure1(tables.neurons_as(site, shown), site, stat=shown,
                                                          contrast=contrast)
             figures[f"figure2_{site}_{shown}"] = figure2(tables.layers, tables.trend(site, shown), site, shown,
-                                                         None, None, contrast)
+                                                         None, None, contrast, tables.twin_layers(site),
+                                                         tables.twin_trends(site))
         figures[f"significant_{site}"] = headline[f"significant_{site}"]
         figures.update({name: fig for name, fig in headline.items() if name.startswith("xmodal_")})
         if tables.has_vs_base(site):
             figures[f"figure2_{site}{VS_BASE}"] = figure2_vs_base(tables, site, stat)
         if tables.has_alignment(site):
-            figures[f"{ALIGNMENT_FIGURE}{site}"] = figure_alignment(tables.alignment, site)
-    figures.update(concept_figures(tables.concepts, tables.summary, tables.sites, stat))  # {} without concepts
+            figures[f"{ALIGNMENT_FIGURE}{site}"] = figure_alignment(tables.alignment, site, tables.twin_alignment(site))
+    twin = tables.twin
+    figures.update(concept_figures(tables.concepts, tables.summary, tables.sites, stat,  # {} without concepts
+                                   twin.concepts if twin is not None else None,
+                                   twin.summary if twin is not None else None))
     return figures

@@ -22,6 +22,7 @@ PURPLE = "#CC79A7"  # the sign-flip null band (Okabe-Ito "reddish purple"; pink 
 YELLOW = "#F0E442"
 BLACK = "#000000"
 GREY = "#999999"
+TWIN_GREY = "#555555"  # the random twin (--control random-twin): dark grey, dashed, beside every result
 
 # (text-preferring, image-preferring) per reduction, in the order reductions are drawn.
 DIRECTION_PAIRS = [(BLUE, VERMILLION), (SKY, ORANGE), (GREEN, PURPLE), (GREY, YELLOW), (BLACK, "#882255")]
@@ -29,7 +30,7 @@ DIRECTION_PAIRS = [(BLUE, VERMILLION), (SKY, ORANGE), (GREEN, PURPLE), (GREY, YE
 # What a reader sees each colour as, where a note names it ("grey: the spread over neurons"): the
 # null band is PURPLE at 22% opacity on white, which reads as pink, not purple.
 COLOUR_NAMES = {BLUE: "blue", GREEN: "green", VERMILLION: "vermillion", ORANGE: "orange", PURPLE: "pink",
-                GREY: "grey"}
+                GREY: "grey", TWIN_GREY: "dark grey"}
 
 LAYER_AXIS = "decoder layer (0 = first)"
 # What one unit of Δ is, per reduction over tokens.

@@ -37,8 +37,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from modalscope.figures.style import (
-    BLUE, DEFAULT_CONTRAST, GREEN, LAYER_AXIS, PURPLE, VERMILLION, apply_layout, delta_axis, format_p, layer_ticks,
-    permutation_floor,
+    BLUE, DEFAULT_CONTRAST, GREEN, LAYER_AXIS, PURPLE, TWIN_GREY, VERMILLION, apply_layout, delta_axis, format_p,
+    layer_ticks, permutation_floor,
     contrast_sides, no_preference, preferring, rgba,
 )
 from modalscope.stats.columns import column, site_rows
@@ -129,9 +129,33 @@ def _hover(df: pd.DataFrame, stat: str, controls: bool, contrast: str) -> tuple[
     return data, text
 
 
+TWIN_NAME = "random twin (re-initialised)"  # the legend's name of the twin's line
+
+
+def twin_trace(twin: pd.DataFrame, stat: str, regression: dict | None = None) -> go.Scatter | None:
+    """The random twin's layer mean Δ of `stat` (its layers table, one site), dark grey and dashed,
+    its slope in the legend and its 95% CI over inputs on hover; None when it lacks the reduction."""
+    name = column("mean_diff", stat)
+    if twin is None or name not in twin.columns or not len(twin):
+        return None
+    twin = twin.sort_values("layer")
+    label = f"{TWIN_NAME}: layer mean Δ ({stat})"
+    if regression and "slope" in regression:
+        label += f", slope = {float(regression['slope']):.3g}/layer"
+    data = np.column_stack([_column(twin, column("input_ci_low", stat)), _column(twin, column("input_ci_high", stat))])
+    return go.Scatter(
+        x=twin["layer"].to_numpy(dtype=float), y=twin[name].to_numpy(dtype=float), mode="markers+lines", name=label,
+        line=dict(color=TWIN_GREY, dash="dash", width=2), marker=dict(size=6, symbol="x", color=TWIN_GREY),
+        customdata=data, hovertemplate=("<b>layer %{x}</b>, random twin (" + stat + ")<br>mean Δ = %{y:.4g}"
+                                        "<br>95% CI over inputs: [%{customdata[0]:.3g}, %{customdata[1]:.3g}]"
+                                        "<extra></extra>"))
+
+
 def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None, colour: str,
-           symbol: str, col: int | None, first: bool, contrast: str) -> None:
-    """One reduction's bands, layer means and fit; `first` gives the shared bands their legend entry."""
+           symbol: str, col: int | None, first: bool, contrast: str, twin: pd.DataFrame | None = None,
+           twin_regression: dict | None = None) -> None:
+    """One reduction's bands, layer means and fit; `first` gives the shared bands their legend entry;
+    with `twin` (the random twin's layers of this site) its layer means as a dark grey dashed line."""
     x = df["layer"].to_numpy(dtype=float)
     where = dict(row=1, col=col) if col else {}
     lo, hi = _column(df, column("ci_low", stat)), _column(df, column("ci_high", stat))
@@ -162,6 +186,9 @@ def _panel(fig: go.Figure, df: pd.DataFrame, stat: str, regression: dict | None,
             x=x, y=intercept + slope * x, mode="lines", name=fit_label(regression, stat),
             line=dict(color=VERMILLION, dash="dash", width=2.5), hoverinfo="skip",
         ), **where)
+    trace = twin_trace(twin, stat, twin_regression) if twin is not None else None
+    if trace is not None:
+        fig.add_trace(trace, **where)
 
 
 def figure2(
@@ -172,6 +199,8 @@ def figure2(
     compare: str | None = "matched_max",
     compare_regression: dict | None = None,
     contrast: str = DEFAULT_CONTRAST,
+    twin: pd.DataFrame | None = None,
+    twin_regressions: Mapping[str, dict] | None = None,
 ) -> go.Figure:
     """Layer mean Δ vs. layer index with 95% bands and the regression line.
 
@@ -181,6 +210,8 @@ def figure2(
     ``regression`` is ``{"slope": float, "intercept": float, "r2": float, ...}``.
     When the table has the controls and ``compare``'s columns, ``compare`` is drawn in a
     second panel beside ``stat`` (its own y axis: reductions differ in scale).
+    ``twin``: the random twin's layers table (``--control random-twin``), drawn in each panel as a
+    dark grey dashed line; ``twin_regressions``: its trend per reduction (the legend gives its slope).
     """
     need = {"layer", column("mean_diff", stat), column("ci_low", stat), column("ci_high", stat)}
     df = site_rows(layers, site, need, "layers").sort_values("layer")
@@ -192,9 +223,13 @@ def figure2(
             f"reduction: {stat}", f"reduction: {compare}" + (" (length-matched)" if compare == "matched_max" else "")])
     else:
         fig = go.Figure()
-    _panel(fig, df, stat, regression, BLUE, "circle", 1 if beside else None, True, contrast)
+    twin_rows = twin[twin["site"] == site] if twin is not None and "site" in twin.columns else twin
+    regressions = twin_regressions or {}
+    _panel(fig, df, stat, regression, BLUE, "circle", 1 if beside else None, True, contrast, twin_rows,
+           regressions.get(stat))
     if beside:
-        _panel(fig, df, compare, compare_regression, GREEN, "diamond", 2, False, contrast)
+        _panel(fig, df, compare, compare_regression, GREEN, "diamond", 2, False, contrast, twin_rows,
+               regressions.get(compare))
     for col in (1, 2) if beside else (None,):
         where = dict(row=1, col=col) if col else {}
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), **where)

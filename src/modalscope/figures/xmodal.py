@@ -29,13 +29,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from modalscope.figures.style import (
-    BLACK, BLUE, DEFAULT_CONTRAST, GREEN, GREY, LAYER_AXIS, VERMILLION, apply_layout, contrast_sides, layer_ticks,
-    preferring,
+    BLACK, BLUE, DEFAULT_CONTRAST, GREEN, GREY, LAYER_AXIS, TWIN_GREY, VERMILLION, apply_layout, contrast_sides,
+    layer_ticks, preferring, rgba,
 )
-from modalscope.stats.columns import site_rows
+from modalscope.stats.columns import column, site_rows
 from modalscope.stats.xmodal_layers import ALPHA, threshold
 
-__all__ = ["figure_xmodal_r", "figure_xmodal_scatter", "xmodal_scatter_static", "has_xmodal", "SCATTER_META"]
+__all__ = ["figure_xmodal_r", "figure_xmodal_scatter", "figure_xmodal_share", "xmodal_scatter_static", "has_xmodal",
+           "SCATTER_META"]
 
 N_BINS = 80
 MAX_POINTS = 2000
@@ -192,3 +193,50 @@ def xmodal_scatter_static(fig: go.Figure) -> go.Figure:
     static.update_layout(title_text=steps[best].args[1]["title.text"].replace(
         "</sup>", "; the layer with the highest median r (the HTML figure has a slider)</sup>"))
     return static
+
+
+SHARE_FIGURE = "xmodal_share_"  # + site: the share per layer beside the random twin's (--control random-twin)
+
+
+def _share_trace(rows: pd.DataFrame, stat: str, name: str, colour: str, dash: str | None,
+                 symbol: str) -> list[go.Scatter]:
+    """A share's 95% CI band (a closed polygon, as Figure 2's) and its line."""
+    x = rows["layer"].to_numpy(dtype=float)
+    y = rows[column("xmodal_share", stat)].to_numpy(dtype=float)
+    names = (column("xmodal_share_ci_low", stat), column("xmodal_share_ci_high", stat))
+    traces = []
+    if all(n in rows.columns for n in names):
+        low, high = (rows[n].to_numpy(dtype=float) for n in names)
+        ok = np.isfinite(low) & np.isfinite(high)
+        traces.append(go.Scatter(x=np.concatenate([x[ok], x[ok][::-1]]), y=np.concatenate([high[ok], low[ok][::-1]]),
+                                 fill="toself", fillcolor=rgba(colour, 0.18), mode="lines", hoverinfo="skip",
+                                 line=dict(width=0, color=colour), name=f"{name}: 95% CI over inputs (bootstrap)"))
+    traces.append(go.Scatter(x=x, y=y, mode="markers+lines", name=name, marker=dict(size=7, symbol=symbol),
+                             line=dict(color=colour, width=2.5 if dash is None else 2, dash=dash),
+                             hovertemplate="<b>layer %{x}</b>: " + name + " %{y:.3g}<extra></extra>"))
+    return traces
+
+
+def figure_xmodal_share(layers: pd.DataFrame, site: str, stat: str = "max", twin: pd.DataFrame | None = None,
+                        contrast: str = DEFAULT_CONTRAST) -> go.Figure:
+    """The share of cross-modal neurons per layer (layers.parquet `xmodal_share`: xmodal_q < 0.05 and
+    r > 0) with its 95% CI, and the random twin's beside it (dark grey, dashed): how much of the
+    cross-modal code the architecture and the token counts give before any training."""
+    df = site_rows(layers, site, ("layer", column("xmodal_share", stat)), "layers").sort_values("layer")
+    fig = go.Figure()
+    for trace in _share_trace(df, stat, "this model", BLUE, None, "circle"):
+        fig.add_trace(trace)
+    if twin is not None and column("xmodal_share", stat) in twin.columns:
+        rows = twin[twin["site"] == site] if "site" in twin.columns else twin
+        for trace in _share_trace(rows.sort_values("layer"), stat, "random twin (re-initialised)", TWIN_GREY,
+                                  "dash", "x"):
+            fig.add_trace(trace)
+    first, second = contrast_sides(contrast)
+    apply_layout(fig, f"{site}: share of cross-modal neurons per layer, this model and its random twin "
+                      f"(reduction {stat})", height=480, xaxis_title=LAYER_AXIS,
+                 yaxis_title=f"share of neurons whose {first} and {second}<br>responses rank the pairs alike "
+                             f"(xmodal_q < {ALPHA:g}, r > 0)",
+                 legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, xanchor="left"))
+    fig.update_xaxes(**layer_ticks(len(df)))
+    fig.update_yaxes(rangemode="tozero")
+    return fig

@@ -110,6 +110,9 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
         ("pairs used", used),
         ("pairs skipped", len(skipped)),
     ]
+    control = twin_control(out_dir)
+    if control:  # --control random-twin: what the twin is, where its outputs are
+        rows.insert(next(i for i, (k, _) in enumerate(rows) if k == "model type") + 1, ("control", control))
     if "seeds" in study:  # one stream each, spawned from the seed (seeds.py)
         rows.insert(next(i for i, (k, _) in enumerate(rows) if k == "seed of the shuffle") + 1,
                     ("random streams of the seed", f"{study['seeds'].get('derivation', '')}: "
@@ -140,6 +143,65 @@ def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
     timings = [(stage.removesuffix("_s"), float(sec)) for stage, sec in study.get("timings", {}).items()]
     return Provenance([(k, _text(v)) for k, v in rows], dict(attrs.get("prompts", {})),
                       attrs.get("chat_template"), versions, timings, skipped)
+
+
+def twin_control(out_dir: Path) -> str | None:
+    """The provenance row of the random twin ('random twin: ...'), or None without one."""
+    from modalscope.twin import TWIN_FOLDER, twin_dir
+
+    twin = store_attrs(twin_dir(out_dir)).get("control")
+    if not isinstance(twin, dict):
+        return None
+    return (f"random twin: the same inputs through type(model)._from_config(config), transformers' own "
+            f"initialisation, torch seed {twin.get('torch_seed')} (SeedSequence(seed {twin.get('seed')}), spawn key "
+            f"{twin.get('spawn_key')}); its study folder {TWIN_FOLDER.as_posix()}/")
+
+
+TWIN_MEASURES = {"trend": "layer slope of Δ", "xmodal_share": "share of cross-modal neurons",
+                 "imagery": "imagery neuron-concept pairs"}
+
+
+def twin_rows(tables: StudyTables) -> pd.DataFrame | None:
+    """One row per site and effect: this model's value, the random twin's, their ratio and whether
+    the model's exceeds the twin's (summary.json's `twin`); None when the study has no twin."""
+    from modalscope.report.headline import NAMES
+
+    rows = []
+    for site in tables.sites:
+        twin = tables.summary.get(site, {}).get("twin")
+        if not isinstance(twin, dict):
+            continue
+        for stat, facts in (twin.get("trend") or {}).items():
+            rows.append({"site": site, "effect": f"{TWIN_MEASURES['trend']} ({NAMES.get(stat, stat)})",
+                         "this model": facts.get("study_slope"), "random twin": facts.get("twin_slope"),
+                         "model / twin": facts.get("ratio"), "exceeds the twin": bool(facts.get("exceeds")),
+                         "model's bootstrap 95% CI": _ci(facts.get("study_slope_ci_low"),
+                                                          facts.get("study_slope_ci_high"))})
+        for key in ("xmodal_share", "imagery"):
+            facts = twin.get(key)
+            if isinstance(facts, dict):
+                stat = facts.get("stat", twin.get("stat", "max"))
+                rows.append({"site": site, "effect": f"{TWIN_MEASURES[key]} ({stat})", "this model": facts.get("study"),
+                             "random twin": facts.get("twin"), "model / twin": facts.get("ratio"),
+                             "exceeds the twin": bool(facts.get("exceeds")), "model's bootstrap 95% CI": "—"})
+    return pd.DataFrame(rows).set_index("site") if rows else None
+
+
+def twin_alignment_rows(tables: StudyTables, site: str) -> pd.DataFrame | None:
+    """Per alignment measure, the peak over layers of this model and of its random twin, or None."""
+    peaks = (tables.summary.get(site, {}).get("twin") or {}).get("alignment")
+    if not isinstance(peaks, dict) or not peaks:
+        return None
+    frame = pd.DataFrame.from_dict({m: {"model's peak": f.get("study_peak"), "its layer": f.get("study_peak_layer"),
+                                        "twin's peak": f.get("twin_peak"), "twin's layer": f.get("twin_peak_layer")}
+                                    for m, f in peaks.items()}, orient="index")
+    frame.index.name = "measure"
+    return frame
+
+
+def _ci(low: object, high: object) -> str:
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high))
+    return f"{low:.3g} to {high:.3g}" if ok else "—"
 
 
 def is_hub_model(attrs: dict, model: object) -> bool:
@@ -292,6 +354,11 @@ def table_files(out_dir: Path) -> list[LinkedFile]:
     found = [out_dir / MANIFEST, out_dir / SKIPPED, out_dir / TRUNCATED, out_dir / "study.json",
              out_dir / "study.toml"]
     found += sorted((out_dir / "tables").glob("*"))
+    from modalscope.twin import twin_dir
+
+    twin = twin_dir(out_dir) / "tables"
+    if (twin / "summary.json").is_file():  # --control random-twin: the twin's own tables
+        found += sorted(twin.glob("*"))
     files = []
     for path in found:
         if not path.is_file() or path.name.startswith("."):
@@ -303,6 +370,8 @@ def table_files(out_dir: Path) -> list[LinkedFile]:
                 "study.toml": "every setting: `modalscope run --config study.toml --out NEW` repeats the study",
                 }.get(path.name)
         what = what or DESCRIPTIONS.get(path.stem.removesuffix("_export"), "")
+        if what and path.parent.parent.name == "random-twin" and path.parent.parent.parent.name == "control":
+            what = f"random twin: {what}"
         if path.suffix == ".csv":
             what = "CSV copy"
         rows = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else None

@@ -95,11 +95,69 @@ def disagreement(site_entry: dict) -> str:
 
 
 def headline(site: str, entry: dict) -> str:
-    """The sentence of one site from its summary.json entry (the max trend, with `by_stat`)."""
+    """The sentence of one site from its summary.json entry (the max trend, with `by_stat`); with
+    the random twin (`--control random-twin`: the entry's `twin`), whether each effect exceeds it."""
     floor = permutation_floor(entry.get("n_perm"))
     matched = entry.get("by_stat", {}).get(MATCHED)
     parts = [trend_clause(NAMES[RAW], entry, floor),
              trend_clause(NAMES[MATCHED], matched, floor) if matched
              else f"{NAMES[MATCHED]} not recorded (see --stats)"]
     sentence = f"{site}, layer mean of Δ = {contrast_label(entry.get('contrast'))}: {'; '.join(parts)}."
-    return " ".join(x for x in (sentence, disagreement(entry)) if x)
+    twin = twin_sentence(entry["twin"]) if isinstance(entry.get("twin"), dict) else ""
+    return " ".join(x for x in (sentence, disagreement(entry), twin) if x)
+
+
+def _times(ratio: object) -> str | None:
+    """'3.1 times' for a ratio of the same sign above 1, else None."""
+    return f"{ratio:.2g} times" if _finite(ratio) and ratio > 1 else None
+
+
+def twin_trend_clause(stat: str, facts: dict) -> str:
+    """'the length-matched max trend (-0.12 per layer) is 12 times the random twin's (-0.01)', or
+    '... exceeds the random twin's (0.02)' (the other sign), or '... does not exceed the random twin's (-0.11)'."""
+    name = NAMES.get(stat, stat)
+    slope, other = facts.get("study_slope"), facts.get("twin_slope")
+    if not (_finite(slope) and _finite(other)):
+        return f"the {name} trend has no random-twin comparison (a trend needs 3 layers with a finite mean)"
+    head = f"the {name} trend ({_n(slope)} per layer)"
+    if not facts.get("exceeds"):
+        return f"{head} does not exceed the random twin's ({_n(other)})"
+    times = _times(facts.get("ratio"))
+    return f"{head} is {times} the random twin's ({_n(other)})" if times else \
+        f"{head} exceeds the random twin's ({_n(other)})"
+
+
+def _count_clause(what: str, stat: str, facts: dict, share: bool) -> str:
+    """'the share of cross-modal neurons (matched_max: 12%) is 3 times the random twin's (4%)';
+    counts are plural ('imagery neuron-concept pairs (max: 40) are ...')."""
+    def shown(value: float) -> str:
+        return f"{100 * value:.3g}%" if share else f"{value:,.0f}"
+
+    study, twin = facts.get("study"), facts.get("twin")
+    if not (_finite(study) and _finite(twin)):
+        return ""
+    head = f"{what} ({stat}: {shown(study)})"
+    be, verb, do = ("is", "exceeds", "does") if share else ("are", "exceed", "do")
+    if not facts.get("exceeds"):
+        return f"{head} {do} not exceed the random twin's ({shown(twin)})"
+    times = _times(facts.get("ratio"))
+    return f"{head} {be} {times} the random twin's ({shown(twin)})" if times else \
+        f"{head} {verb} the random twin's ({shown(twin)})"
+
+
+def twin_sentence(twin: dict) -> str:
+    """The headline's sentence on the random twin (summary.json's `twin` of a site): per reduction
+    whether the layer slope exceeds the twin's (larger, and the twin's slope outside the study's
+    bootstrap 95% CI), then the cross-modal share and the imagery neuron-concept pairs."""
+    clauses = [twin_trend_clause(stat, facts) for stat, facts in (twin.get("trend") or {}).items()]
+    if "xmodal_share" in twin:
+        clauses.append(_count_clause("the share of cross-modal neurons", twin.get("stat", RAW),
+                                     twin["xmodal_share"], share=True))
+    if "imagery" in twin:
+        clauses.append(_count_clause("imagery neuron-concept pairs", twin["imagery"].get("stat", RAW),
+                                     twin["imagery"], share=False))
+    clauses = [c for c in clauses if c]
+    if not clauses:
+        return ""
+    text = "; ".join(clauses)
+    return f"Against its random twin (the same architecture re-initialised, the same inputs): {text}."

@@ -33,14 +33,17 @@ from modalscope.figures.histograms import figure1_static
 from modalscope.figures.trend import token_counts, token_lengths
 from modalscope.ablation.report import ablation_section
 from modalscope.figures.style import (
-    BLUE, COLOUR_NAMES, GREEN, PURPLE, VERMILLION, contrast_sides, direction_names, format_p, no_preference,
+    BLUE, COLOUR_NAMES, GREEN, PURPLE, TWIN_GREY, VERMILLION, contrast_sides, direction_names, format_p,
+    no_preference,
     permutation_floor,
     preferring,
 )
 from modalscope.report.facts import (
     NEURON_COLUMNS, SIGNIFICANT_Q, TOP_K, Forgetting, Provenance, figure_files, forgetting, partial_study,
-    provenance, random_weights_title, significant_counts, table_files, top_neurons, trend_rows,
+    provenance, random_weights, random_weights_title, significant_counts, table_files, top_neurons, trend_rows, twin_alignment_rows,
+    twin_rows,
 )
+from modalscope.figures.xmodal import SHARE_FIGURE
 from modalscope.report.headline import MATCHED, NAMES, RAW, headline
 
 SHUFFLED_P = "shuffled-pairing p"  # the alignment's permutation p (over layers, at the peak)
@@ -168,6 +171,26 @@ def _glance(tables: StudyTables, stat: str) -> str:
             f'<p class="note">{note}</p>' + _table(frame, index="site", p_floor=_p_floor(tables)) + "</section>")
 
 
+TWIN_NOTE = (
+    "The random twin is this model with its weights re-initialised: the same config and architecture, "
+    "transformers' own initialisation (<code>type(model)._from_config(config)</code>), seeded from the study's "
+    "seed, run on the same pairs, batches and token scopes (<code>--control random-twin</code>; its study folder "
+    "is control/random-twin/). Whatever the twin shows, the architecture and the token counts give without any "
+    "training: only what exceeds it says something about what this model learned. A layer slope exceeds the "
+    "twin's when it is larger in size and the twin's slope lies outside this model's bootstrap 95% CI over "
+    "inputs; a share or a count when it is larger. In the figures the twin is the dark grey dashed line "
+    "(Figures 2 and 3, the cross-modal share per layer) and the grey column of the concept figures.")
+
+
+def _twin_section(tables: StudyTables) -> str:
+    """The study beside its random twin: one row per site and effect ('' without a twin)."""
+    rows = twin_rows(tables)
+    if rows is None:
+        return ""
+    return (f'<section id="twin"><h2>Against the random twin</h2><p class="note">{TWIN_NOTE}</p>'
+            + _table(rows, index="site") + "</section>")
+
+
 def _provenance_section(prov: Provenance) -> str:
     parts = ['<section id="provenance"><h2>What was run</h2><div class="grid">', "<div>", _kv(prov.study), "</div>"]
     side = []
@@ -204,7 +227,8 @@ def _skipped(skipped: pd.DataFrame) -> str:
             + "</table></details>")
 
 
-def _figure2_note(stat: str, compare: str | None, contrast: str, tokens: dict | None = None) -> str:
+def _figure2_note(stat: str, compare: str | None, contrast: str, tokens: dict | None = None,
+                  twin: bool = False) -> str:
     note = (f"The layer mean of the neurons' mean Δ ({_esc(contrast)}; reduction {_esc(stat)}, "
             f"{COLOUR_NAMES[BLUE]}) with its 95% CI over inputs; grey: the spread over neurons (the report's band); "
             f"{COLOUR_NAMES[PURPLE]} with a dotted edge: where layer means fall under the sign-flip null "
@@ -214,6 +238,10 @@ def _figure2_note(stat: str, compare: str | None, contrast: str, tokens: dict | 
                  + (", which removes the length bias of a max over "
                     + _esc(token_lengths(tokens or {}, contrast) or "fewer tokens on one side than the other")
                     + " in this study." if compare == "matched_max" else "."))
+    if twin:
+        note += (f" {COLOUR_NAMES[TWIN_GREY].capitalize()}, dashed: the same layer means of the random twin (this "
+                 "model re-initialised, the same inputs), its slope in the legend: what the architecture and the "
+                 "token counts give without training.")
     return note + " Hover a point for its numbers."
 
 
@@ -253,11 +281,17 @@ def _xmodal_section(figs: dict[str, go.Figure], site: str, trend: dict, contrast
         line = (f" The share of cross-modal neurons (xmodal_q &lt; {SIGNIFICANT_Q}, r &gt; 0) changes by "
                 f"{_num(trend['slope'])} per layer{ci}; {_num(trend.get('n_cross_modal'))} of "
                 f"{_num(trend.get('n_neurons'))} neurons are cross-modal.")
+    share = []
+    if f"{SHARE_FIGURE}{site}" in figs:  # --control random-twin: the share per layer beside the twin's
+        share = [f'<p class="note">The share of cross-modal neurons per layer (xmodal_q &lt; {SIGNIFICANT_Q}, '
+                 f"r &gt; 0) with its 95% CI over inputs, and the random twin's ({COLOUR_NAMES[TWIN_GREY]}, "
+                 "dashed): the cross-modal neurons the architecture and the token counts give without "
+                 "training.</p>", _figure(figs[f"{SHARE_FIGURE}{site}"], f"{SHARE_FIGURE}{site}")]
     return [f'<h3 id="xmodal-{_esc(site)}">Cross-modal neurons: text and image responses ranked alike</h3>',
             f'<p class="note">{r_note}{line}</p>',
             _figure(figs[f"xmodal_r_{site}"], f"xmodal_r_{site}"),
             f'<p class="note">{scatter_note}</p>',
-            _figure(figs[f"xmodal_scatter_{site}"], f"xmodal_scatter_{site}")]
+            _figure(figs[f"xmodal_scatter_{site}"], f"xmodal_scatter_{site}"), *share]
 
 
 # Named for what it compares (the same text through the VLM and through its base LM), not for a
@@ -329,13 +363,19 @@ def _alignment_section(tables: StudyTables, site: str) -> str:
     floor = permutation_floor(int(nulls.max())) if nulls is not None and len(nulls) else None
     peaks = (_table(pd.DataFrame.from_dict(rows, orient="index"), index="measure", cls="compact", p_floor=floor)
              if rows else "")
+    twin = twin_alignment_rows(tables, site)
+    twin_part = [] if twin is None else [
+        f"<p class=\"note\">{COLOUR_NAMES[TWIN_GREY].capitalize()}, dashed in the figure: the random twin's "
+        "alignment (this model re-initialised, the same pairs). Each measure's peak over the layers, this model "
+        "and its twin:</p>", _table(twin, index="measure", cls="compact")]
     return "\n".join([
         f'<h3 id="alignment-{_esc(site)}">Figure 3: where words and pixels meet (layer alignment)</h3>',
         f'<p class="note">{ALIGNMENT_NOTE.format(stat=_esc(entry.get("stat", "mean")))}</p>',
-        _figure(figure_alignment(tables.alignment, site), f"{ALIGNMENT_FIGURE}{site}"),
+        _figure(figure_alignment(tables.alignment, site, tables.twin_alignment(site)), f"{ALIGNMENT_FIGURE}{site}"),
         '<p class="note">Per measure, the layer where it peaks (both retrieval directions, top-5 too) with a 95% CI '
         "simultaneous over the layers (debiased CKA only) and p family-wise over the layers (max-statistic over "
         "the shuffled pairings), and the first layer above its null at that family-wise 5%:</p>", peaks,
+        *twin_part,
     ])
 
 
@@ -351,10 +391,11 @@ def _site_section(tables: StudyTables, site: str, stat: str, base: Forgetting | 
     trend = trend_rows(tables, site)
     contrast = tables.contrast(site)
     up, down = preferring(contrast)
+    figure2_note = _figure2_note(stat, comparison(tables.stats, stat), contrast, tokens, tables.has_twin(site))
     return "\n".join([
         f'<section id="site-{_esc(site)}"><h2>Site: {_esc(site)}</h2>',
         f'<h3 id="figure2-{_esc(site)}">Figure 2: layer mean Δ by decoder layer, with its controls</h3>',
-        f'<p class="note">{_figure2_note(stat, comparison(tables.stats, stat), contrast, tokens)}</p>',
+        f'<p class="note">{figure2_note}</p>',
 
         _figure(figs[f"figure2_{site}"], f"figure2_{site}"),
         "<p class=\"note\">The trend for every reduction (bootstrap 95% CI over inputs, sign-flip permutation p):</p>",
@@ -421,7 +462,8 @@ def _figure_what(stem: str, sites: list[str], stat: str) -> str:
             if site in sites else ""
     if kind == "xmodal":  # 'xmodal_r_mlp', 'xmodal_scatter_mlp'
         which, _, site = rest.partition("_")
-        what = {"r": "cross-modal r per layer", "scatter": "cohen_d vs cross-modal r per layer"}.get(which)
+        what = {"r": "cross-modal r per layer", "scatter": "cohen_d vs cross-modal r per layer",
+                "share": "share of cross-modal neurons per layer beside the random twin's"}.get(which)
         return f"{what}, site {site}, reduction {stat}" if what and site in sites else ""
     name = {"figure1": "Figure 1 (distributions per layer)", "figure2": "Figure 2 (layer trend)",
             "significant": "significant neurons per layer"}.get(kind)
@@ -457,9 +499,10 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
     banner = f'<p class="banner" id="partial">{_esc(partial)}</p>' if partial else ""
     cards = report_cards(out_dir, tables.neurons, tables.sites)  # '' without tables/top_pairs.parquet
     ablation = ablation_section(out_dir)  # None without tables/ablation.parquet (`modalscope ablate`)
+    twin = _twin_section(tables)  # '' without a random twin (--control random-twin)
     # Results first (the glance, then each site, then the cards), provenance last: a reader opens
     # the report for the answer; what was run is for checking it.
-    nav = " ".join(['<a href="#glance">at a glance</a>']
+    nav = " ".join(['<a href="#glance">at a glance</a>'] + (['<a href="#twin">random twin</a>'] if twin else [])
                    + [f'<a href="#site-{_esc(s)}">site {_esc(s)}</a>' for s in tables.sites]
                    + (['<a href="#cards">neuron cards</a>'] if cards else [])
                    + (['<a href="#ablation">ablation</a>'] if ablation else [])
@@ -470,7 +513,7 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
             cards, ablation or "", _provenance_section(prov), _files_section(out_dir, tables.sites, stat)]
     return "\n".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-        f"<title>modalscope report: {_esc(Path(model).name or model)}{' (random weights)' if demo else ''}</title>",
+        f"<title>modalscope report: {_esc(Path(model).name or model)}{' (random weights)' if demo and random_weights(out_dir) else ''}</title>",
         f"<style>{CSS}{CARD_CSS}</style>",
         '<script type="text/javascript">', plotlyjs_bytes().decode("utf-8"), "</script></head><body>",
         f"<header><div><h1>{_esc(_question(tables.contrast(tables.sites[0])))} Neuron by neuron: {_esc(model)}"
@@ -478,7 +521,7 @@ def render_report(out_dir: Path, stat: str = "max") -> str:
         f"<p>Study folder {_esc(out_dir.resolve())}; headline reduction over tokens: {_esc(stat)}; "
         f"{_esc(_delta_meaning(tables.contrast(tables.sites[0])))}; layers and neurons 0-indexed. "
         f"Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
-        f"<nav>{nav}</nav></div></header><main>", banner, _glance(tables, stat), *body, "</main></body></html>",
+        f"<nav>{nav}</nav></div></header><main>", banner, _glance(tables, stat), twin, *body, "</main></body></html>",
     ])
 
 
