@@ -64,6 +64,25 @@ def read_pairs(config: StudyConfig) -> list[Pair]:
     return pairs
 
 
+def check_manifest_request(config: StudyConfig) -> pd.DataFrame | None:
+    """DIR's manifest (None when there is none yet), refusing in one line a run that asks for
+    other pairs (another --seed, --num-pairs or data source) than the ones it was made with.
+    Cheap, so extraction calls it before the model loads (issue 22.4)."""
+    path = config.out_dir / MANIFEST
+    if not path.exists():
+        return None
+    frame, meta = load_manifest(config.out_dir)
+    wanted = {"seed": config.seed, "num_pairs": config.num_pairs, "source": _source(config)}
+    if wanted["source"] is not None:
+        for key, value in wanted.items():
+            if meta.get(key) != value:
+                raise DataError(
+                    f"{path}: made with {key}={meta.get(key)!r}, this run asks for "
+                    f"{value!r}; a study keeps its manifest, so use a new --out"
+                )
+    return frame
+
+
 def prepare_manifest(config: StudyConfig, prepare: Prepare | None = None,
                      pairs: list[Pair] | None = None) -> pd.DataFrame:
     """Reuse DIR/manifest.parquet if it exists (refusing a conflicting request), else make it
@@ -74,15 +93,7 @@ def prepare_manifest(config: StudyConfig, prepare: Prepare | None = None,
     wanted = {"seed": config.seed, "num_pairs": config.num_pairs, "source": _source(config)}
     path = config.out_dir / MANIFEST
     if path.exists():
-        frame, meta = load_manifest(config.out_dir)
-        if wanted["source"] is not None:
-            for key, value in wanted.items():
-                if meta.get(key) != value:
-                    raise DataError(
-                        f"{path}: made with {key}={meta.get(key)!r}, this run asks for "
-                        f"{value!r}; a study keeps its manifest, so use a new --out"
-                    )
-        return frame
+        return check_manifest_request(config)
     if (config.out_dir / STORE).exists():  # its rows belong to a manifest that is gone
         raise DataError(f"{config.out_dir}: holds {STORE} but no manifest.parquet, so its rows cannot be "
                         "matched to pairs; use a new --out (nothing was written)")
@@ -142,6 +153,8 @@ def extract_stage(config: StudyConfig, manifest: pd.DataFrame | None = None, for
         raise ValueError(problem)
     ranks = Ranks.from_env()
     ranks.start()
+    if manifest is None:
+        check_manifest_request(config)  # another --seed or --num-pairs into DIR: refused before the model loads
     fresh = manifest is None and ranks.leader and not (config.out_dir / MANIFEST).exists()
     pairs = read_pairs(config) if fresh and not (config.out_dir / STORE).exists() else None
     weights = _weights_content_started(config)  # hashed while the model loads
