@@ -17,7 +17,7 @@ import pytest
 from modalscope import StudyConfig
 from modalscope.figures.alignment import SHOWN, figure_alignment
 from modalscope.layer_alignment import COLUMNS, alignment_summary, max_statistic_p, run_alignment
-from modalscope.stats.alignment import MEASURES, alignment_layer, alignment_with_uncertainty, interval
+from modalscope.stats.alignment import INTERVAL_METHOD, MEASURES, alignment_layer, alignment_with_uncertainty, interval
 from modalscope.stats.protocol import AnalysisSettings
 from modalscope.store import STORE, ActivationStore
 
@@ -39,7 +39,7 @@ def check_rows(table: pd.DataFrame, site: str, layer: int, stat: str, want: dict
             got[["value", "ci_low", "ci_high", "null_low", "null_high", "p_value", "chance", "se"]].to_numpy(float),
             expected, err_msg=f"{site} {layer} {m}")
         assert (got["n_pairs"], got["n_boot"], got["n_null"]) == (want["n_pairs"], 0, SMALL.n_perm)
-        assert got["ci_method"] == ("jackknife over pairs, half Efron-Stein correction" if m == "cka_debiased" else "")
+        assert got["ci_method"] == INTERVAL_METHOD.get(m, "")
 
 
 def test_the_analyze_stage_table_equals_alignment_by_hand_on_the_stored_arrays(small_study: Path):

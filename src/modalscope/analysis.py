@@ -66,13 +66,32 @@ class Analysis:
     fdr_families: pd.DataFrame | None = None  # one row per FDR family: its role in the plan (fdr_plan)
 
 
+def read_values(store: ActivationStore, site: str, condition: str, stat: str, layer: int, start: int,
+                stop: int) -> np.ndarray:
+    """[inputs, neurons] of one layer as stored: float16 stays float16 (each use widens it
+    exactly, and float16 -> float64 is numpy's fast conversion, float16 -> float32 not: 6 ms a
+    block of 256 x 11,008), float32 stays float32. Blocks with rows derived.py left as holes, and
+    other dtypes (bfloat16), go through `read_layer`, which fills the holes (float32)."""
+    values = None
+    if not store.holes(f"{site}/{condition}/{stat}", start, stop).any():
+        values = store.array(site, condition, stat)[start:stop, layer, :]  # what read_layer reads, checksum included
+    if values is None or values.dtype not in (np.float16, np.float32):
+        values = store.read_layer(site, condition, stat, layer, start, stop)
+    return values
+
+
 def slabs(store: ActivationStore, site: str, layer: int, stat: str, contrast: tuple[str, str]) -> Iterator[Slab]:
-    """One layer of one reduction, a block of inputs at a time, as float64."""
+    """One layer of one reduction, a block of inputs at a time: Δ in float64 (the difference of
+    two float16 or float32 values, exact in float64), the two conditions as stored (`read_values`),
+    and whether Δ is complete (no NaN: one sum tells) and the values float16 numbers, so that the
+    statistics can skip what these make needless (protocol.Slab)."""
     first, second = contrast
     for start, stop in store.input_blocks():
-        a = store.read_layer(site, first, stat, layer, start, stop).astype(np.float64)
-        b = store.read_layer(site, second, stat, layer, start, stop).astype(np.float64)
-        yield Slab(start, stop, a - b, {first: a, second: b})
+        a = read_values(store, site, first, stat, layer, start, stop)
+        b = read_values(store, site, second, stat, layer, start, stop)
+        delta = np.subtract(a, b, dtype=np.float64)
+        half = a.dtype == np.float16 and b.dtype == np.float16
+        yield Slab(start, stop, delta, {first: a, second: b}, complete=bool(np.isfinite(delta.sum())), half=half)
 
 
 def analyze_layer(store: ActivationStore, ctx: Context,

@@ -158,8 +158,8 @@ def alignment_summary(table: pd.DataFrame, site: str, level: float = 0.95) -> di
     value whichever layer the data made the peak; `p_value` is the max-statistic p_layers;
     `first_layer_above_null` the first layer with p_layers < ALPHA (family-wise error ALPHA
     over layers). The uncorrected ones are kept as `ci_pointwise_low`, `ci_pointwise_high`,
-    `p_pointwise`. Measures without an interval (everything but the debiased CKA) have NaN
-    bounds."""
+    `p_pointwise`. Measures without an interval (the plug-in CKA, mutual k-NN, top-5; see
+    stats/alignment.WITH_INTERVAL and docs/method.md) have NaN bounds."""
     rows = table[table["site"] == site]
     entry: dict = {"stat": str(rows["stat"].iloc[0]) if len(rows) else DEFAULT_STAT,
                    "contrast": str(rows["contrast"].iloc[0]) if len(rows) else "", "measures": {}}

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from modalscope.stats import alignment_cka, alignment_common
+from modalscope.stats import alignment_cka, alignment_common, alignment_knn
 from modalscope.stats.alignment import (
     MEASURES,
+    WITH_INTERVAL,
     alignment_with_uncertainty,
     debiased_cka,
     linear_cka,
@@ -24,6 +25,8 @@ from modalscope.stats.alignment import (
     retrieval,
 )
 from modalscope.stats.alignment_cka import debiased_cka_jackknife, grams
+from modalscope.stats.alignment_knn import gram_neighbours, neighbours
+from modalscope.stats.alignment_retrieval import MIN_OUTCOMES, jackknife_se
 
 NAMES = [f"{m}_{d}" for d in ("text_to_image", "image_to_text") for m in ("top1", "top5", "mrr")]
 
@@ -293,7 +296,7 @@ def test_null_and_interval_equal_brute_force_replicates(blocks, monkeypatch):
         assert (got[f"{name}_null_low"], got[f"{name}_null_high"]) == pytest.approx(
             (null_low, null_high), rel=1e-9, abs=1e-12), name
         assert got[f"{name}_p"] == pytest.approx(p), name
-        if name != "cka_debiased":  # no interval
+        if name not in WITH_INTERVAL or name.startswith(("top1", "mrr")):  # none; retrieval's: < 10 hits here
             assert np.isnan([got[f"{name}_se"], got[f"{name}_low"], got[f"{name}_high"]]).all(), name
     se = debiased_cka_jackknife(*grams(X, Y))[1]
     z = sps.norm.ppf(0.95)
@@ -407,3 +410,54 @@ def test_bad_input_is_one_clear_error():
         retrieval(X, X[:, :3])
     with pytest.raises(ValueError, match="same neurons"):
         alignment_with_uncertainty(X, X[:, :3])
+
+
+# --- k-NN from the Gram, retrieval's jackknife -------------------------------------------
+
+def test_nearest_is_the_first_m_of_a_stable_sort():
+    """Whole-number similarities, so ties straddle the m-th place in most rows: the lower
+    columns win, as in the stable argsort this replaced."""
+    rng = np.random.default_rng(3)
+    sims = rng.integers(0, 4, size=(40, 30)).astype(float)
+    for m in (1, 3, 7, 29):
+        want = np.sort(np.argsort(-sims, axis=1, kind="stable")[:, :m], axis=1)
+        np.testing.assert_array_equal(alignment_knn.nearest(sims, m), want)
+
+
+def test_gram_neighbours_are_the_neighbours_of_the_unit_rows():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(50, 8))
+    x[10] = x[3]  # an exact tie
+    x[20] = x.mean(axis=0)  # a zero row once centred: cosine 0 with every row
+    xc = x - x.mean(axis=0)
+    np.testing.assert_array_equal(gram_neighbours(xc @ xc.T, 6), neighbours(unit(x, True), 6))
+
+
+def test_retrieval_jackknife_equals_deleted_samples_recomputed():
+    """top-1 and MRR se against every delete-one and delete-two sample ranked anew (the
+    centring held fixed, as documented), with half the Efron-Stein correction; NaN below
+    MIN_OUTCOMES hits."""
+    rng = np.random.default_rng(8)
+    n = 36
+    x = rng.normal(size=(n, 6))
+    s = unit(x, True) @ unit(x + 0.9 * rng.normal(size=(n, 6)), True).T
+    score = {"top1": lambda r: float(np.mean(r <= 1)), "mrr": lambda r: float(np.mean(1.0 / r))}
+
+    def theta(keep, measure):
+        part = s[np.ix_(keep, keep)]
+        return score[measure]((part >= np.diagonal(part)[:, None]).sum(axis=1))
+
+    everyone = np.arange(n)
+    hits = int(np.sum((s >= np.diagonal(s)[:, None]).sum(axis=1) == 1))
+    assert MIN_OUTCOMES <= hits <= n - MIN_OUTCOMES
+    for measure in score:
+        full = theta(everyone, measure)
+        one = np.array([theta(np.delete(everyone, a), measure) for a in range(n)])
+        v_plain = (n - 1) / n * np.sum((one - one.mean()) ** 2)
+        second = sum((full - one[a] - one[b] + theta(np.delete(everyone, [a, b]), measure)) ** 2
+                     for a, b in itertools.combinations(range(n), 2))
+        want = np.sqrt(v_plain - second / 2 if v_plain - second / 2 > 0 else v_plain)
+        assert jackknife_se(s, measure) == pytest.approx(want, rel=1e-9), measure
+    few = s.copy()
+    few[np.arange(n), np.arange(n)] = -2.0  # no caption finds its image first
+    assert np.isnan(jackknife_se(few, "top1"))

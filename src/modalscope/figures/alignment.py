@@ -7,9 +7,10 @@ Design choices:
   own image is its nearest, in the same neurons). Each measure is a line over decoder layers
   with its shuffled-pairing null (95% band) in pink with a dotted edge, as Figure 2's null;
   chance, where it has a closed form, as a grey dashed line. A value above its pink band is
-  alignment that unrelated pairs of the same two clouds do not give. The debiased CKA, the
-  one measure with an interval (jackknife over pairs, its coverage tested), has it as a band
-  in its colour; the plug-in CKA is a thin grey line without bands, for comparison with
+  alignment that unrelated pairs of the same two clouds do not give. The measures with an
+  interval (the debiased CKA, retrieval top-1 and MRR: jackknife over pairs, coverage tested
+  in tests/stats/test_alignment_coverage.py and test_retrieval_coverage.py) have it as a band
+  in their colour, wherever the interval is defined; the plug-in CKA is a thin grey line without bands, for comparison with
   earlier studies (it is biased upwards, so it sits above the debiased one).
 * Retrieval shows caption -> image top-1 and mean reciprocal rank (MRR: 1/rank of the own
   image, so it credits near misses); hovering shows image -> caption too, and the table

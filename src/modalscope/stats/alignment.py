@@ -19,8 +19,12 @@ permuted: any alignment left is what two unrelated clouds with these spectra and
 neighbourhoods give by chance), a one-sided p and the null band; the measures in
 WITH_INTERVAL also with a 95% interval whose coverage is checked by simulation
 (tests/stats/test_alignment_coverage.py): the jackknife over pairs with half of Efron and
-Stein's second-order correction for `cka_debiased` (alignment_cka.py says why half). The others have no interval (NaN): the
-percentile bootstrap over pairs that they had before did not cover (docs/method.md §11).
+Stein's second-order correction, for `cka_debiased` (alignment_cka.py says why half) and for
+top-1 and MRR of both directions (alignment_retrieval.py `jackknife_se`; given where at least
+MIN_OUTCOMES queries are at rank 1 and as many are not). Mutual k-NN and top-5 have no
+interval (NaN): their statistic is far from additive in the pairs (a pair left out reshuffles
+the neighbour lists, or the top-5, of many others), the jackknife counts that twice over and
+more, and no correction of it covered (docs/method.md §11).
 Pairings draw from the study's `alignment_null` stream (seeds.py), one `permutation(n)` per
 pairing, the same draws for every measure and every layer of n pairs.
 
@@ -40,24 +44,50 @@ import numpy as np
 from scipy.stats import norm
 
 from modalscope.seeds import generator
-from modalscope.stats.controls import TIE as _TIE  # a null value equal to the observed one counts as >=
 from modalscope.stats.alignment_cka import (
+    centred_grams,
     cka_shuffled,
     debiased_cka,
     debiased_cka_jackknife,
     grams,
     linear_cka,
 )
-from modalscope.stats.alignment_common import MIN_PAIRS, block_rows, pair_matrices, unit_rows
-from modalscope.stats.alignment_knn import knn_shuffled, mutual_knn, neighbours, shared
-from modalscope.stats.alignment_retrieval import RETRIEVAL_NAMES, chance, retrieval, retrieval_all
+from modalscope.stats.alignment_common import (
+    MIN_PAIRS,
+    block_rows,
+    pair_matrices,
+    unit_rows,
+)
+from modalscope.stats.alignment_knn import (
+    gram_neighbours,
+    knn_shuffled,
+    mutual_knn,
+    neighbours,
+    shared,
+)
+from modalscope.stats.alignment_retrieval import (
+    DIRECTIONS,
+    MIN_OUTCOMES,
+    RETRIEVAL_NAMES,
+    WITH_SE,
+    centred_similarities,
+    chance,
+    retrieval,
+    retrieval_all,
+)
+from modalscope.stats.controls import (
+    TIE as _TIE,  # a null value equal to the observed one counts as >=
+)
 
 __all__ = ["MEASURES", "WITH_INTERVAL", "alignment_layer", "alignment_with_uncertainty", "debiased_cka",
            "interval", "linear_cka", "mutual_knn", "retrieval", "RETRIEVAL_NAMES"]
 
 MEASURES = ("cka", "cka_debiased", "mutual_knn", *RETRIEVAL_NAMES)
-WITH_INTERVAL = ("cka_debiased",)  # measures reported with an interval (its coverage is tested)
-INTERVAL_METHOD = {"cka_debiased": "jackknife over pairs, half Efron-Stein correction"}
+# measures reported with an interval (each one's coverage is tested: tests/stats/test_alignment_coverage.py)
+WITH_INTERVAL = ("cka_debiased", *(f"{m}_{d}" for d in DIRECTIONS for m in WITH_SE))
+INTERVAL_METHOD = {"cka_debiased": "jackknife over pairs, half Efron-Stein correction",
+                   **{name: f"jackknife over pairs, half Efron-Stein correction (>= {MIN_OUTCOMES} queries at rank 1 "
+                            f"and as many not)" for name in WITH_INTERVAL[1:]}}
 
 
 def interval(value, se, level: float = 0.95, tests: int = 1):
@@ -87,10 +117,11 @@ def _summary(name: str, observed: float, se: float, null: np.ndarray, level: flo
             f"{name}_null_low": float(null_low), f"{name}_null_high": float(null_high), f"{name}_p": float(p)}
 
 
-def _cka_all(x, y, n_null, seed):
-    """Plug-in and debiased CKA: observed, the debiased one's se, and [n_null] nulls of each."""
+def _cka_all(x, y, n_null, seed, g=None):
+    """Plug-in and debiased CKA: observed, the debiased one's se, and [n_null] nulls of each
+    (`g`: the unit-centred Grams, when made already)."""
     nan = np.full(n_null, np.nan)
-    g = grams(x, y)
+    g = grams(x, y) if g is None else g
     if g is None:
         return (np.nan, nan), (np.nan, np.nan, nan)
     k, l = g
@@ -103,9 +134,13 @@ def _cka_all(x, y, n_null, seed):
     return (plain, null_plain), (value, se, null_debiased)
 
 
-def _knn_all(x, y, n_null, seed, k, center):
-    """Observed and [n_null] mutual k-NN."""
-    nx, ny = neighbours(unit_rows(x, center), k), neighbours(unit_rows(y, center), k)
+def _knn_all(x, y, n_null, seed, k, center, g=None):
+    """Observed and [n_null] mutual k-NN (centred: the neighbours from CKA's Grams `g`, when
+    given, so that no second n x n x d product is made)."""
+    if center and g is not None:
+        nx, ny = gram_neighbours(g[0], k), gram_neighbours(g[1], k)
+    else:
+        nx, ny = neighbours(unit_rows(x, center), k), neighbours(unit_rows(y, center), k)
     null = [knn_shuffled(nx, ny, block, k) for block in _pairings(x.shape[0], n_null, seed)]
     return float(shared(nx, ny).mean() / k), np.concatenate(null or [np.empty(0)])
 
@@ -118,17 +153,22 @@ def alignment_layer(X: np.ndarray, Y: np.ndarray, n_null: int = 1000, seed: int 
     n = x.shape[0]
     ok, knn_ok = n >= MIN_PAIRS, n >= MIN_PAIRS and 1 <= k <= n - 2
     nan_null = np.full(n_null, np.nan)
+    made = centred_grams(x, y) if ok else None  # unit-centred pairs and Grams: CKA's, k-NN's and retrieval's
+    g = None if made is None else made[2:]
+    s = (centred_similarities(made[0], made[1], np.diagonal(made[2]), np.diagonal(made[3]))
+         if center and made is not None else None)  # retrieval's cosines, before the [n, d] pairs go
+    del made
     (plain, plain_null), (debiased, se, debiased_null) = (
-        _cka_all(x, y, n_null, seed) if ok else ((np.nan, nan_null), (np.nan, np.nan, nan_null)))
-    knn, knn_null = _knn_all(x, y, n_null, seed, k, center) if knn_ok else (np.nan, nan_null)
+        _cka_all(x, y, n_null, seed, g) if g is not None else ((np.nan, nan_null), (np.nan, np.nan, nan_null)))
+    knn, knn_null = _knn_all(x, y, n_null, seed, k, center, g) if knn_ok else (np.nan, nan_null)
     if ok:
-        observed, null = retrieval_all(x, y, list(_pairings(n, n_null, seed)), center)
+        observed, null, retrieval_se = retrieval_all(x, y, list(_pairings(n, n_null, seed)), center, s)
     else:
-        observed, null = np.full(6, np.nan), np.full((n_null, 6), np.nan)
+        observed, null, retrieval_se = np.full(6, np.nan), np.full((n_null, 6), np.nan), np.full(6, np.nan)
     nulls = {"cka": plain_null, "cka_debiased": debiased_null, "mutual_knn": knn_null,
              **{name: null[:, j] for j, name in enumerate(RETRIEVAL_NAMES)}}
     values = {"cka": (plain, np.nan), "cka_debiased": (debiased, se), "mutual_knn": (knn, np.nan),
-              **{name: (observed[j], np.nan) for j, name in enumerate(RETRIEVAL_NAMES)}}
+              **{name: (observed[j], retrieval_se[j]) for j, name in enumerate(RETRIEVAL_NAMES)}}
     out: dict[str, float] = {}
     for name in MEASURES:
         out.update(_summary(name, *values[name], nulls[name], level))

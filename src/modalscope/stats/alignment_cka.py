@@ -40,8 +40,12 @@ MIN_PAIRS_DEBIASED = 6  # HSIC_u needs n >= 4; its delete-two values n - 2 >= 4
 def unit_centred(x: np.ndarray) -> np.ndarray | None:
     """Columns centred, scaled to Frobenius norm 1 (CKA is scale-free; this keeps sums tame)."""
     xc = x - x.mean(axis=0)
-    size = np.linalg.norm(xc)
-    return xc / size if size > 0 else None
+    flat = xc.reshape(-1)
+    size = np.sqrt(np.dot(flat, flat))  # no squared copy
+    if not size > 0:
+        return None
+    xc /= size
+    return xc
 
 
 def _inner(a: np.ndarray, b: np.ndarray) -> float:
@@ -81,8 +85,16 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
 
 def grams(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The Gram matrices of the unit-centred pairs (None if either modality is constant)."""
+    made = centred_grams(x, y)
+    return None if made is None else made[2:]
+
+
+def centred_grams(x: np.ndarray, y: np.ndarray):
+    """(xc, yc, K, L): the unit-centred pairs (`unit_centred`) and their Grams K = xc xcᵀ,
+    L = yc ycᵀ; None if either modality is constant. Retrieval's cosines are xc ycᵀ scaled by
+    the rows' norms, sqrt(diag K) and sqrt(diag L), so the centred pairs serve all three measures."""
     xc, yc = unit_centred(x), unit_centred(y)
-    return None if xc is None or yc is None else (xc @ xc.T, yc @ yc.T)
+    return None if xc is None or yc is None else (xc, yc, xc @ xc.T, yc @ yc.T)
 
 
 # --- unbiased HSIC and its leave-out updates -------------------------------------------

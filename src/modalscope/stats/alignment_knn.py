@@ -12,11 +12,27 @@ from modalscope.stats import alignment_common as common
 from modalscope.stats.alignment_common import MIN_PAIRS, block_rows, pair_matrices, unit_rows
 
 
-def neighbours(u: np.ndarray, m: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """[rows, m] the m nearest other pairs of each pair by cosine, u [n, d] unit rows.
+def nearest(sims: np.ndarray, m: int) -> np.ndarray:
+    """[r, m] the columns of the m largest values of each row of sims [r, n], in ascending
+    column order; among values tied with the m-th largest the lower columns win (what the first
+    m of a stable sort by decreasing value hold). A partition per row, not a sort: O(n), and a
+    row needs a running count only when ties straddle the m-th place."""
+    r, n = sims.shape
+    kth = np.partition(sims, n - m, axis=1)[:, n - m]  # the m-th largest of each row
+    chosen = sims > kth[:, None]
+    tied = sims == kth[:, None]
+    need = m - chosen.sum(axis=1)  # how many of the tied values each row takes (>= 1)
+    straddle = np.flatnonzero(tied.sum(axis=1) > need)
+    chosen |= tied
+    if straddle.size:  # lowest columns first among the tied
+        chosen[straddle] &= ~tied[straddle] | (np.cumsum(tied[straddle], axis=1) <= need[straddle, None])
+    return np.nonzero(chosen)[1].reshape(r, m)
 
-    Ties go to the lower pair index (a stable sort); a pair is never its own neighbour.
-    """
+
+def neighbours(u: np.ndarray, m: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """[rows, m] the m nearest other pairs of each pair by cosine, u [n, d] unit rows, in
+    ascending pair order (`nearest`: ties go to the lower pair index); a pair is never its own
+    neighbour."""
     rows = np.arange(u.shape[0]) if rows is None else rows
     out = np.empty((rows.size, m), dtype=np.int64)
     step = block_rows(u.shape[0])
@@ -24,7 +40,26 @@ def neighbours(u: np.ndarray, m: int, rows: np.ndarray | None = None) -> np.ndar
         block = rows[s : s + step]
         sims = u[block] @ u.T
         sims[np.arange(block.size), block] = -np.inf
-        out[s : s + step] = np.argsort(-sims, axis=1, kind="stable")[:, :m]
+        out[s : s + step] = nearest(sims, m)
+    return out
+
+
+def gram_neighbours(gram: np.ndarray, m: int) -> np.ndarray:
+    """`neighbours` from the Gram matrix [n, n] of the column-centred pairs (any scale, e.g.
+    CKA's, alignment_cka.grams), so that no second [n, d] product is made: the cosine of
+    centred rows i, j is G_ij / sqrt(G_ii G_jj) (a zero row has cosine 0 with every row, as
+    `unit_rows` makes it). The same neighbours as `neighbours(unit_rows(x, True), m)` but for
+    ties within rounding (a product of n x d numbers summed in another order)."""
+    n = gram.shape[0]
+    norm = np.sqrt(np.diagonal(gram))
+    scale = 1.0 / np.where(norm > 0, norm, 1.0)
+    out = np.empty((n, m), dtype=np.int64)
+    step = block_rows(n)
+    for s in range(0, n, step):
+        sims = gram[s : s + step] * scale[s : s + step, None]
+        sims *= scale[None, :]
+        sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -np.inf
+        out[s : s + step] = nearest(sims, m)
     return out
 
 

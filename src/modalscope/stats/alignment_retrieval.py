@@ -73,14 +73,91 @@ def retrieval(X: np.ndarray, Y: np.ndarray, center: bool = True) -> dict[str, fl
     return out
 
 
-def retrieval_all(x: np.ndarray, y: np.ndarray, pairings: list[np.ndarray], center: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Observed [6] and [n_null, 6] shuffled retrieval (RETRIEVAL_NAMES' order), from the ranks
-    of every image for every caption (r) and of every caption for every image (rt)."""
-    s = similarities(x, y, center)
+def centred_similarities(xc: np.ndarray, yc: np.ndarray, k_diag: np.ndarray, l_diag: np.ndarray) -> np.ndarray:
+    """`similarities(x, y, center=True)` from the column-centred pairs xc, yc (any scale, e.g.
+    CKA's unit-centred ones) and their rows' squared norms (the Grams' diagonals): one product,
+    no second centring; a zero row has cosine 0 with everything, as in `unit_rows`."""
+    s = xc @ yc.T
+    kx, ly = np.sqrt(k_diag), np.sqrt(l_diag)
+    s /= np.where(kx > 0, kx, 1.0)[:, None]
+    s /= np.where(ly > 0, ly, 1.0)[None, :]
+    return s
+
+
+def retrieval_all(x: np.ndarray, y: np.ndarray, pairings: list[np.ndarray], center: bool,
+                  s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observed [6], [n_null, 6] shuffled retrieval (RETRIEVAL_NAMES' order), from the ranks
+    of every image for every caption (r) and of every caption for every image (rt), and [6]
+    standard errors (`retrieval_se`); `s`: the [caption, image] cosines when made already
+    (`centred_similarities`)."""
+    s = similarities(x, y, center) if s is None else s
+    se = retrieval_se(s)
     r, rt = gallery_ranks(s), gallery_ranks(s.T)
     del s
     rows = np.arange(x.shape[0])
     null = [np.hstack([scores(r[rows, block]), scores(rt[block, rows])])  # caption i ↔ image π_i
             for block in pairings]
     observed = np.concatenate([scores(r.diagonal()), scores(rt.diagonal())])
-    return observed, np.vstack(null or [np.empty((0, 6))])
+    return observed, np.vstack(null or [np.empty((0, 6))]), se
+
+
+# --- the jackknife interval of top-1 and MRR ---------------------------------------------
+MIN_OUTCOMES = 10  # an interval needs this many queries at rank 1 and as many not
+WITH_SE = ("top1", "mrr")  # top-5 has none (docs/method.md §11 says why)
+_SCORE = {"top1": lambda r: (r <= 1).astype(np.float64), "mrr": lambda r: 1.0 / np.maximum(r, 1.0)}
+
+
+def jackknife_se(s: np.ndarray, measure: str) -> float:
+    """The standard error of top-1 or MRR (`measure`) of queries = rows of s [n, n] (the
+    partner on the diagonal): the delete-one jackknife over pairs with half of Efron and Stein's
+    second-order correction, as the debiased CKA's (alignment_cka.py), from closed forms.
+
+    A query's score is f(R_i), R_i = 1 + sum_j h_ij, h_ij = [s_ij >= s_ii] (j != i): leaving
+    pair a out removes query a and gallery item a, so R_i drops by h_ia, and
+        theta_(a)  = (S - f_a + (Hᵀg)_a) / (n - 1),            g_i = f(R_i - 1) - f(R_i),
+        theta_(ab) = (S - f_a - f_b + (Hᵀg)_a + (Hᵀg)_b - h_ba g_b - h_ab g_a + (Hᵀ diag(q) H)_ab) / (n - 2),
+    q_i = f(R_i - 2) - 2 f(R_i - 1) + f(R_i) (the centring of each modality is held fixed, a
+    change of order 1/n in every cosine). se² = v_J - ½ sum_{a<b} D_ab², D_ab = theta -
+    theta_(a) - theta_(b) + theta_(ab); the plain v_J where that is not positive. Cost: one
+    n x n x n product for MRR (0.06 CPU-s at 1,000 pairs), next to nothing for top-1 (its q is 0
+    but at ranks 2 and 3). NaN when fewer than MIN_OUTCOMES queries are at rank 1, or fewer not
+    (near chance or the ceiling the estimate is a handful of hits, and no normal interval holds)."""
+    n = s.shape[0]
+    own = np.diagonal(s)
+    h = (s >= own[:, None]).astype(np.float64)
+    np.fill_diagonal(h, 0.0)
+    ranks = 1.0 + h.sum(axis=1)
+    hits = int(np.sum(ranks <= 1))
+    if n < 6 or hits < MIN_OUTCOMES or n - hits < MIN_OUTCOMES:
+        return float("nan")
+    f = _SCORE[measure]
+    score = f(ranks)
+    g = f(ranks - 1) - score
+    q = f(ranks - 2) - 2 * f(ranks - 1) + score
+    total = score.sum()
+    hg = h.T @ g
+    one = (total - score + hg) / (n - 1)
+    v_plain = (n - 1) / n * np.sum((one - one.mean()) ** 2)
+    weighted = h * g[:, None]  # [b, a] = h_ba g_b
+    rows = np.flatnonzero(q)  # top-1: only queries at rank 2 or 3 have q != 0
+    two = h[rows].T @ (h[rows] * q[rows, None])
+    two += total - score[:, None] - score[None, :] + hg[:, None] + hg[None, :]
+    two -= weighted.T
+    two -= weighted
+    two /= n - 2
+    d = total / n - one[:, None] - one[None, :] + two
+    np.fill_diagonal(d, 0.0)
+    corrected = v_plain - np.sum(d * d) / 4  # half of sum_{a<b} D², each pair twice in the matrix
+    return float(np.sqrt(corrected if corrected > 0 else v_plain))
+
+
+def retrieval_se(s: np.ndarray) -> np.ndarray:
+    """[6] the standard errors in RETRIEVAL_NAMES' order (`jackknife_se`; NaN for top-5) from the
+    [caption, image] cosines s: text_to_image ranks images per caption (rows of s), image_to_text
+    captions per image (rows of sᵀ)."""
+    out = np.full(len(RETRIEVAL_NAMES), np.nan)
+    for d, matrix in enumerate((s, s.T)):
+        for m, measure in enumerate(RETRIEVAL):
+            if measure in WITH_SE:
+                out[d * len(RETRIEVAL) + m] = jackknife_se(np.ascontiguousarray(matrix), measure)
+    return out

@@ -269,12 +269,14 @@ class PermutationT:
         """[N] the number of non-NaN Δ per neuron."""
         return self.moments.n
 
-    def add(self, delta_block: np.ndarray, signs_block: np.ndarray) -> None:
+    def add(self, delta_block: np.ndarray, signs_block: np.ndarray, complete: bool = False) -> None:
+        """Fold in Δ rows [inputs, N] with their signs [P, inputs]; `complete`: the caller knows
+        the rows hold no NaN (no masked copy is made)."""
         delta = np.asarray(delta_block, dtype=np.float64)
         signs = np.asarray(signs_block, dtype=np.float64)
         if delta.ndim != 2 or signs.ndim != 2 or signs.shape[1] != delta.shape[0]:
             raise ValueError(f"signs {signs.shape} do not match delta block {delta.shape}")
-        values = np.where(np.isnan(delta), 0.0, delta)
+        values = delta if complete else np.where(np.isnan(delta), 0.0, delta)
         if self.s is not None and (signs.shape[0], values.shape[1]) != self.s.shape:
             raise ValueError(f"block gives {(signs.shape[0], values.shape[1])}, accumulated {self.s.shape}")
         if self.s is None:
@@ -282,7 +284,7 @@ class PermutationT:
         else:
             self.s = _add_product(self.s, signs, values)  # in place: S is the one [P, N] array kept
         if self._owns_moments:
-            self.moments.add(delta)
+            self.moments.add(delta, complete)
 
     def _t_signed(self, total: np.ndarray) -> np.ndarray:
         """t of sign-flipped samples with sums `total` [rows, N]; a constant one gives ∞."""

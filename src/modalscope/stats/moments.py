@@ -23,18 +23,24 @@ class RunningMoments:
     m2: np.ndarray = field(default_factory=lambda: np.zeros(0))
     m3: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
-    def add(self, block: np.ndarray) -> None:
-        """Add rows of `block` [inputs, neurons]; NaNs (missing values) are skipped."""
+    def add(self, block: np.ndarray, complete: bool = False) -> None:
+        """Add rows of `block` [inputs, neurons]; NaNs (missing values) are skipped. `complete`:
+        the caller knows the block holds no NaN, so the masks are skipped (the same numbers:
+        a sum with nothing to skip adds what nansum adds, in the same order)."""
         block = np.asarray(block, dtype=np.float64)
-        present = ~np.isnan(block)  # NaN is a missing value (extraction refuses inf)
-        n_b = present.sum(axis=0).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_b = np.where(n_b > 0, np.nansum(block, axis=0) / n_b, 0.0)
-        centred = np.where(present, block - mean_b, 0.0)
-        squares = centred * centred
-        m2_b = squares.sum(axis=0)
-        squares *= centred
-        self.merge(RunningMoments(n_b, mean_b, m2_b, squares.sum(axis=0)))
+        if complete and block.shape[0]:
+            n_b = np.full(block.shape[1], float(block.shape[0]))
+            mean_b = block.sum(axis=0) / n_b
+            centred = block - mean_b
+        else:
+            present = ~np.isnan(block)  # NaN is a missing value (extraction refuses inf)
+            n_b = present.sum(axis=0).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean_b = np.where(n_b > 0, np.nansum(block, axis=0) / n_b, 0.0)
+            centred = np.where(present, block - mean_b, 0.0)
+        m2_b = np.einsum("ij,ij->j", centred, centred)  # no [inputs, neurons] square kept for it
+        centred *= centred * centred  # in place: the cubes (centred is this call's own array)
+        self.merge(RunningMoments(n_b, mean_b, m2_b, centred.sum(axis=0)))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"n": self.n, "mean": self.mean, "m2": self.m2, "m3": self.m3}

@@ -51,13 +51,21 @@ class Context:
 
 @dataclass(frozen=True)
 class Slab:
-    """Inputs start:stop of one layer and reduction: Δ and each contrasted condition's values,
-    [inputs, neurons] float64 (NaN: missing)."""
+    """Inputs start:stop of one layer and reduction: Δ [inputs, neurons] float64 and each
+    contrasted condition's values [inputs, neurons] (float32 as the store reads them, or float64;
+    NaN: missing).
+
+    Two promises the reader may make, each False unless it checked: `complete`, Δ holds no NaN
+    (statistics then skip their missing-value handling, which costs a pass or two over the slab
+    and changes no number); `half`, every value is a float16 number (a float16 store: the
+    cross-modal statistic then keeps them as float16 without checking each one)."""
 
     start: int
     stop: int
     delta: np.ndarray
     values: Mapping[str, np.ndarray]
+    complete: bool = False
+    half: bool = False
 
 
 class Accumulator(Protocol):

@@ -86,10 +86,25 @@ class TopK:
         return int(self.keys.shape[0])
 
     def add(self, block: np.ndarray, start: int) -> "TopK":
-        """This state with the [b, neuron] responses of inputs start..start+b merged in."""
+        """This state with the [b, neuron] responses of inputs start..start+b merged in.
+
+        Only the neurons where some response reaches the current k-th largest value can change
+        (keys order by value first), so only their columns are keyed and merged: once the state
+        is full, a block of b inputs past the first few hundred touches a minority of neurons
+        (a new input enters a neuron's top k with chance k / inputs so far)."""
         block = np.asarray(block)
-        keys = encode(block, np.arange(start, start + block.shape[0]))
-        return TopK(_top(np.concatenate([self.keys, keys]), self.k))
+        threshold = decode(self.keys[-1])[0]  # [neuron] the k-th largest value (NaN: a free slot)
+        with np.errstate(invalid="ignore"):
+            reach = (block >= threshold).any(axis=0) | np.isnan(threshold)
+        cols = np.flatnonzero(reach)
+        if cols.size == 0:
+            return self
+        keys = encode(block[:, cols] if cols.size < reach.size else block, np.arange(start, start + block.shape[0]))
+        if cols.size == reach.size:
+            return TopK(_top(np.concatenate([self.keys, keys]), self.k))
+        out = self.keys.copy()
+        out[:, cols] = _top(np.concatenate([self.keys[:, cols], keys]), self.k)
+        return TopK(out)
 
     def merge(self, other: "TopK") -> "TopK":
         """The top k of both states' inputs (disjoint input sets): equal to one pass over all."""

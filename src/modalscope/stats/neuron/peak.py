@@ -15,6 +15,20 @@ from modalscope.stats.massive import massive_flags
 from modalscope.stats.protocol import Accumulator, Context, Slab
 
 
+def abs_peak(values: np.ndarray) -> np.ndarray:
+    """[neurons] the largest |value| down each column, NaN (missing) left out; a column with
+    none gives NaN or 0, which the running peak (from 0, np.fmax) treats alike. float16: from
+    the bits, whose magnitude field orders |x| (numpy's float16 abs and max convert every value:
+    7x the time)."""
+    if not values.shape[0]:
+        return np.zeros(values.shape[1])
+    if values.dtype != np.float16:
+        return np.nanmax(np.abs(values), 0)
+    magnitude = values.view(np.uint16) & np.uint16(0x7FFF)
+    magnitude[magnitude > 0x7C00] = 0  # a NaN is left out
+    return magnitude.max(axis=0).view(np.float16).astype(np.float64)
+
+
 class PeakActivation:
     NAME = "peak"
     REQUIRES: tuple[str, ...] = ()
@@ -29,7 +43,7 @@ class PeakActivation:
 
     def add(self, slab: Slab) -> None:
         for values in slab.values.values():
-            self.peak = np.fmax(self.peak, np.nanmax(np.abs(values), 0))
+            self.peak = np.fmax(self.peak, abs_peak(values))
 
     def columns(self) -> dict[str, np.ndarray]:
         return {"max_abs_activation": self.peak, "outlier": massive_flags(self.peak, self.factor)}

@@ -25,7 +25,7 @@ class SignFlipTest:
         self.test = PermutationT(moments=shared["t_test"].moments)  # type: ignore[attr-defined]
 
     def add(self, slab: Slab) -> None:
-        self.test.add(slab.delta, self.signs.block(slab.start, slab.stop))
+        self.test.add(slab.delta, self.signs.block(slab.start, slab.stop), slab.complete)
 
     def columns(self) -> dict[str, np.ndarray]:
         return {"p_perm": self.test.p_values()}

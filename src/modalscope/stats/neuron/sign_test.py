@@ -36,9 +36,14 @@ class SignTest:
         self.zero = np.zeros(ctx.width, dtype=np.int64)
 
     def add(self, slab: Slab) -> None:
-        self.positive += (slab.delta > 0).sum(axis=0)
-        self.negative += (slab.delta < 0).sum(axis=0)
-        self.zero += (slab.delta == 0).sum(axis=0)
+        count = lambda mask: np.add.reduce(mask, axis=0, dtype=np.int32)  # noqa: E731 (a block < 2^31 inputs)
+        positive, negative = count(slab.delta > 0), count(slab.delta < 0)
+        self.positive += positive
+        self.negative += negative
+        if slab.complete:  # no NaN: the rest are the zeros
+            self.zero += slab.delta.shape[0] - positive - negative
+        else:
+            self.zero += (slab.delta == 0).sum(axis=0)
 
     def columns(self) -> dict[str, np.ndarray]:
         n = self.positive + self.negative

@@ -27,7 +27,7 @@ class TTest:
         self.moments = RunningMoments()
 
     def add(self, slab: Slab) -> None:
-        self.moments.add(slab.delta)
+        self.moments.add(slab.delta, slab.complete)
 
     def columns(self) -> dict[str, np.ndarray]:
         tests = one_sample_t(self.moments)
