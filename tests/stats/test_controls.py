@@ -117,15 +117,24 @@ def test_permutation_t_chunks_equal_one_pass():
     delta = rng.normal(0.2, 1.0, size=(47, 30))
     signs = SignFlips(47, 200, 15).block()
     one, three = _perm_t(delta, signs, 1), _perm_t(delta, signs, 3)
-    np.testing.assert_allclose(three.s, one.s, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(three.t_perm(), one.t_perm(), rtol=1e-10)
-    np.testing.assert_array_equal(three.p_values(rows=7), one.p_values())
-    np.testing.assert_allclose(one.s, signs @ delta, rtol=1e-12)
+    # the sums are float32 products per block (controls._add_product): within float32 rounding
+    # of the sum of |Δ| (6e-8 per term, a few terms' worth at most), not bit for bit
+    scale = np.abs(delta).sum(axis=0)
+    assert (np.abs(three.s - one.s) <= 1e-6 * scale).all()
+    assert (np.abs(one.s - signs @ delta) <= 1e-6 * scale).all()
+    np.testing.assert_allclose(three.t_perm(), one.t_perm(), rtol=1e-5, atol=1e-5)
+    # p: a permuted sum within the float32 tolerance of the observed one counts as a tie, and
+    # the tolerance scales with the block's length, so p may move by one count (1 / (P + 1)),
+    # rarely (one of these 30 neurons here), never more
+    moved = np.abs(three.p_values(rows=7) - one.p_values())
+    assert (moved <= 1 / 201 + 1e-12).all() and (moved > 0).sum() <= 2
 
 
-def test_permutation_t_sums_of_float16_deltas_are_exact_over_chunks():
-    """Δ of float16 values (a float16 store's) sums exactly, so S made chunk by chunk, BLAS adding
-    into it, is the input-by-input sum bit for bit."""
+def test_permutation_t_sums_over_chunks_are_the_input_by_input_sum_within_float32_rounding():
+    """Δ of float16 values (a float16 store's), summed chunk by chunk with float32 products
+    per chunk into a float64 total: within float32 rounding of the input-by-input sum (each
+    term off by at most 2^-24 of the chunk's running sum of |Δ|), and far from exact sums'
+    bits only at that scale."""
     rng = np.random.default_rng(18)
     a, b = (rng.normal(size=(90, 25)).astype(np.float16).astype(np.float64) for _ in range(2))
     flips = SignFlips(90, 64, 19)
@@ -135,7 +144,8 @@ def test_permutation_t_sums_of_float16_deltas_are_exact_over_chunks():
     signs, want = flips.block(), np.zeros((64, 25))
     for i in range(90):
         want += signs[:, [i]] * (a - b)[i]
-    np.testing.assert_array_equal(test.s, want)
+    bound = 32 * 2.0**-24 * np.abs(a - b).sum(axis=0)  # a chunk's terms each off by <= its |sum| ulp
+    assert (np.abs(test.s - want) <= bound).all()
 
 
 def test_permutation_t_identity_row_is_the_one_sample_t():
@@ -144,13 +154,17 @@ def test_permutation_t_identity_row_is_the_one_sample_t():
     signs = np.vstack([np.ones(25), -np.ones(25), SignFlips(25, 10, 17).block()])
     test = _perm_t(delta, signs, 2)
     ref = sps.ttest_1samp(delta, 0.0, axis=0).statistic
-    np.testing.assert_allclose(test.t_perm()[0], ref, rtol=1e-9)
-    np.testing.assert_allclose(test.t_perm()[1], -ref, rtol=1e-9)
+    # permuted sums are float32 per block (controls._add_product): t within 1e-6
+    np.testing.assert_allclose(test.t_perm()[0], ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(test.t_perm()[1], -ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(test.t_observed(), ref, rtol=1e-9)
     # each row is the ordinary t of the sign-flipped sample
     np.testing.assert_allclose(
-        test.t_perm()[5], sps.ttest_1samp(signs[5][:, None] * delta, 0.0, axis=0).statistic, rtol=1e-9
+        test.t_perm()[5], sps.ttest_1samp(signs[5][:, None] * delta, 0.0, axis=0).statistic, rtol=1e-6, atol=1e-6
     )
+    # the all-plus and all-minus rows tie with the observed t within the float32 tolerance, so both count:
+    # p >= 3 / 13 for every neuron, whatever the 10 random rows give
+    assert (test.p_values() >= 3 / 13 - 1e-12).all()
 
 
 def test_permutation_p_equals_brute_force_over_all_sign_vectors():

@@ -47,6 +47,7 @@ BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inp
 BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements
 TIE = 1e-12  # relative tolerance so that a permuted statistic equal to the observed counts
 _TIE = TIE  # (the one home of the tolerance: stats/neuron/xmodal.py and stats/alignment.py read it)
+FLOAT32_UNIT = 2.0**-24  # float32's unit roundoff: the sign-flip test's products are float32 (_add_product)
 
 
 def _as_matrix(input_layer_means: np.ndarray) -> np.ndarray:
@@ -234,14 +235,23 @@ def trend_null(
 
 
 def _add_product(total: np.ndarray, signs: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """total + signs @ values, written into total: BLAS's own C = AB + C (dgemm, beta 1), on
-    the transposes so that C-ordered arrays are the Fortran ones it wants; no [P, N] product
-    is made and added in a second pass (0.18-0.20 against 0.24-0.26 CPU-s for a [1000, 256] @
-    [256, 11008] block here). With a float16 store every sum is exact (whole multiples of 2^-24,
-    exact while |S| < 2^29), so the bits are those of `total += signs @ values`."""
+    """total += signs @ values, in place, the product of one block in float32 (sgemm) and
+    its sum over blocks in float64.
+
+    Why float32: this product is the sign-flip test's whole cost per pair (P x inputs x N
+    multiply-adds; 45% of the analysis' CPU per pair at 7B widths), and sgemm plus the float64
+    add takes 0.084 against dgemm's 0.128 CPU-s for a [1000, 256] @ [256, 11008] block here
+    (issue 24.7's budget). What it costs: a block's sum of up to a few hundred ±Δ carries a
+    relative rounding of ~1e-7 (measured: 1e-5 absolute on sums of 80), so a permuted t within
+    that of the observed one may count differently than exact sums would: p_perm is a Monte
+    Carlo estimate with a standard error of sqrt(p(1-p)/P) >= 1e-3, which this does not move.
+    The running total stays float64, so blocks do not accumulate float32 error."""
     if values.size == 0 or total.size == 0:  # no inputs (or no neurons): nothing to add
         return total
-    return blas.dgemm(1.0, values.T, signs.T, beta=1.0, c=total.T, overwrite_c=True).T
+    values32 = np.asarray(values, dtype=np.float32)
+    signs32 = np.asarray(signs, dtype=np.float32)
+    total += blas.sgemm(1.0, values32.T, signs32.T).T
+    return total
 
 
 class PermutationT:
@@ -261,6 +271,8 @@ class PermutationT:
         """`moments`: Δ's running moments kept by someone else (Table 3's t-test accumulator,
         which adds each block to them); without, this test keeps its own."""
         self.s: np.ndarray | None = None
+        self.abs_sum = np.zeros(0)  # [N] Σ|Δ|: the scale of S's float32 rounding
+        self.rows = 0  # the most inputs of one block: its products' length
         self._owns_moments = moments is None
         self.moments = RunningMoments() if moments is None else moments
 
@@ -273,16 +285,18 @@ class PermutationT:
         """Fold in Δ rows [inputs, N] with their signs [P, inputs]; `complete`: the caller knows
         the rows hold no NaN (no masked copy is made)."""
         delta = np.asarray(delta_block, dtype=np.float64)
-        signs = np.asarray(signs_block, dtype=np.float64)
+        signs = np.asarray(signs_block)  # cast to float32 with the product (_add_product)
         if delta.ndim != 2 or signs.ndim != 2 or signs.shape[1] != delta.shape[0]:
             raise ValueError(f"signs {signs.shape} do not match delta block {delta.shape}")
         values = delta if complete else np.where(np.isnan(delta), 0.0, delta)
         if self.s is not None and (signs.shape[0], values.shape[1]) != self.s.shape:
             raise ValueError(f"block gives {(signs.shape[0], values.shape[1])}, accumulated {self.s.shape}")
         if self.s is None:
-            self.s = signs @ values
-        else:
-            self.s = _add_product(self.s, signs, values)  # in place: S is the one [P, N] array kept
+            self.s = np.zeros((signs.shape[0], values.shape[1]))
+            self.abs_sum = np.zeros(values.shape[1])
+        self.s = _add_product(self.s, signs, values)  # in place: S is the one [P, N] array kept
+        self.abs_sum += np.abs(values).sum(axis=0)
+        self.rows = max(self.rows, values.shape[0])
         if self._owns_moments:
             self.moments.add(delta, complete)
 
@@ -304,19 +318,30 @@ class PermutationT:
             raise ValueError("no inputs added")
         return self._t_signed(self.s)
 
+    def tie_tolerance(self) -> np.ndarray:
+        """[N] the most |S| can be off from the exact sum: a float32 dot product of k terms is
+        within k·u·Σ|terms| (u = 2^-24; Higham, Accuracy and Stability, §3.1), k the longest
+        block; the float64 sums over blocks add nothing at that scale."""
+        return self.rows * FLOAT32_UNIT * self.abs_sum
+
     def p_values(self, rows: int = 256) -> np.ndarray:
         """[N] two-sided permutation p-values, (1 + #|t_perm| ≥ |t|) / (P + 1).
 
-        Computed `rows` permutations at a time so the extra memory is rows × N.
-        NaN where the observed t is undefined (constant Δ, n < 2).
+        Counted on the sums: with Σ(s_i Δ_i)² = ΣΔ² whatever the signs, |t| of a sign-flipped
+        sample is increasing in |S| (t = m / sqrt((ΣΔ² - n m²) / (n (n - 1))), m = S / n), so
+        |t*| ≥ |t| exactly when |S*| ≥ |S_obs|, S_obs = n·mean. A permuted sum within the
+        float32 rounding of S (`tie_tolerance`) of |S_obs| counts as a tie, as the exact
+        arithmetic would for a tie (the all-plus signs; the many equal sums of a discrete Δ
+        such as frac_active's multiples of 1/T). Computed `rows` permutations at a time so
+        the extra memory is rows × N. NaN where the observed t is undefined (constant Δ, n < 2).
         """
         if self.s is None:
             raise ValueError("no inputs added")
         t_obs = self.t_observed()
-        bound = np.abs(t_obs) * (1 - _TIE)
+        bound = np.abs(self.moments.mean * self.moments.n) - self.tie_tolerance()
         count = np.zeros(t_obs.shape)
         for start in range(0, self.s.shape[0], rows):
-            count += (np.abs(self._t_signed(self.s[start : start + rows])) >= bound).sum(axis=0)
+            count += (np.abs(self.s[start : start + rows]) >= bound).sum(axis=0)
         p = (1.0 + count) / (self.s.shape[0] + 1)
         return np.where(np.isfinite(t_obs), p, np.nan)
 

@@ -31,11 +31,15 @@ class SignFlipTest:
         return {"p_perm": self.test.p_values()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"s": self.test.s}
+        return {"s": self.test.s, "abs_sum": self.test.abs_sum, "rows": np.asarray(self.test.rows)}
 
     def merge(self, other: "SignFlipTest") -> None:
-        """S = Σ s_i Δ_i adds over inputs (the moments are the t-test's, merged there)."""
-        self.test.s = other.test.s.copy() if self.test.s is None else self.test.s + other.test.s
+        """S = Σ s_i Δ_i and Σ|Δ_i| add over inputs (the moments are the t-test's, merged there)."""
+        if self.test.s is None:
+            self.test.s, self.test.abs_sum = other.test.s.copy(), other.test.abs_sum.copy()
+        else:
+            self.test.s, self.test.abs_sum = self.test.s + other.test.s, self.test.abs_sum + other.test.abs_sum
+        self.test.rows = max(self.test.rows, other.test.rows)
 
 
 STATISTIC = SignFlipTest
