@@ -68,7 +68,7 @@ def child(method: str, store_path: Path, out: Path, n_perm: int) -> dict:
 
     from modalscope.analysis import AnalysisSettings, analyze_site
     from modalscope.stats.moments import RunningMoments
-    from modalscope.stats.ttest import one_sample_t
+    from modalscope.stats.one_sample import one_sample_t
     from modalscope.store import ActivationStore
 
     store = ActivationStore.open(store_path)

@@ -14,7 +14,7 @@ from modalscope.record.reductions import ALWAYS as STATS
 from modalscope.store import ActivationStore
 from modalscope.streams import UNIMODAL as CONDITIONS
 from modalscope.tables import TABLE1, TABLE2, table1_rows, write_long_tables
-from modalscope.stats.ttest import hall_p
+from modalscope.stats.one_sample import hall_p
 
 WIDTHS = {"residual": 5, "mlp": 7}
 N_LAYERS = 3

@@ -47,7 +47,8 @@ from modalscope.stats.columns import (
 )
 from modalscope.stats.fdr import fdr, plan
 from modalscope.stats.input_means import InputLayerMeans
-from modalscope.stats.layer_summary import SiteAnalysis, contrast_name, layer_table, trend_entry
+from modalscope.stats.layer_summary import contrast_name, layer_table, trend_entry
+from modalscope.stats.site_analysis import SiteAnalysis
 from modalscope.stats.neuron import accumulators
 from modalscope.stats.protocol import AnalysisSettings, Context, Slab
 from modalscope.stats.xmodal_layers import xmodal_summary
@@ -97,7 +98,7 @@ def slabs(store: ActivationStore, site: str, layer: int, stat: str, contrast: tu
 def analyze_layer(store: ActivationStore, ctx: Context,
                   outputs: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every statistic of one (site, layer, reduction): its Table 3 columns (suffixed) and the
-    [input] per-input layer means; `outputs`, when given, receives what statistics with a
+    [input] per-input layer means; `outputs`, when given, receives what the statistics'
     `layer_outputs()` give beyond Table 3 (e.g. the cross-modal r's bootstrap replicates)."""
     stats = accumulators(ctx)
     means = InputLayerMeans(ctx)
@@ -110,7 +111,7 @@ def analyze_layer(store: ActivationStore, ctx: Context,
                if kept(name, ctx.stat)}
     if outputs is not None:
         for statistic in stats.values():
-            outputs.update(getattr(statistic, "layer_outputs", dict)())
+            outputs.update(statistic.layer_outputs())
     return columns, means.means
 
 

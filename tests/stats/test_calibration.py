@@ -1,7 +1,7 @@
 """Type-I error and power of the per-neuron test behind q (issue 24, point 3), simulated.
 
 `p_value` (what q reads) is Hall's (1992) skewness-corrected t with a second-order term in
-the tail opposite the skew (stats/ttest.py). Where Benjamini-Hochberg reads p (1e-3, 1e-4 and
+the tail opposite the skew (stats/one_sample.py). Where Benjamini-Hochberg reads p (1e-3, 1e-4 and
 below) Student's t is anti-conservative for skewed Δ: lognormal Δ at n = 240 rejects about 23
 times as often as the nominal 1e-4, and Hall's T alone 2.65-3x. Here each replicate is one
 "neuron" (a column), so a million replicates are a few matrix passes.
@@ -21,7 +21,7 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from modalscope.stats.ttest import corrected_statistic, hall_p, hall_statistic
+from modalscope.stats.one_sample import corrected_statistic, hall_p, hall_statistic
 
 LOGNORMAL_MEAN = float(np.exp(0.5))
 GAMMA_SHAPE = 2.0  # skewness 2 / √2 = 1.41, the issue's case

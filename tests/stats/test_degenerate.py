@@ -12,7 +12,7 @@ from modalscope.analysis import AnalysisSettings, run_analysis
 from modalscope.stats.controls import PermutationT, SignFlips
 from modalscope.stats.massive import massive_flags as outlier_flags
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.ttest import CONSTANT_RTOL, hall_p, one_sample_t, t_from_moments
+from modalscope.stats.one_sample import CONSTANT_RTOL, hall_p, one_sample_t, t_from_moments
 from modalscope.record.reductions import ALWAYS as STATS
 from modalscope.store import ActivationStore
 from modalscope.streams import UNIMODAL as CONDITIONS

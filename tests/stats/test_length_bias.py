@@ -8,7 +8,7 @@ import torch
 
 from reducing import masked_max_mean, masked_order_stats
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.ttest import one_sample_t
+from modalscope.stats.one_sample import one_sample_t
 
 N_INPUTS, NEURONS, TEXT_TOKENS, IMAGE_TOKENS = 2000, 4, 12, 576
 

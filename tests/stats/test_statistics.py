@@ -11,7 +11,7 @@ from scipy import stats as sps
 from modalscope.stats.layers import layer_mean_ci, layer_trend
 from modalscope.stats.moments import RunningMoments
 from modalscope.stats.fdr import benjamini_hochberg
-from modalscope.stats.ttest import hall_p, one_sample_t
+from modalscope.stats.one_sample import hall_p, one_sample_t
 
 
 def _tests_from(delta: np.ndarray, blocks: int = 1):

@@ -12,7 +12,7 @@ from modalscope.seeds import generator
 from modalscope.stats.columns import column
 from modalscope.stats.controls import SignFlips
 from modalscope.stats.fdr import fdr
-from modalscope.stats.layer_summary import SiteAnalysis
+from modalscope.stats.site_analysis import SiteAnalysis
 from modalscope.stats.neuron.xmodal import (
     CrossModal, _keys16, average_ranks, block_draws, boot_neurons, bootstrap_r, compact, null_abs_r, pairings,
     permutation_p, standardised_ranks,

@@ -41,7 +41,7 @@ from scipy.linalg import blas
 
 from modalscope.seeds import generator
 from modalscope.stats.moments import RunningMoments
-from modalscope.stats.ttest import t_from_moments
+from modalscope.stats.one_sample import t_from_moments
 
 BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inputs are many)
 BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements

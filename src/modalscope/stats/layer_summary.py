@@ -8,8 +8,6 @@ Why pure: these read the neuron table and the [input, layer] matrix that the str
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 
@@ -18,6 +16,7 @@ from modalscope.stats.fdr import ALPHA
 from modalscope.stats.columns import UNSUFFIXED_STAT, column
 from modalscope.stats.layers import layer_mean_ci, layer_trend, leave_one_out_slopes, standout_layers
 from modalscope.stats.protocol import CONTRAST, AnalysisSettings
+from modalscope.stats.site_analysis import SiteAnalysis
 from modalscope.stats.xmodal_layers import xmodal_layer_columns
 
 
@@ -25,15 +24,6 @@ from modalscope.stats.xmodal_layers import xmodal_layer_columns
 def contrast_name(contrast: tuple[str, str]) -> str:
     """'text - image': how summary.json and the tables' `contrast` column name Δ = first - second."""
     return " - ".join(contrast)
-
-
-@dataclass
-class SiteAnalysis:
-    neurons: pd.DataFrame  # Table 3 rows of the site
-    input_means: dict[str, np.ndarray]  # stat -> [input, layer] per-input layer mean Δ
-    nulls: dict[str, dict] = field(default_factory=dict)  # stat -> sign-flip null of the trend
-    # stat -> per layer, what statistics gave beyond Table 3 (analysis.py analyze_layer `outputs`)
-    layer_outputs: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 def layer_table(site: SiteAnalysis, stats: list[str]) -> pd.DataFrame:

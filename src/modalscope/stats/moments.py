@@ -1,5 +1,5 @@
 """Running mean, variance and third central moment per neuron, mergeable: the sufficient
-statistics of the skewness-corrected t-test (stats/ttest.py).
+statistics of the skewness-corrected t-test (stats/one_sample.py).
 
 Why: Δ for a real study is [5,000 inputs x 32 layers x 11,008 neurons]; we never hold it.
 Each block of inputs updates (n, mean, M2, M3) in float64 with Chan et al.'s parallel formula

@@ -77,6 +77,12 @@ class Accumulator(Protocol):
         """{column name (stats/columns.py NEURON_COLUMNS or TRAILING_COLUMNS): [neurons]}."""
         ...
 
+    def layer_outputs(self) -> dict[str, np.ndarray]:
+        """What the statistic gives per layer beyond Table 3's columns, for the layer summaries
+        (stats/site_analysis.py `SiteAnalysis.layer_outputs`): e.g. the cross-modal r's
+        bootstrap replicates; {} for most."""
+        ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def merge(self, other: "Accumulator") -> None:

@@ -23,17 +23,13 @@ would be, if anything, since fewer neurons average out less of each input's nois
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from modalscope.stats.columns import UNSUFFIXED_STAT, column
 from modalscope.stats.controls import _line_fit
 from modalscope.stats.fdr import ALPHA
 from modalscope.stats.layers import layer_trend
-
-if TYPE_CHECKING:
-    from modalscope.stats.layer_summary import SiteAnalysis
+from modalscope.stats.site_analysis import SiteAnalysis
 
 LEVEL = 0.95
 # Per-layer columns of layers.parquet (per reduction, suffixed as stats/columns.py `column`).

@@ -48,6 +48,9 @@ class PeakActivation:
     def columns(self) -> dict[str, np.ndarray]:
         return {"max_abs_activation": self.peak, "outlier": massive_flags(self.peak, self.factor)}
 
+    def layer_outputs(self) -> dict[str, np.ndarray]:
+        return {}
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"peak": self.peak}
 

@@ -30,6 +30,9 @@ class SignFlipTest:
     def columns(self) -> dict[str, np.ndarray]:
         return {"p_perm": self.test.p_values()}
 
+    def layer_outputs(self) -> dict[str, np.ndarray]:
+        return {}
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"s": self.test.s, "abs_sum": self.test.abs_sum, "rows": np.asarray(self.test.rows)}
 

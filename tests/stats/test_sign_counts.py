@@ -1,4 +1,4 @@
-"""The sign test (stats/neuron/sign_test.py) against scipy.stats.binomtest, neuron by neuron."""
+"""The sign test (stats/neuron/sign_counts.py) against scipy.stats.binomtest, neuron by neuron."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from modalscope.stats.controls import SignFlips
-from modalscope.stats.neuron.sign_test import SignTest
+from modalscope.stats.neuron.sign_counts import SignTest
 from modalscope.stats.protocol import AnalysisSettings, Context, Slab
 
 

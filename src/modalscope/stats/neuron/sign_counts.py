@@ -54,6 +54,9 @@ class SignTest:
             p = np.where(n > 0, np.minimum(1.0, 2.0 * sps.binom.cdf(fewer, n, 0.5)), np.where(all_zero, 1.0, np.nan))
         return {"share_positive": share, "p_sign": p}
 
+    def layer_outputs(self) -> dict[str, np.ndarray]:
+        return {}
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"positive": self.positive, "negative": self.negative, "zero": self.zero}
 

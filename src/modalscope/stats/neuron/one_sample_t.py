@@ -1,5 +1,5 @@
 """The report's test: a one-sample t of Δ per neuron (H0: E[Δ] = 0 over inputs), from running
-moments in float64 (stats/moments.py), with Cohen's d_z = mean / sd (see stats/ttest.py).
+moments in float64 (stats/moments.py), with Cohen's d_z = mean / sd (see stats/one_sample.py).
 `p_value` (what q reads) is the skewness-corrected p of Hall (1992); `p_student` Student's
 t p beside it; `skew_diff` the sample skewness of Δ the correction uses."""
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from modalscope.stats.moments import RunningMoments
 from modalscope.stats.protocol import Accumulator, Context, Slab
-from modalscope.stats.ttest import one_sample_t
+from modalscope.stats.one_sample import one_sample_t
 
 
 class TTest:
@@ -32,6 +32,9 @@ class TTest:
     def columns(self) -> dict[str, np.ndarray]:
         tests = one_sample_t(self.moments)
         return {name: getattr(tests, name) for name in self.COLUMNS}
+
+    def layer_outputs(self) -> dict[str, np.ndarray]:
+        return {}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return self.moments.state_dict()
