@@ -116,7 +116,7 @@ def test_usage_errors_name_the_option_never_an_internal_function(args, message):
 
 # What each command uses, and so lists: nothing more.
 OPTIONS = {
-    "demo": ["--out", "--model", "--num-pairs", "--batch-size", "--device", "--seed", "--sites", "--tokens", "--control", "--contrast",
+    "demo": ["--out", "--model", "--device", "--batch-size", "--num-pairs", "--seed", "--sites", "--tokens", "--control", "--contrast",
              "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor", "--alignment-stat", "--long-tables", "--csv",
              "--no-png", "--stat", "--quiet"],
     "init": ["path"],
@@ -125,8 +125,8 @@ OPTIONS = {
             "--jsonl", "--instances", "--num-pairs", "--seed", "--sites", "--tokens", "--stats", "--quantile", "--store-dtype",
             "--conditions", "--control", "--contrast", "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor",
             "--alignment-stat", "--long-tables", "--csv", "--no-png", "--stat", "--quiet", "--force"],
-    "plan": ["--model", "--revision", "--num-pairs", "--out", "--base-model", "--batch-size", "--sort-window",
-             "--sites", "--tokens", "--stats", "--quantile", "--store-dtype", "--conditions"],
+    "plan": ["--out", "--config", "--model", "--revision", "--base-model", "--batch-size", "--sort-window",
+             "--num-pairs", "--sites", "--tokens", "--stats", "--quantile", "--store-dtype", "--conditions"],
     "shrink": ["source", "out", "--revision", "--seed", "--layers"],
     "extract": ["--out", "--config", "--resume", "--model", "--revision", "--base-model", "--base-revision",
                 "--device", "--dtype", "--device-map", "--quantization", "--batch-size", "--sort-window", "--workers",
@@ -135,9 +135,9 @@ OPTIONS = {
     "analyze": ["dir", "--config", "--contrast", "--fdr", "--primary", "--permutations", "--bootstrap", "--outlier-factor",
                 "--alignment-stat", "--long-tables", "--csv"],
     "plot": ["dir", "--config", "--no-png", "--stat"],
-    "report": ["dir", "--stat"],
-    "export": ["dir", "--layers", "--neurons", "--sites", "--name", "--csv"],
-    "neuron": ["dir", "--site", "--layer", "--neuron", "--out", "--top"],
+    "report": ["dir", "--config", "--stat"],
+    "export": ["dir", "--config", "--layers", "--neurons", "--sites", "--name", "--csv"],
+    "neuron": ["dir", "--config", "--site", "--layer", "--neuron", "--out", "--top"],
     "ablate": ["dir", "--k", "--sets", "--method", "--random", "--pairs", "--bands", "--readouts", "--concept-words",
                "--sites", "--stat", "--batch-size", "--device", "--dtype", "--seed", "--new-tokens", "--quiet"],
 }

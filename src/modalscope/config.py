@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from modalscope import store_dtypes
 from modalscope.models.adapter import SITES
-from modalscope.record.reductions import ALL_STATS, ALWAYS, DEFAULT_STATS, ReductionSpec
-from modalscope.streams import CONDITIONS, DEFAULT_CONDITIONS, UNIMODAL, streams
+from modalscope.record.reductions import ALL_STATS, ALWAYS, DEFAULT_STATS, ReductionSpec  # noqa: F401
+from modalscope.settings import in_section
+# The bounds live with the checks of the settings; named here too for older imports.
+from modalscope.settings.checks import (  # noqa: F401
+    MAX_BATCH, MAX_RESAMPLES, MAX_SEED, MAX_SORT_WINDOW, MAX_WINDOW_ROWS, MAX_WORKERS)
+from modalscope.streams import CONDITIONS, DEFAULT_CONDITIONS, UNIMODAL, streams  # noqa: F401
 
 LongTables = Literal["auto", "always", "never"]
-
-# Bounds of the options (checked before anything is written; each message names its flag).
-MAX_BATCH = 65_536  # pairs per forward
-MAX_SORT_WINDOW = 4_096  # batches per length-sorted window
-MAX_WINDOW_ROWS = 1 << 20  # pairs per window: the store's chunk rows
-MAX_WORKERS = 256  # processes preparing batches
-MAX_RESAMPLES = 100_000  # --permutations, --bootstrap
-MAX_SEED = 2**63 - 1  # numpy's SeedSequence takes any int >= 0; stores keep int64
 
 
 @dataclass
 class StudyConfig:
-    """Everything that defines a study. Paths may be str or Path."""
+    """Everything that defines a study. Paths may be str or Path; a list setting (sites, stats,
+    conditions, ablation_*) a list, a tuple or a comma string ("residual,mlp"). Each field is a
+    row of settings/table.py: its flag, study-file key, check and help."""
 
     out_dir: Path
     model: str = "llava-hf/llava-1.5-7b-hf"
@@ -76,19 +72,20 @@ class StudyConfig:
     ablation_readouts: tuple[str, ...] | None = None  # None: ablate's default for the model and labels
 
     def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
-        for name in ("captions", "images", "jsonl", "instances"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, Path(value))
-        self.sites = tuple(self.sites)
+        from modalscope.settings import SETTINGS, comma_list
+
+        for setting in SETTINGS:  # a path from a str, a list from a comma string or any sequence
+            value = getattr(self, setting.field)
+            if value is None:
+                continue
+            if setting.kind == "path":
+                setattr(self, setting.field, Path(value))
+            elif setting.kind == "list":
+                setattr(self, setting.field, comma_list(value))
         self.stats = tuple(dict.fromkeys((*ALWAYS, *self.stats)))
         self.conditions = tuple(dict.fromkeys((*UNIMODAL, *self.conditions)))
         if self.control == "none":  # the study file's and the flag's word for no control
             self.control = None
-        for name in ("ablation_sets", "ablation_method", "ablation_readouts"):
-            if getattr(self, name) is not None:
-                setattr(self, name, tuple(getattr(self, name)))
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -119,46 +116,31 @@ class StudyConfig:
         if len(parts) == 4 and parts[3] not in ("delta", "xmodal"):
             raise ValueError(f"--primary {self.primary}: the test (4th part) is delta or xmodal")
 
+    def check(self, *fields: str) -> "StudyConfig":
+        """Each setting's own check (settings/table.py), of `fields` or of every setting: a one-line
+        ValueError for the first bad value. A command that runs one stage checks the settings it
+        takes (settings.fields_of) before it reads or writes anything."""
+        from modalscope.settings import BY_FIELD, SETTINGS
+
+        for setting in (BY_FIELD[name] for name in fields) if fields else SETTINGS:
+            setting.checked(getattr(self, setting.field))
+        return self
+
     def validate(self) -> "StudyConfig":
-        """Raise a one-line ValueError for the first bad setting."""
-        unknown = [s for s in self.sites if s not in SITES]
-        if unknown or not self.sites:
-            raise ValueError(f"--sites {','.join(self.sites)}: choose from {', '.join(SITES)}")
-        unknown = [s for s in self.stats if s not in ALL_STATS]
-        if unknown:
-            raise ValueError(f"--stats {','.join(unknown)}: choose from {', '.join(ALL_STATS)}")
+        """Raise a one-line ValueError for the first bad setting: each setting's own check, then
+        the rules between settings and the data paths."""
+        self.check()
         if self.stat not in self.stats:
             raise ValueError(f"--stat {self.stat}: choose one of the recorded {', '.join(self.stats)}")
         if self.alignment_stat not in self.stats:
             raise ValueError(f"--alignment-stat {self.alignment_stat}: choose one of the recorded {', '.join(self.stats)}")
-        if self.control not in (None, "random-twin"):
-            raise ValueError(f"--control {self.control}: choose none or random-twin")
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad:
-            raise ValueError(f"--conditions {','.join(bad)}: choose from {', '.join(CONDITIONS)}")
         first, second = self.contrast_pair
         if first not in self.streams or second not in self.streams or first == second:
             raise ValueError(
                 f"--contrast {self.contrast}: give A-B with A, B among {', '.join(self.streams)}"
             )
-        store_dtypes.choose(self.store_dtype)
-        if not 0.0 < self.quantile < 1.0:
-            raise ValueError(f"--quantile {self.quantile}: must be between 0 and 1")
-        if self.fdr not in ("bh", "by"):
-            raise ValueError(f"--fdr {self.fdr!r}: choose bh or by")
         self.check_primary()
-        self.check_statistics()
-        if self.tokens not in ("content", "all"):
-            raise ValueError(f"--tokens {self.tokens!r}: choose content or all")
         self.check_batching()
-        self.check_ablation()
-        if self.workers is not None and not 0 <= self.workers <= MAX_WORKERS:
-            raise ValueError(f"--workers {self.workers}: must be from 0 (prepare batches in the main process) "
-                             f"to {MAX_WORKERS}")
-        if self.num_pairs is not None and self.num_pairs < 2:
-            raise ValueError(f"--num-pairs {self.num_pairs}: a t-test needs at least 2 pairs")
-        if self.long_tables not in ("auto", "always", "never"):
-            raise ValueError(f"--long-tables {self.long_tables!r}: choose auto, always or never")
         if self.jsonl is not None and self.captions is not None:
             raise ValueError("give either --captions/--images (COCO) or --jsonl, not both")
         if self.captions is not None and self.images is None:
@@ -172,52 +154,18 @@ class StudyConfig:
         return self
 
     def check_ablation(self) -> None:
-        """The [ablation] settings within bounds (ablation/cli.py's); those that depend on the model or
-        the tables (a readout the model lacks, a set file) are checked when the ablation starts."""
-        from modalscope.study_file import ABLATION_CHOICES, value_toml
-
-        def whole(value: object, low: int, high: int) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-        for name, value, low, high in (("k", self.ablation_k, 1, 1_000_000),
-                                       ("random", self.ablation_random, 1, 100_000),
-                                       ("bands", self.ablation_bands, 1, 1_000)):
-            if not whole(value, low, high):
-                raise ValueError(f"[ablation] {name} = {value}: give {low:,} to {high:,}")
-        if self.ablation_pairs is not None and not whole(self.ablation_pairs, 2, 10_000_000):
-            raise ValueError(f"[ablation] pairs = {self.ablation_pairs}: give 2 to 10,000,000 (pairs to score)")
-        for name, values in (("method", self.ablation_method), ("readouts", self.ablation_readouts)):
-            bad = [v for v in values or () if v not in ABLATION_CHOICES[name]]
-            if bad or (values is not None and not values):
-                raise ValueError(f"[ablation] {name} = {value_toml(list(values))}: choose from "
-                                 f"{', '.join(ABLATION_CHOICES[name])}")
-        if not self.ablation_sets:
-            raise ValueError("[ablation] sets = []: give text, image, xmodal, concepts, concept:NAME or a table file")
+        """The [ablation] settings within bounds; those that depend on the model or the tables (a
+        readout the model lacks, a set file) are checked when the ablation starts."""
+        self.check(*in_section("ablation"))
 
     def check_statistics(self) -> None:
-        """--permutations, --bootstrap, --outlier-factor and --seed within bounds (`analyze` alone
-        checks these before reading the store)."""
-        for flag, value in (("--permutations", self.n_perm), ("--bootstrap", self.n_boot)):
-            if value < 200:
-                raise ValueError(f"{flag} {value}: needs at least 200 resamples")
-            if value > MAX_RESAMPLES:
-                raise ValueError(f"{flag} {value}: at most {MAX_RESAMPLES:,} resamples (p and CIs resolve 1e-5)")
-        if not math.isfinite(self.outlier_factor) or self.outlier_factor <= 1:
-            raise ValueError(f"--outlier-factor {self.outlier_factor}: must be a finite number above 1 (a neuron is "
-                             "flagged when its max |activation| is at least this times its layer's median "
-                             "and 5 robust SDs above the layer; stats/massive.py)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"--seed {self.seed}: must be a whole number from 0 to {MAX_SEED}")
+        """--permutations, --bootstrap, --outlier-factor and --seed within bounds."""
+        self.check("n_perm", "n_boot", "outlier_factor", "seed")
 
     def check_batching(self) -> None:
-        """--batch-size and --sort-window within bounds (they set the store's chunks, so a bad value
-        would be written into DIR for good); `plan` checks them too."""
-        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                          or not 1 <= self.batch_size <= MAX_BATCH):
-            raise ValueError(f"--batch-size {self.batch_size}: must be a whole number from 1 to {MAX_BATCH:,}, or auto")
-        if self.sort_window is not None and not 1 <= self.sort_window <= MAX_SORT_WINDOW:
-            raise ValueError(f"--sort-window {self.sort_window}: must be from 1 (1: manifest order) to "
-                             f"{MAX_SORT_WINDOW:,} batches")
+        """--batch-size and --sort-window within bounds, and a window within the store's chunk rows
+        (they set the store's chunks, so a bad value would be written into DIR for good)."""
+        self.check("batch_size", "sort_window")
         batch = 64 if self.batch_size == "auto" else self.batch_size  # auto starts at 64 (on a GPU)
         if self.sort_window is not None and batch * self.sort_window > MAX_WINDOW_ROWS:
             raise ValueError(f"--sort-window {self.sort_window}: with --batch-size {self.batch_size} a window holds "

@@ -20,137 +20,24 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import textwrap
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from modalscope.config import StudyConfig
 from modalscope.files import atomic
-from modalscope.store_dtypes import STORE_DTYPES
+from modalscope.settings import BY_FIELD, KINDS, SECTIONS, SETTINGS, Setting, either
+from modalscope.settings.checks import ABLATION_CHOICES  # noqa: F401  (its old home)
 
-# What a key's value must be, and how a message names it.
-KINDS = {
-    "str": "a string",
-    "path": "a string (a path)",
-    "int": "a whole number",
-    "int_or_auto": 'a whole number or "auto"',
-    "float": "a number",
-    "bool": "true or false",
-    "list": 'a list of strings, e.g. ["a", "b"]',
-}
-
-
-@dataclass(frozen=True)
-class Key:
-    """One setting: where it lives in the file, which StudyConfig field and CLI flag it is."""
-
-    section: str
-    name: str  # the key in the file: the CLI flag with underscores
-    kind: str  # one of KINDS
-    help: str  # the one-line comment `modalscope init` writes above it
-    field: str = ""  # StudyConfig field (default: name)
-    flag: str = ""  # CLI option (default: --name with dashes)
-    choices: tuple[str, ...] = ()
-    example: object = None  # shown commented out by `init` when the default is None
-
-    @property
-    def attr(self) -> str:
-        return self.field or self.name
-
-    @property
-    def option(self) -> str:
-        return self.flag or "--" + self.name.replace("_", "-")
-
-
-KEYS: tuple[Key, ...] = (
-    Key("data", "captions", "path", "COCO captions JSON (its `images` list names the image files)",
-        example="coco/annotations/captions_val2017.json"),
-    Key("data", "images", "path", "COCO image folder", example="coco/val2017"),
-    Key("data", "jsonl", "path", 'instead of COCO: JSONL of {"image": path, "caption": text, "id": ...} lines',
-        example="pairs.jsonl"),
-    Key("data", "instances", "path", "COCO instances JSON: each image's object categories become its concept "
-        "labels (tables/concepts.parquet)", example="coco/annotations/instances_val2017.json"),
-    Key("data", "num_pairs", "int", "use the first N usable pairs of the shuffled list (default: all)",
-        example=1000),
-    Key("data", "seed", "int", "seed of the one-time shuffle of the pairs"),
-    Key("model", "model", "str", "hub id or local folder of a supported model (README: Supported models)"),
-    Key("model", "revision", "str", "hub revision (branch, tag or commit) of model (default: the latest)",
-        example="main"),
-    Key("model", "base_model", "str", "the language model the VLM was trained from: also run the text "
-        "inputs through it (stream text_base)", example="lmsys/vicuna-7b-v1.5"),
-    Key("model", "base_revision", "str", "hub revision of base_model", example="main"),
-    Key("model", "device", "str", "cpu, cuda, cuda:1, ...; auto: cuda if available"),
-    Key("model", "dtype", "str", "weights dtype; reductions accumulate in float32 regardless",
-        choices=("float32", "float16", "bfloat16")),
-    Key("model", "device_map", "str", "auto: spread the layers over all visible GPUs (default: one device)",
-        choices=("auto",), example="auto"),
-    Key("model", "quantization", "str", "8bit or 4bit weights (pip install 'modalscope[quant]'; default: none)",
-        choices=("8bit", "4bit"), example="8bit"),
-    Key("model", "batch_size", "int_or_auto", 'pairs per forward; "auto": start at 64 on a GPU, halve on '
-        "out-of-memory"),
-    Key("model", "sort_window", "int", "batch pairs by caption length in windows of N batches "
-        "(default: up to 8 within 1 GiB; 1: off)", example=8),
-    Key("model", "workers", "int", "processes preparing batches (default: 0 on CPU, 4 on GPU)", example=4),
-    Key("conditions", "conditions", "list", "forwards per pair: text and image always; image_text "
-        "(caption and image in one turn)"),
-    Key("conditions", "tokens", "str", "reduce over content tokens (caption/image) or all tokens but BOS"),
-    Key("conditions", "sites", "list", "residual (decoder layer output) and mlp (down_proj input)"),
-    Key("conditions", "control", "str", "random-twin: also run the same inputs through a re-initialised copy of the "
-        "model (same config, its own initialisation, seeded) into DIR/control/random-twin, shown beside every result; "
-        "none: no control", choices=("none", "random-twin"), example="random-twin"),
-    Key("reductions", "stats", "list", "reductions over tokens (max and mean always): matched_max, "
-        "frac_active, quantile"),
-    Key("reductions", "quantile", "float", "the quantile of the `quantile` reduction"),
-    Key("reductions", "store_dtype", "str", "dtype of the stored reductions: float16 halves the store "
-        "(range checked before the first write), bfloat16 too with float32's range; computed in float32 either way",
-        choices=tuple(STORE_DTYPES)),
-    Key("statistics", "contrast", "str", "Δ = A - B between recorded streams (text, image, image_text, "
-        "image_text_caption, image_text_image, text_base)"),
-    Key("statistics", "fdr", "str", "false discovery rate control: bh (Benjamini-Hochberg) or by "
-        "(Benjamini-Yekutieli)"),
-    Key("statistics", "primary", "str", "the primary family of tests, SITE:REDUCTION, corrected on its own; "
-        "every other family by Benjamini-Bogomolov (Table 3 q_hier); default mlp:matched_max",
-        example="mlp:matched_max"),
-    Key("statistics", "permutations", "int", "sign-flip permutations for the null (at least 200)",
-        field="n_perm"),
-    Key("statistics", "bootstrap", "int", "bootstrap resamples of inputs for the trend's CI (at least 200)",
-        field="n_boot"),
-    Key("statistics", "outlier_factor", "float", "flag massive neurons: max |activation| at least this "
-        "times the layer median and 5 robust SDs of log max |activation| above the layer"),
-    Key("statistics", "alignment_stat", "str", "the reduction whose per-pair population vectors the layer "
-        "alignment (CKA, mutual k-NN, retrieval) compares between the contrasted conditions"),
-    Key("output", "out", "path", "the study folder", field="out_dir"),
-    Key("output", "stat", "str", "the reduction the headline figures lead with"),
-    Key("output", "long_tables", "str", "Tables 1-2 (a row per input x layer x neuron): auto (<= 50M rows), "
-        "always or never"),
-    Key("output", "csv", "bool", "also write CSV copies of the tables"),
-    Key("output", "png", "bool", "PNG and SVG copies of the figures (they need Chrome/Chromium)",
-        flag="--no-png"),
-    Key("output", "progress", "bool", "progress bars", flag="--quiet"),
-    # `modalscope ablate` after the analysis (issue 26): keys named like its options
-    Key("ablation", "enabled", "bool", "ablate the selected neurons after the analysis, against random sets "
-        "(tables/ablation.parquet); default: true when this section sets any key, else false", field="ablation"),
-    Key("ablation", "k", "int", "neurons per set: the top k that pass q < 0.05", field="ablation_k"),
-    Key("ablation", "sets", "list", "text, image, xmodal (Table 3's top k of each site), concept:NAME or concepts "
-        "(needs concept labels), or files of (site, layer, neuron[, set]) rows", field="ablation_sets"),
-    Key("ablation", "method", "list", "mean (the neuron's mean over the half of the inputs not scored) and/or zero",
-        field="ablation_method"),
-    Key("ablation", "random", "int", "random sets per set, matched in site, layers and size (p's floor 1/(random+1))",
-        field="ablation_random"),
-    Key("ablation", "pairs", "int", "pairs to score, from the half of the manifest the means do not use "
-        "(default: all of it)", field="ablation_pairs", example=200),
-    Key("ablation", "bands", "int", "also make the sets within N bands of consecutive layers (1: the whole model)",
-        field="ablation_bands"),
-    Key("ablation", "readouts", "list", "image, text, image_concept, text_concept, caption_words (default: image, "
-        "text, and caption_words with drawn-world labels)", field="ablation_readouts", example=["image", "text"]),
-)
-# The values the [ablation] lists take (ablation/ checks the rest against the model and tables).
-ABLATION_CHOICES = {"method": ("mean", "zero"),
-                    "readouts": ("image", "text", "image_concept", "text_concept", "caption_words")}
-SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in KEYS))
-BY_ATTR: dict[str, Key] = {k.attr: k for k in KEYS}
-_IN_SECTION: dict[str, dict[str, Key]] = {s: {k.name: k for k in KEYS if k.section == s} for s in SECTIONS}
+# The keys are the rows of the table of settings (settings/table.py): a key's section, name,
+# kind, comment and StudyConfig field are declared there once, beside its flag and its check.
+Key = Setting
+KEYS: tuple[Setting, ...] = SETTINGS
+BY_ATTR: dict[str, Setting] = BY_FIELD
+_IN_SECTION: dict[str, dict[str, Setting]] = {s: {k.name: k for k in KEYS if k.section == s} for s in SECTIONS}
 
 # What `modalscope init` sets: a real LLaVA-1.5-7B study on COCO val2017; the rest is commented out.
 STARTER: dict[str, object] = {
@@ -198,9 +85,12 @@ def read(path: str | Path) -> dict[str, object]:
     return settings
 
 
-def load(path: str | Path, **overrides: Any) -> StudyConfig:
+def load(path: str | Path, check: Callable[[StudyConfig], object] = StudyConfig.validate,
+         **overrides: Any) -> StudyConfig:
     """The validated StudyConfig of the file, with `overrides` (StudyConfig fields, e.g. the
-    command line's flags) taking precedence; a bad value names the file and line it came from."""
+    command line's flags) taking precedence; a bad value names the file and line it came from.
+    `check` validates it: the whole study by default; a command that runs one stage passes the
+    checks of the settings it uses (cli/run.py `_config`)."""
     path = Path(path)
     settings = read(path)
     from_file = {attr for attr in settings if attr not in overrides}
@@ -209,7 +99,7 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
         raise StudyFileError(f"{path}: no [output] out; give the study folder there or with --out DIR")
     config = StudyConfig(**settings)
     try:
-        config.validate()
+        check(config)
     except ValueError as err:
         raise _value_error(path, str(err), from_file, settings) from None
     return config
@@ -231,7 +121,7 @@ def _checked(path: Path, text: str, key: Key, value: object) -> object:
     if not ok:
         raise _error(path, text, key.section, key.name, f"{where}: expected {KINDS[kind]}")
     if key.choices and value not in key.choices:
-        raise _error(path, text, key.section, key.name, f"{where}: choose {_either(key.choices)}")
+        raise _error(path, text, key.section, key.name, f"{where}: choose {either(key.choices)}")
     if kind == "float":
         return float(value)
     if kind == "list":
@@ -314,11 +204,6 @@ def _sections() -> str:
     return ", ".join(f"[{s}]" for s in SECTIONS)
 
 
-def _either(choices: tuple[str, ...]) -> str:
-    quoted = [f'"{c}"' for c in choices]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
 def _value_text(value: object) -> str:
     try:
         return value_toml(value)
@@ -394,7 +279,7 @@ def starter() -> str:
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
         for key in _IN_SECTION[section].values():
-            lines.append(f"# {key.help}")
+            lines += [f"# {line}" for line in textwrap.wrap(key.comment, 96)]
             if key.attr in STARTER:
                 lines.append(f"{key.name} = {value_toml(STARTER[key.attr])}")
             else:

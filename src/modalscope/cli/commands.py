@@ -17,11 +17,11 @@ def _cmd_demo(args: argparse.Namespace, started: float) -> None:
     from modalscope import study
     from modalscope.demo import demo_config
 
-    keys = ("num_pairs", "batch_size", "device", "seed", "sites", "tokens", "contrast", "fdr", "n_perm",
-            "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png", "primary", "control")
-    overrides = {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
+    from modalscope.settings import fields_of
+
+    overrides = {k: getattr(args, k) for k in fields_of("demo") if getattr(args, k) is not None}
     StudyConfig(out_dir=args.out, **overrides).validate()  # bounds first: the assets are written next
-    config = demo_config(args.out, model=args.model, progress=not args.quiet, **overrides)
+    config = demo_config(args.out, model=args.model, **overrides)
     _report(study.run_study(config), started, quiet=not config.progress)
 
 
@@ -57,16 +57,30 @@ def _cmd_run(args: argparse.Namespace, started: float) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace, started: float) -> None:
-    """The study's budget, from the model's config alone."""
+    """The study's budget, from the model's config alone (--config: the file's study)."""
     from modalscope.budget import plan_lines
 
-    fields = {k: getattr(args, k) for k in ("model", "revision", "base_model", "batch_size", "sort_window",
-                                            "sites", "tokens", "stats", "quantile", "store_dtype", "conditions")}
-    if args.num_pairs < 1:
-        raise ValueError(f"--num-pairs {args.num_pairs}: a study needs at least 1 pair (a t-test, 2)")
-    config = StudyConfig(out_dir=args.out or Path("."), num_pairs=args.num_pairs, **fields)
+    out = args.out or _file_settings(args).get("out_dir") or Path(".")
+    config = _config(args, Path(out))
     config.check_batching()
-    print("\n".join(plan_lines(config, args.num_pairs)))
+    if config.num_pairs is None:
+        raise ValueError(f"{args.config}: no [data] num_pairs; give it there or with --num-pairs N")
+    print("\n".join(plan_lines(config, config.num_pairs)))
+
+
+def _file_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings of --config's study file ({} without one)."""
+    from modalscope.study_file import read
+
+    return read(args.config) if getattr(args, "config", None) is not None else {}
+
+
+def _study_folder(args: argparse.Namespace) -> Path:
+    """The positional DIR, else --config's [output] out (a stage that only reads the study)."""
+    folder = args.dir or _file_settings(args).get("out_dir")
+    if folder is None:
+        raise ValueError(f"{args.config}: no [output] out; give the study folder there or as DIR")
+    return Path(folder)
 
 
 def _cmd_extract(args: argparse.Namespace, started: float) -> None:
@@ -101,8 +115,7 @@ def _cmd_analyze(args: argparse.Namespace, started: float) -> None:
     """Tables from the store."""
     from modalscope import study
 
-    config = _config(args, args.dir)
-    config.check_statistics()  # before the store is read (with --config, the file's values were checked)
+    config = _config(args, args.dir)  # analyze's settings checked: a bad one is refused before DIR is touched
     manifest = study.analysis_manifest(config)
     partial = study.extraction_note(config.out_dir)
     if partial:
@@ -129,10 +142,8 @@ def _cmd_plot(args: argparse.Namespace, started: float) -> None:
     """Figures and the report from the tables."""
     from modalscope import study
 
-    out, png, stat = args.dir, args.png, args.stat
-    if args.config is not None:
-        config = _config(args, args.dir)
-        out, png, stat = config.out_dir, config.png, config.stat
+    config = _config(args, args.dir)
+    out, png, stat = config.out_dir, config.png, config.stat
     paths, message = study.plot_stage(out, png, stat, progress=sys.stderr.isatty())
     for path in paths:
         print(f"  figure  {path}")
@@ -144,17 +155,22 @@ def _cmd_plot(args: argparse.Namespace, started: float) -> None:
 def _cmd_report(args: argparse.Namespace, started: float) -> None:
     """The report from the tables and figures."""
     from modalscope import study
+    from modalscope.settings import BY_FIELD
 
-    print(f"  report  {study.report_stage(args.dir, args.stat)}")
+    stat = args.stat if args.stat is not None else _file_settings(args).get("stat")
+    BY_FIELD["stat"].checked(stat)  # a file's value too: one of the reductions
+    print(f"  report  {study.report_stage(_study_folder(args), stat)}")
 
 
 def _cmd_export(args: argparse.Namespace, started: float) -> None:
     """Tables 1-2 for chosen layers and neurons."""
     from modalscope import study
 
-    tables = Path(args.dir) / "tables"
+    folder = _study_folder(args)
+    csv = args.csv if args.csv is not None else bool(_file_settings(args).get("csv", False))
+    tables = folder / "tables"
     before = set(tables.glob(f"*{args.name}.*")) if tables.is_dir() else set()
-    for path in study.export_stage(args.dir, args.sites, args.layers, args.neurons, args.name, args.csv):
+    for path in study.export_stage(folder, args.sites, args.layers, args.neurons, args.name, csv):
         print(f"  table   {path}" + (" (replaced the previous export; --name SUFFIX keeps both)"
                                      if path in before else ""))
 
@@ -169,15 +185,15 @@ def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
         raise ValueError(f"--top {args.top}: a card shows at most {MAX_TOP:,} pairs per stream")
     from modalscope.study import check_manifest
 
-    check_manifest(args.dir)  # the card's captions and images are the manifest's rows
-    card = neuron_card(args.dir, args.site, args.layer, args.neuron, args.top)
+    folder = _study_folder(args)
+    check_manifest(folder)  # the card's captions and images are the manifest's rows
+    card = neuron_card(folder, args.site, args.layer, args.neuron, args.top)
     if args.out is None:  # the site becomes the file name: a plain name, and the file inside DIR
         from modalscope.paths import check_inside, is_safe_name
 
         if not is_safe_name(card.site):
             raise ValueError(f"--site {card.site!r}: not a plain site name; give --out FILE")
-        out = check_inside(Path(args.dir) / "cards" / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html",
-                           args.dir)
+        out = check_inside(folder / "cards" / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html", folder)
     else:
         out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)

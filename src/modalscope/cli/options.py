@@ -8,9 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from modalscope.config import ALL_STATS, DEFAULT_CONDITIONS, DEFAULT_STATS
-from modalscope.models.adapter import SITES
-from modalscope.store_dtypes import STORE_DTYPES
+from modalscope.settings import BY_FIELD, SETTINGS, Setting, comma_list, taken_by
+from modalscope.settings.table import MODEL_HELP  # noqa: F401  (parser.py's, and older imports)
 
 
 DESCRIPTION = """\
@@ -27,12 +26,8 @@ DIR/study.toml --out NEW` repeats it. Flags given on the command line beat the f
 """
 
 
-# Flags whose dest is not the StudyConfig field of the same name (see study_file.KEYS).
-FLAG_FIELDS = ("model", "revision", "base_model", "base_revision", "device", "dtype", "device_map",
-               "quantization", "batch_size", "sort_window", "workers", "captions", "images", "jsonl", "instances",
-               "num_pairs", "seed", "sites", "tokens", "stats", "quantile", "store_dtype", "conditions",
-               "contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables", "csv", "png",
-               "primary", "control")
+# The StudyConfig fields some command takes as a flag (each flag's dest is its field; settings/table.py).
+FLAG_FIELDS = tuple(s.field for s in SETTINGS if s.commands)
 
 
 FORCE_HELP = ("start even when the free disk under DIR looks too small for the store's estimate "
@@ -44,9 +39,6 @@ CONFIG_HELP = ("study file (TOML; `modalscope init` writes a starter, every run 
                "(and [ablation]: `ablate` after the analysis), "
                "keys named like the flags (num_pairs, permutations, ...); a flag given here beats the file "
                "(default: none, the flags alone)")
-
-
-MODEL_HELP = "hub id or local folder of a supported model (README: Supported models), e.g. llava-hf/llava-1.5-7b-hf"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,153 +179,68 @@ def _folder_type(option: str):
     return parse
 
 
-def _sites(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
+_sites = comma_list  # a comma list flag: "residual,mlp" -> ("residual", "mlp"), as StudyConfig reads a string
 
 
-# Help texts shared by the commands that take the option; each ends with its default.
-SEED_HELP = ("seed of the shuffle of the pairs, the sign flips and the bootstrap, three streams spawned "
-             "from it (default: 0)")
+# The option groups of --help, by the study file's section of their settings.
+GROUPS = {"model": "model", "data": "data (first run in DIR only; later runs reuse DIR/manifest.parquet)",
+          "conditions": "recording", "reductions": "recording", "statistics": "statistics", "output": "outputs"}
+
+# How a flag's text is read, by the setting's kind (settings.KINDS).
+FLAG_TYPES = {"str": None, "path": Path, "int": int, "int_or_auto": _batch_size, "float": float, "list": _sites}
+
+# The help of the seed (the field's, also `shrink --seed`'s own is another).
+SEED_HELP = BY_FIELD["seed"].help + " (default: 0)"
 
 
-SITES_HELP = "comma list of residual (decoder layer output) and mlp (down_proj input) (default: residual,mlp)"
+def _shown(setting: Setting) -> str:
+    """The default as --help shows it."""
+    if setting.shown_default:
+        return setting.shown_default
+    default = setting.default
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return "none" if default is None else str(default)
 
 
-TOKENS_HELP = "reduce over the caption/image tokens only (content) or every token but BOS (all) (default: content)"
-
-
-CONTRAST_HELP = ("Δ = A - B between recorded streams: text, image, image_text, image_text_caption, "
-                 "image_text_image, text_base (default: text-image, the report's)")
-
-
-def _model_options(p: argparse.ArgumentParser, model_help: str, model_required: bool) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=model_required, help=model_help)
-    g.add_argument("--revision", help="hub revision (branch, tag or commit) to load (default: main, the latest)")
-    g.add_argument("--base-model", metavar="MODEL",
-                   help="the language model the VLM was trained from (e.g. lmsys/vicuna-7b-v1.5 for "
-                        "LLaVA-1.5-7B): also run the text inputs through it, with the same token ids "
-                        "(stream text_base; contrast text - text_base) (default: none)")
-    g.add_argument("--base-revision", help="hub revision of --base-model (default: main, the latest)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto: cuda if available)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="model weights dtype; reductions accumulate in float32 regardless (default: float32)")
-    g.add_argument("--device-map", choices=["auto"],
-                   help="auto: spread the layers over all visible GPUs, for models bigger than one GPU "
-                        "(default: one device)")
-    g.add_argument("--quantization", choices=["8bit", "4bit"],
-                   help="load weights in 8 or 4 bits (needs `pip install 'modalscope[quant]'` and a GPU) "
-                        "(default: none)")
-    g.add_argument("--batch-size", type=_batch_size, default=16, metavar="N",
-                   help="pairs per forward; auto: start at 64 on a GPU and halve on out-of-memory (default: 16)")
-    g.add_argument("--sort-window", type=int, metavar="N",
-                   help="batch pairs by caption length within windows of N batches, to cut padding; "
-                        "records keep manifest order (default: up to 8 within 1 GiB of host memory; 1: off)")
-    g.add_argument("--workers", type=int, metavar="N",
-                   help="processes decoding images and preparing batches (default: 0 on CPU, 4 on GPU)")
-
-
-def _data_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data (first run in DIR only; later runs reuse DIR/manifest.parquet)")
-    g.add_argument("--captions", type=Path, help="COCO captions JSON, e.g. captions_val2017.json (default: none)")
-    g.add_argument("--images", type=Path, help="COCO image folder, e.g. val2017/ (default: none)")
-    g.add_argument("--jsonl", type=Path,
-                   help='instead of COCO: JSONL of {"image": path, "caption": text, "id": ...}, one per line; '
-                        "relative image paths are read from the JSONL file's folder (default: none)")
-    g.add_argument("--instances", type=Path,
-                   help="COCO instances JSON, e.g. instances_val2017.json: each image's object categories become "
-                        "its pair's concept labels (tables/concepts.parquet) (default: none)")
-    g.add_argument("--num-pairs", type=int, metavar="N",
-                   help="use the first N usable pairs of the shuffled list (unusable ones are listed in "
-                        "DIR/skipped.parquet) (default: all usable pairs)")
-    g.add_argument("--seed", type=int, default=0, help=SEED_HELP)
-
-
-def _recording_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("recording")
-    g.add_argument("--sites", type=_sites, default=SITES, metavar="LIST", help=SITES_HELP)
-    g.add_argument("--tokens", choices=["content", "all"], default="content", help=TOKENS_HELP)
-    g.add_argument("--stats", type=_sites, default=DEFAULT_STATS, metavar="LIST",
-                   help="reductions over tokens to record (max and mean always): matched_max (length-matched "
-                        "max), frac_active, quantile (default: max,mean,matched_max)")
-    g.add_argument("--quantile", type=float, default=0.9,
-                   help="the quantile of the `quantile` reduction (default: 0.9)")
-    g.add_argument("--store-dtype", choices=list(STORE_DTYPES), default="float16",
-                   help="dtype of the stored reductions: float16 and bfloat16 halve the store (bfloat16: float32's "
-                        "range, 8x float16's rounding); a value beyond float16's range keeps that array float32 "
-                        "when found in the first window (default: float16)")
-    g.add_argument("--conditions", type=_sites, default=DEFAULT_CONDITIONS, metavar="LIST",
-                   help="forwards per pair: text (caption alone) and image (image alone) always; image_text "
-                        "(both in one turn) (default: text,image)")
-
-
-CONTROL_HELP = ("random-twin: also run the same inputs (pairs, batches, token scopes) through a re-initialised "
-                "copy of the model (same config, the model's own initialisation, seeded from --seed) into "
-                "DIR/control/random-twin, and show its results beside every layer trend, cross-modal share, "
-                "alignment curve and concept count; a rerun keeps a finished twin (default: none)")
-
-
-def _control_option(p: argparse.ArgumentParser) -> None:
-    """--control: the untrained twin (twin.py), for the commands that record (run, extract, demo)."""
-    p.add_argument("--control", choices=["none", "random-twin"], default=None, help=CONTROL_HELP)
-
-
-def _analysis_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("statistics")
-    g.add_argument("--contrast", default="text-image", metavar="A-B", help=CONTRAST_HELP)
-    g.add_argument("--fdr", choices=["bh", "by"], default="bh",
-                   help="false discovery rate control over a site's neurons: Benjamini-Hochberg (bh) or "
-                        "Benjamini-Yekutieli (by, any dependence) (default: bh)")
-    g.add_argument("--primary", default=None, metavar="SITE:REDUCTION",
-                   help="the primary family of tests, corrected on its own (Table 3 q_hier = its q_value); every "
-                        "other site x reduction x contrast x test by Benjamini-Bogomolov (q_hier) "
-                        "(default: mlp:matched_max, else the recorded site / max)")
-    g.add_argument("--permutations", dest="n_perm", type=int, default=1000, metavar="N",
-                   help="sign-flip permutations for the null, at least 200 (default: 1000)")
-    g.add_argument("--bootstrap", dest="n_boot", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples of inputs for the trend's CI, at least 200 (default: 1000)")
-    g.add_argument("--outlier-factor", type=float, default=10.0, metavar="F",
-                   help="flag massive neurons: max |activation| at least F times the layer median and more than 5 "
-                        "robust SDs of log max |activation| above the layer's median; Table 3 `outlier` (default: 10)")
-    g.add_argument("--alignment-stat", choices=ALL_STATS, default="mean",
-                   help="reduction whose per-pair population vectors the layer alignment (CKA, mutual k-NN, "
-                        "retrieval; tables/alignment.parquet) compares between the contrasted conditions "
-                        "(default: mean)")
-
-
-# The output options, by the stage that uses them (`_output_options(p, ...)` adds those named).
-OUTPUT_OPTIONS = ("long_tables", "csv", "png", "stat", "quiet")
-
-
-def _output_options(p: argparse.ArgumentParser, names: tuple[str, ...] = OUTPUT_OPTIONS) -> None:
-    g = p.add_argument_group("outputs")
-    if "long_tables" in names:
-        g.add_argument("--long-tables", choices=["auto", "always", "never"], default="auto",
-                       help="write Tables 1-2 (one row per input x layer x neuron): auto (when <= 50M rows), "
-                            "always or never; a rerun that leaves them out removes old ones (default: auto)")
-    if "csv" in names:
-        g.add_argument("--csv", action="store_true",
-                       help="also write CSV copies of the tables; a rerun without it removes old copies "
-                            "(default: off)")
-    if "png" in names:
-        g.add_argument("--no-png", dest="png", action="store_false",
-                       help="skip PNG and SVG copies of the figures, and remove those of an earlier plot in "
-                            "DIR/figures (default: write them when Chrome/Chromium is found)")
-    if "stat" in names:
-        g.add_argument("--stat", default="max", choices=ALL_STATS,
-                       help="reduction the headline figures (figure1/2_{site}.html) lead with; the others get "
-                            "figure*_{site}_{stat}.html (default: max)")
-    if "quiet" in names:
-        g.add_argument("--quiet", action="store_true", help="no progress bars, and a whole study lists the report, "
-                       "not each table and figure (default: show them)")
+def add_settings(p: argparse.ArgumentParser, command: str, config_given: bool = False) -> None:
+    """The flags of the settings `command` takes (settings/table.py), in the table's order and
+    grouped by section. Every default is None (store_true/false too): a flag the user did not
+    type is None, so the StudyConfig default or the study file's value stands (cli/run.py)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for setting in taken_by(command):
+        title = GROUPS[setting.section]
+        group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
+        kwargs: dict[str, object] = {"dest": setting.field, "default": None,
+                                     "help": f"{setting.help} (default: {_shown(setting)})"}
+        if setting.action:
+            kwargs["action"] = setting.action
+        else:
+            kwargs["type"] = FLAG_TYPES[setting.kind]
+            if setting.choices:
+                kwargs["choices"] = list(setting.choices)
+            if setting.metavar:
+                kwargs["metavar"] = setting.metavar
+        kwargs.update(setting.variants.get(command, {}))
+        if kwargs.get("required"):  # required unless --config may give it
+            kwargs["required"] = not config_given
+        if kwargs.get("type") is None:
+            kwargs.pop("type", None)
+        group.add_argument(setting.option, **kwargs)
 
 
 def _folder(p: argparse.ArgumentParser, config_given: bool, option: bool) -> None:
-    """The study folder: --out DIR (run, extract) or the positional DIR (analyze, plot)."""
+    """The study folder: --out DIR (run, extract) or the positional DIR (analyze, plot, report,
+    export, neuron); with --config, [output] out may give it."""
     text = "study folder DIR (required, unless --config gives [output] out)"
     if option:
         p.add_argument("--out", type=_folder_type("--out"), required=not config_given, metavar="DIR", help=text)
     else:
         p.add_argument("dir", type=_folder_type("DIR"), nargs="?" if config_given else None, metavar="DIR",
                        help=text)
+    config_option(p)
+
+
+def config_option(p: argparse.ArgumentParser) -> None:
+    """--config STUDY.TOML: the study file's settings under the flags typed (cli/run.py `_config`)."""
     p.add_argument("--config", type=Path, metavar="STUDY.TOML", help=CONFIG_HELP)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modalscope.config import ALL_STATS
-from modalscope.models.adapter import SITES
-from modalscope.cli.options import DESCRIPTION, FORCE_HELP, MODEL_HELP, _Parser, _index_list, _batch_size, _folder_type, _sites, SEED_HELP, SITES_HELP, TOKENS_HELP, CONTRAST_HELP, _model_options, _data_options, _recording_options, _analysis_options, _output_options, _folder
-from modalscope.cli.options import _control_option
+from modalscope.cli.options import (DESCRIPTION, FORCE_HELP, _Parser, _folder, _folder_type, _index_list, _sites,
+                                    add_settings, config_option)
 
 
 def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
@@ -26,49 +24,36 @@ def _demo_command(sub) -> None:
                         "tiny LLaVA on the basic shapes set (seconds; says nothing about trained models); the trained "
                         "model is studied beside its random twin (--control none skips it) "
                         "(default: trained)")
-    p.add_argument("--num-pairs", type=int, metavar="N", help="pairs to use (default: all 240)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per forward (default: 16)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
-    p.add_argument("--sites", type=_sites, default=SITES, metavar="LIST", help=SITES_HELP)
-    p.add_argument("--tokens", choices=["content", "all"], default="content", help=TOKENS_HELP)
-    _control_option(p)
-    _analysis_options(p)
-    _output_options(p)
+    add_settings(p, "demo")
 
 
-def _plan_command(sub) -> None:
+def _plan_command(sub, config_given: bool) -> None:
     """plan: the model (its config alone), the study's size and what it records."""
     p = _command(sub, "plan", "what a study will cost (store size, files, free disk) from the model's config alone")
-    p.add_argument("--model", required=True, help=MODEL_HELP + " (required; only its config is read)")
-    p.add_argument("--revision", help="hub revision (branch, tag or commit) (default: main, the latest)")
-    p.add_argument("--num-pairs", type=int, required=True, metavar="N", help="pairs of the study (required)")
     p.add_argument("--out", type=_folder_type("--out"), metavar="DIR",
-                   help="study folder whose free disk to check (default: none)")
-    p.add_argument("--base-model", metavar="MODEL", help="with a base model: its text stream too (default: none)")
-    p.add_argument("--batch-size", type=_batch_size, default=16, metavar="N", help="pairs per forward (default: 16)")
-    p.add_argument("--sort-window", type=int, metavar="N",
-                   help="batches per length-sorted window (default: up to 8 within 1 GiB of host memory)")
-    _recording_options(p)
+                   help="study folder whose free disk to check (default: none, or --config's [output] out)")
+    config_option(p)
+    add_settings(p, "plan", config_given)
 
 
-def _export_command(sub) -> None:
+def _export_command(sub, config_given: bool) -> None:
     """export: which layers, neurons and sites of Tables 1-2 to write."""
     p = _command(sub, "export", "Tables 1-2 for chosen layers/neurons (for large studies)")
-    p.add_argument("dir", type=_folder_type("DIR"), metavar="DIR", help="study folder DIR (required)")
+    _folder(p, config_given, option=False)
     p.add_argument("--layers", type=_index_list("--layers", "layer"), metavar="LIST",
                    help="decoder layers, e.g. 0,10-12 (default: all)")
     p.add_argument("--neurons", type=_index_list("--neurons", "neuron"), metavar="LIST",
                    help="neurons of each site, e.g. 128,4000-4010 (default: all)")
     p.add_argument("--sites", type=_sites, metavar="LIST", help="comma list of sites (default: all recorded)")
     p.add_argument("--name", default="_export", help="suffix of the written files (default: _export)")
-    p.add_argument("--csv", action="store_true", help="also write CSV copies (default: off)")
+    p.add_argument("--csv", action="store_true", default=None,
+                   help="also write CSV copies (default: off, or --config's [output] csv)")
 
 
-def _neuron_command(sub) -> None:
+def _neuron_command(sub, config_given: bool) -> None:
     """neuron: which neuron's card to write, where, and how many pairs per stream."""
     p = _command(sub, "neuron", "one neuron's card (offline HTML): the captions and images that excite it most")
-    p.add_argument("dir", type=_folder_type("DIR"), metavar="DIR", help="study folder DIR, analysed (required)")
+    _folder(p, config_given, option=False)
     p.add_argument("--site", required=True, help="site of the neuron, e.g. mlp (required)")
     p.add_argument("--layer", type=int, required=True, metavar="L", help="decoder layer, from 0 (required)")
     p.add_argument("--neuron", type=int, required=True, metavar="N", help="neuron of the site, from 0 (required)")
@@ -98,15 +83,10 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
 
     p = _command(sub, "run", "whole study: manifest, extract, analyze, plot, report")
     _folder(p, config_given, option=True)
-    _model_options(p, MODEL_HELP + " (required, unless --config gives [model] model)", not config_given)
-    _data_options(p)
-    _recording_options(p)
-    _control_option(p)
-    _analysis_options(p)
-    _output_options(p)
+    add_settings(p, "run", config_given)
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
 
-    _plan_command(sub)
+    _plan_command(sub, config_given)
 
     p = _command(sub, "shrink", "the dry run of a real study: a random-weight checkpoint of a model's family "
                  "with its real tokenizer, processor and template, shrunk to run on a laptop")
@@ -123,32 +103,18 @@ def build_parser(config_given: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped extraction in DIR with the settings it recorded (model, "
                         "revision, dtype, sites, tokens, reductions, conditions, batch size) (default: off)")
-    _model_options(p, MODEL_HELP + " (default: the model DIR recorded, when it holds a study)", False)
-    _data_options(p)
-    _recording_options(p)
-    _control_option(p)
-    g = p.add_argument_group("statistics")
-    g.add_argument("--contrast", default="text-image", metavar="A-B",
-                   help=CONTRAST_HELP.replace(" (default", "; its streams must be recorded (default"))
-    _output_options(p, ("quiet",))
+    add_settings(p, "extract", config_given)
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
 
-    p = _command(sub, "analyze", "statistics and tables from DIR/activations.zarr into DIR/tables")
-    _folder(p, config_given, option=False)
-    _analysis_options(p)
-    _output_options(p, ("long_tables", "csv"))
+    for name, text in (("analyze", "statistics and tables from DIR/activations.zarr into DIR/tables"),
+                       ("plot", "figures (HTML, PNG, SVG) and DIR/report.html from DIR/tables"),
+                       ("report", "DIR/report.html from DIR/tables: the study on one offline page")):
+        p = _command(sub, name, text)
+        _folder(p, config_given, option=False)
+        add_settings(p, name, config_given)
 
-    p = _command(sub, "plot", "figures (HTML, PNG, SVG) and DIR/report.html from DIR/tables")
-    _folder(p, config_given, option=False)
-    _output_options(p, ("png", "stat"))
-
-    p = _command(sub, "report", "DIR/report.html from DIR/tables: the study on one offline page")
-    p.add_argument("dir", type=_folder_type("DIR"), metavar="DIR", help="study folder DIR (required)")
-    p.add_argument("--stat", choices=ALL_STATS,
-                   help="reduction the report leads with (default: the study's --stat, else max)")
-
-    _export_command(sub)
-    _neuron_command(sub)
+    _export_command(sub, config_given)
+    _neuron_command(sub, config_given)
     from modalscope.ablation.cli import add_ablate_command  # its options live beside it
 
     add_ablate_command(sub, _command, _folder_type)

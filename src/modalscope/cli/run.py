@@ -13,7 +13,6 @@ from pathlib import Path
 from modalscope.config import StudyConfig
 from modalscope.data.pairs import DataError
 from modalscope.store import StoreMismatch
-from modalscope.cli.options import FLAG_FIELDS
 from modalscope.cli.parser import build_parser
 
 
@@ -21,22 +20,35 @@ from modalscope.cli.parser import build_parser
 WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.ENOENT}
 
 
+# The commands that check the whole study before they run; the others check the settings they take.
+WHOLE_STUDY = ("run", "extract")
+
+
 def _config(args: argparse.Namespace, out_dir: Path | None, **extra: object) -> StudyConfig:
-    """The study of the flags, or with --config of the file with the flags the user gave on top
-    (`args.given`: a default never beats the file); `extra` beats both."""
+    """The study of the command's flags, or with --config of the file with the flags the user
+    typed on top (a flag's default is None: only a typed flag beats the file); `extra` beats
+    both. Checked before the command reads or writes anything: `run` and `extract` the whole
+    study, a stage run alone (analyze, plot, report, plan, ...) each setting it takes, with the
+    same one-line message `run` gives, so nothing it writes into DIR/study.toml is refused later."""
+    from modalscope.settings import fields_of
+
+    taken = fields_of(args.command)
+    overrides: dict[str, object] = {k: getattr(args, k) for k in taken if getattr(args, k, None) is not None}
+    if out_dir is not None:
+        overrides["out_dir"] = out_dir
+    overrides.update(extra)
+    if args.command in WHOLE_STUDY:
+        check = StudyConfig.validate
+    else:
+        def check(config: StudyConfig) -> StudyConfig:
+            return config.check(*taken)
     if getattr(args, "config", None) is not None:
-        given = getattr(args, "given", set())
-        overrides: dict[str, object] = {k: getattr(args, k) for k in FLAG_FIELDS if k in given}
-        if "quiet" in given:
-            overrides["progress"] = not args.quiet
-        if out_dir is not None:
-            overrides["out_dir"] = out_dir
-        overrides.update(extra)
-        return StudyConfig.from_toml(args.config, **overrides)
-    fields = {k: getattr(args, k) for k in FLAG_FIELDS if hasattr(args, k)}
-    fields = {k: v for k, v in fields.items() if v is not None}
-    fields.update(extra)
-    return StudyConfig(out_dir=out_dir, progress=not getattr(args, "quiet", False), **fields)
+        from modalscope.study_file import load
+
+        return load(args.config, check=check, **overrides)
+    config = StudyConfig(**overrides)
+    check(config)
+    return config
 
 
 def _report(result, started: float, quiet: bool = False) -> None:

@@ -46,6 +46,18 @@ DEFAULT_STATS = (*ALWAYS, "matched_max")
 DEFAULT_QUANTILE = 0.9
 
 
+def quantile_problem(q: object) -> str | None:
+    """Why `q` is no quantile for the `quantile` reduction, or None: 0 < q < 1, both excluded, since
+    q = 1 is the max and q = 0 the min of the tokens (the max is recorded always; neither is the
+    length-robust upper quantile this reduction is for). The one bound: --quantile, the study file
+    and a store's attributes are all checked by it."""
+    try:
+        inside = 0.0 < float(q) < 1.0  # NaN is outside
+    except (TypeError, ValueError):
+        return "must be a number"
+    return None if inside else "must be between 0 and 1, both excluded (0 is the min, 1 the max)"
+
+
 def implementation(name: str):
     """The module of reduction `name` (imported on first use)."""
     if name not in ALL_STATS:
@@ -67,8 +79,9 @@ class ReductionSpec:
         unknown = [n for n in self.names if n not in ALL_STATS]
         if unknown:
             raise ValueError(f"unknown reductions {', '.join(unknown)}; choose from {', '.join(ALL_STATS)}")
-        if not 0.0 <= float(self.quantile) <= 1.0:
-            raise ValueError(f"quantile {self.quantile}: must be between 0 and 1")
+        problem = quantile_problem(self.quantile)
+        if problem:
+            raise ValueError(f"quantile {self.quantile}: {problem}")
 
     @classmethod
     def of(cls, reductions: "ReductionSpec | Sequence[str]") -> "ReductionSpec":
