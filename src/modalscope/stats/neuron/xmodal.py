@@ -97,7 +97,7 @@ import numpy as np
 from scipy import stats as sps
 
 from modalscope.stats.protocol import Accumulator, Context, Slab
-from modalscope.stats.ranks import (  # noqa: F401  (_keys16, average_ranks, standardised_ranks: tests read them here)
+from modalscope.stats.ranking import (  # noqa: F401  (_keys16, average_ranks, standardised_ranks: tests read them here)
     _keys16, _work, average_ranks, centre_within, compact, correlation, exact_half, pearson_rows, ranked,
     standardised_ranks, twice_centred_ranks, within_k_r,
 )
