@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,23 @@ def test_plan_prints_the_7b_budget_from_the_config_alone(tmp_path: Path):
                         "x 4 arrays: 2 streams x 2 reductions; float16)")  # 5,000 x 32 x 15,104 x 4 x 2 bytes
     assert lines[3] == "  one file per 128 inputs (batch size 16 x sort window 8) and array, all layers"
     assert lines[4].startswith(f"{tmp_path / 'study'}: ")
+
+
+def test_plan_counts_the_random_twins_store(tmp_path: Path):
+    """--control random-twin records a second store as large (DIR/control/random-twin): plan
+    says so and its disk check asks for both."""
+    from modalscope import StudyConfig
+    from modalscope.budget import Budget, plan_lines, study_disk_problem
+    from real_models import real_files
+
+    folder = real_files("llava-1.5")
+    config = StudyConfig(model=str(folder), num_pairs=5000, stats=("max", "mean"), conditions=("text", "image"),
+                         control="random-twin", out_dir=tmp_path / "study")
+    lines = plan_lines(config, 5000)
+    assert lines[4] == ("random twin (--control random-twin): a second store as large, in DIR/control/random-twin: "
+                        "38.7 GB in 708 files in all")  # 2 x 19.3 GB (rounded alone), 2 x 354 files
+    budget = Budget(1000, 32, {"mlp": 11008}, ("text", "image"), ("max", "mean"), 128, "float16")
+    huge = replace(budget, n_pairs=10**9)  # no disk holds it: the message names both stores
+    assert "the store and its random twin's need" in study_disk_problem(config, huge)
+    assert "the store needs" in study_disk_problem(replace(config, control="none"), huge)
+    assert study_disk_problem(config, budget) is None

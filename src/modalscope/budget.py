@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modalscope.config import StudyConfig
@@ -149,6 +149,16 @@ def disk_problem(budget: Budget, out_dir: Path, already: int = 0) -> str | None:
             "--sites mlp, --store-dtype float16 or fewer --num-pairs, or pass --force")
 
 
+def study_disk_problem(config: StudyConfig, budget: Budget, already: int = 0, twin_done: int = 0) -> str | None:
+    """disk_problem of the study's stores: its own, and with `--control random-twin` its twin's
+    as well (as large again: the same inputs through the re-initialised model, twin.py),
+    `already`, `twin_done` the pairs each has recorded."""
+    if config.control != "random-twin":
+        return disk_problem(budget, config.out_dir, already)
+    both = disk_problem(replace(budget, n_pairs=2 * budget.n_pairs), config.out_dir, already + twin_done)
+    return both and both.replace("the store needs", "the store and its random twin's need")
+
+
 def plan_lines(config: StudyConfig, n_pairs: int) -> list[str]:
     """`modalscope plan`: the budget of a study of `n_pairs` on config.model, from its config
     alone (kilobytes from the hub or a folder; no weights), with the free-disk check when the
@@ -165,7 +175,10 @@ def plan_lines(config: StudyConfig, n_pairs: int) -> list[str]:
              + ", ".join(f"{site} {width:,} neurons" for site, width in budget.widths.items())]
     lines += budget.lines()
     lines.append(f"  one file per {budget.window} inputs (batch size {batch} x sort window {window}) and array, all layers")
+    if config.control == "random-twin":
+        lines.append(f"random twin (--control random-twin): a second store as large, in DIR/control/random-twin: "
+                     f"{size_text(2 * budget.store_bytes)} in {2 * budget.files:,} files in all")
     if config.out_dir is not None and str(config.out_dir) not in ("", "."):
-        problem = disk_problem(budget, config.out_dir)
+        problem = study_disk_problem(config, budget)
         lines.append(problem or f"{config.out_dir}: enough free disk for it")
     return lines
