@@ -76,7 +76,7 @@ from modalscope.stats.alignment_retrieval import (
     retrieval_all,
 )
 from modalscope.stats.controls import (
-    TIE as _TIE,  # a null value equal to the observed one counts as >=
+    TIE,  # a null value equal to the observed one counts as >=
 )
 
 __all__ = ["MEASURES", "WITH_INTERVAL", "alignment_layer", "alignment_with_uncertainty", "debiased_cka",
@@ -110,7 +110,7 @@ def _summary(name: str, observed: float, se: float, null: np.ndarray, level: flo
     with warnings.catch_warnings():  # no pairings, or all NaN: NaN bounds
         warnings.simplefilter("ignore", RuntimeWarning)
         null_low, null_high = np.nanpercentile(null, tails) if null.size else (np.nan, np.nan)
-    hits = np.sum(null >= observed - _TIE * abs(observed))
+    hits = np.sum(null >= observed - TIE * abs(observed))
     p = (1.0 + hits) / (null.size + 1) if np.isfinite(observed) else np.nan
     low, high = interval(observed, se, level)
     return {name: float(observed), f"{name}_se": float(se), f"{name}_low": float(low), f"{name}_high": float(high),

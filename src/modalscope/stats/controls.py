@@ -45,8 +45,9 @@ from modalscope.stats.one_sample import t_from_moments
 
 BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inputs are many)
 BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements
-TIE = 1e-12  # relative tolerance so that a permuted statistic equal to the observed counts
-_TIE = TIE  # (the one home of the tolerance: stats/neuron/xmodal.py and stats/alignment.py read it)
+# Relative tolerance so that a permuted statistic equal to the observed one (float64 arithmetic)
+# counts as at least as extreme; its one home: stats/xmodal_resampling.py and stats/alignment.py read it.
+TIE = 1e-12
 FLOAT32_UNIT = 2.0**-24  # float32's unit roundoff: the sign-flip test's products are float32 (_add_product)
 
 
@@ -187,7 +188,7 @@ class SignFlips:
 
 def _perm_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """Two-sided permutation p (1 + #|null| ≥ |observed|) / (P + 1) along axis 0."""
-    bound = np.abs(observed) * (1 - _TIE)
+    bound = np.abs(observed) * (1 - TIE)
     count = (np.abs(null) >= bound).sum(axis=0)
     return np.where(np.isfinite(observed), (1.0 + count) / (null.shape[0] + 1), np.nan)
 

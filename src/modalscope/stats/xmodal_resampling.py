@@ -11,7 +11,7 @@ import functools
 import numpy as np
 
 from modalscope.seeds import generator
-from modalscope.stats.controls import TIE as _TIE  # a permuted r equal to the observed one counts as extreme
+from modalscope.stats.controls import TIE  # a permuted r equal to the observed one counts as extreme
 
 BLOCK_ELEMENTS = 1 << 18  # pairings x pairs drawn at once, about
 BOOT_NEURONS = 256  # neurons per layer whose r is bootstrapped over inputs
@@ -34,7 +34,7 @@ def within_pairings(group: np.ndarray, n_perm: int, seed: int) -> np.ndarray:
 def within_permutation_p(ex: np.ndarray, ey: np.ndarray, r: np.ndarray, perms: np.ndarray) -> np.ndarray:
     """[c] (1 + #{j: |r_j| >= |r|}) / (P + 1), r_j each neuron's r with ey re-paired by perms[j]."""
     norm = np.sqrt(np.einsum("ij,ij->i", ex, ex) * np.einsum("ij,ij->i", ey, ey))
-    bound = np.abs(r) * (1 - _TIE)
+    bound = np.abs(r) * (1 - TIE)
     count = np.zeros(len(r))
     with np.errstate(invalid="ignore", divide="ignore"):
         for perm in perms:
@@ -67,7 +67,7 @@ def permutation_p(r: np.ndarray, null: np.ndarray) -> np.ndarray:
     """(1 + #{k: |null_k| >= |r|}) / (P + 1) against the sorted |r| of the shared null."""
     if null.size == 0:
         return np.full(r.shape, np.nan)
-    bound = np.abs(r) * (1 - _TIE)
+    bound = np.abs(r) * (1 - TIE)
     count = null.size - np.searchsorted(null, np.where(np.isfinite(bound), bound, 0.0), side="left")
     return np.where(np.isfinite(r), (1.0 + count) / (null.size + 1), np.nan)
 
