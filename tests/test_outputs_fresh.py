@@ -33,7 +33,7 @@ def test_a_rerun_of_analyze_without_csv_leaves_no_csv_and_updates_the_settings(c
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tables.iterdir()) == [  # no CSV, no Tables 1-2 of the previous analysis
         "alignment.parquet", "input_layer_means.parquet", "layers.parquet", "significant_neurons.parquet", "summary.json",
-        "table3_neurons.parquet", "top_pairs.parquet"]
+        "table3_neurons.parquet", "top_neurons.parquet", "top_pairs.parquet"]
     assert done.stdout.splitlines()[-1] == (f"figures and report.html show the previous analysis: "
                                             f"`modalscope plot {copy}` redraws them")
     after = json.loads((copy / "study.json").read_text())

@@ -292,7 +292,7 @@ def test_ctrl_c_before_anything_is_recorded_does_not_recommend_resume(tmp_path, 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("modalscope.study._load_vlm", ctrl_c)
+    monkeypatch.setattr("modalscope.stages.extract.load_vlm", ctrl_c)
     captions, images = coco_files
     done = modalscope("run", "--out", tmp_path / "s", "--model", "m", "--captions", captions, "--images", images)
     assert (done.returncode, done.stderr) == (

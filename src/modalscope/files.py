@@ -49,3 +49,16 @@ def atomic(path: Path) -> Iterator[Path]:
         fsync_path(path.parent, directory=True)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, data: bytes, within: Path | None = None) -> Path:
+    """Write `data` to `path` through `atomic` (synced to disk before the rename, the folder after
+    it). With `within` (the study folder) a path that resolves outside it is refused (ValueError)
+    before anything is made."""
+    if within is not None:
+        from modalscope.paths import check_inside
+
+        check_inside(path, within)
+    with atomic(Path(path)) as tmp, open(tmp, "xb") as fh:
+        fh.write(data)
+    return Path(path)

@@ -11,7 +11,9 @@ how they were made, long after the run. Two records do that here:
   versions travel with each file, even one copied out of DIR. Nothing in it depends on time or
   place, so a repeated study writes the same bytes.
 
-The command line comes from `cli.main` (`COMMAND`), else from the process.
+The command line comes from `cli.main` (`COMMAND`), else from the process. The library versions
+the store records (`library_versions`) live here too, so the recording and study.json name them
+from one list (the extraction imports them; nothing here imports the stages).
 """
 
 from __future__ import annotations
@@ -27,19 +29,25 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from modalscope.config import StudyConfig
+from modalscope.outputs import STUDY_JSON
 from modalscope.store import ActivationStore
 from modalscope.tables import write_json
 
-# Versions study.json records beside the store's (`library_versions`).
+# Versions the store records (`library_versions`): what made its numbers.
+LIBRARIES = ("modalscope", "torch", "transformers", "tokenizers", "numpy", "scipy", "zarr", "pyarrow", "plotly")
+# Versions study.json records beside the store's.
 MORE_LIBRARIES = ("pandas", "pillow", "accelerate")
 # The command line of this process, set by cli.main (`modalscope ARGS`); None: from sys.argv.
 COMMAND: str | None = None
 
 
+def library_versions() -> dict[str, str]:
+    """Python's version and those of LIBRARIES: the store's attribute `versions`."""
+    return {"python": platform.python_version(), **{name: version(name) for name in LIBRARIES}}
+
+
 def study_versions() -> dict[str, str]:
     """The store's libraries and those of the tables, images and device placement."""
-    from modalscope.study import library_versions  # the store's list, defined with the extraction
-
     versions = library_versions()
     for name in MORE_LIBRARIES:
         try:
@@ -84,7 +92,7 @@ def nvidia_driver() -> str | None:
 
 def read_study_json(out_dir: Path) -> dict:
     """DIR/study.json ({} when absent; always whole: it is written atomically)."""
-    path = Path(out_dir) / "study.json"
+    path = Path(out_dir) / STUDY_JSON
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
@@ -110,7 +118,7 @@ def record_stage(out_dir: Path, stage: str, seconds: float, settings: dict | Non
         study.pop("gpu", None)
         if gpu is not None:
             study["gpu"] = gpu
-    return write_json(study, Path(out_dir) / "study.json")
+    return write_json(study, Path(out_dir) / STUDY_JSON)
 
 
 def table_provenance(store: ActivationStore, contrast: str, config: StudyConfig | None = None) -> dict:

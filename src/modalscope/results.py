@@ -17,6 +17,7 @@ import pandas as pd
 
 from modalscope.stats.columns import column
 from modalscope.stats.fdr import ALPHA
+from modalscope import outputs
 from modalscope.tables import LAYERS, SUMMARY, TABLE3
 
 
@@ -33,26 +34,26 @@ class StudyResult:
     def open(cls, out_dir: str | Path) -> "StudyResult":
         """The result of the analysed study in `out_dir` (its tables must exist)."""
         out_dir = Path(out_dir)
-        if not (out_dir / "tables" / TABLE3).exists():
-            raise FileNotFoundError(f"{out_dir}: no tables/{TABLE3}; run `modalscope analyze {out_dir}` first")
-        report = out_dir / "report.html"
-        return cls(out_dir=out_dir, tables=sorted((out_dir / "tables").glob("*.parquet")),
-                   figures=sorted((out_dir / "figures").glob("*.html")), report=report if report.exists() else None)
+        if not outputs.table(TABLE3).at(out_dir).exists():
+            raise FileNotFoundError(f"{out_dir}: no {outputs.table(TABLE3).path}; run `modalscope analyze {out_dir}` first")
+        report = out_dir / outputs.REPORT
+        return cls(out_dir=out_dir, tables=sorted((out_dir / outputs.TABLES).glob("*.parquet")),
+                   figures=sorted((out_dir / outputs.FIGURES).glob("*.html")), report=report if report.exists() else None)
 
     @cached_property
     def neurons(self) -> pd.DataFrame:
         """Table 3: one row per site, layer and neuron (read from DIR when first asked for)."""
-        return pd.read_parquet(Path(self.out_dir) / "tables" / TABLE3)
+        return pd.read_parquet(outputs.table(TABLE3).at(self.out_dir))
 
     @cached_property
     def layers(self) -> pd.DataFrame:
         """The layer table: one row per site and layer."""
-        return pd.read_parquet(Path(self.out_dir) / "tables" / LAYERS)
+        return pd.read_parquet(outputs.table(LAYERS).at(self.out_dir))
 
     @cached_property
     def summary(self) -> dict:
         """summary.json: per site the layer trends, their headline sentence, the FDR plan."""
-        return json.loads((Path(self.out_dir) / "tables" / SUMMARY).read_text(encoding="utf-8"))
+        return json.loads(outputs.table(SUMMARY).at(self.out_dir).read_text(encoding="utf-8"))
 
     def significant(self, site: str, layer: int | None = None, direction: str | None = None,
                     stat: str = "max", q: str = "q_value") -> pd.DataFrame:

@@ -220,11 +220,13 @@ def neuron_card(out_dir: Path, site: str, layer: int, neuron: int, top: int | No
     if top is not None and top < 1:
         raise ValueError(f"--top {top}: must be at least 1")
     out_dir = Path(out_dir)
-    table3 = out_dir / "tables" / TABLE3
+    from modalscope import outputs  # the tables at their catalogue paths
+
+    table3 = outputs.table(TABLE3).at(out_dir)
     if not table3.exists():
-        raise FileNotFoundError(f"{out_dir}: no tables/{TABLE3}; run `modalscope analyze {out_dir}` first")
+        raise FileNotFoundError(f"{out_dir}: no {outputs.table(TABLE3).path}; run `modalscope analyze {out_dir}` first")
     row = _table3_row(table3, site, layer, neuron)
-    path = out_dir / "tables" / TOP_PAIRS
+    path = outputs.table(TOP_PAIRS).at(out_dir)
     meta = read_provenance(path).get("top_pairs", {}) if path.exists() else {}
     stat, k = meta.get("stat", "max"), int(meta.get("k", 0))
     contrast = str(row.get("contrast", "text - image"))
@@ -297,8 +299,10 @@ def report_cards(out_dir: Path, neurons: pd.DataFrame, sites: list[str], per_kin
 
     from modalscope.data.manifest import load_manifest
 
+    from modalscope import outputs  # the table at its catalogue path
+
     out_dir = Path(out_dir)
-    path = out_dir / "tables" / TOP_PAIRS
+    path = outputs.table(TOP_PAIRS).at(out_dir)
     if not path.exists():
         return ""
     stat = read_provenance(path).get("top_pairs", {}).get("stat", "max")

@@ -33,12 +33,18 @@ from modalscope.figures.trend import figure2
 from modalscope.figures.xmodal import (
     SHARE_FIGURE, figure_xmodal_r, figure_xmodal_scatter, figure_xmodal_share, has_xmodal,
 )
-from modalscope.stats.columns import as_unsuffixed, column
+from modalscope import outputs
+from modalscope.outputs import ALIGNMENT_FIGURE, CONCEPTS  # + site: the layer alignment's file stem
+from modalscope.stats.columns import VS_BASE, column  # VS_BASE: also the stem suffix of Δ_base's figures
 from modalscope.store import STORE
 from modalscope.tables import ALIGNMENT, LAYERS, LAYERS_VS_BASE, SIGNIFICANT, SUMMARY, TABLE3, read_summary
+from modalscope.top_neurons import unsuffixed
 
-VS_BASE = "_vs_base"  # file stem suffix of the base-LLM contrast's figures
-ALIGNMENT_FIGURE = "figure3_alignment_"  # + site: the layer alignment's file stem
+# What StudyTables reads, by attribute, each at its catalogue path (outputs.table): those in NEEDED
+# and summary.json must be there, the others are None when absent (an older analysis had no alignment).
+READS = {"neurons": TABLE3, "layers": LAYERS, "counts": SIGNIFICANT, "layers_vs_base": LAYERS_VS_BASE,
+         "alignment": ALIGNMENT, "concepts": CONCEPTS}
+NEEDED = (TABLE3, LAYERS, SIGNIFICANT, SUMMARY)
 
 
 @dataclass
@@ -56,20 +62,21 @@ class StudyTables:
 
     @classmethod
     def read(cls, out_dir: Path) -> "StudyTables":
-        tables = Path(out_dir) / "tables"
-        missing = [n for n in (TABLE3, LAYERS, SIGNIFICANT, SUMMARY) if not (tables / n).exists()]
-        if missing and not (Path(out_dir) / STORE).exists():
+        out_dir = Path(out_dir)
+        tables = out_dir / outputs.TABLES
+        missing = [n for n in NEEDED if not outputs.table(n).at(out_dir).exists()]
+        if missing and not (out_dir / STORE).exists():
             raise FileNotFoundError(f"{out_dir}: no study here (no tables, no {STORE}); make one with "
                                     f"`modalscope run --out {out_dir} ...`")
         if missing:
             raise FileNotFoundError(f"{tables}: no {', '.join(missing)}; run `modalscope analyze {out_dir}` first")
-        base = pd.read_parquet(tables / LAYERS_VS_BASE) if (tables / LAYERS_VS_BASE).exists() else None
-        alignment = pd.read_parquet(tables / ALIGNMENT) if (tables / ALIGNMENT).exists() else None
-        read = cls(pd.read_parquet(tables / TABLE3), pd.read_parquet(tables / LAYERS),
-                   pd.read_parquet(tables / SIGNIFICANT), read_summary(tables / SUMMARY), base, alignment)
-        read.check_names(Path(out_dir))
-        read.concepts = pd.read_parquet(tables / "concepts.parquet") if (tables / "concepts.parquet").exists() else None
-        read.twin = cls._twin(Path(out_dir), read.summary)
+        frames = {name: pd.read_parquet(path) if (path := outputs.table(file).at(out_dir)).exists() else None
+                  for name, file in READS.items()}
+        concepts = frames.pop("concepts")
+        read = cls(**frames, summary=read_summary(outputs.table(SUMMARY).at(out_dir)))
+        read.check_names(out_dir)
+        read.concepts = concepts
+        read.twin = cls._twin(out_dir, read.summary)
         return read
 
     @classmethod
@@ -95,11 +102,11 @@ class StudyTables:
 
         sites, stats = list(SITES), list(ALL_STATS)
         if (out_dir / STORE).exists():
-            from modalscope.store import ActivationStore
+            from modalscope.folder import study_store
 
-            store = ActivationStore.read(out_dir / STORE)
+            store = study_store(out_dir)
             sites, stats = store.sites, store.stats
-        tables = out_dir / "tables"
+        tables = out_dir / outputs.TABLES
         named = [(TABLE3, self.neurons), (LAYERS, self.layers), (SIGNIFICANT, self.counts),
                  (LAYERS_VS_BASE, self.layers_vs_base), (ALIGNMENT, self.alignment)]
         for name, frame in named:
@@ -128,12 +135,7 @@ class StudyTables:
 
     def neurons_as(self, site: str, stat: str) -> pd.DataFrame:
         """Table 3 of `site` with `stat`'s columns under the report's names (mean_diff, t_value, ...)."""
-        neurons = self.neurons[self.neurons["site"] == site]
-        renamed = as_unsuffixed(neurons.columns, stat)
-        if not renamed:
-            return neurons
-        base = neurons.drop(columns=[c for c in renamed.values() if c in neurons.columns])
-        return base.rename(columns=renamed)
+        return unsuffixed(self.neurons[self.neurons["site"] == site], stat)
 
     def trend(self, site: str, stat: str) -> dict:
         entry = self.summary[site]

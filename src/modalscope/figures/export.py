@@ -41,7 +41,9 @@ from typing import Literal
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from modalscope.files import atomic
+from modalscope.files import atomic_write  # its home is files.py, beside `atomic`; kept importable here
+from modalscope import outputs
+from modalscope.outputs import PLOTLYJS
 from modalscope.paths import check_inside
 
 __all__ = [
@@ -60,7 +62,6 @@ NO_BROWSER_MESSAGE = (
     "PNG/SVG figures skipped: no Chrome/Chromium found; to get them, "
     "`apt-get install chromium` (or set BROWSER_PATH) and run `modalscope plot DIR`."
 )
-PLOTLYJS = "plotly.min.js"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FORMATS = ("png", "svg")
 HTML_CONFIG = {"displaylogo": False, "responsive": True}
@@ -68,17 +69,6 @@ DEFAULT_WIDTH = 1100
 DEFAULT_HEIGHT = 550
 PNG_SCALE = 2
 RENDER_TIMEOUT_S = 120.0
-
-
-def atomic_write(path: Path, data: bytes, within: Path | None = None) -> Path:
-    """Write ``data`` to ``path`` through ``files.atomic`` (which syncs it to disk before the
-    rename, and the folder after it, as it does for every table). With ``within`` (the study
-    folder) a path that resolves outside it is refused (ValueError) before anything is made."""
-    if within is not None:
-        check_inside(path, within)
-    with atomic(Path(path)) as tmp, open(tmp, "xb") as fh:
-        fh.write(data)
-    return Path(path)
 
 
 @functools.cache
@@ -98,18 +88,13 @@ def write_plotlyjs(directory: Path, within: Path | None = None) -> Path:
     return atomic_write(path, data, within)
 
 
-FIGURE_KINDS = ("figure1_", "figure2_", "significant_", "xmodal_", "figure3_", "concepts_")  # the stems `modalscope plot` writes
-
-
 def owned_figure_files(figures_dir: Path) -> list[Path]:
-    """The files of figures/ that `modalscope plot` writes (HTML, PNG, SVG of its figures), so a
-    replot can remove those it did not draw again; anything else there (plotly.min.js, a user's
-    file) is never touched."""
+    """The files of figures/ that `modalscope plot` writes (the HTML, PNG and SVG of the figures the
+    catalogue lists under `plot`: outputs.py), so a replot can remove those it did not draw again;
+    anything else there (plotly.min.js, the ablation's figure, a user's file) is never touched."""
     figures_dir = Path(figures_dir)
-    if not figures_dir.is_dir():
-        return []
-    return sorted(p for p in figures_dir.iterdir() if p.is_file() and p.suffix in (".html", ".png", ".svg")
-                  and p.name.startswith(FIGURE_KINDS))
+    return [p for p in outputs.owned(figures_dir.parent, "plot", figures_dir.name)
+            if p.suffix in (".html", *outputs.IMAGES)]
 
 
 def write_html(fig: go.Figure, path: Path, plotlyjs: Literal["embed", "directory"] = "embed",

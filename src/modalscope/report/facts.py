@@ -21,26 +21,14 @@ from modalscope.data.manifest import MANIFEST, SKIPPED, TRUNCATED, load_skipped
 from modalscope.figures.assemble import StudyTables
 from modalscope.figures.style import direction_names
 from modalscope.stats.fdr import ALPHA as SIGNIFICANT_Q  # the one level of every call
+from modalscope.outputs import FIGURES, STUDY_JSON, STUDY_TOML, TABLES, TWIN, describe
+from modalscope.tables import SUMMARY
 from modalscope.store import STORE
+from modalscope.top_neurons import COLUMNS, TOP_K, strongest
 
-TOP_K = 20
 # Table 3 columns of the top-neuron tables, as the report names them.
-NEURON_COLUMNS = {"layer": "layer", "neuron": "neuron", "mean_diff": "mean Δ", "sd_diff": "sd Δ",
-                  "t_value": "t", "p_value": "p", "q_value": "q", "cohen_d": "d_z", "p_perm": "p_perm",
-                  "max_abs_activation": "max |act|", "outlier": "outlier"}
-DESCRIPTIONS = {
-    "table1_activations": "Table 1: one row per input × modality × site × layer × neuron",
-    "table2_differences": "Table 2: Δ per input × site × layer × neuron",
-    "table3_neurons": "Table 3: per neuron n, mean Δ, sd, t, p, q, d_z, p_perm (every reduction)",
-    "layers": "per site × layer: mean Δ, 95% CIs over neurons and inputs, null band, counts",
-    "significant_neurons": "FDR-significant neurons per site × reduction × layer × direction",
-    "input_layer_means": "per input: the layer mean of Δ (the input-level unit)",
-    "summary": "per site: the layer trend with bootstrap CI and sign-flip p",
-    "layers_vs_base": "per site × layer: the same for Δ_base = text − text_base (the base LLM)",
-    "input_layer_means_vs_base": "per input: the layer mean of Δ_base = text − text_base",
-    "alignment": "per site × layer × measure: CKA, mutual k-NN, retrieval of text vs image, CI, null band, p",
-    "top_pairs": "per neuron and stream: the 8 pairs with the highest response (the neuron cards)",
-}
+NEURON_COLUMNS = dict(zip(COLUMNS, ("layer", "neuron", "mean Δ", "sd Δ", "t", "p", "q", "d_z", "p_perm", "max |act|",
+                                     "outlier")))
 
 
 @dataclass
@@ -63,9 +51,9 @@ def store_attrs(out_dir: Path) -> dict:
     path = Path(out_dir) / STORE
     if not path.exists():
         return {}
-    from modalscope.store import ActivationStore
+    from modalscope.folder import read_store
 
-    return ActivationStore.read(path).attrs
+    return read_store(path).attrs
 
 
 def _text(value: object) -> str:
@@ -79,7 +67,7 @@ def _text(value: object) -> str:
 def provenance(out_dir: Path, tables: StudyTables) -> Provenance:
     out_dir = Path(out_dir)
     attrs = store_attrs(out_dir)
-    study = _read_json(out_dir / "study.json")
+    study = _read_json(out_dir / STUDY_JSON)
     config = study.get("config", {})
     first = tables.summary[tables.sites[0]] if tables.sites else {}
     skipped = load_skipped(out_dir)  # empty for studies older than the skip list
@@ -215,7 +203,7 @@ def is_hub_model(attrs: dict, model: object) -> bool:
 def study_model(out_dir: Path) -> str:
     """The model the study in `out_dir` recorded (hub id or path), '' when unknown."""
     return str(store_attrs(out_dir).get("model")
-               or _read_json(Path(out_dir) / "study.json").get("config", {}).get("model") or "")
+               or _read_json(Path(out_dir) / STUDY_JSON).get("config", {}).get("model") or "")
 
 
 def random_weights(out_dir: Path) -> bool:
@@ -256,12 +244,7 @@ def partial_study(out_dir: Path, tables: StudyTables) -> str | None:
 def top_neurons(tables: StudyTables, site: str, stat: str, k: int = TOP_K) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Δ > 0, Δ < 0), i.e. (text-preferring, image-preferring) for text − image: the k
     neurons with the largest |t| each way."""
-    neurons = tables.neurons_as(site, stat)
-    neurons = neurons[neurons["t_value"].notna()]
-    columns = [c for c in NEURON_COLUMNS if c in neurons.columns]
-    text = neurons[neurons["t_value"] > 0].nlargest(k, "t_value")[columns]
-    image = neurons[neurons["t_value"] < 0].nsmallest(k, "t_value")[columns]
-    return text.reset_index(drop=True), image.reset_index(drop=True)
+    return strongest(tables.neurons_as(site, stat), k, tuple(NEURON_COLUMNS))
 
 
 def significant_counts(tables: StudyTables, site: str) -> pd.DataFrame:
@@ -349,40 +332,28 @@ class LinkedFile:
 
 
 def table_files(out_dir: Path) -> list[LinkedFile]:
-    """Every table, the manifest, skipped pairs, study.json and study.toml, to link."""
+    """The files to link, described by the catalogue (outputs.py): the manifest, skipped and cut
+    pairs, study.json and study.toml, every file of tables/, and the random twin's tables."""
     out_dir = Path(out_dir)
-    found = [out_dir / MANIFEST, out_dir / SKIPPED, out_dir / TRUNCATED, out_dir / "study.json",
-             out_dir / "study.toml"]
-    found += sorted((out_dir / "tables").glob("*"))
-    from modalscope.twin import twin_dir
-
-    twin = twin_dir(out_dir) / "tables"
-    if (twin / "summary.json").is_file():  # --control random-twin: the twin's own tables
+    found = [out_dir / name for name in (MANIFEST, SKIPPED, TRUNCATED, STUDY_JSON, STUDY_TOML)]
+    found += sorted((out_dir / TABLES).glob("*"))
+    twin = out_dir / TWIN / TABLES
+    if (twin / SUMMARY).is_file():  # --control random-twin: the twin's own tables
         found += sorted(twin.glob("*"))
     files = []
     for path in found:
         if not path.is_file() or path.name.startswith("."):
             continue
-        what = {MANIFEST: "the shuffled pairs (row i is input i)",
-                SKIPPED: "pairs left out, with the reason",
-                TRUNCATED: "captions cut to fit the model's context",
-                "study.json": "config, versions and wall time of each stage",
-                "study.toml": "every setting: `modalscope run --config study.toml --out NEW` repeats the study",
-                }.get(path.name)
-        what = what or DESCRIPTIONS.get(path.stem.removesuffix("_export"), "")
-        if what and path.parent.parent.name == "random-twin" and path.parent.parent.parent.name == "control":
-            what = f"random twin: {what}"
-        if path.suffix == ".csv":
-            what = "CSV copy"
+        href = path.relative_to(out_dir).as_posix()
         rows = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else None
-        files.append(LinkedFile(path.relative_to(out_dir).as_posix(), what, path.stat().st_size, rows))
+        files.append(LinkedFile(href, describe(href), path.stat().st_size, rows))
     return files
 
 
 def figure_files(out_dir: Path) -> dict[str, dict[str, str]]:
     """{figure stem: {"html"|"png"|"svg": href}} of DIR/figures, sorted by stem."""
     figures: dict[str, dict[str, str]] = {}
-    for path in sorted((Path(out_dir) / "figures").glob("*")):
+    for path in sorted((Path(out_dir) / FIGURES).glob("*")):
         if path.suffix in (".html", ".png", ".svg") and not path.name.startswith("."):
-            figures.setdefault(path.stem, {})[path.suffix[1:]] = f"figures/{path.name}"
+            figures.setdefault(path.stem, {})[path.suffix[1:]] = f"{FIGURES}/{path.name}"
     return figures
