@@ -117,18 +117,14 @@ def _expected_pairs(config: StudyConfig, manifest: pd.DataFrame | None, pairs: l
 
 def _check_budget(config: StudyConfig, loaded, plan: "RecordingPlan", n_pairs: int, force: bool):
     """The store's budget (budget.py), refused in one line when the free disk cannot hold it."""
-    from modalscope.budget import disk_problem, estimate
+    from modalscope.budget import estimate, study_disk_problem
+    from modalscope.twin import twin_store_done
 
     budget = estimate(config, loaded.model.config, n_pairs, plan.batch_size, plan.sort_window)
     store = config.out_dir / STORE
     already = ActivationStore.read(store).n_done if store.exists() else 0
-    problem = disk_problem(budget, config.out_dir, already)
-    if config.control == "random-twin":  # the twin's store is as large again
-        from modalscope.twin import twin_store_done
-
-        both = disk_problem(replace(budget, n_pairs=2 * budget.n_pairs), config.out_dir,
-                            already + twin_store_done(config.out_dir))
-        problem = both and both.replace("the store needs", "the store and its random twin's need")
+    twin_done = twin_store_done(config.out_dir) if config.control == "random-twin" else 0
+    problem = study_disk_problem(config, budget, already, twin_done)
     if problem and not force:
         raise ValueError(problem)
     return budget

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from modalscope.config import StudyConfig
 from modalscope.outputs import STUDY_TOML
+from modalscope.settings import BY_FIELD, fields_of, in_section
 
 
 # The study file's data keys: kept from DIR/study.toml when a rerun names no data (it reuses
 # the manifest), so the file still repeats the study from its data.
-DATA_KEYS = ("captions", "images", "jsonl", "instances", "num_pairs", "seed")
+DATA_KEYS = in_section("data")
 
 
 def write_study_file(config: StudyConfig, keep: tuple[str, ...] = ()) -> Path:
@@ -49,9 +50,12 @@ def write_study_file(config: StudyConfig, keep: tuple[str, ...] = ()) -> Path:
     return replace(resolved, **paths).to_toml(path)
 
 
-# The settings `extract` has no option for: kept from DIR/study.toml when it rewrites the file.
-EXTRACT_KEEPS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "alignment_stat", "stat", "long_tables",
-                 "csv", "png", "primary")
+# The settings `extract` does not own: kept from DIR/study.toml when it rewrites the file. The
+# analysis and plot settings `run` takes and `extract` does not, `contrast` (extract takes it only
+# to choose the streams it records; the file's, set by `analyze --contrast`, stays), and the
+# [ablation] section (`ablate`'s settings, which no recording changes).
+EXTRACT_KEEPS = tuple(dict.fromkeys(("contrast", *(f for f in fields_of("run") if f not in fields_of("extract")),
+                                     *in_section("ablation"))))
 
 
 def update_study_file(out_dir: Path, settings: dict[str, object]) -> Path | None:
@@ -69,11 +73,14 @@ def update_study_file(out_dir: Path, settings: dict[str, object]) -> Path | None
         return None
     if all(current.get(name) == value for name, value in settings.items()):
         return path
-    return StudyConfig(**{**current, **settings}).to_toml(path)
+    updated = StudyConfig(**{**current, **settings})
+    updated.check(*(name for name in settings if name in BY_FIELD))  # never write a value `run --config` would refuse (one line, nothing written)
+    return updated.to_toml(path)
 
 
 # The settings each stage run alone owns in study.json's `config` (and DIR/study.toml).
-ANALYSIS_FIELDS = ("contrast", "fdr", "n_perm", "n_boot", "outlier_factor", "long_tables", "csv", "alignment_stat",
-                   "primary")
-PLOT_FIELDS = ("png", "stat")  # in this order: plot_stage's arguments
+ANALYSIS_FIELDS = fields_of("analyze")
+PLOT_FIELDS = fields_of("plot")  # ("png", "stat"): in this order, plot_stage's arguments
+if PLOT_FIELDS != ("png", "stat"):  # plot.py zips them with its arguments
+    raise RuntimeError(f"settings table: plot takes {PLOT_FIELDS}, plot_stage expects ('png', 'stat')")
 
