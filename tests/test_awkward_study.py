@@ -15,6 +15,7 @@ from PIL import Image
 
 from awkward import AWKWARD
 from cli_run import modalscope
+from modalscope.data.manifest import MANIFEST
 
 
 def _plain(text: str) -> str:
@@ -38,7 +39,7 @@ def test_awkward_captions_run_end_to_end_on_the_real_llava_files(real_llava_dir,
                            "--no-png")  # the browser's copies are tests/figures' business
     assert done.returncode == 0, done.stderr[-3000:]
 
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    manifest = pd.read_parquet(out / MANIFEST)
     skipped = pd.read_parquet(out / "skipped.parquet")
     ids = {f"p{i}" for i in range(len(AWKWARD))}
     assert set(manifest["pair_id"]) | set(skipped["pair_id"]) == ids

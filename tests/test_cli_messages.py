@@ -15,6 +15,7 @@ import pytest
 
 from cli_run import modalscope
 from modalscope.cli import build_parser
+from modalscope.data.manifest import MANIFEST
 
 FAST = ("--permutations", "200", "--bootstrap", "200")
 ACCEPTED = "ascending ranges A-B, separated by commas, e.g. 0,10-12"
@@ -29,7 +30,7 @@ def test_analyze_without_a_study_points_to_run_and_extract(tmp_path):
 
 
 def test_analyze_with_a_manifest_but_nothing_recorded_points_to_extract(small_study, tmp_path):
-    shutil.copy(small_study / "manifest.parquet", tmp_path / "manifest.parquet")
+    shutil.copy(small_study / MANIFEST, tmp_path / MANIFEST)
     done = modalscope("analyze", tmp_path)
     assert done.stderr == (f"modalscope: error: {tmp_path}: nothing recorded yet (no activations.zarr); record "
                            f"its manifest's pairs with `modalscope extract --out {tmp_path} --model MODEL`, then "

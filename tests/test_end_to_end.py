@@ -12,6 +12,7 @@ import pytest
 import zarr
 
 from cli_run import modalscope
+from modalscope.data.manifest import MANIFEST
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def test_demo_writes_every_output_with_its_columns(demo):
         for fig in (f"figure1_{site}.html", f"figure2_{site}.html"):
             html = (demo / "figures" / fig).read_text()
             assert "<script src=" not in html  # plotly.js embedded, works offline
-    assert (demo / "manifest.parquet").exists() and (demo / "study.json").exists()
+    assert (demo / MANIFEST).exists() and (demo / "study.json").exists()
     assert (demo / "assets/tiny-llava/model.safetensors").exists()
     assert (demo / "assets/coco/annotations/captions_demo.json").exists()
     # the drawn world's labels make the demo a concept study: its report says what they show
@@ -99,17 +100,17 @@ def test_tables_agree_with_each_other_and_the_store(demo):
     attrs = group.attrs
     for key in ("model", "weights", "dtype", "chat_template", "tokens", "seed", "manifest_hash", "versions"):
         assert key in attrs, key
-    manifest = pd.read_parquet(demo / "manifest.parquet")
+    manifest = pd.read_parquet(demo / MANIFEST)
     assert len(manifest) == N_PAIRS and list(manifest["input_index"]) == list(range(N_PAIRS))
     ids = t2.drop_duplicates("input_index").set_index("input_index")["pair_id"].astype(str)
     assert (ids.sort_index().to_numpy() == manifest["pair_id"].to_numpy()).all()
 
 
 def test_rerun_reuses_manifest_and_store(demo):
-    before = (demo / "manifest.parquet").read_bytes()
+    before = (demo / MANIFEST).read_bytes()
     done = modalscope("demo", "--model", "tiny", "--out", str(demo), "--num-pairs", str(N_PAIRS), "--quiet", "--no-png")
     assert done.returncode == 0, done.stderr
-    assert (demo / "manifest.parquet").read_bytes() == before
+    assert (demo / MANIFEST).read_bytes() == before
     assert zarr.open_group(str(demo / "activations.zarr"), mode="r").attrs["n_done"] == N_PAIRS
 
 
@@ -154,7 +155,7 @@ def test_python_api_runs_a_study_from_jsonl(tmp_path, tiny_model_dir, coco_files
     result = run_study(config)
     t3 = pd.read_parquet(result.out_dir / "tables/table3_neurons.parquet")
     assert set(t3["site"]) == {"mlp"} and (t3["n"] == 7).all()
-    manifest = pd.read_parquet(result.out_dir / "manifest.parquet")
+    manifest = pd.read_parquet(result.out_dir / MANIFEST)
     assert manifest["pair_id"].str.startswith("p").all()
     assert zarr.open_group(str(result.out_dir / "activations.zarr"), mode="r")["mlp/text/max"].shape[0] == 7
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from cli_run import modalscope
 from real_models import qwen2_vl_files, real_files, smollm2_base
+from modalscope.data.manifest import MANIFEST
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def test_run_writes_every_output_on_the_real_files(name, tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert f"random weights, shrunk from {files.name}: its numbers say nothing about any trained model" in page
     assert "(random weights)</title>" in page
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    manifest = pd.read_parquet(out / MANIFEST)
     assert len(manifest) == n_pairs
     table3 = pd.read_parquet(out / "tables/table3_neurons.parquet")
     assert np.isfinite(table3[["mean_diff", "mean_diff_matched_max", "mean_diff_mean"]].to_numpy()).all()

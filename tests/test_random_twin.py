@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from modalscope import StudyConfig, run_study
+from modalscope.data.manifest import MANIFEST
 from modalscope.record.reductions import ALL_STATS
 from modalscope.streams import CONDITIONS
 from modalscope.twin import (
@@ -85,7 +86,7 @@ def test_the_twin_is_a_study_folder_of_the_same_inputs(with_twin: Path):
         assert (folder / name).exists(), name
     assert not (folder / "study.toml").exists()  # DIR/study.toml repeats the study and its twin
     assert not (folder / "tables/table1_activations.parquet").exists()  # Tables 1-2 left out
-    assert (folder / "manifest.parquet").read_bytes() == (with_twin / "manifest.parquet").read_bytes()
+    assert (folder / MANIFEST).read_bytes() == (with_twin / MANIFEST).read_bytes()
     main, twin = ActivationStore.read(with_twin / "activations.zarr"), ActivationStore.read(folder / "activations.zarr")
     for key in ("manifest_hash", "n_inputs", "sites", "stats", "conditions", "tokens", "prompts", "model", "config",
                 "batch_size", "sort_window", "store_dtype", "n_done"):
@@ -255,7 +256,7 @@ def test_control_is_refused_with_what_it_cannot_run_with(tiny_model_dir, coco_fi
         err = capsys.readouterr().err
         assert code == 2 and err.startswith(f"modalscope: error: --control random-twin: {said}")
         assert err.count("\n") == 1
-        assert not (out / "manifest.parquet").exists() and not (out / "activations.zarr").exists()
+        assert not (out / MANIFEST).exists() and not (out / "activations.zarr").exists()
 
 
 def test_the_study_file_round_trips_conditions_control(tmp_path: Path):

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli_run import modalscope
+from modalscope.data.manifest import MANIFEST
 
 
 def _flat(text: str) -> str:
@@ -98,7 +99,7 @@ def test_init_into_an_existing_folder_writes_study_toml_there(tmp_path):
 
 
 def test_neuron_with_moved_images_warns(copy, tmp_path):
-    path = copy / "manifest.parquet"
+    path = copy / MANIFEST
     table = pq.read_table(path)
     moved = [str(tmp_path / "moved" / Path(p).name) for p in table["image_path"].to_pylist()]
     index = table.column_names.index("image_path")

@@ -12,13 +12,14 @@ import pandas as pd
 
 from modalscope.analysis import AnalysisSettings, run_analysis
 from modalscope.store import ActivationStore
+from modalscope.data.manifest import MANIFEST
 
 
 def test_xarray_opens_the_study_store_without_warnings_and_selects_by_pair_id(small_study: Path):
     import xarray as xr
 
     path = small_study / "activations.zarr"
-    manifest = pd.read_parquet(small_study / "manifest.parquet")
+    manifest = pd.read_parquet(small_study / MANIFEST)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "Failed to open Zarr store with consolidated metadata"
         tree = xr.open_datatree(path, engine="zarr")

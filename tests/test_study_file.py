@@ -18,6 +18,7 @@ import pytest
 from cli_run import modalscope
 from modalscope import StudyConfig
 from modalscope.study_file import KEYS, StudyFileError, starter
+from modalscope.data.manifest import MANIFEST
 
 TINY_STUDY = ("--num-pairs", "8", "--permutations", "200", "--bootstrap", "200", "--no-png", "--quiet",
               "--batch-size", "8", "--device", "cpu")
@@ -99,8 +100,8 @@ def test_run_config_study_toml_repeats_the_study(first_study, tmp_path):
     new = tmp_path / "new"
     done = modalscope("run", "--config", first_study / "study.toml", "--out", new)
     assert done.returncode == 0, done.stderr[-3000:]
-    pd.testing.assert_frame_equal(pd.read_parquet(new / "manifest.parquet"),
-                                  pd.read_parquet(first_study / "manifest.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(new / MANIFEST),
+                                  pd.read_parquet(first_study / MANIFEST))
     tables = sorted(p.name for p in (first_study / "tables").iterdir())
     assert "table1_activations.parquet" in tables and "summary.json" in tables
     assert sorted(p.name for p in (new / "tables").iterdir()) == tables

@@ -33,6 +33,7 @@ import pytest
 
 from cli_run import modalscope
 from modalscope.lock import LOCK_NAME, StudyLocked, study_lock
+from modalscope.data.manifest import MANIFEST
 
 FAST = ("--permutations", "200", "--bootstrap", "200")
 
@@ -301,7 +302,7 @@ def test_ctrl_c_before_anything_is_recorded_does_not_recommend_resume(tmp_path, 
 
 # 5. Every stage checks the manifest against the store ----------------------------------------------
 def test_a_swapped_manifest_is_refused_by_every_stage(copy):
-    path = copy / "manifest.parquet"
+    path = copy / MANIFEST
     table = pq.read_table(path)
     swapped = table.take(pa.array(list(range(table.num_rows))[::-1]))  # same length, same pairs, other order
     pq.write_table(swapped.replace_schema_metadata(table.schema.metadata), path)

@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modalscope.ranks import Ranks
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -59,7 +61,8 @@ _HELD: dict[Path, _Held] = {}
 
 
 def lock_path(out_dir: Path) -> Path:
-    rank = int(os.environ.get("RANK") or 0)
+    """DIR's lock file for this process's rank (ranks.py)."""
+    rank = Ranks.from_env().rank
     name = LOCK_NAME if rank == 0 else f".modalscope.rank{rank}.lock"
     return Path(out_dir) / name
 

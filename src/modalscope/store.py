@@ -1,7 +1,7 @@
 """The activation store: a zarr v3 group `DIR/activations.zarr`.
 
-Layout: arrays `{site}/{condition}/{stat}` of shape [input, layer, neuron] (float32, float16 or bfloat16,
-dimension names set), `tokens/{condition}` [input] with the number of tokens each
+Layout: arrays `{site}/{stream}/{reduction}` of shape [input, layer, neuron] (float32, float16 or bfloat16,
+dimension names set), `tokens/{stream}` [input] with the number of tokens each
 reduction saw, and `input` [input], the pair ids: a dimension coordinate, so that xarray
 (`xr.open_datatree(DIR/activations.zarr, engine="zarr")`) selects by pair id. Chunks are one
 window of inputs (batch size x sort window: what extraction appends at once) by one layer by
@@ -18,14 +18,8 @@ the rows that exist always belong to finished windows. Provenance
 (model, weights, dtype, template, token scope, seed, manifest hash, versions) lives in
 the group attributes, and a rerun into the same store must match it.
 
-Why every chunk carries a checksum: a flipped byte in a blosc chunk decodes to other numbers
-without an error, and a deleted shard reads as NaN (zarr's fill value), so a damaged store
-would be analysed as if it were whole. Each chunk's codecs end with zarr v3's `crc32c` (4 bytes
-a chunk; the shards' indexes have their own), every read of a recorded row is checked against it,
-and a shard of a recorded window that is absent is an error unless every row of it is a hole
-(derived.py: such a window is never written). Either stops the reader in one line naming the
-array, the window and the file (StoreDamaged). Stores written before the checksums still read:
-a missing shard is caught there too, a changed byte is not.
+Every chunk carries a checksum, and every read is checked (store_integrity.py: a damaged or missing
+shard is named in one line); what a resumed run must share with the store is store_match.py's.
 """
 
 from __future__ import annotations
@@ -34,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncio
 import dataclasses
 import warnings
 
@@ -46,8 +39,15 @@ from zarr.core.group import ConsolidatedMetadata, GroupMetadata
 from zarr.core.sync import sync
 
 from modalscope import derived, store_dtypes
-from modalscope.record.reductions import ALWAYS
-from modalscope.streams import UNIMODAL
+from modalscope.store_integrity import CheckedArray, StoreDamaged
+from modalscope.store_match import MUST_MATCH, StoreMismatch, check_matches
+from modalscope.store_writes import WRITE_CONFIG, all_nan, write_all
+from modalscope.streams import ALWAYS_REDUCTIONS, UNIMODAL
+
+# CheckedArray, StoreDamaged (store_integrity.py), MUST_MATCH, StoreMismatch (store_match.py): imported
+# from here by callers, so kept importable from here.
+__all__ = ["ANALYSIS_BLOCK", "STORE", "ActivationStore", "CheckedArray", "MUST_MATCH", "StoreDamaged",
+           "StoreMismatch", "unchecked_note"]
 
 STORE = "activations.zarr"
 # By measurement (benchmarks/store_codecs.py, one core): on activation-like float32 blosc lz4
@@ -60,42 +60,12 @@ CHECKSUM = Crc32cCodec()
 VALUE_CODECS = (COMPRESSOR, CHECKSUM)
 SMALL_CODECS = (ZstdCodec(level=0, checksum=False), CHECKSUM)  # [input] arrays: zarr's default, then the checksum
 ANALYSIS_BLOCK = 256  # inputs per analysis read: a fixed size, so results do not depend on chunking
-# How appends write (measured, benchmarks/scale_goals.py): zarr's per-chunk check for an all-fill
-# chunk (NaN) costs as much as compressing it, so it is off, and an array whose new rows are all
-# holes is only resized instead; chunks go through the codecs 64 at a time, not one by one.
-# 0.40 -> 0.14 ms CPU per pair per 44 kB. Then, at 7B widths (write_cost, CPU-s per pair at 32 layers,
-# 0.044 -> 0.023 on a loaded machine, ~0.032 -> ~0.016 idle): zarr costs ~0.3 ms per chunk and ~2 ms
-# per array append besides the compression, so a chunk is a whole window of one layer (a shard: one
-# chunk per layer), the arrays' appends run together (_write_all), the opened arrays are kept, and the
-# consolidated metadata is written from memory with the ledger, not re-read from every zarr.json.
-WRITE_CONFIG = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": 64}
-# Attributes a resumed run must share with the store, with the user-facing name of each.
-MUST_MATCH = {
-    "model": "model",
-    "weights": "weights (revision or fingerprint)",
-    "dtype": "dtype",
-    "quantization": "quantization",
-    "chat_template": "chat template",
-    "tokens": "token scope",
-    "sites": "sites",
-    "stats": "statistics",
-    "conditions": "conditions",
-    "quantile": "quantile",
-    "store_dtype": "store dtype",
-    "manifest_hash": "manifest",
-}
-
-
-class StoreMismatch(ValueError):
-    """The store in DIR was made by a different study."""
-
-
-class StoreDamaged(ValueError):
-    """A chunk of a recorded window is damaged or missing; the message is one line naming the
-    array, the window (its inputs) and the file."""
 
 
 class ActivationStore:
+    """One study's activation store: created or opened by the classmethods, appended to a
+    window at a time, read a layer at a time (`read_layer`, holes filled)."""
+
     def __init__(self, group: zarr.Group, path: Path):
         self.group = group
         self.path = path
@@ -114,7 +84,7 @@ class ActivationStore:
         widths: Mapping[str, int],
         batch_size: int,
         attrs: Mapping[str, Any],
-        stats: Sequence[str] = ALWAYS,
+        stats: Sequence[str] = ALWAYS_REDUCTIONS,
         conditions: Sequence[str] = UNIMODAL,
         window: int | None = None,
         dtype: str = "float32",
@@ -129,15 +99,15 @@ class ActivationStore:
         made = {}  # the arrays, kept for the appends (see _node): opened under WRITE_CONFIG
         with zarr.config.set(WRITE_CONFIG):
             for site, width in widths.items():
-                for condition in conditions:
-                    for stat in stats:
-                        name = f"{site}/{condition}/{stat}"
+                for stream in conditions:
+                    for reduction in stats:
+                        name = f"{site}/{stream}/{reduction}"
                         made[name] = _value_array(group, name, (0, n_layers, width), shards, shards, dtype)
             made["input"] = group.create_array("input", shape=(0,), chunks=(max(batch_size, 1024),), dtype=str,
                                                compressors=SMALL_CODECS, dimension_names=("input",))
-            for condition in conditions:
-                made[f"tokens/{condition}"] = group.create_array(
-                    f"tokens/{condition}",
+            for stream in conditions:
+                made[f"tokens/{stream}"] = group.create_array(
+                    f"tokens/{stream}",
                     shape=(0,),
                     chunks=(max(batch_size, 1024),),
                     dtype="int32",
@@ -164,7 +134,7 @@ class ActivationStore:
         return store
 
     def widen(self, name: str) -> None:
-        """Make the empty array `name` ({site}/{stream}/{stat}) float32: decided on the first window,
+        """Make the empty array `name` ({site}/{stream}/{reduction}) float32: decided on the first window,
         before anything is written, when its values would overflow the store dtype."""
         array = self._node(name)
         if array.shape[0] != 0:
@@ -211,18 +181,28 @@ class ActivationStore:
 
     @property
     def conditions(self) -> list[str]:
+        """The streams recorded (the attribute keeps its first name, `conditions`: a file-format
+        contract); `streams` says what they are."""
         return list(self.group.attrs.get("conditions", UNIMODAL))
 
     @property
+    def streams(self) -> list[str]:
+        """The streams recorded (streams.py): the same list as `conditions`."""
+        return self.conditions
+
+    @property
     def stats(self) -> list[str]:
-        return list(self.group.attrs.get("stats", ALWAYS))
+        """The reductions recorded (the attribute `stats`, a file-format contract)."""
+        return list(self.group.attrs.get("stats", ALWAYS_REDUCTIONS))
 
     @property
     def n_layers(self) -> int:
         return int(self.group.attrs["n_layers"])
 
-    def array(self, site: str, condition: str, stat: str) -> zarr.Array:
-        return self._node(f"{site}/{condition}/{stat}")
+    def array(self, site: str, stream: str, reduction: str) -> zarr.Array:
+        """The [input, layer, neuron] array of one site, stream and reduction, as stored (holes
+        included: `read_layer` fills them)."""
+        return self._node(f"{site}/{stream}/{reduction}")
 
     def _node(self, name: str) -> zarr.Array:
         """The array `name`, opened once per store object (an open reads and validates its
@@ -234,37 +214,11 @@ class ActivationStore:
         return self._arrays[name]
 
     def width(self, site: str) -> int:
-        return int(self.array(site, UNIMODAL[0], ALWAYS[0]).shape[2])
+        return int(self.array(site, UNIMODAL[0], ALWAYS_REDUCTIONS[0]).shape[2])
 
     def check_matches(self, attrs: Mapping[str, Any]) -> None:
-        """One-line refusal naming the first difference between this store and a new run."""
-        mine = self.attrs
-        self._check_weights(mine, attrs)
-        for key, label in MUST_MATCH.items():
-            if key in attrs and mine.get(key) != attrs[key]:
-                raise StoreMismatch(
-                    f"{self.path}: holds a study with a different {label} "
-                    f"({_short(mine.get(key))} vs {_short(attrs[key])}); "
-                    "use a new output directory"
-                )
-
-    def _check_weights(self, mine: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
-        """The weight files' content (`weights_files`, {file: sha256}: models/loading.weights_content)
-        against what the store recorded, naming the first file that differs, appeared or is gone.
-        A store made before it has only `weights` (names and sizes): not checked here."""
-        then, now = mine.get("weights_files"), attrs.get("weights_files")
-        if not then or now is None:
-            return
-        model = attrs.get("model", mine.get("model", "--model"))
-        for name in sorted({*then, *now}):
-            if then.get(name) == now.get(name):
-                continue
-            what = (f"is gone (sha256 {then[name][:12]}... when recorded)" if name not in now else
-                    "is new (recorded without it)" if name not in then else
-                    f"has other content (sha256 {then[name][:12]}... when recorded, {now[name][:12]}... now)")
-            raise StoreMismatch(
-                f"{self.path}: the model's weights changed since this study was recorded: {Path(model) / name} "
-                f"{what}; restore the weights it was recorded with, or use a new output directory")
+        """One-line refusal naming the first difference between this store and a new run (store_match.py)."""
+        check_matches(self.path, self.attrs, attrs)
 
     def append(
         self,
@@ -273,25 +227,25 @@ class ActivationStore:
         pair_ids: Sequence[str] | None = None,
         flags: Mapping[str, Sequence[bool]] | None = None,
     ) -> None:
-        """Append one batch: records[condition][site][stat] is [batch, layer, neuron], with the
+        """Append one batch: records[stream][site][reduction] is [batch, layer, neuron], with the
         holes of derived.punch; `flags` its derived/{stream} rows; `pair_ids` label its inputs
         (default: their input index)."""
         batch = len(next(iter(n_tokens.values())))
         writes = []  # (array, rows to append; None: all holes, only resized), written together
         for stream, rows in (flags or {}).items():
             writes.append((self._node(f"{derived.FLAGS}/{stream}"), np.asarray(rows, dtype=bool)))
-        for condition, by_site in records.items():
-            for site, by_stat in by_site.items():
-                for stat, values in by_stat.items():
-                    array = self.array(site, condition, stat)
-                    writes.append((array, None if _all_nan(values) else values.astype(array.dtype, copy=False)))
-            writes.append((self._node(f"tokens/{condition}"), np.asarray(n_tokens[condition], dtype=np.int32)))
+        for stream, by_site in records.items():
+            for site, by_reduction in by_site.items():
+                for reduction, values in by_reduction.items():
+                    array = self.array(site, stream, reduction)
+                    writes.append((array, None if all_nan(values) else values.astype(array.dtype, copy=False)))
+            writes.append((self._node(f"tokens/{stream}"), np.asarray(n_tokens[stream], dtype=np.int32)))
         if "input" in self._arrays or "input" in self.group:
             ids = [str(i) for i in range(self.n_done, self.n_done + batch)] if pair_ids is None else pair_ids
             writes.append((self._node("input"), np.asarray([str(i) for i in ids], dtype=str)))
         try:
             with zarr.config.set(WRITE_CONFIG):
-                sync(_write_all(writes, batch))
+                sync(write_all(writes, batch))
             self._commit({"n_done": self.n_done + batch})  # the ledger: written last
         except BaseException:
             self._arrays.clear()  # a half-written append: the next open trims; nothing cached is trusted
@@ -327,26 +281,26 @@ class ActivationStore:
         group.attributes.update(attrs)  # then in memory, as zarr's update_attributes does
 
     def read_layer(
-        self, site: str, condition: str, stat: str, layer: int, start: int = 0, stop: int | None = None
+        self, site: str, stream: str, reduction: str, layer: int, start: int = 0, stop: int | None = None
     ) -> np.ndarray:
         """[input, neuron] float32 for one layer (inputs start:stop of the finished ones), the rows
         the store did not keep twice filled from their source (derived.py). float32 whatever the
         store dtype: a difference of two float16 arrays would otherwise be rounded to float16."""
         stop = self.n_done if stop is None else min(stop, self.n_done)
-        values = self.array(site, condition, stat)[start:stop, layer, :].astype(np.float32, copy=False)
+        values = self.array(site, stream, reduction)[start:stop, layer, :].astype(np.float32, copy=False)
         rules = self._rules()
-        source = rules.get("stream", {}).get(condition)
+        source = rules.get("stream", {}).get(stream)
         if source is not None and source in self.conditions:
             self.token_counts()  # reads the flags with the counts
-            rows = self._flags[condition][start:stop]
+            rows = self._flags[stream][start:stop]
             if rows.any():
-                values[rows] = self.read_layer(site, source, stat, layer, start, stop)[rows]
-        fill = rules.get("stat", {}).get(stat)
+                values[rows] = self.read_layer(site, source, reduction, layer, start, stop)[rows]
+        fill = rules.get("stat", {}).get(reduction)  # the attribute's key names a reduction
         if fill is not None and fill in self.stats:
             counts = self.token_counts()
-            rows = derived.shortest({c: n[start:stop] for c, n in counts.items()}, condition)
+            rows = derived.shortest({c: n[start:stop] for c, n in counts.items()}, stream)
             if rows.any():
-                values[rows] = self.read_layer(site, condition, fill, layer, start, stop)[rows]
+                values[rows] = self.read_layer(site, stream, fill, layer, start, stop)[rows]
         return values
 
     def holes(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -356,16 +310,16 @@ class ActivationStore:
         rows = np.zeros(max(stop - start, 0), dtype=bool)
         if len(parts) != 3 or parts[0] not in self.sites:
             return rows
-        _, condition, stat = parts
+        _, stream, reduction = parts
         rules = self._rules()
-        source = rules.get("stream", {}).get(condition)
+        source = rules.get("stream", {}).get(stream)
         if source is not None and source in self.conditions:
             self.token_counts()
-            rows |= self._flags.get(condition, np.zeros(self.n_done, dtype=bool))[start:stop]
-        fill = rules.get("stat", {}).get(stat)
+            rows |= self._flags.get(stream, np.zeros(self.n_done, dtype=bool))[start:stop]
+        fill = rules.get("stat", {}).get(reduction)
         if fill is not None and fill in self.stats:
             counts = self.token_counts()
-            rows |= derived.shortest({c: n[start:stop] for c, n in counts.items()}, condition)
+            rows |= derived.shortest({c: n[start:stop] for c, n in counts.items()}, stream)
         return rows
 
     @property
@@ -375,58 +329,6 @@ class ActivationStore:
         array = self.array(self.sites[0], self.conditions[0], self.stats[0])
         codecs = getattr(array.metadata.codecs[0], "codecs", array.metadata.codecs)  # inside the shards
         return any(isinstance(c, Crc32cCodec) for c in codecs)
-
-    def check_present(self, name: str, array: zarr.Array, start: int, stop: int, selection: Any = None) -> None:
-        """Every shard of array `name` holding recorded rows in [start, stop) is on disk, unless
-        all its recorded rows are holes (a window of holes is never written). Each shard is looked
-        for once per store object."""
-        stop = min(stop, self.n_done)
-        if stop <= start:
-            return
-        size = int((array.shards or array.chunks)[0])
-        seen = self._present.setdefault(name, set())
-        for window in range(start // size, (stop - 1) // size + 1):
-            path = self._chunk_file(name, array, window, selection)
-            if path in seen:
-                continue
-            if not path.exists():
-                first, last = window * size, min((window + 1) * size, self.n_done)
-                if not self.holes(name, first, last).all():
-                    raise StoreDamaged(
-                        f"{self.path}: {name}, {_window(array)} {window} (inputs {first}-{last - 1}): its file "
-                        f"{path} is missing, though the ledger (n_done) records {self.n_done} inputs; the store "
-                        "cannot be analysed: restore DIR from a copy or extract again into a new --out")
-            seen.add(path)
-
-    def damaged(self, name: str, array: zarr.Array, selection: Any, start: int, stop: int) -> StoreDamaged | None:
-        """After a read of `name` failed: its windows read again one by one, and the one-line error
-        naming the first that fails to decode (checksum, truncation), or None when each reads alone
-        (then the failure was not the store's)."""
-        size = int((array.shards or array.chunks)[0])
-        rest = selection[1:] if isinstance(selection, tuple) else ()
-        stop = max(min(stop, array.shape[0]), start + 1)
-        for window in range(start // size, (stop - 1) // size + 1):
-            try:
-                zarr.Array.__getitem__(array, (slice(window * size, min((window + 1) * size, array.shape[0])), *rest))
-            except Exception as error:  # noqa: BLE001 - whatever the decoder raises, this window is it
-                first, last = window * size, min((window + 1) * size, max(self.n_done, 1))
-                reason = " ".join(str(error).split()).split(". Stored:")[0][:120] or "unreadable"
-                return StoreDamaged(
-                    f"{self.path}: {name}, {_window(array)} {window} (inputs {first}-{last - 1}, file "
-                    f"{self._chunk_file(name, array, window, selection)}) is damaged ({type(error).__name__}: {reason}); "
-                    "its values cannot be trusted: restore DIR from a copy or extract again into a new --out")
-        return None
-
-    def _chunk_file(self, name: str, array: zarr.Array, window: int, selection: Any = None) -> Path:
-        """The file of window `window` of array `name`: its shard (every layer), or in an unsharded
-        array (stores made before shards) the chunk of the layer `selection` reads (default: the first)."""
-        coords = [window] + [0] * (len(array.shape) - 1)
-        rest = selection[1:] if isinstance(selection, tuple) else ()
-        if array.shards is None:
-            for axis, index in enumerate(rest, start=1):
-                if isinstance(index, (int, np.integer)) and axis < len(coords):
-                    coords[axis] = int(index) % max(array.shape[axis], 1) // int(array.chunks[axis])
-        return self.path / name / array.metadata.encode_chunk_key(tuple(coords))
 
     def token_counts(self) -> dict[str, np.ndarray]:
         """{stream: [input]} content tokens of the finished inputs: read once per store object and
@@ -448,7 +350,7 @@ class ActivationStore:
         """[start, stop) ranges of `size` finished inputs (None: one chunk each), for streaming
         reads. A fixed size (not the chunk) makes every sum over inputs run in the same order
         whatever batch size recorded the store."""
-        step = size or int(self.array(self.sites[0], UNIMODAL[0], ALWAYS[0]).chunks[0])
+        step = size or int(self.array(self.sites[0], UNIMODAL[0], ALWAYS_REDUCTIONS[0]).chunks[0])
         return [(s, min(s + step, self.n_done)) for s in range(0, self.n_done, step)]
 
     def pair_ids(self) -> list[str]:
@@ -460,9 +362,9 @@ class ActivationStore:
     def _trim_to_ledger(self) -> None:
         done = self.n_done
         for site in self.sites:
-            for condition in self.conditions:
-                for stat in self.stats:
-                    array = self.array(site, condition, stat)
+            for stream in self.conditions:
+                for reduction in self.stats:
+                    array = self.array(site, stream, reduction)
                     if array.shape[0] != done:
                         array.resize((done, *array.shape[1:]))
         flags = [f"{derived.FLAGS}/{s}" for s in derived.STREAM_RULES if f"{derived.FLAGS}/{s}" in self.group]
@@ -483,32 +385,6 @@ def unchecked_note(path: Path) -> str | None:
             "still caught); extract again into a new --out to have them")
 
 
-async def _write_all(writes: Sequence[tuple[zarr.Array, np.ndarray | None]], batch: int) -> None:
-    """Every array's append in one pass of zarr's event loop (one by one, each waits for its
-    own: ~2 ms more per array); the first error is raised once all have finished."""
-    async def one(array: zarr.Array, rows: np.ndarray | None) -> None:
-        target = array.async_array
-        if rows is None:
-            await target.resize((target.shape[0] + batch, *target.shape[1:]))
-        else:
-            await target.append(rows, axis=0)
-
-    done = await asyncio.gather(*(one(a, r) for a, r in writes), return_exceptions=True)
-    for outcome in done:
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-
-def _all_nan(values: np.ndarray) -> bool:
-    """Whether every value is NaN (an array of holes). Any row whose first value is a number
-    settles it without the full scan (numpy's isnan on float16 is a scalar loop: 5 ms per 4 MB)."""
-    if derived.is_holes(values):
-        return True
-    if values.size and not np.isnan(values[(slice(None),) + (0,) * (values.ndim - 1)]).all():
-        return False
-    return bool(np.isnan(values).all())
-
-
 def _value_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunk: int, shard: int, dtype: str) -> zarr.Array:
     """A [input, layer, neuron] array of reduced values: NaN-filled (missing), sharded by window."""
     return group.create_array(
@@ -521,50 +397,3 @@ def _value_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunk: in
         compressors=VALUE_CODECS,
         dimension_names=("input", "layer", "neuron"),
     )
-
-
-class CheckedArray(zarr.Array):
-    """A zarr array of the store whose reads are checked: a recorded window's shard must be on
-    disk (ActivationStore.check_present) and decode (its checksums match); either failure is a
-    one-line StoreDamaged naming the array, the window and the file. Writes are zarr's own."""
-
-    def __init__(self, array: zarr.Array, name: str, owner: ActivationStore) -> None:
-        super().__init__(array.async_array)
-        self._name, self._owner = name, owner
-
-    def __getitem__(self, selection: Any) -> Any:
-        start, stop = _input_rows(selection, self.shape[0])
-        self._owner.check_present(self._name, self, start, stop, selection)
-        try:
-            return super().__getitem__(selection)
-        except Exception as err:
-            # zarr's crc32c ("Stored and computed checksum do not match"), blosc, a shard index that
-            # cannot be parsed: named when a window fails alone; anything else is raised as it was
-            damage = self._owner.damaged(self._name, self, selection, start, stop)
-            if damage is None:
-                raise
-            raise damage from err
-
-
-def _input_rows(selection: Any, n: int) -> tuple[int, int]:
-    """The [start, stop) rows of the input axis a selection reads (all of them when not a plain
-    index or slice)."""
-    first = selection[0] if isinstance(selection, tuple) and selection else selection
-    if isinstance(first, slice) and first.step in (None, 1):
-        start, stop, _ = first.indices(n)
-        return start, max(start, stop)
-    if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
-        index = int(first) + (n if first < 0 else 0)
-        return index, index + 1
-    return 0, n
-
-
-def _window(array: zarr.Array) -> str:
-    """What one shard of the input axis is: a window (value arrays) or a chunk ([input] arrays)."""
-    return "window" if array.shards is not None else "chunk"
-
-
-def _short(value: Any) -> str:
-    """A one-line, bounded rendering (chat templates hold newlines)."""
-    text = " ".join(str(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."

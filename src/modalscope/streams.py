@@ -1,4 +1,5 @@
-"""The names of what a study records per pair: the one home of conditions and streams.
+"""The names of what a study records per pair: the one home of conditions, streams and the
+reductions every store holds.
 
 A *condition* is a forward the user asks for (`--conditions`): the caption alone, the image
 alone, and both in one turn. A *stream* is what the store records: one per unimodal forward,
@@ -15,6 +16,9 @@ UNIMODAL = ("text", "image")  # the report's two: always recorded, Δ = text - i
 DEFAULT_CONDITIONS = UNIMODAL
 JOINT_STREAMS = ("image_text", "image_text_caption", "image_text_image")
 BASE_STREAM = "text_base"  # the text input through --base-model, the LLM the VLM was trained from
+# Always recorded: the report's own reduction (raw max) and the mean. Here, not in
+# record/reductions, because the store (below record/ in the data flow) reads it too.
+ALWAYS_REDUCTIONS = ("max", "mean")
 
 
 def streams(conditions: tuple[str, ...], base_model: bool) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import pytest
 
 from cli_run import modalscope
 from modalscope.store import STORE, ActivationStore
+from modalscope.data.manifest import MANIFEST
 
 K = 8
 REPORT_BUDGET = 6_000_000  # bytes of report.html (README: Outputs)
@@ -62,7 +63,7 @@ def test_the_neuron_command_writes_a_card_with_its_top_captions_and_its_t(small_
     import html
 
     store = ActivationStore.read(small_study / STORE)
-    manifest = pd.read_parquet(small_study / "manifest.parquet").set_index("input_index")
+    manifest = pd.read_parquet(small_study / MANIFEST).set_index("input_index")
     t3 = pd.read_parquet(small_study / "tables/table3_neurons.parquet")
     row = t3[(t3["site"] == "mlp") & (t3["layer"] == 2) & (t3["neuron"] == 17)].iloc[0]
     out = tmp_path / "card.html"

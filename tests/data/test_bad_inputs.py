@@ -114,7 +114,7 @@ def test_extraction_loads_images_with_the_same_function(bad_corpus):
     from types import SimpleNamespace
 
     from modalscope.data.pairs import DataError
-    from modalscope.record.extract import _open
+    from modalscope.record.batches import open_image as _open
 
     for name in ("cmyk.jpg", "gray16.png", "rgba.png", "palette.png", "exif_rotated.jpg"):
         path = bad_corpus / "images" / name

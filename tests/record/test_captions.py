@@ -14,6 +14,7 @@ from modalscope.data.pairs import caption_problem
 from modalscope.record.extract import matched_k, reduce_forward
 from modalscope.record.hooks import Recorder
 from modalscope.record.inputs import PromptBuilder
+from modalscope.data.manifest import MANIFEST
 
 
 def _plain(text: str) -> str:
@@ -176,7 +177,7 @@ def test_a_pair_that_cannot_be_prepared_is_skipped_before_the_manifest(real_llav
 
     config = _study(tmp_path, real_llava_dir, "a\u2581dog on grass")
     store = extract_stage(config)
-    manifest = pd.read_parquet(config.out_dir / "manifest.parquet")
+    manifest = pd.read_parquet(config.out_dir / MANIFEST)
     skipped = pd.read_parquet(config.out_dir / "skipped.parquet")
     assert sorted(manifest["pair_id"]) == ["p0", "p1", "p3", "p4"] and store.n_done == 4
     assert skipped["pair_id"].tolist() == ["p2"]

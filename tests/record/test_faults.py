@@ -21,7 +21,7 @@ import zarr
 
 from modalscope import StudyConfig
 from modalscope.cli import main
-from modalscope.record import extract as extract_module
+from modalscope.record import forwards
 from modalscope.record.extract import NONFINITE, ExtractionError
 from modalscope.store import ActivationStore
 from modalscope.study import extract_stage, prepare_manifest
@@ -78,14 +78,14 @@ def test_fp16_overflow_stops_naming_pairs_and_dtype(tmp_path, make_jsonl, tiny_m
 
 def _oom_above(monkeypatch, limit):
     """The forward runs out of memory for batches larger than `limit` (what CUDA raises)."""
-    real = extract_module.reduce_forward
+    real = forwards.reduce_forward
 
     def reduce_forward(loaded, recorder, batch, streams, k=None):
         if batch.content.shape[0] > limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(loaded, recorder, batch, streams, k)
 
-    monkeypatch.setattr(extract_module, "reduce_forward", reduce_forward)
+    monkeypatch.setattr(forwards, "reduce_forward", reduce_forward)
 
 
 def test_out_of_memory_names_the_batch_size_to_try(tmp_path, make_jsonl, tiny_model_dir, monkeypatch):

@@ -18,6 +18,7 @@ from modalscope.figures.assemble import StudyTables
 from modalscope.figures.export import PLOTLYJS, plotlyjs_bytes
 from modalscope.report import facts
 from modalscope.report.page import REPORT
+from modalscope.data.manifest import MANIFEST
 
 SITES = ("residual", "mlp")
 # Per site, in page order: Figure 2, Figure 1 of every layer (heatmap) then its slider, the counts,
@@ -49,7 +50,7 @@ def test_run_study_writes_one_offline_page_with_plotlyjs_embedded_once(small_stu
 def test_report_links_every_table_and_figure(small_study):
     html = (small_study / REPORT).read_text(encoding="utf-8")
     linked = set(_links(html))
-    for path in [*(small_study / "tables").iterdir(), small_study / "manifest.parquet", small_study / "study.json"]:
+    for path in [*(small_study / "tables").iterdir(), small_study / MANIFEST, small_study / "study.json"]:
         assert path.relative_to(small_study).as_posix() in linked, path.name
     for path in (small_study / "figures").glob("*.html"):
         assert f"figures/{path.name}" in linked, path.name

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from modalscope.stats import alignment_cka, alignment_common, alignment_knn
+from modalscope.stats import alignment_cka, alignment_knn
+from modalscope.stats import blocks as stats_blocks
 from modalscope.stats.alignment import (
     MEASURES,
     WITH_INTERVAL,
@@ -119,7 +120,7 @@ def paired(n, d, seed, noise=1.0):
 @pytest.mark.parametrize("blocks", ["whole", "tiny"])
 def test_linear_cka_equals_the_hsic_reference_for_n_above_and_below_d(n, p, q, blocks, monkeypatch):
     if blocks == "tiny":  # one row / column per block: the blocked sums add up the same
-        monkeypatch.setattr(alignment_common, "BLOCK_ELEMENTS", 1)
+        monkeypatch.setattr(stats_blocks, "BLOCK_ELEMENTS", 1)
     rng = np.random.default_rng(n + p)
     X = rng.normal(size=(n, p)) + 3.0
     Y = X[:, :q] @ rng.normal(size=(q, q)) + rng.normal(size=(n, q))
@@ -200,7 +201,7 @@ def test_debiased_cka_jackknife_in_blocks(monkeypatch):
     X = rng.normal(size=(20, 5))
     Y = X + rng.normal(size=(20, 5))
     whole = debiased_cka_jackknife(*grams(X, Y))
-    monkeypatch.setattr(alignment_common, "BLOCK_ELEMENTS", 1)  # one row per block
+    monkeypatch.setattr(stats_blocks, "BLOCK_ELEMENTS", 1)  # one row per block
     assert debiased_cka_jackknife(*grams(X, Y)) == pytest.approx(whole, rel=1e-12)
 
 
@@ -271,7 +272,7 @@ def test_null_and_interval_equal_brute_force_replicates(blocks, monkeypatch):
     cuts every array into blocks of a few rows (the same stream, cut differently)."""
     n, k, n_null, seed, level = 24, 3, 30, 5, 0.9
     if blocks == "tiny":
-        monkeypatch.setattr(alignment_common, "BLOCK_ELEMENTS", 50)
+        monkeypatch.setattr(stats_blocks, "BLOCK_ELEMENTS", 50)
     X, Y = paired(n, 5, 6, noise=1.5)
     got = alignment_with_uncertainty(X, Y, n_null=n_null, seed=seed, k=k, level=level)
 

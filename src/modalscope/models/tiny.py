@@ -11,10 +11,7 @@ and the llava-hf chat template. Nothing here is mocked; only the sizes are small
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +27,8 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
+
+from modalscope.models.checkpoint_folders import COMPLETE_MARKER, write_checkpoint
 
 # The chat template shipped with llava-hf/llava-1.5-7b-hf (renders
 # "USER: <image>\n{text} ASSISTANT:"), so the tiny model formats prompts exactly like
@@ -50,7 +49,6 @@ LLAVA15_CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
-COMPLETE_MARKER = "model.safetensors"
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -181,18 +179,3 @@ def build_tiny_llava(
         processor.save_pretrained(folder)
 
     return write_checkpoint(out_dir, write)
-
-
-def write_checkpoint(out_dir: Path, write: Callable[[Path], None]) -> Path:
-    """`write(folder)` into a staging folder beside `out_dir`, then rename it onto `out_dir`:
-    a build killed half-way never leaves a folder that looks like a checkpoint."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        write(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir

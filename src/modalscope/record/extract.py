@@ -1,35 +1,38 @@
-"""The extraction loop: each pair twice, unimodally, reduced on the device, stored per batch.
+"""The extraction loop: every stream of each pair, reduced on the device, stored per window.
 
-Why this shape: the text-only forward gets only token ids (the vision modules never run, and
-a guard raises if one would); the image-only forward gets the minimal prompt and the pixels.
-We call the family's forward entry (for LLaVA the inner `LlavaModel`, `model.model`), not the
-generation head: the lm_head's vocabulary projection is not needed for recording. Progress is committed per window of batches (see
+A pair is recorded as two streams (the caption alone, `text`, and the image alone, `image`),
+plus the joint ones with `--conditions image_text` and `text_base` with `--base-model`
+(streams.py); record/forwards.py runs one batch's forwards. Why this shape: the text-only
+forward gets only token ids (the vision modules never run, and a guard raises if one would);
+the image-only forward gets the minimal prompt and the pixels. We call the family's forward
+entry (for LLaVA the inner `LlavaModel`, `model.model`), not the generation head: the
+lm_head's vocabulary projection is not needed for recording. Batches are prepared by
+DataLoader workers (record/batches.py). Progress is committed per window of batches (see
 record/plan.py), so a rerun of the same command continues after the last finished window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modalscope import derived
-from modalscope.streams import BASE_STREAM
-from modalscope.data.images import file_sha256, load_rgb
 from modalscope.data.pairs import DataError
-from modalscope.models.adapter import first_line
+from modalscope.derived import Records
 from modalscope.models.loading import LoadedModel
-from modalscope.record.hooks import Recorder, vision_guard
-from modalscope.record.inputs import ModelBatch, PromptBuilder, TokenScope
+from modalscope.record.batches import PairBatches
+from modalscope.record.forwards import forward_all
+from modalscope.record.hooks import Recorder
+from modalscope.record.inputs import PromptBuilder, TokenScope
 from modalscope.record.plan import plan_windows
 from modalscope.record.reductions import ReductionSpec
 from modalscope.record.writer import StoreWriter
@@ -37,101 +40,8 @@ from modalscope.store import ActivationStore
 from modalscope.store_dtypes import NARROW, largest
 from modalscope.tables import write_frame
 
-
-def reduce_forward(
-    loaded: LoadedModel,
-    recorder: Recorder,
-    batch: ModelBatch,
-    streams: dict[str, torch.Tensor],
-    k: torch.Tensor | None = None,
-) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
-    """One forward of the decoder stack, reduced once per stream mask;
-    returns {stream: {site: {stat: [batch, layer, neuron]}}}.
-
-    k [batch]: tokens per pair for matched_max (`matched_k`), at most every stream's own count.
-    """
-    if k is not None:
-        for name, mask in streams.items():
-            short = (k > mask.sum(1)).nonzero().flatten().tolist()
-            if short:  # the expected max over k of T < k tokens is undefined: a bug, not data
-                raise AssertionError(f"bug: matched_max k={int(k[short[0]])} exceeds the "
-                                     f"{int(mask[short[0]].sum())} tokens of stream {name} (row {short[0]})")
-    batch = batch.to(loaded.device)
-    recorder.select(streams, k)
-    forward = loaded.adapter.forward_module(loaded.model)
-    text_only = not any(key in batch.inputs for key in loaded.adapter.vision_inputs)
-    with torch.inference_mode(), vision_guard(loaded.model, loaded.adapter) if text_only else nullcontext():
-        forward(**batch.inputs, use_cache=False)
-    return recorder.collect()
-
-
-def matched_k(n_tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One k per pair for matched_max: the fewest content tokens of any stream recorded for
-    the pair ({stream: [batch]}), so every stream's expected max is over at most its own
-    tokens. The caption can tokenize to fewer pieces after `<image>\n` than after `USER: `
-    (SentencePiece merges depend on the preceding text), so the text stream alone is not it."""
-    return torch.stack([n.to(torch.long) for n in n_tokens.values()]).amin(dim=0)
-
-
-def reduce_content(
-    loaded: LoadedModel, recorder: Recorder, batch: ModelBatch, k: torch.Tensor | None = None
-) -> dict[str, dict[str, torch.Tensor]]:
-    """One forward reduced over the batch's content tokens: {site: {stat: [batch, layer, neuron]}}."""
-    return reduce_forward(loaded, recorder, batch, {"content": batch.content}, k)["content"]
-
-
-class PairBatches(Dataset):
-    """The planned batches, prepared (decoded, tokenised, pixels) for the model.
-
-    Run by DataLoader workers so image decoding overlaps the forwards. A bad input comes back
-    as {"error": message} and is raised in the main process, so the user still sees one line
-    (a DataLoader would wrap a worker's exception in its traceback).
-    """
-
-    def __init__(self, manifest: pd.DataFrame, builder: PromptBuilder, batches: Sequence[np.ndarray],
-                 image_text: bool):
-        self.manifest, self.builder = manifest, builder
-        self.batches = list(batches)
-        self.image_text = image_text
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> dict:
-        rows = self.manifest.iloc[self.batches[index]]
-        try:
-            captions = rows["caption"].tolist()
-            images = [_open(row) for row in rows.itertuples()]
-            item = self._prepare(images, captions)
-            _check_content(item["text"], rows, "text")
-        except DataError as err:
-            return {"error": str(err)}
-        except Exception as err:  # noqa: BLE001 - a tokenizer/processor failure: name its pair
-            return {"error": self._culprit(rows, images, err)}
-        return item
-
-    def _prepare(self, images: list[Image.Image], captions: list[str]) -> dict:
-        item = {"text": self.builder.text_batch(captions), "image": self.builder.image_batch(images),
-                "n": len(captions)}
-        if self.image_text:
-            item["joint"] = self.builder.image_text_batch(images, captions)
-        return item
-
-    def _culprit(self, rows: pd.DataFrame, images: list[Image.Image], err: Exception) -> str:
-        """One line naming the first pair of the batch whose inputs fail alone. The manifest's
-        pairs passed the same preparation when it was made, so this is a change of model or
-        processor since: the line says to start a new study folder."""
-        for row, image in zip(rows.itertuples(), images):
-            try:
-                self._prepare([image], [row.caption])
-            except Exception as alone:  # noqa: BLE001
-                err = alone
-                break
-        else:
-            row = rows.iloc[0]
-        return (f"{row.image_path}: pair {row.pair_id}: cannot prepare the model inputs "
-                f"({type(err).__name__}: {first_line(err)}); it passed this check when DIR/manifest.parquet was "
-                "made, so the model or processor changed: start a new --out")
+# Re-exported for one release: their home is record/forwards.py since issue 22 (callers import them from here).
+from modalscope.record.forwards import for_base, matched_k, reduce_content, reduce_forward  # noqa: F401
 
 
 class ExtractionError(ValueError):
@@ -232,7 +142,7 @@ def _extract_windows(loaded: LoadedModel, manifest: pd.DataFrame, store: Activat
                 item = next(items)
                 if "error" in item:
                     raise DataError(item["error"])
-                records, n_tokens = _forward_all(loaded, recorder, item, how.image_text,
+                records, n_tokens = forward_all(loaded, recorder, item, how.image_text,
                                                  (base, base_recorder) if base else None)
                 _check_finite(records, rows, manifest, store, loaded)
                 _check_range(records, rows, manifest, store, number == 0 and store.n_done == 0, narrow)
@@ -261,20 +171,20 @@ def _release_memory(loaded: LoadedModel) -> None:
         torch.cuda.empty_cache()
 
 
-def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, store: ActivationStore,
+def _check_finite(records: Records, rows: np.ndarray, manifest: pd.DataFrame, store: ActivationStore,
                   loaded: LoadedModel) -> None:
     """Stop at the first batch with a NaN or inf reduction, listing every offending pair
     (`rows`: the batch's manifest rows)."""
     found = []
     for stream, by_site in records.items():
-        for site, by_stat in by_site.items():
-            for stat, values in by_stat.items():
+        for site, by_reduction in by_site.items():
+            for reduction, values in by_reduction.items():
                 bad = ~np.isfinite(values)  # [batch, layer, neuron]
                 for i in np.flatnonzero(bad.any(axis=(1, 2))):
                     layers = np.flatnonzero(bad[i].any(axis=1))
                     found.append({"input": int(rows[i]), "pair_id": manifest["pair_id"].iloc[rows[i]],
                                   "stream": stream, "site": site,
-                                  "stat": stat, "first_layer": int(layers[0]), "n_values": int(bad[i].sum())})
+                                  "stat": reduction, "first_layer": int(layers[0]), "n_values": int(bad[i].sum())})
     if not found:
         return
     frame = pd.DataFrame(found).sort_values("input", kind="stable")
@@ -291,16 +201,13 @@ def _check_finite(records: "Records", rows: np.ndarray, manifest: pd.DataFrame, 
     )
 
 
-Records = dict[str, dict[str, dict[str, np.ndarray]]]
-
-
 def narrow_arrays(store: ActivationStore) -> dict[str, np.dtype]:
-    """The value arrays ({site}/{stream}/{stat}) stored as float16 or bfloat16, with their dtype:
+    """The value arrays ({site}/{stream}/{reduction}) stored as float16 or bfloat16, with their dtype:
     read once per extraction."""
     if store.attrs.get("store_dtype", "float32") not in NARROW:
         return {}
-    dtypes = {f"{site}/{stream}/{stat}": store.array(site, stream, stat).dtype
-              for site in store.sites for stream in store.conditions for stat in store.stats}
+    dtypes = {f"{site}/{stream}/{reduction}": store.array(site, stream, reduction).dtype
+              for site in store.sites for stream in store.streams for reduction in store.stats}
     return {name: dtype for name, dtype in dtypes.items() if dtype.itemsize == 2}
 
 
@@ -311,8 +218,8 @@ def as_stored(records: Records, narrow: Mapping[str, np.dtype]) -> Records:
     ml_dtypes, bit for bit torch's rounding (to nearest even) and as fast."""
     if not narrow:
         return records
-    return {stream: {site: {stat: _narrowed(values, narrow.get(f"{site}/{stream}/{stat}"))
-                            for stat, values in by_stat.items()} for site, by_stat in by_site.items()}
+    return {stream: {site: {reduction: _narrowed(values, narrow.get(f"{site}/{stream}/{reduction}"))
+                            for reduction, values in by_reduction.items()} for site, by_reduction in by_site.items()}
             for stream, by_site in records.items()}
 
 
@@ -334,9 +241,9 @@ def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, sto
     if not narrow:
         return
     for stream, by_site in records.items():
-        for site, by_stat in by_site.items():
-            for stat, values in by_stat.items():
-                name = f"{site}/{stream}/{stat}"
+        for site, by_reduction in by_site.items():
+            for reduction, values in by_reduction.items():
+                name = f"{site}/{stream}/{reduction}"
                 if name not in narrow:
                     continue
                 peak = np.abs(values).max(axis=(1, 2))  # [batch]; the values are finite here
@@ -358,82 +265,14 @@ def _check_range(records: Records, rows: np.ndarray, manifest: pd.DataFrame, sto
                     f"--store-dtype {wider}: the finished windows are kept")
 
 
-def _forward_all(loaded: LoadedModel, recorder: Recorder, item: dict, image_text: bool,
-                 base: tuple[LoadedModel, Recorder] | None = None) -> tuple[Records, dict[str, list[int]]]:
-    """All forwards of one batch: {stream: {site: {stat: [batch, layer, neuron]}}} and the
-    number of tokens each stream's reductions saw. `base`: the base language model and its
-    recorder, which get the text input's very token ids (stream text_base)."""
-    text, image = item["text"], item["image"]
-    counts = {"text": text.n_content, "image": image.n_content}
-    if base is not None:
-        counts[BASE_STREAM] = text.n_content
-    if image_text:
-        joint, streams = item["joint"]
-        counts.update({name: mask.sum(1) for name, mask in streams.items()})
-    k = matched_k(counts)
-    records = {"text": reduce_content(loaded, recorder, text, k)}
-    records["image"] = reduce_content(loaded, recorder, image, k)
-    if image_text:
-        records.update(reduce_forward(loaded, recorder, joint, streams, k))
-    if base is not None:
-        records[BASE_STREAM] = reduce_content(base[0], base[1], for_base(text, base[0]), k)
-    n_tokens = {name: n.tolist() for name, n in counts.items()}
-    arrays = {c: {s: {st: v.numpy() for st, v in by_stat.items()} for s, by_stat in r.items()}
-              for c, r in records.items()}
-    return arrays, n_tokens
-
-
-def for_base(text: ModelBatch, base: LoadedModel) -> ModelBatch:
-    """The VLM's text input for its base model: the same ids and masks, padding given the
-    base's own pad id (the VLM's may lie beyond the base vocabulary, as LLaVA's `<pad>` does).
-    A row is read up to the first token the base's tokenizer lacks (only ever after the caption,
-    see inputs.BaseTokens: SmolVLM's `<end_of_utterance>`); the rest is padding to the base."""
-    tokenizer = base.processor.tokenizer
-    pad = 0 if tokenizer.pad_token_id is None else tokenizer.pad_token_id
-    ids, mask = text.inputs["input_ids"], text.inputs["attention_mask"]
-    lacked = (ids >= len(tokenizer)) & mask.bool()
-    if lacked.any():
-        mask = mask * (lacked.cumsum(dim=1) == 0).to(mask.dtype)
-        if (text.content & (mask == 0)).any():
-            raise RuntimeError("bug: a content token follows a token the base model lacks")
-    ids = ids.masked_fill(mask == 0, pad)
-    return ModelBatch(inputs={"input_ids": ids, "attention_mask": mask}, content=text.content)
-
-
 def _in_manifest_order(done: list[tuple[Records, dict[str, list[int]]]], order: np.ndarray
                        ) -> tuple[Records, dict[str, np.ndarray]]:
     """A window's batches, concatenated and put back in manifest order."""
     first = done[0][0]
     records = {
-        c: {s: {st: np.concatenate([d[0][c][s][st] for d in done])[order] for st in by_stat}
-            for s, by_stat in by_site.items()}
+        c: {s: {r: np.concatenate([d[0][c][s][r] for d in done])[order] for r in by_reduction}
+            for s, by_reduction in by_site.items()}
         for c, by_site in first.items()
     }
     n_tokens = {c: np.concatenate([np.asarray(d[1][c]) for d in done])[order] for c in done[0][1]}
     return records, n_tokens
-
-
-def _open(row) -> Image.Image:
-    """The pair's image, refused when its file is not the one the manifest recorded (`image_sha256`:
-    a resume or rerun must not record another picture under the pair; manifests without it are not checked)."""
-    try:
-        image = load_rgb(row.image_path)
-        recorded = getattr(row, "image_sha256", None)
-        now = file_sha256(row.image_path) if isinstance(recorded, str) else None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{row.image_path}: pair {row.pair_id}: cannot read image ({err})") from None
-    if now is not None and now != recorded:
-        raise DataError(f"{row.image_path}: pair {row.pair_id}: the image changed since DIR/manifest.parquet was made "
-                        f"(sha256 {recorded[:12]}... then, {now[:12]}... now); restore that file, or start a new --out: "
-                        "the finished windows are kept, this pair's was not recorded")
-    return image
-
-
-def _check_content(batch: ModelBatch, rows: pd.DataFrame, condition: str) -> None:
-    empty = (batch.n_content == 0).nonzero().flatten().tolist()
-    if empty:
-        row = rows.iloc[empty[0]]
-        raise DataError(
-            f"pair {row.pair_id}: the {condition} input has no content tokens "
-            f"(caption {row.caption!r}); fix or drop this pair"
-        )

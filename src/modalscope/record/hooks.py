@@ -126,7 +126,7 @@ class Recorder(AbstractContextManager["Recorder"]):
         return hook
 
     def collect(self) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
-        """This batch's reductions as {stream: {site: {stat: [batch, layer, neuron]}}} on the
+        """This batch's reductions as {stream: {site: {reduction: [batch, layer, neuron]}}} on the
         host: everything is packed into one tensor and copied once per batch (one host sync),
         then split; then reset."""
         keys, parts = [], []
@@ -135,14 +135,14 @@ class Recorder(AbstractContextManager["Recorder"]):
                 raise RuntimeError(f"site {site!r}: some layers did not run in this forward")
             home = per_layer[0][next(iter(self._streams))][self.spec.names[0]].device  # type: ignore[index]
             for name in self._streams:
-                for stat in self.spec.names:
-                    stacked = torch.stack([r[name][stat].to(home) for r in per_layer], dim=1)  # type: ignore[index]
-                    keys.append((name, site, stat, stacked.shape))
+                for reduction in self.spec.names:
+                    stacked = torch.stack([r[name][reduction].to(home) for r in per_layer], dim=1)  # type: ignore[index]
+                    keys.append((name, site, reduction, stacked.shape))
                     parts.append(stacked.flatten(1))  # [batch, layer * neuron]
         host = torch.cat(parts, dim=1).cpu().split([p.shape[1] for p in parts], dim=1)
         out: dict[str, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in self._streams}
-        for (name, site, stat, shape), values in zip(keys, host):
-            out[name].setdefault(site, {})[stat] = values.reshape(shape)
+        for (name, site, reduction, shape), values in zip(keys, host):
+            out[name].setdefault(site, {})[reduction] = values.reshape(shape)
         self._reset()
         return out
 

@@ -5,19 +5,9 @@ with a user turn holding only the caption (no `pixel_values`, so the vision towe
 projector never run); image-only is a user turn holding only the image, the minimal prompt
 (`USER: <image>\n ASSISTANT:` for LLaVA-1.5). Both conditions share one template.
 
-Captions are text, never control. A tokenizer parses special-token strings wherever they
-appear, so a caption holding `<image>`, `</s>` or `<|im_start|>` would become an image
-placeholder, an end of sequence or a turn marker (and the processor would count one image
-too many). So the prompt is never tokenized as one string: the rendered template is cut
-around the caption (`PromptPieces`) into
-  head  - up to the template's last control token before the caption (`USER: <image>`),
-          tokenized by the processor, which expands the image placeholder and makes pixels;
-  text  - the plain-text run holding the caption (`\n{caption} ASSISTANT:`), tokenized with
-          every added token treated as ordinary text (`PlainText`);
-  tail  - from the next control token on, tokenized normally.
-Tokenizers process the text between control tokens independently, so for a caption without
-control strings the concatenation is exactly what the whole string gives; the builder checks
-that on probe captions when it is made and refuses a tokenizer for which it is not.
+Captions are text, never control: the prompt is cut around the caption and the caption's run is
+tokenized plainly (record/plain_text.py), and the builder checks on probe captions, when it is
+made, that the pieces tokenize like the whole prompt.
 
 Content tokens are what the reduction sees by default: for text, the tokens whose character
 offsets overlap the caption; for image, the positions holding the image token. BOS is never
@@ -35,7 +25,6 @@ turn), and that same cut caption is used in every condition; `truncations` lists
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,14 +34,15 @@ from typing import Literal
 import pandas as pd
 import torch
 from PIL import Image
-from tokenizers import Encoding, Tokenizer
 from transformers import ProcessorMixin
 
-from modalscope.data.images import load_rgb
 from modalscope.models.adapter import GENERIC, ModelAdapter, first_line
+from modalscope.record.plain_text import CAPTION_SLOT, PlainText, PromptPieces
+
+# Re-exported for one release: its home is record/plain_text.py since issue 22 (study.py imports it from here).
+from modalscope.record.plain_text import BaseTokens  # noqa: F401
 
 TokenScope = Literal["content", "all"]
-CAPTION_SLOT = "\u0000CAPTION\u0000"
 NO_LIMIT = 10**7  # a tokenizer `model_max_length` at or above this means "not set"
 # Captions whose pieces must tokenize like the whole prompt (checked when a builder is made).
 PROBES = ("A dog runs on the beach.", "TWO DOGS PLAYING", "APPLE logo on a laptop")
@@ -75,50 +65,6 @@ class ModelBatch:
     def to(self, device: torch.device) -> "ModelBatch":
         inputs = {k: v.to(device, non_blocking=True) for k, v in self.inputs.items()}
         return ModelBatch(inputs=inputs, content=self.content.to(device, non_blocking=True))
-
-
-@dataclass(frozen=True)
-class PromptPieces:
-    """A rendered prompt cut around its caption slot (see the module docstring)."""
-
-    head: str
-    left: str  # template text before the caption, inside the caption's plain-text run
-    right: str  # template text after it, up to the next control token
-    tail: str
-
-    @classmethod
-    def cut(cls, rendered: str, controls: Sequence[str]) -> "PromptPieces":
-        prefix, suffix = rendered.split(CAPTION_SLOT)
-        start = max((prefix.rfind(c) + len(c) for c in controls if c in prefix), default=0)
-        stop = min((suffix.find(c) for c in controls if c in suffix), default=len(suffix))
-        return cls(prefix[:start], prefix[start:], suffix[:stop], suffix[stop:])
-
-    def text(self, caption: str) -> str:
-        return self.left + caption + self.right
-
-    def whole(self, caption: str) -> str:
-        return self.head + self.text(caption) + self.tail
-
-
-class PlainText:
-    """The model's tokenizer with every added token (special or not) read as ordinary text.
-
-    `split_special_tokens=True` is not enough: it leaves non-special added tokens (Qwen's
-    `<tool_call>`) as control tokens. This is a copy of the fast tokenizer's backend with
-    every added token flagged special and special-token matching switched off.
-    """
-
-    def __init__(self, tokenizer) -> None:
-        spec = json.loads(tokenizer.backend_tokenizer.to_str())
-        for token in spec.get("added_tokens") or []:
-            token["special"] = True
-        spec["padding"] = spec["truncation"] = None
-        self.backend = Tokenizer.from_str(json.dumps(spec))
-        self.backend.encode_special_tokens = True
-        self.controls = tuple(sorted((t["content"] for t in spec.get("added_tokens") or []), key=len, reverse=True))
-
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        return self.backend.encode_batch(list(texts), add_special_tokens=False)
 
 
 class PromptBuilder:
@@ -387,42 +333,6 @@ class PromptBuilder:
             got = self.tokenizer.decode(ids[mask].tolist(), skip_special_tokens=False)
             if _plain(got) != want:
                 return f"caption tokens of the {name} input decode to {got!r}, not to the caption"
-        return None
-
-
-class BaseTokens:
-    """Whether a base model's tokenizer reads the VLM's text inputs as the VLM does (the base
-    gets the VLM's ids, which must mean the same text to it). Made once: copying a tokenizer
-    into `PlainText` takes seconds for a 150k vocabulary, and the manifest walk asks per pair."""
-
-    def __init__(self, builder: PromptBuilder, tokenizer) -> None:
-        self.builder = builder
-        self.plain = PlainText(tokenizer)
-        head = tokenizer(builder.text_pieces.head)["input_ids"]
-        ours, text = list(builder._text_tail), builder.text_pieces.tail
-        # A token of the VLM's template after the caption that the base lacks (SmolVLM's
-        # `<end_of_utterance>`, added to SmolLM2's vocabulary): the base reads the prompt up to it
-        # (`extract.for_base`), which changes no caption token (attention is causal), so only the
-        # template before it must read the same; refused where it would be recorded (--tokens all).
-        cut = next((i for i, t in enumerate(ours) if t >= len(tokenizer)), None)
-        lacked = None if cut is None else builder.tokenizer.convert_ids_to_tokens(ours[cut])
-        if lacked is not None:
-            ours, text = ours[:cut], text.split(lacked, 1)[0] if lacked in text else None
-        tail = None if text is None else tokenizer(text, add_special_tokens=False)["input_ids"]
-        self.template = None
-        if list(head) != list(builder._text_head) or tail is None or list(tail) != ours:
-            self.template = "the template"
-        elif lacked is not None and builder.tokens == "all":
-            self.template = f"the template (it lacks {lacked!r}, which --tokens all records)"
-
-    def mismatch(self, captions: Sequence[str]) -> str | None:
-        """"the template", the first caption read differently (repr), or None."""
-        if self.template:
-            return self.template
-        runs = [self.builder.text_pieces.text(c) for c in self.builder.fit_captions(captions)]
-        for caption, ours, theirs in zip(captions, self.builder.plain.encode(runs), self.plain.encode(runs)):
-            if ours.ids != theirs.ids:
-                return repr(caption)
         return None
 
 

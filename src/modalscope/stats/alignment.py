@@ -54,7 +54,6 @@ from modalscope.stats.alignment_cka import (
 )
 from modalscope.stats.alignment_common import (
     MIN_PAIRS,
-    block_rows,
     pair_matrices,
     unit_rows,
 )
@@ -75,6 +74,7 @@ from modalscope.stats.alignment_retrieval import (
     retrieval,
     retrieval_all,
 )
+from modalscope.stats.blocks import block_rows
 from modalscope.stats.controls import (
     TIE,  # a null value equal to the observed one counts as >=
 )

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from modalscope.stats.alignment_common import MIN_PAIRS, block_rows, pair_matrices
+from modalscope.stats.alignment_common import MIN_PAIRS, pair_matrices
+from modalscope.stats.blocks import block_rows
 
 MIN_PAIRS_DEBIASED = 6  # HSIC_u needs n >= 4; its delete-two values n - 2 >= 4
 

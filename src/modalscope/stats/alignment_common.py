@@ -1,9 +1,8 @@
-"""What the layer-alignment measures share: input checks, row scaling and block sizes.
+"""What the layer-alignment measures share: input checks and row scaling.
 
 The measures (alignment_cka.py, alignment_knn.py, alignment_retrieval.py) compare every pair
 with every pair, so n x n arrays are unavoidable; every other temporary is kept to about
-BLOCK_ELEMENTS elements, read here at call time (a test may shrink it to cut every loop
-into blocks of a few rows).
+blocks.BLOCK_ELEMENTS elements (stats/blocks.py, the one budget of the blocked loops).
 """
 
 from __future__ import annotations
@@ -11,12 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 MIN_PAIRS = 3  # fewer pairs: every measure is NaN (with 2, CKA is 1 and retrieval trivial)
-BLOCK_ELEMENTS = 1 << 20  # [rows, n] temporaries are kept to about this many elements
-
-
-def block_rows(n_columns: int, most: int | None = None) -> int:
-    rows = max(1, BLOCK_ELEMENTS // max(n_columns, 1))
-    return rows if most is None else max(1, min(rows, most))
 
 
 def pair_matrices(X: np.ndarray, Y: np.ndarray, same_width: bool = False) -> tuple[np.ndarray, np.ndarray]:

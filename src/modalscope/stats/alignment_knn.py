@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from modalscope.stats import alignment_common as common
-from modalscope.stats.alignment_common import MIN_PAIRS, block_rows, pair_matrices, unit_rows
+from modalscope.stats import blocks
+from modalscope.stats.alignment_common import MIN_PAIRS, pair_matrices, unit_rows
+from modalscope.stats.blocks import block_rows
 
 
 def nearest(sims: np.ndarray, m: int) -> np.ndarray:
@@ -82,7 +83,7 @@ def knn_shuffled(nx: np.ndarray, ny: np.ndarray, pairings: np.ndarray, k: int) -
     member = np.zeros(n * n, dtype=bool)
     member[(np.arange(n)[:, None] * n + nx).ravel()] = True
     out = np.empty(len(pairings))
-    step = max(1, common.BLOCK_ELEMENTS // (n * k))
+    step = max(1, blocks.BLOCK_ELEMENTS // (n * k))
     for s in range(0, len(pairings), step):
         block = pairings[s : s + step]
         inverse = np.empty_like(block)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from modalscope.stats.alignment_common import MIN_PAIRS, block_rows, pair_matrices, unit_rows
+from modalscope.stats.alignment_common import MIN_PAIRS, pair_matrices, unit_rows
+from modalscope.stats.blocks import block_rows
 
 RETRIEVAL = ("top1", "top5", "mrr")
 DIRECTIONS = ("text_to_image", "image_to_text")

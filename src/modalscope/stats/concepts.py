@@ -41,9 +41,9 @@ import numpy as np
 from scipy.special import ndtr
 from scipy.stats import rankdata
 
-from modalscope.stats.fdr import benjamini_hochberg
+from modalscope.stats.fdr import ALPHA, benjamini_hochberg
 
-ALPHA = 0.05  # q below this is "selective" (the report's level)
+# A q below ALPHA (stats/fdr.py, the report's level) is "selective".
 CHUNK = 1 << 22  # [neuron, column] results computed at once by the shuffled null (memory)
 MIN_GROUP = 3  # a concept is tested only with at least this many labelled pairs with it and without it
 

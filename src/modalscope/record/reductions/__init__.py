@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from modalscope.streams import ALWAYS_REDUCTIONS as ALWAYS  # its home is streams.py (the store reads it too)
+
 if TYPE_CHECKING:
     import torch
 
@@ -38,8 +40,6 @@ if TYPE_CHECKING:
 _BUILT_IN = ("max", "mean", "matched_max", "frac_active", "quantile")
 _FOUND = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
 ALL_STATS: tuple[str, ...] = tuple(n for n in _BUILT_IN if n in _FOUND) + tuple(sorted(_FOUND - set(_BUILT_IN)))
-# Always recorded: the report's own (raw max) and the mean.
-ALWAYS = ("max", "mean")
 # Recorded unless --stats says otherwise: the report's controls need matched_max (the length-matched
 # max); frac_active and quantile are opt-in (each adds ~4.8 GB per 5,000 pairs at 7B widths, float16).
 DEFAULT_STATS = (*ALWAYS, "matched_max")
