@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from modalscope.stats.fdr import ALPHA  # the FDR level a neuron must pass to enter a set: the study's one level
+
 KINDS = ("text", "image", "xmodal")
-ALPHA = 0.05  # the FDR level a neuron must pass to enter a set
 
 
 @dataclass(frozen=True)

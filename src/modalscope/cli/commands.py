@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from modalscope import outputs
 from modalscope.config import StudyConfig
+from modalscope.ranks import Ranks
 from modalscope.cli.run import _config, _report, _stored_settings
 
 
@@ -101,7 +102,7 @@ def _cmd_extract(args: argparse.Namespace, started: float) -> None:
     config.validate()
     clock = time.perf_counter()
     store = study.extract_stage(config, force=args.force, keep_settings=study.EXTRACT_KEEPS)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if Ranks.from_env().leader:
         study.write_study_file(config, study.EXTRACT_KEEPS)  # the model and data passed their checks
         from modalscope.provenance import record_stage
 
@@ -122,7 +123,7 @@ def _cmd_analyze(args: argparse.Namespace, started: float) -> None:
         print(partial)
     from modalscope.store import STORE, unchecked_note
 
-    unchecked = unchecked_note(config.out_dir / STORE)
+    unchecked = unchecked_note(config.out_dir / STORE)  # (a header read: cheap, not the store's arrays)
     if unchecked:
         print(unchecked)
     paths, skipped = study.analyze_stage(config, manifest)
@@ -132,7 +133,7 @@ def _cmd_analyze(args: argparse.Namespace, started: float) -> None:
         print(skipped)
     from modalscope.figures.export import owned_figure_files
 
-    drawn = (config.out_dir / "report.html").exists() or bool(owned_figure_files(config.out_dir / "figures"))
+    drawn = (config.out_dir / outputs.REPORT).exists() or bool(owned_figure_files(config.out_dir / outputs.FIGURES))
     if drawn:
         print(f"figures and report.html show the previous analysis: `modalscope plot {config.out_dir}` "
               "redraws them")
@@ -168,7 +169,7 @@ def _cmd_export(args: argparse.Namespace, started: float) -> None:
 
     folder = _study_folder(args)
     csv = args.csv if args.csv is not None else bool(_file_settings(args).get("csv", False))
-    tables = folder / "tables"
+    tables = folder / outputs.TABLES
     before = set(tables.glob(f"*{args.name}.*")) if tables.is_dir() else set()
     for path in study.export_stage(folder, args.sites, args.layers, args.neurons, args.name, csv):
         print(f"  table   {path}" + (" (replaced the previous export; --name SUFFIX keeps both)"
@@ -179,7 +180,7 @@ def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
     """One neuron's card from the tables (and the store for more pairs than they hold)."""
     from modalscope.cards.card import card_page, neuron_card
     from modalscope.cards.thumbnails import Thumbnails
-    from modalscope.figures.export import atomic_write
+    from modalscope.files import atomic_write
 
     if args.top is not None and args.top > MAX_TOP:
         raise ValueError(f"--top {args.top}: a card shows at most {MAX_TOP:,} pairs per stream")
@@ -193,7 +194,7 @@ def _cmd_neuron(args: argparse.Namespace, started: float) -> None:
 
         if not is_safe_name(card.site):
             raise ValueError(f"--site {card.site!r}: not a plain site name; give --out FILE")
-        out = check_inside(folder / "cards" / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html", folder)
+        out = check_inside(folder / outputs.CARDS / f"{card.site}_layer{card.layer}_neuron{card.neuron}.html", folder)
     else:
         out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)

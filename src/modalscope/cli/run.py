@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
 from modalscope.config import StudyConfig
+from modalscope.ranks import Ranks
 from modalscope.data.pairs import DataError
 from modalscope.store import StoreMismatch
 from modalscope.cli.parser import build_parser
@@ -55,7 +55,7 @@ def _report(result, started: float, quiet: bool = False) -> None:
     """What a whole study wrote (with --quiet only how many tables and figures: the report links
     them all), its notes, and last the headline sentence of each site (the report's "At a
     glance"; summary.json's `headline`)."""
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not Ranks.from_env().leader:
         return  # under torchrun, rank 0 speaks for the study
     from modalscope.study import study_headlines
 

@@ -19,3 +19,11 @@ def block_rows(n_columns: int, most: int | None = None) -> int:
     most `most` when given."""
     rows = max(1, BLOCK_ELEMENTS // max(n_columns, 1))
     return rows if most is None else max(1, min(rows, most))
+
+
+def per_neuron_elements() -> int:
+    """The budget of the per-neuron loops over inputs (stats/controls.py's sign flips and
+    bootstrap, the cross-modal ranks and null draws): a quarter of BLOCK_ELEMENTS, since they
+    hold several float64 temporaries and sort keys of that size at once (and their speed was
+    measured at it). A function, so that a test that shrinks BLOCK_ELEMENTS shrinks it too."""
+    return max(1, BLOCK_ELEMENTS // 4)

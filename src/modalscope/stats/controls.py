@@ -40,11 +40,11 @@ from scipy import stats as sps
 from scipy.linalg import blas
 
 from modalscope.seeds import generator
+from modalscope.stats import blocks
 from modalscope.stats.moments import RunningMoments
 from modalscope.stats.one_sample import t_from_moments
 
 BOOT_CHUNK = 256  # replicates drawn and fitted at once, at most (fewer when inputs are many)
-BLOCK_ELEMENTS = 1 << 18  # [rows, inputs] temporaries are kept to about this many elements
 # Relative tolerance so that a permuted statistic equal to the observed one (float64 arithmetic)
 # counts as at least as extreme; its one home: stats/xmodal_resampling.py and stats/alignment.py read it.
 TIE = 1e-12
@@ -99,7 +99,7 @@ def bootstrap_trend(
     Each replicate draws I inputs with replacement and uses the same draw for every layer.
     Replicates are vectorised a few at a time: the draw becomes a count matrix W [rows, I]
     and the layer means are W @ X / W @ 1 (NaN entries get weight 0). `rows` is at most
-    BOOT_CHUNK and rows × I at most about BLOCK_ELEMENTS, so memory does not grow with I.
+    BOOT_CHUNK and rows × I at most about blocks.per_neuron_elements(), so memory does not grow with I.
     The draws are one stream (row after row), whatever the block size.
     """
     x = _as_matrix(input_layer_means)
@@ -140,8 +140,8 @@ def bootstrap_trend(
 
 
 def _block_rows(n_columns: int, most: int) -> int:
-    """Rows of a [rows, n_columns] temporary: at most `most`, about BLOCK_ELEMENTS in all."""
-    return max(1, min(most, BLOCK_ELEMENTS // max(n_columns, 1)))
+    """Rows of a [rows, n_columns] temporary: at most `most`, about blocks.per_neuron_elements() in all."""
+    return max(1, min(most, blocks.per_neuron_elements() // max(n_columns, 1)))
 
 
 class SignFlips:
@@ -179,7 +179,7 @@ class SignFlips:
         return on.astype(np.float64) * 2.0 - 1.0
 
     def blocks(self, size: int | None = None):
-        """(start, stop, block) over all inputs, `size` inputs (about BLOCK_ELEMENTS) at a time."""
+        """(start, stop, block) over all inputs, `size` inputs (about blocks.per_neuron_elements()) at a time."""
         size = size or _block_rows(self.n_perm, self.n_inputs)
         for start in range(0, self.n_inputs, size):
             stop = min(start + size, self.n_inputs)

@@ -11,9 +11,11 @@ import functools
 import numpy as np
 
 from modalscope.seeds import generator
-from modalscope.stats.controls import TIE  # a permuted r equal to the observed one counts as extreme
+from modalscope.stats import blocks
+from modalscope.stats.controls import (
+    TIE,  # a permuted r equal to the observed one counts as extreme
+)
 
-BLOCK_ELEMENTS = 1 << 18  # pairings x pairs drawn at once, about
 BOOT_NEURONS = 256  # neurons per layer whose r is bootstrapped over inputs
 BOOT_BLOCKS = 100  # the bootstrap resamples this many blocks of inputs (each input, when fewer)
 SMALL_PRODUCT = 1 << 23  # multiply-adds under which a product skips BLAS (`_product`)
@@ -56,7 +58,7 @@ def null_abs_r(n: int, n_perm: int, seed: int) -> np.ndarray:
     rng = generator(seed, "xmodal_null")
     centred = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
     out = np.empty(n_perm)
-    step = max(1, BLOCK_ELEMENTS // max(n, 1))
+    step = max(1, blocks.per_neuron_elements() // max(n, 1))
     for start in range(0, n_perm, step):
         block = np.stack([rng.permutation(n) for _ in range(min(step, n_perm - start))])
         out[start : start + len(block)] = centred[block] @ centred / (centred @ centred)

@@ -63,7 +63,7 @@ Memory: ranks need every pair, so unlike the streaming statistics this holds the
 [pairs, neurons] of both conditions until `columns()`, as float16 when that holds every value
 exactly (a float16 store, the default: 2 x 2 bytes per pair and neuron, 0.22 GB at 5,000 x
 11,008), else as float32 (a float32 store: twice that); nothing is lost either way.
-`columns()` then ranks a block of neurons at a time, temporaries near BLOCK_ELEMENTS.
+`columns()` then ranks a block of neurons at a time, temporaries near blocks.per_neuron_elements().
 
 How the ranks are made (cost: they were half the analysis): a float16 value's bits, its sign
 folded in, are an order-preserving 16-bit key; each key with its position in the low bits is
@@ -96,17 +96,37 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import stats as sps
 
+from modalscope.stats import blocks
 from modalscope.stats.protocol import Accumulator, Context, Slab
 from modalscope.stats.ranking import (  # noqa: F401  (_keys16, average_ranks, standardised_ranks: tests read them here)
-    _keys16, _work, average_ranks, centre_within, compact, correlation, exact_half, pearson_rows, ranked,
-    standardised_ranks, twice_centred_ranks, within_k_r,
+    _keys16,
+    _work,
+    average_ranks,
+    centre_within,
+    compact,
+    correlation,
+    exact_half,
+    pearson_rows,
+    ranked,
+    standardised_ranks,
+    twice_centred_ranks,
+    within_k_r,
 )
 from modalscope.stats.xmodal_resampling import (  # noqa: F401  (bootstrap_r, pairings: tests read them here)
-    BOOT_NEURONS, _product, block_draws, block_sums, boot_neurons, bootstrap_r, null_abs_r, pairings,
-    permutation_p, r_from_sums, within_pairings, within_permutation_p,
+    BOOT_NEURONS,
+    _product,
+    block_draws,
+    block_sums,
+    boot_neurons,
+    bootstrap_r,
+    null_abs_r,
+    pairings,
+    permutation_p,
+    r_from_sums,
+    within_pairings,
+    within_permutation_p,
 )
 
-BLOCK_ELEMENTS = 1 << 18  # pairs x neurons ranked at once (and pairings x pairs drawn at once), about
 WITHIN_BLOCKS = 4  # ranking within k works group by group: 4x the neurons at once, fewer small calls
 SPEARMAN_SE = 1.06  # Fieller, Hartley & Pearson (1957): var(atanh r_s) ~ 1.06 / (n - 3)
 Z95 = 1.959963984540054
@@ -211,7 +231,7 @@ class CrossModal:
         if within and self.settings.xmodal_perm:
             perms = within_pairings(group, self.settings.n_perm, self.settings.seed)
         draws = block_draws(self.n_inputs, self.settings.n_boot, self.settings.seed)
-        step = max(1, (WITHIN_BLOCKS if within else 1) * BLOCK_ELEMENTS // n)
+        step = max(1, (WITHIN_BLOCKS if within else 1) * blocks.per_neuron_elements() // n)
         boot_sums: list[np.ndarray] = []  # [blocks, 5, neurons] of the bootstrapped neurons, a part at a time
         scaled = np.full(width, np.nan)  # r rescaled to the permutation variance of n - g + 1 pairs (within k)
         work: tuple[dict, dict] = ({}, {})  # temporaries reused part to part (`_work`), one set per response
