@@ -98,6 +98,13 @@ def test_the_twin_is_a_study_folder_of_the_same_inputs(with_twin: Path):
         np.testing.assert_array_equal(twin.token_counts()[stream], main.token_counts()[stream])
     assert not np.allclose(twin.read_layer("mlp", "text", "max", 1), main.read_layer("mlp", "text", "max", 1))
     assert "control = \"random-twin\"" in (with_twin / "study.toml").read_text()
+    # the Python API reaches the twin's tables from the study's result
+    from modalscope import StudyResult
+
+    result = StudyResult.open(with_twin)
+    assert result.twin is not None and result.twin.out_dir == folder
+    pd.testing.assert_frame_equal(result.twin.neurons, pd.read_parquet(folder / "tables/table3_neurons.parquet"))
+    assert result.twin.twin is None
 
 
 def _without_twin(summary: dict) -> dict:
@@ -134,6 +141,9 @@ def test_a_study_without_the_control_has_nothing_of_it(small_study: Path):
     report = (small_study / "report.html").read_text()
     assert 'id="twin"' not in report and "random twin" not in report
     assert StudyTables.read(small_study).twin is None
+    from modalscope import StudyResult
+
+    assert StudyResult.open(small_study).twin is None
 
 
 def test_the_summary_and_headline_compare_each_effect_with_the_twin(with_twin: Path):

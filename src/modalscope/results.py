@@ -55,6 +55,15 @@ class StudyResult:
         """summary.json: per site the layer trends, their headline sentence, the FDR plan."""
         return json.loads(outputs.table(SUMMARY).at(self.out_dir).read_text(encoding="utf-8"))
 
+    @cached_property
+    def twin(self) -> "StudyResult | None":
+        """The random twin's study (`--control random-twin`: the same inputs through the model
+        re-initialised, twin.py), as a StudyResult of its own folder DIR/control/random-twin, so
+        `result.twin.neurons` is its Table 3 and `result.twin.significant(...)` its calls; None
+        when the study has no analysed twin."""
+        folder = self.out_dir / outputs.TWIN
+        return StudyResult.open(folder) if outputs.table(TABLE3).at(folder).exists() else None
+
     def significant(self, site: str, layer: int | None = None, direction: str | None = None,
                     stat: str = "max", q: str = "q_value") -> pd.DataFrame:
         """The neurons of `site` (and `layer`) with q < 0.05 on reduction `stat`, strongest first.

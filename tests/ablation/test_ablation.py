@@ -240,6 +240,14 @@ def test_ablate_command(study_copy, capsys, monkeypatch):
         assert saved["done_text"].sum() == 2 * 16 * 2  # two forwards of 16 row kinds x 2 pairs
     monkeypatch.setattr(module, "caption_loglik", real)
     assert main(command) == 0
+    # the study file now repeats the ablation (issue 26: a standalone `ablate` records its settings)
+    from modalscope.study_file import read as read_study_file
+
+    recorded = read_study_file(study_copy / "study.toml")
+    assert (recorded["ablation"], recorded["ablation_k"], tuple(recorded["ablation_sets"])) == (True, 3, ("text", "image"))
+    assert (tuple(recorded["ablation_method"]), recorded["ablation_random"], recorded["ablation_pairs"]) == (
+        ("mean", "zero"), 100, 2)
+    assert tuple(recorded["ablation_readouts"]) == ("text",)
     frame = pd.read_parquet(study_copy / "tables" / "ablation.parquet")
     assert list(frame.columns[:12]) == ["set", "site", "layer_band", "k", "method", "readout", "effect", "ci_low",
                                         "ci_high", "p_random", "n_pairs", "n_random"]

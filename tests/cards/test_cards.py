@@ -136,7 +136,7 @@ def test_the_report_embeds_the_cards_of_its_top_neurons_under_the_size_budget(sm
 
     assert max(max(Image.open(BytesIO(base64.b64decode(b))).size) for b in thumbs) == 64
     rows = pq.read_table(small_study / "tables/top_pairs.parquet").num_rows
-    assert f"top_pairs.parquet</a></td><td class=\"l\">per neuron and stream" in page and rows == 4 * 240 * 2 * K
+    assert "top_pairs.parquet</a></td><td class=\"l\">per neuron and stream" in page and rows == 4 * 240 * 2 * K
 
 
 def test_the_report_picks_each_kind_by_t_and_q_and_the_cross_modal_ones_by_xmodal_r_when_there():

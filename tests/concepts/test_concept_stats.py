@@ -219,3 +219,26 @@ def test_the_p_is_calibrated_under_the_null_with_ties_where_fdr_reads_it():
     for level in (1e-2, 1e-3):
         rates.append(np.mean(p < level) / level)
     assert all(0.5 < r < 2.0 for r in rates), rates
+
+
+def test_small_p_is_the_full_test_where_p_is_at_most_alpha():
+    """The shuffled null's fast path (Ranked.small_p) gives exactly the entries of Ranked.test
+    with p <= alpha, their AUROC and p bit for bit: ties, a constant neuron and a NaN response
+    included."""
+    from modalscope.stats.concepts import Ranked
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(size=(48, 300)), 1)  # many ties
+    values[:, 5] = 1.0  # constant: var 0, p 1, never passes
+    values[3, 7] = np.nan  # NaN: never passes
+    labels = (rng.random((48, 40)) < 0.3).astype(float)
+    ranked = Ranked.of(values)
+    auroc, p = ranked.test(labels)
+    for alpha in (0.05, 0.001):
+        neuron, column = np.nonzero(p <= alpha)
+        got = ranked.small_p(labels, alpha)
+        assert len(neuron) > (10 if alpha == 0.05 else 0)
+        np.testing.assert_array_equal(got[0], neuron)
+        np.testing.assert_array_equal(got[1], column)
+        np.testing.assert_array_equal(got[2], auroc[neuron, column])
+        np.testing.assert_array_equal(got[3], p[neuron, column])

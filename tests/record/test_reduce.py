@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modalscope.record.tokens import shared_span
-from reducing import ORDER, masked_max_mean, masked_order_stats, span_reductions
+from reducing import masked_max_mean, masked_order_stats, span_reductions
 
 GARBAGE = 1e4  # unmasked positions hold this; any leak into a statistic is obvious
 

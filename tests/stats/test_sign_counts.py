@@ -57,7 +57,6 @@ def test_a_study_has_the_sign_test_columns_for_every_reduction(small_study):
 
     t3 = pd.read_parquet(small_study / "tables/table3_neurons.parquet")
     group = zarr.open_group(str(small_study / "activations.zarr"), mode="r")
-    n = int(group.attrs["n_done"])
     for stat in group.attrs["stats"]:
         suffix = "" if stat == "max" else f"_{stat}"
         assert {f"share_positive{suffix}", f"p_sign{suffix}"} <= set(t3.columns)

@@ -85,9 +85,28 @@ def ablate_command(args: argparse.Namespace, started: float) -> None:
                                 device=args.device, dtype=args.dtype, seed=args.seed, progress=not args.quiet,
                                 new_tokens=args.new_tokens)
     result = run_ablation(Path(args.dir), settings)
+    record_settings(Path(args.dir), settings)
     for note in result.notes:
         print(f"  note    {note}")
     print(f"  table   {result.table}")
     if result.figure is not None:
         print(f"  figure  {result.figure}")
     print(f"ablation done in {time.perf_counter() - started:.1f} s ({result.rows_per_second:.1f} set-pair rows/s)")
+
+
+def record_settings(out_dir: Path, settings) -> None:
+    """DIR/study.toml's [ablation] section says what `ablate` ran, so that `run --config
+    DIR/study.toml` repeats the study with its ablation (the study file's keys: k, sets,
+    method, random, pairs, bands, readouts). Options the section has no key for come from the
+    study when `run` ablates (its reduction, device, dtype and seed, every analysed site): a
+    standalone `ablate` that chose others says so here, since the file cannot."""
+    from modalscope.stages.settings import update_study_file
+
+    update_study_file(out_dir, {"ablation": True, "ablation_k": settings.k, "ablation_sets": tuple(settings.sets),
+                                "ablation_method": tuple(settings.methods), "ablation_random": settings.n_random,
+                                "ablation_pairs": settings.n_pairs, "ablation_bands": settings.n_bands,
+                                "ablation_readouts": tuple(settings.readouts) if settings.readouts else None})
+    if settings.sites or settings.stat != "max" or settings.concept_words:
+        print("  note    study.toml's [ablation] records k, sets, method, random, pairs, bands and readouts; "
+              "--sites, --stat and --concept-words have no key there (`run` ablates every analysed site on "
+              "the study's --stat)")

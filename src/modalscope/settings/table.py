@@ -6,8 +6,8 @@ the field's default."""
 from __future__ import annotations
 
 from modalscope.record.reductions import ALL_STATS
-from modalscope.settings import Setting as S
 from modalscope.settings import checks
+from modalscope.settings.setting import Setting as S
 from modalscope.store_dtypes import STORE_DTYPES
 
 # The study file's sections, in the file's order (their keys follow the table's order).

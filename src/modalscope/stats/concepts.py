@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 
 from modalscope.stats.fdr import ALPHA, benjamini_hochberg
@@ -118,6 +118,49 @@ class Ranked:
         return auroc, p
 
 
+    def small_p(self, labels: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The entries of `test(labels)` with p <= alpha, as (neuron, column, AUROC, p): the same
+        numbers, computed only where they can pass. Why: the shuffled-label null needs nothing
+        else, and the normal tail (ndtr) over every [neuron, shuffle x concept] entry was most
+        of the concept statistics' time (17 of 34 s on the 48-pair trained demo).
+
+        p <= alpha needs |U - n1 n0 / 2| - 0.5 >= z_alpha sqrt(var), var = n1 n0 / 12 · c_neuron.
+        U is a sum of half-integer ranks below 2^24 (n up to 4,095; beyond, `test` itself runs),
+        exact in float32, so the screen runs in
+        float32 (half the memory traffic) with a bound 1e-4 (relative) below the threshold for
+        its rounding, and the entries past it get the float64 formula and their own p <= alpha
+        test: the result is `test`'s bit for bit (tests/concepts)."""
+        n = self.ranks.shape[0]
+        if n * (n + 1) >= 1 << 24:  # rank sums up to n (n + 1) / 2 no longer exact in float32: full test
+            auroc, p = self.test(labels)
+            neuron, column = np.nonzero(p <= alpha)
+            return neuron, column, auroc[neuron, column], p[neuron, column]
+        labels32 = np.asarray(labels, dtype=np.float32)
+        n1 = labels32.sum(axis=0, dtype=np.float64)
+        pairs = n1 * (n - n1)
+        centred = self._ranks32().T @ labels32  # U + n1 (n1 + 1) / 2, exact
+        centred -= (n1 * (n1 + 1) / 2.0 + pairs / 2.0).astype(np.float32)  # U - n1 n0 / 2, exact
+        scale = np.sqrt(np.maximum((n + 1) - self.ties / (n * (n - 1)), 0.0))  # [neuron] sqrt(var / (n1 n0 / 12))
+        bound = (-ndtri(alpha / 2.0) * (1 - 1e-4)) * np.sqrt(pairs / 12.0)  # [column]
+        screen = np.abs(centred)
+        screen -= np.float32(0.5)
+        candidate = screen >= np.multiply.outer(scale.astype(np.float32), bound.astype(np.float32))
+        candidate &= (scale > 0)[:, None] & self.finite[:, None]
+        neuron, column = np.nonzero(candidate)
+        u = centred[neuron, column].astype(np.float64) + pairs[column] / 2.0
+        pairs = pairs[column]
+        var = pairs / 12.0 * ((n + 1) - self.ties[neuron] / (n * (n - 1)))
+        p = np.clip(2.0 * ndtr(-(np.abs(u - pairs / 2.0) - 0.5) / np.sqrt(var)), 0.0, 1.0)
+        keep = (p <= alpha) & (var > 0)
+        return neuron[keep], column[keep], (u / pairs)[keep], p[keep]
+
+    def _ranks32(self) -> np.ndarray:
+        """The ranks as float32 (half-integers up to n: exact), made once per Ranked."""
+        if getattr(self, "_r32", None) is None:
+            self._r32 = self.ranks.astype(np.float32)
+        return self._r32
+
+
 def auroc_p(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUROC and Mann-Whitney p ([neuron, k]) of responses `values` [input, neuron] for labels
     [input, k] (a 1-d `values` or `labels` is one column)."""
@@ -188,12 +231,10 @@ class ShuffledNull:
         shuffled = self.shuffled if rows is None else self.shuffled[rows]
         for modality, one in ranked.items():
             for start in range(0, shuffled.shape[1], step):
-                auroc, p = one.test(shuffled[:, start:start + step])
-                neuron, column = np.nonzero(p <= self.alpha)
+                neuron, column, auroc, p = one.small_p(shuffled[:, start:start + step], self.alpha)
                 column = column + start
-                sign = direction(auroc[neuron, column - start])
                 self._kept.setdefault(modality, []).append(
-                    (neuron + self._offset, column % k, column // k, p[neuron, column - start], sign))
+                    (neuron + self._offset, column % k, column // k, p, direction(auroc)))
             self._m[modality] = self._m.get(modality, 0) + int(one.finite.sum())
         self._offset += width
 
