@@ -15,12 +15,14 @@ from modalscope.settings.table import MODEL_HELP  # noqa: F401  (parser.py's, an
 DESCRIPTION = """\
 Does each neuron of a vision-language model respond more to text or to images?
 For every image-caption pair, modalscope runs the caption alone and the image alone
-through the model, records the max and mean activation of every neuron of every
-decoder layer, and tests per neuron whether Δ = max_text - max_image differs from 0.
+through the model, records every neuron of every decoder layer reduced over the tokens
+(max, mean, the length-matched max, the share of tokens active, a quantile), and tests
+per neuron whether Δ = text - image differs from 0, with the controls a reviewer asks for.
 
-Start with `modalscope demo --out demo-out` (tiny model, synthetic data, offline; open
-demo-out/report.html). For a real study, `modalscope init` writes a commented study.toml
-(LLaVA-1.5-7B on COCO val2017); edit it, then `modalscope run --config study.toml`.
+Start with `modalscope demo --out demo-out` (a small VLM trained here on drawn shapes,
+beside its random twin; synthetic data, offline; open demo-out/report.html). For a real
+study, `modalscope init` writes a commented study.toml (LLaVA-1.5-7B on COCO val2017);
+edit it, then `modalscope run --config study.toml`.
 Every run writes DIR/study.toml, its complete settings: `modalscope run --config
 DIR/study.toml --out NEW` repeats it. Flags given on the command line beat the file.
 """
