@@ -75,3 +75,32 @@ def test_top_neurons_is_the_reports_lists(small_study: Path) -> None:
         assert rows[rows["direction"] == "text"]["neuron"].tolist() == up["neuron"].tolist()
         assert rows[rows["direction"] == "image"]["neuron"].tolist() == down["neuron"].tolist()
     assert set(table["stat"]) == set(tables.stats)
+
+
+def test_each_stage_command_opens_the_study_store_once(small_study: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 22.2: the stages after extraction read DIR/activations.zarr through folder.py, once per
+    command (it was opened up to 13 times in one `run`)."""
+    import shutil
+
+    from modalscope.cli import main
+    from modalscope.store import STORE, ActivationStore
+
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    opened: list[str] = []
+    read = ActivationStore.read.__func__
+
+    def counted(cls, path, *args, **kwargs):
+        if Path(path).resolve() == (study / STORE).resolve():
+            opened.append(str(path))
+        return read(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(ActivationStore, "read", classmethod(counted))
+    for command in (["analyze", str(study)], ["plot", str(study), "--no-png"], ["report", str(study)],
+                    ["neuron", str(study), "--site", "mlp", "--layer", "1", "--neuron", "3"]):
+        from modalscope import folder
+
+        folder._STORES.clear()  # a fresh command: nothing held over from the last one
+        opened.clear()
+        assert main(command) == 0, command
+        assert len(opened) == 1, (command, opened)

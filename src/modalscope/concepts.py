@@ -172,14 +172,14 @@ def concept_stage(out_dir: Path, csv: bool = False, provenance: dict | None = No
     """tables/concepts.parquet and summary.json's per-site `concepts` of the study in `out_dir`
     (after the analysis wrote summary.json); [] and nothing left of an earlier analysis's when
     its pairs carry no concept labels. Returns the paths written."""
-    from modalscope.data.manifest import load_manifest
-    from modalscope.store import STORE, ActivationStore
     from modalscope.tables import SUMMARY, read_summary, remove_table, write_frame, write_json
 
     out_dir = Path(out_dir)
     tables = out_dir / "tables"
-    store = ActivationStore.read(out_dir / STORE)
-    manifest, _ = load_manifest(out_dir)
+    from modalscope.folder import study_manifest, study_store
+
+    store = study_store(out_dir)  # the command's own reads (folder.py)
+    manifest, _ = study_manifest(out_dir)
     labels = study_labels(manifest, store.n_done)
     if labels is not None and not all(m in store.conditions for m in MODALITIES):
         labels = None

@@ -374,11 +374,15 @@ class ActivationStore:
                 array.resize((done,))
 
 
-def unchecked_note(path: Path) -> str | None:
-    """One line when the store at `path` predates chunk checksums (it still reads), else None."""
-    if not (Path(path) / "zarr.json").is_file():
+def unchecked_note(path: "Path | ActivationStore") -> str | None:
+    """One line when the store at `path` (or the store itself, as folder.study_store read it)
+    predates chunk checksums (it still reads), else None."""
+    if isinstance(path, ActivationStore):
+        store, path = path, path.path
+    elif not (Path(path) / "zarr.json").is_file():
         return None
-    store = ActivationStore.read(path)
+    else:
+        store = ActivationStore.read(path)
     if store.checksummed:
         return None
     return (f"{path}: made before chunk checksums: a damaged chunk would read unnoticed (a missing one is "

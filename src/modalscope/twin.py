@@ -211,13 +211,15 @@ def twin_store_done(out_dir: Path) -> int:
 def analysable(out_dir: Path) -> tuple[bool, str | None]:
     """(whether the twin is analysed beside the study, a one-line note when a twin exists but is not):
     its store must hold the study's pairs of the study's manifest."""
-    from modalscope.store import STORE, ActivationStore
+    from modalscope.store import STORE
 
     folder = twin_dir(out_dir)
     if not (folder / STORE / "zarr.json").is_file():
         return False, None
-    main = ActivationStore.read(Path(out_dir) / STORE)
-    twin = ActivationStore.read(folder / STORE)
+    from modalscope.folder import read_store
+
+    main = read_store(Path(out_dir) / STORE)  # the command's own read of each (folder.py)
+    twin = read_store(folder / STORE)
     if twin.attrs.get("manifest_hash") != main.attrs.get("manifest_hash"):
         return False, (f"{folder}: the random twin was recorded from another manifest; not compared (remove the "
                        "folder and rerun with --control random-twin)")

@@ -170,14 +170,14 @@ def run_ablation(out_dir: Path, settings: AblationSettings | None = None, loaded
     `loaded`: a model already in memory (default: the study's, loaded with `settings.dtype` and `device`)."""
     settings = settings or AblationSettings()
     from modalscope.data.manifest import load_manifest
-    from modalscope.store import STORE, ActivationStore
+    from modalscope.folder import study_store
     from modalscope.study import check_manifest
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_manifest(out_dir)
     manifest = load_manifest(out_dir)[0]
-    store = ActivationStore.read(out_dir / STORE)
+    store = study_store(out_dir)  # the command's one read of the store (folder.py)
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown or not settings.methods:
         raise ValueError(f"--method {','.join(settings.methods)}: choose mean or zero")

@@ -269,9 +269,9 @@ def _from_store(out_dir: Path, site: str, layer: int, neuron: int, stat: str, st
     import numpy as np
     import pyarrow as pa
 
-    from modalscope.store import STORE, ActivationStore
+    from modalscope.folder import study_store
 
-    store = ActivationStore.read(out_dir / STORE)
+    store = study_store(out_dir)
     tops = {c: layer_top(store, site, layer, c, stat, k, neurons=[neuron]) for c in streams}
     return layer_rows(site, layer, tops, np.asarray([neuron]), pa.array(store.pair_ids()), stat).to_pylist()
 

@@ -121,9 +121,11 @@ def _cmd_analyze(args: argparse.Namespace, started: float) -> None:
     partial = study.extraction_note(config.out_dir)
     if partial:
         print(partial)
+    from modalscope.folder import study_store
     from modalscope.store import STORE, unchecked_note
 
-    unchecked = unchecked_note(config.out_dir / STORE)  # (a header read: cheap, not the store's arrays)
+    present = (config.out_dir / STORE / "zarr.json").is_file()
+    unchecked = unchecked_note(study_store(config.out_dir)) if present else None  # the command's one read
     if unchecked:
         print(unchecked)
     paths, skipped = study.analyze_stage(config, manifest)

@@ -50,11 +50,12 @@ TOKEN_NOUNS = {"text": "caption", "image": "image", "text_base": "caption (base 
 
 def token_counts(out_dir: Path) -> dict[str, np.ndarray]:
     """{stream: [input]} content tokens of every finished input, from DIR's store; {} without one."""
-    from modalscope.store import STORE, ActivationStore
+    from modalscope.folder import study_store
+    from modalscope.store import STORE
 
     if not (Path(out_dir) / STORE).exists():
         return {}
-    return {stream: np.asarray(n) for stream, n in ActivationStore.read(Path(out_dir) / STORE).token_counts().items()}
+    return {stream: np.asarray(n) for stream, n in study_store(out_dir).token_counts().items()}
 
 
 def _count(n: np.ndarray) -> str:
