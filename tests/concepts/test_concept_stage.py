@@ -168,7 +168,7 @@ def test_the_stage_writes_the_table_the_summary_and_the_figure(study):
     assert concepts_sentence(card).startswith("Concepts (AUROC, q < 0.05): from the caption red 0.9")
     line = glance_sentence("mlp", concepts)
     assert line.startswith(f"mlp, concepts (max): {len(agree)} imagery neuron-concept pairs over 5 concepts")
-    assert "red (1)" in line and "p ≤ 0.0099" in line
+    assert "red (1)" in line and "p ≤ 0.01" in line
     again = concept_stage(study, provenance={"seed": 0})  # deterministic
     pd.testing.assert_frame_equal(pd.read_parquet(again[0]), table)
     assert read_summary(study / "tables" / SUMMARY)["mlp"]["concepts"]["null_mean"] == concepts["null_mean"]

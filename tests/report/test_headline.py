@@ -22,6 +22,7 @@ from modalscope.demo import RANDOM_WEIGHTS, RANDOM_WEIGHTS_TITLE, build_demo_ass
 from modalscope.figures.assemble import StudyTables, headline_figures
 from modalscope.figures.export import plotlyjs_bytes
 from modalscope.figures.histograms import figure1_static
+from modalscope.figures.style import round_up
 from modalscope.report import facts
 from modalscope.report.headline import headline, trend_clause
 from modalscope.report.page import REPORT
@@ -29,11 +30,11 @@ from modalscope.report.page import REPORT
 # The small study's numbers are pinned by tests/golden (within its tolerances, far below these 3 digits), so its sentences are too.
 SENTENCES = {
     "residual": "residual, layer mean of Δ = text − image: raw max falls by 0.578 per layer (bootstrap 95% CI "
-                "-0.791 to -0.363, sign-flip p ≤ 0.00498; R² = 0.98); length-matched max rises by 0.915 per layer "
-                "(bootstrap 95% CI 0.713 to 1.15, sign-flip p ≤ 0.00498; R² = 0.97). The reductions disagree on "
+                "-0.791 to -0.363, sign-flip p ≤ 0.005; R² = 0.98); length-matched max rises by 0.915 per layer "
+                "(bootstrap 95% CI 0.713 to 1.15, sign-flip p ≤ 0.005; R² = 0.97). The reductions disagree on "
                 "the direction: raw max falls, length-matched max rises.",
     "mlp": "mlp, layer mean of Δ = text − image: raw max falls by 0.252 per layer (bootstrap 95% CI -0.309 to "
-           "-0.203, sign-flip p ≤ 0.00498; R² = 0.78); length-matched max changes by -0.0335 per layer (bootstrap 95% "
+           "-0.203, sign-flip p ≤ 0.005; R² = 0.78); length-matched max changes by -0.0335 per layer (bootstrap 95% "
            "CI -0.0674 to 3.88e-05, sign-flip p = 0.124). The reductions disagree on the direction: raw max falls, "
            "mean rises.",
 }
@@ -54,8 +55,9 @@ def test_summary_json_states_each_sites_trends_in_one_sentence_from_its_numbers(
 
         def clause(e: dict) -> str:
             at_floor = e["slope_p_perm"] == 1 / (entry["n_perm"] + 1)
+            shown = round_up(e["slope_p_perm"]) if at_floor else e["slope_p_perm"]  # the floor as its bound
             return (f"per layer (bootstrap 95% CI {e['slope_ci_low']:.3g} to {e['slope_ci_high']:.3g}, "
-                    f"sign-flip p {'≤' if at_floor else '='} {e['slope_p_perm']:.3g}")
+                    f"sign-flip p {'≤' if at_floor else '='} {shown:.3g}")
 
         assert clause(entry) in entry["headline"] and clause(matched) in entry["headline"]
         assert entry["headline"] == SENTENCES[site]
@@ -72,7 +74,7 @@ def test_a_direction_is_named_only_when_the_interval_excludes_zero():
     assert trend_clause("raw max", entry(-1.034, -1.2, -0.85, 0.000999)) == (
         "raw max falls by 1.03 per layer (bootstrap 95% CI -1.2 to -0.85, sign-flip p = 0.000999)")
     assert trend_clause("raw max", entry(-1.034, -1.2, -0.85, 1 / 1001), p_floor=1 / 1001) == (
-        "raw max falls by 1.03 per layer (bootstrap 95% CI -1.2 to -0.85, sign-flip p ≤ 0.000999)")
+        "raw max falls by 1.03 per layer (bootstrap 95% CI -1.2 to -0.85, sign-flip p ≤ 0.001)")
     assert trend_clause("x", entry(0.5, 0.1, 0.9)) == "x rises by 0.5 per layer (bootstrap 95% CI 0.1 to 0.9, " \
                                                       "sign-flip p = 0.01)"
     assert trend_clause("x", entry(-0.03, -0.1, 0.05)).startswith("x changes by -0.03 per layer")
@@ -109,7 +111,7 @@ def test_p_values_read_the_same_in_tables_and_legends(small_study):
     legend = [t.name for t in headline_figures(tables, "mlp", "max")["figure2_mlp"].data
               if t.name.startswith("linear fit (max)")][0]
     assert p == 1 / (tables.summary["mlp"]["n_perm"] + 1)  # at the floor: a bound in both
-    assert f"sign-flip p ≤ {p:.3g})" in legend and f"<td>≤ {p:.3g}</td>" in site  # ≤ 0.00498 in both
+    assert "sign-flip p ≤ 0.005)" in legend and "<td>≤ 0.005</td>" in site  # 1/201 = 0.00498, rounded up, in both
     top = re.search(r"<h4>text-preferring.*?</table>", site, re.S).group(0)
     first = facts.top_neurons(tables, "mlp", "max")[0].iloc[0]
     cells = re.findall(r"<tr[^>]*>(.*?)</tr>", top)[1]  # the first neuron's row

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from modalscope.figures.style import format_p, permutation_floor
+from modalscope.figures.style import format_p, permutation_floor, round_up
 from modalscope.report.headline import direction, disagreement, headline, trend_clause
 from modalscope.stats.layers import leave_one_out_slopes, standout_layers
 
@@ -68,7 +68,7 @@ def test_a_clean_trend_is_named_with_its_linearity():
     entry = _entry(means, -0.6, -0.4, p=1 / 1001)
     assert direction(entry) == -1 and entry["sign_flipping_layers"] == []
     assert trend_clause("raw max", entry, p_floor=1 / 1001) == (
-        f"raw max falls by {-entry['slope']:.3g} per layer (bootstrap 95% CI -0.6 to -0.4, sign-flip p ≤ 0.000999; "
+        f"raw max falls by {-entry['slope']:.3g} per layer (bootstrap 95% CI -0.6 to -0.4, sign-flip p ≤ 0.001; "
         f"R² = {entry['r2']:.2g})")
 
 
@@ -92,6 +92,10 @@ def test_a_permutation_p_at_its_floor_reads_as_a_bound():
     assert format_p(2 / 1000, 1 / 1000) == "0.002"
     assert format_p(1 / 1000) == "0.001"  # a t-test's p has no floor
     assert format_p(float("nan"), 1 / 1000) == "—"
+    # the default 1,000 permutations: the floor 1/1001 = 0.000999 reads as the bound 0.001 (issue 24.4)
+    assert format_p(1 / 1001, permutation_floor(1000)) == "≤ 0.001"
+    assert format_p(1 / 201, permutation_floor(200)) == "≤ 0.005"
+    assert format_p(1 / 101, permutation_floor(100)) == "≤ 0.01"
 
 
 def test_the_report_writes_floored_permutation_p_as_bounds(small_study):
@@ -100,9 +104,10 @@ def test_the_report_writes_floored_permutation_p_as_bounds(small_study):
     page = (small_study / REPORT).read_text(encoding="utf-8")
     summary = pd.read_json(small_study / "tables/summary.json")
     n_perm = int(summary.loc["n_perm"].iloc[0])
-    floor = f"{1 / (n_perm + 1):.3g}"
-    assert f"sign-flip p ≤ {floor}" in page and f"<td>≤ {floor}</td>" in page
+    floor, shown = f"{1 / (n_perm + 1):.3g}", f"{round_up(1 / (n_perm + 1)):.3g}"  # 0.00498 reads ≤ 0.005
+    assert f"sign-flip p ≤ {shown}" in page and f"<td>≤ {shown}</td>" in page
     assert f"sign-flip p = {floor}" not in page and f"<td>{floor}</td>" not in page.split('id="provenance"')[0]
+    assert f"≤ {floor}" not in page
 
 
 def test_the_report_leads_with_results_and_ends_with_provenance(small_study):

@@ -46,8 +46,10 @@ def layer_ticks(n_layers: int) -> dict[str, object]:
 def format_p(p: object, floor: float | None = None) -> str:
     """A p or q value as every table, legend and sentence writes it: three significant digits
     (0.00498, 0.0312, 1), e-notation below 1e-4 (3.21e-05); '—' when undefined. A permutation p
-    at its floor 1/(P+1) (`floor`) reads '≤ 0.001': all it says is that no permutation of P did
-    as well, so writing it as '= 0.000999' would claim a precision it does not have.
+    at its floor 1/(P+1) (`floor`) reads '≤ 0.001' (P = 1,000; '≤ 0.005' for P = 200): all it
+    says is that no permutation of P did as well, so writing it as '= 0.000999' would claim a
+    precision it does not have; the floor is rounded up to one significant digit (`round_up`),
+    a bound that is still true and reads as the resolution it is.
 
     Why one function: the same number must read the same in the report's tables, a figure's
     legend and the headline sentence."""
@@ -58,8 +60,16 @@ def format_p(p: object, floor: float | None = None) -> str:
     if math.isnan(value):
         return "—"
     if floor is not None and value <= floor * (1 + 1e-9):
-        return f"≤ {floor:.3g}"
+        return f"≤ {round_up(floor):.3g}"
     return f"{value:.3g}"
+
+
+def round_up(value: float) -> float:
+    """`value` > 0 rounded up to one significant digit: 0.000999 -> 0.001, 0.004975 -> 0.005,
+    0.0099 -> 0.01 (a value already at one digit stays: 0.002 -> 0.002)."""
+    step = 10.0 ** math.floor(math.log10(value))
+    digits = math.ceil(value / step * (1 - 1e-12))
+    return float(f"{digits * step:.1g}")
 
 
 def permutation_floor(n_perm: object) -> float | None:
