@@ -59,10 +59,17 @@ def test_shuffle_uses_the_shuffle_stream_not_default_rng():
 
 def test_sign_flips_use_their_own_stream():
     got = SignFlips(50, 40, 3).block()
-    np.testing.assert_array_equal(got, _child(3, 1).integers(0, 2, size=(40, 50)) * 2.0 - 1.0)
-    old = np.random.default_rng(3).integers(0, 2, size=(40, 50)) * 2.0 - 1.0
-    assert not np.array_equal(got, old)
-    # blocked drawing (many rows at once or a few) reads the same stream
+    # child 1 draws the 40 group elements (distinct, non-zero, 6 bits: 2^6 - 1 >= 40), then a code per input
+    rng = _child(3, 1)
+    elements = 1 + rng.choice(63, size=40, replace=False)
+    codes = rng.integers(0, 64, size=50)
+    want = np.array([[(-1.0) ** bin(e & c).count("1") for c in codes] for e in elements])
+    np.testing.assert_array_equal(got, want)
+    old = np.random.default_rng(3)
+    old_elements = 1 + old.choice(63, size=40, replace=False)
+    old_codes = old.integers(0, 64, size=50)
+    assert not np.array_equal(got, [[(-1.0) ** bin(e & c).count("1") for c in old_codes] for e in old_elements])
+    # a block of inputs reads the same draw
     np.testing.assert_array_equal(SignFlips(50, 40, 3).block(10, 37), got[:, 10:37])
 
 

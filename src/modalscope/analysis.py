@@ -10,7 +10,8 @@ taken over all neurons of a site once its p-values are known. This module owns t
 statistics are pure (stats/).
 
 Memory: what is kept across inputs is the [input, layer] per-input means (per reduction) and
-the sign flips as bits ([perm, input] / 8 bytes); every other temporary is one block of
+the sign flips (a code per input, a number per permutation) and each neuron's
+sign-flip cells ([2^k, neuron], stats/sign_group.py); every other temporary is one block of
 inputs, so peak memory barely grows with the number of inputs.
 
 Column names: see stats/columns.py (the report's names for max, suffixed for the others;
@@ -119,7 +120,7 @@ def analyze_site(store: ActivationStore, site: str, settings: AnalysisSettings, 
                  what: str = "analyze") -> SiteAnalysis:
     """Every statistic of one site, a layer at a time (a progress bar per site when `progress`)."""
     n_inputs, width, stats = store.n_done, store.width(site), store.stats
-    signs = controls.SignFlips(n_inputs, settings.n_perm, settings.seed)  # [perm, input] bits
+    signs = controls.SignFlips(n_inputs, settings.n_perm, settings.seed)  # [perm, input], as a subgroup's codes
     input_means = {s: np.full((n_inputs, store.n_layers), np.nan) for s in stats}
     frames = []
     outputs: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in stats}  # per stat, per layer

@@ -35,7 +35,7 @@ SENTENCES = {
                 "the direction: raw max falls, length-matched max rises.",
     "mlp": "mlp, layer mean of Δ = text − image: raw max falls by 0.252 per layer (bootstrap 95% CI -0.309 to "
            "-0.203, sign-flip p ≤ 0.005; R² = 0.78); length-matched max changes by -0.0335 per layer (bootstrap 95% "
-           "CI -0.0674 to 3.88e-05, sign-flip p = 0.124). The reductions disagree on the direction: raw max falls, "
+           "CI -0.0674 to 3.88e-05, sign-flip p = 0.0896). The reductions disagree on the direction: raw max falls, "
            "mean rises.",
 }
 

@@ -10,8 +10,10 @@ the input, so they are correlated). This module gives:
 - `bootstrap_trend`: percentile CIs of the slope and R² of the depth trend, resampling
   inputs jointly across layers;
 - a sign-flip permutation null (H0: each input's Δ is symmetric about 0, one sign per input
-  for all layers and neurons): `SignFlips` (the signs, one bit each), `trend_null` for the
-  trend and `PermutationT` for per-neuron t-tests that do not lean on normality;
+  for all layers and neurons): `SignFlips` (the signs: elements of a random subgroup, kept
+  as a code per input and a number per permutation), `trend_null` for the trend and
+  `PermutationT` for per-neuron t-tests that do not lean on normality (on the study's
+  SignFlips it runs as stats/sign_group.py's `GroupPermutationT`);
 - `significant_counts` per layer (massive neurons: stats/massive.py)
   (Sun et al. 2024), neurons whose few huge values can dominate layer means.
 
@@ -22,7 +24,7 @@ study's `--seed`; the sign flips and the bootstrap each draw from their own stre
 of each other and of the shuffle of the pairs, so results are reproducible and uncoupled.
 
 Memory: nothing here holds a [permutation or replicate, input] float64 matrix. The signs
-are kept as bits (P·I/8 bytes) and widened a block of inputs at a time, and bootstrap
+are kept as numbers (4·(P + I) bytes) and widened a block of inputs at a time, and bootstrap
 replicates are drawn and fitted a few rows at a time, so peak memory does not grow with
 the number of inputs beyond the [input, layer] matrix itself. Blocking keeps the random
 draws (the same stream of `rng.integers` calls, hence the same signs and resamples for a
@@ -145,25 +147,26 @@ def _block_rows(n_columns: int, most: int) -> int:
 
 
 class SignFlips:
-    """[P, I] random ±1, one sign per permutation and input, stored as bits.
+    """[P, I] ±1, one sign per permutation and input: P distinct non-identity elements of a
+    random subgroup of the sign-flip group {±1}^I (stats/sign_group.py says why and how).
 
-    The signs are drawn row by row from the study's sign-flip stream and kept in P·I/8 bytes
-    instead of 8·P·I. `block(start, stop)` gives the float64 signs of
-    inputs start:stop, [P, stop - start]: feed it to `PermutationT.add` with the Δ rows of
-    the same inputs. `trend_null` takes a SignFlips as it is.
+    Drawn from the study's sign-flip stream: first the P elements e_p, distinct non-zero k-bit
+    numbers (2^k > P), then a k-bit code c_i per input; s_pi = (-1)^popcount(e_p & c_i). Kept
+    as those numbers (4·(P + I) bytes). `block(start, stop)` gives the float64 signs of inputs
+    start:stop, [P, stop - start]: feed it to `PermutationT.add` with the Δ rows of the same
+    inputs; `sign_group.GroupPermutationT` reads the codes instead, which is the same test for
+    a fraction of the cost. `trend_null` takes a SignFlips as it is.
     """
 
     def __init__(self, n_inputs: int, n_perm: int = 1000, seed: int = 0) -> None:
         if n_inputs < 0 or n_perm < 0:
             raise ValueError(f"need n_inputs, n_perm >= 0, got {n_inputs}, {n_perm}")
         self.n_inputs, self.n_perm = int(n_inputs), int(n_perm)
-        self.bits = np.empty((self.n_perm, (self.n_inputs + 7) // 8), dtype=np.uint8)
+        self.k = max(1, self.n_perm.bit_length())  # 2^k - 1 >= P non-identity elements
         rng = generator(seed, "sign_flips")
-        rows = _block_rows(self.n_inputs, self.n_perm)
-        for start in range(0, self.n_perm, rows):
-            stop = min(start + rows, self.n_perm)
-            draw = rng.integers(0, 2, size=(stop - start, self.n_inputs))  # 1 → +1, 0 → -1
-            self.bits[start:stop] = np.packbits(draw.astype(bool), axis=1)
+        # elements first, so that they do not depend on the number of inputs
+        self.elements = (1 + rng.choice((1 << self.k) - 1, size=self.n_perm, replace=False)).astype(np.uint32)
+        self.codes = rng.integers(0, 1 << self.k, size=self.n_inputs).astype(np.uint32)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -173,10 +176,8 @@ class SignFlips:
         """[P, stop - start] float64 ±1: the signs of inputs start:stop."""
         start, stop, _ = slice(start, stop).indices(self.n_inputs)
         stop = max(stop, start)
-        first, last = start // 8, (stop + 7) // 8
-        on = np.unpackbits(self.bits[:, first:last], axis=1)
-        on = on[:, start - 8 * first : stop - 8 * first]
-        return on.astype(np.float64) * 2.0 - 1.0
+        parity = np.bitwise_count(self.elements[:, None] & self.codes[None, start:stop]) & np.uint8(1)
+        return 1.0 - 2.0 * parity
 
     def blocks(self, size: int | None = None):
         """(start, stop, block) over all inputs, `size` inputs (about blocks.per_neuron_elements()) at a time."""
@@ -239,14 +240,12 @@ def _add_product(total: np.ndarray, signs: np.ndarray, values: np.ndarray) -> np
     """total += signs @ values, in place, the product of one block in float32 (sgemm) and
     its sum over blocks in float64.
 
-    Why float32: this product is the sign-flip test's whole cost per pair (P x inputs x N
-    multiply-adds; 45% of the analysis' CPU per pair at 7B widths), and sgemm plus the float64
-    add takes 0.084 against dgemm's 0.128 CPU-s for a [1000, 256] @ [256, 11008] block here
-    (issue 24.7's budget). What it costs: a block's sum of up to a few hundred ±Δ carries a
-    relative rounding of ~1e-7 (measured: 1e-5 absolute on sums of 80), so a permuted t within
-    that of the observed one may count differently than exact sums would: p_perm is a Monte
-    Carlo estimate with a standard error of sqrt(p(1-p)/P) >= 1e-3, which this does not move.
-    The running total stays float64, so blocks do not accumulate float32 error."""
+    Why float32: for explicit sign matrices (the study's sign flips take the cheaper road of
+    stats/sign_group.py) this product is P multiply-adds per input and neuron, and sgemm plus
+    the float64 add takes 0.084 against dgemm's 0.128 CPU-s for a [1000, 256] @ [256, 11008]
+    block here. What it costs: a block's sum of up to a few hundred ±Δ carries a relative
+    rounding of ~1e-7, which `tie_tolerance` counts as ties. The running total stays float64,
+    so blocks do not accumulate float32 error."""
     if values.size == 0 or total.size == 0:  # no inputs (or no neurons): nothing to add
         return total
     values32 = np.asarray(values, dtype=np.float32)
