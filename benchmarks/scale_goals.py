@@ -181,7 +181,9 @@ store = ActivationStore.read(sys.argv[1])
 clock = time.process_time()
 run_analysis(store, AnalysisSettings(seed=0))
 write_top_pairs(store, __import__("pathlib").Path(sys.argv[1] + ".top.parquet"), "max", ("text", "image"))
-print(time.process_time() - clock, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+peak = next((int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")), None) \
+    if sys.platform == "linux" else None  # this process's own: ru_maxrss keeps a large parent's peak across exec
+print(time.process_time() - clock, peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 

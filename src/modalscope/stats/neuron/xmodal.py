@@ -60,7 +60,8 @@ A neuron can prefer text (Δ > 0) and still be cross-modal. Inputs with a missin
 input gives NaN for every neuron) are left out; a neuron whose response is constant gets NaN.
 
 Memory: ranks need every pair, so unlike the streaming statistics this holds the layer's
-[pairs, neurons] of both conditions until `columns()`, as float16 when that holds every value
+[neurons, pairs] of both conditions until `columns()` (one array each, filled slab by slab, so
+that a part of the neurons is a block of rows), as float16 when that holds every value
 exactly (a float16 store, the default: 2 x 2 bytes per pair and neuron, 0.22 GB at 5,000 x
 11,008), else as float32 (a float32 store: twice that); nothing is lost either way.
 `columns()` then ranks a block of neurons at a time, temporaries near blocks.per_neuron_elements().
@@ -187,36 +188,52 @@ class CrossModal:
         self.settings, self.n_inputs, self.width = ctx.settings, ctx.n_inputs, ctx.width
         self.pair_k = ctx.pair_k
         self.active = cross_modal_contrast(ctx.settings.contrast)  # else: no columns
-        self.blocks: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # [neurons, inputs] of each response, filled slab by slab (`add`): ranks read a part of
+        # the neurons over all inputs, a contiguous block of rows here; one copy, never concatenated
+        self.x: np.ndarray | None = None
+        self.y: np.ndarray | None = None
+        self.seen = np.zeros(ctx.n_inputs, bool)  # the inputs added so far
         self.complete = True  # every slab's Δ had no NaN (so neither response has one)
         self.boot: np.ndarray | None = None
+
+    def _store(self, start: int, first: np.ndarray, second: np.ndarray) -> None:
+        """Inputs start:start + len of both responses, as `compact` gave them, into [neurons,
+        inputs] arrays: float16 while every value so far is one, float32 from the first that is not."""
+        dtype = np.result_type(first, second)
+        if self.x is None:
+            self.x = np.zeros((self.width, self.n_inputs), dtype)
+            self.y = np.zeros((self.width, self.n_inputs), dtype)
+        elif np.result_type(self.x, dtype) != self.x.dtype:  # a float32 slab after float16 ones: exact either way
+            self.x, self.y = self.x.astype(np.float32), self.y.astype(np.float32)
+        stop = start + len(first)
+        self.x[:, start:stop] = first.T
+        self.y[:, start:stop] = second.T
+        self.seen[start:stop] = True
 
     def add(self, slab: Slab) -> None:
         if self.active:
             self.complete = self.complete and slab.complete
-            self.blocks.append((slab.start, compact(slab.values[self.first], slab.half, slab.complete),
-                                compact(slab.values[self.second], slab.half, slab.complete)))
+            self._store(slab.start, compact(slab.values[self.first], slab.half, slab.complete),
+                        compact(slab.values[self.second], slab.half, slab.complete))
 
     def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(input index [n], first [n, w], second [n, w]) in input order, inputs with a
-        missing value left out."""
-        ordered = sorted(self.blocks, key=lambda block: block[0])
-        rows = np.concatenate([np.arange(start, start + len(x)) for start, x, _ in ordered])
-        x = np.concatenate([x for _, x, _ in ordered])
-        y = np.concatenate([y for _, _, y in ordered])
-        if self.complete:
-            return rows, x, y
-        keep = ~(np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1))
+        """(input index [n], first [w, n], second [w, n]) in input order (neurons in rows),
+        inputs not added or with a missing value left out."""
+        if self.x is None:
+            return np.zeros(0, np.int64), np.zeros((self.width, 0), np.float32), np.zeros((self.width, 0), np.float32)
+        keep = self.seen.copy()
+        if not self.complete:
+            keep &= ~(np.isnan(self.x).any(axis=0) | np.isnan(self.y).any(axis=0))
         if keep.all():
-            return rows, x, y
-        return rows[keep], x[keep], y[keep]
+            return np.arange(self.n_inputs), self.x, self.y
+        return np.flatnonzero(keep), self.x[:, keep], self.y[:, keep]
 
     def columns(self) -> dict[str, np.ndarray]:
         if not self.active:
             self.boot = np.zeros((0, 0), np.float32)
             return {}
-        rows, x, y = self._values()
-        n, width = x.shape
+        rows, x, y = self._values()  # [neurons, inputs]
+        width, n = x.shape
         names = COLUMNS + ((PERM_COLUMN,) if self.settings.xmodal_perm else ())
         out = {name: np.full(width, np.nan) for name in names}
         subset = boot_neurons(width)
@@ -239,18 +256,17 @@ class CrossModal:
             part = slice(start, min(start + step, width))
             local = subset[(subset >= part.start) & (subset < part.stop)] - part.start  # bootstrapped here
             if within:  # ranks within k: r is the stratified rank correlation given k
-                r[part], scaled[part], rx, ry = within_k_r(np.ascontiguousarray(x[:, part].T),
-                                                           np.ascontiguousarray(y[:, part].T), group, n_groups)
+                r[part], scaled[part], rx, ry = within_k_r(x[part], y[part], group, n_groups)
                 if local.size and len(draws):
                     sums, counts = block_sums(rx[local].T, ry[local].T, rows, draws.shape[1], self.n_inputs)
                     boot_sums.append(sums)
                 if perms is not None:
                     out[PERM_COLUMN][part] = within_permutation_p(rx, ry, r[part], perms)
-                sx = centre_within(np.asarray(x[:, part], dtype=np.float64).T, group, n_groups)
-                pearson[part] = np.where(np.isfinite(r[part]), correlation(sx, centre_within(
-                    np.asarray(y[:, part], dtype=np.float64).T, group, n_groups)), np.nan)
+                sx = centre_within(x[part], group, n_groups)
+                pearson[part] = np.where(np.isfinite(r[part]), correlation(sx, centre_within(y[part], group, n_groups)),
+                                         np.nan)
                 continue
-            xt, yt = np.ascontiguousarray(x[:, part].T), np.ascontiguousarray(y[:, part].T)  # [neurons, pairs]
+            xt, yt = x[part], y[part]  # [neurons, pairs], contiguous rows
             (rx, sx), (ry, sy) = twice_centred_ranks(xt, work[0]), twice_centred_ranks(yt, work[1])
             if local.size and len(draws):  # r of fixed ranks is scale-free: twice the centred ranks do
                 sums, counts = block_sums(rx[local].T, ry[local].T, rows, draws.shape[1], self.n_inputs)
@@ -275,12 +291,20 @@ class CrossModal:
         return {"boot_r": boot, "boot_neurons": boot_neurons(self.width)}
 
     def state_dict(self) -> dict[str, object]:
-        return {"blocks": self.blocks}
+        return {"x": self.x, "y": self.y, "seen": self.seen}
 
     def merge(self, other: "CrossModal") -> None:
-        """Shards hold disjoint inputs: their blocks are put back in input order at the end."""
-        self.blocks = self.blocks + other.blocks
+        """Shards hold disjoint inputs: each one's inputs are copied into place."""
+        if other.x is not None:
+            for start, stop in _runs(other.seen):
+                self._store(start, other.x[:, start:stop].T, other.y[:, start:stop].T)
         self.complete = self.complete and other.complete
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in `mask`."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 STATISTIC = CrossModal
