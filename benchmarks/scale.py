@@ -5,7 +5,7 @@ each pair count runs the whole study (`modalscope run`: extraction, analysis, ta
 figures) in a fresh process and reports the wall time, the extraction rate (pairs per
 second, from `timings.extract_s` in DIR/study.json, which includes loading the model and
 building the manifest), the analysis time and the peak RSS
-of the process (`ru_maxrss`, with its children's if larger). The last line gives the
+of the process (its own VmHWM on Linux, else `ru_maxrss`; its children's if larger). The last line gives the
 ratio of the peak RSS at the largest to the smallest pair count: the analysis streams one
 layer and one chunk of inputs at a time, so it should stay close to 1.
 
@@ -40,6 +40,8 @@ try:
     code = main(sys.argv[1:])
 finally:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform == "linux":  # this process's own peak: ru_maxrss keeps the parent's across exec
+        own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print("{MARK}", own, kids, flush=True)
 sys.exit(code)

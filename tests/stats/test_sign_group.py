@@ -82,7 +82,7 @@ def test_ties_count_as_exact_integer_arithmetic_counts_them():
     assert (count > 0).any()  # ties happen here, so the tolerance is exercised
 
 
-def test_blocks_and_merge_change_nothing_beyond_rounding():
+def test_block_sizes_change_nothing_beyond_rounding():
     rng = np.random.default_rng(10)
     delta = rng.normal(0.05, 1.0, size=(300, 25))
     flips = SignFlips(300, 200, 11)
