@@ -1,5 +1,7 @@
 """Data-parallel extraction with torchrun or accelerate launch (gloo, 2 CPU processes) equals
-one process, and shard statistics merged with Chan's formula equal a single pass."""
+one process, the random twin's recording included (each rank builds the same twin from the
+study's seed and records its shard of the pairs), and shard statistics merged with Chan's
+formula equal a single pass."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ N_PAIRS, BATCH = 11, 2  # an odd count: the last window is short and lands on ra
 def _args(out, model, jsonl):
     return ["-m", "modalscope", "extract", "--out", str(out), "--model", str(model), "--jsonl", str(jsonl),
             "--num-pairs", str(N_PAIRS), "--batch-size", str(BATCH), "--device", "cpu", "--quiet",
-            "--stats", "matched_max", "--conditions", "text,image,image_text", "--sort-window", "2"]
+            "--stats", "matched_max", "--conditions", "text,image,image_text", "--sort-window", "2",
+            "--control", "random-twin"]
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +62,20 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, single, launcher):
                               capture_output=True, text=True, env=env, timeout=300)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert (tmp_path / "two/shards/rank1.zarr").exists()
-    a = zarr.open_group(str(one / "activations.zarr"), mode="r")
-    b = zarr.open_group(str(tmp_path / "two/activations.zarr"), mode="r")
     shard = zarr.open_group(str(tmp_path / "two/shards/rank1.zarr"), mode="r")
     assert shard.attrs["n_done"] == 4  # windows of 2 batches x 2 pairs: rank 1 has window 1
+    twin_shard = zarr.open_group(str(tmp_path / "two/control/random-twin/shards/rank1.zarr"), mode="r")
+    assert twin_shard.attrs["n_done"] == 4  # the twin's windows are the study's
+    for store in ("activations.zarr", "control/random-twin/activations.zarr"):
+        _assert_same_store(one / store, tmp_path / "two" / store)
+    a = zarr.open_group(str(one / "activations.zarr"), mode="r")
+    twin = zarr.open_group(str(one / "control/random-twin/activations.zarr"), mode="r")
+    assert not np.array_equal(twin["mlp/text/max"][:], a["mlp/text/max"][:])  # another network's
+
+
+def _assert_same_store(one: Path, two: Path) -> None:
+    a = zarr.open_group(str(one), mode="r")
+    b = zarr.open_group(str(two), mode="r")
     assert b.attrs["n_done"] == N_PAIRS
     assert {k: v for k, v in b.attrs.items() if k != "versions"} == {k: v for k, v in a.attrs.items() if k != "versions"}
     for site in a.attrs["sites"]:
