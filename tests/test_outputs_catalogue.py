@@ -1,6 +1,6 @@
 """The catalogue of DIR (outputs.py) is the folder: a real study writes nothing it does not list, and
-every entry a study always writes is there; the names it spells for modules heavy to import agree
-with their owners; the report describes every file it links from it."""
+every entry a study always writes is there; the names it spells are still exported by their old homes
+(their contract with users' scripts); the report describes every file it links from it."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def test_each_written_file_has_one_line_in_the_report_file_list(small_study: Pat
         assert outputs.describe(name, sites), name
 
 
-def test_the_names_spelled_in_the_catalogue_agree_with_their_owners() -> None:
+def test_the_old_homes_of_the_names_still_export_the_catalogues() -> None:
+    """Users' scripts import these names from the modules that used to spell them."""
     from modalscope.ablation.progress import PROGRESS
     from modalscope.ablation.run import FIGURE, MEMBERS, TABLE
     from modalscope.concepts import CONCEPTS

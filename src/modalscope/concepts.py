@@ -33,8 +33,8 @@ from modalscope.stats.concepts import (
     ALPHA, MIN_GROUP, ConceptLabels, Ranked, ShuffledNull, agreeing, concept_labels, null_summary, overlap_null,
     overlap_summary, q_values,
 )
+from modalscope.outputs import CONCEPTS  # the table's name; its one home: outputs.py
 
-CONCEPTS = "concepts.parquet"
 STATS = ("max", "matched_max")  # the reductions tested, those the store recorded; the first leads
 MODALITIES = ("text", "image")  # the caption alone, the image alone
 N_SHUFFLES = 100  # shuffled-label permutations of the null (fewer for large studies: n_shuffles)

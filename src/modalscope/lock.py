@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modalscope.ranks import Ranks
+from modalscope.outputs import LOCK as LOCK_NAME  # the lock file's name; its one home: outputs.py
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-LOCK_NAME = ".modalscope.lock"
 
 
 class StudyLocked(ValueError):

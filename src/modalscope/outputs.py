@@ -17,10 +17,11 @@ its builder plus one entry here, and everything that needs to know the folder's 
 
 A path is relative to DIR and may hold fields: `{site}`, `{stat}` (a reduction), `{name}` (an
 export's --name suffix), `{layer}`, `{neuron}`. A folder entry (`folder=True`) owns every file
-under it (the zarr store, the random twin's own study folder). The file names themselves stay with
-the modules that have always exported them (`tables.TABLE3`, `data.manifest.MANIFEST`,
-`store.STORE`, ...: a contract with users' scripts); those whose owner is heavy to import (torch)
-are spelled here, and a test checks they agree.
+under it (the zarr store, the random twin's own study folder). The names of the tables and the
+store stay with the light modules that have always exported them (`tables.TABLE3`,
+`data.manifest.MANIFEST`, `store.STORE`, ...), imported here; the others are spelled here once and
+their old homes import them (`twin.TWIN_FOLDER`, `lock.LOCK_NAME`, `record.extract.NONFINITE`,
+`ablation.run.TABLE`, ...: still importable there, a contract with users' scripts).
 """
 
 from __future__ import annotations
@@ -41,17 +42,17 @@ from modalscope.tables import (
 
 TABLES, FIGURES, CARDS = "tables", "figures", "cards"  # DIR's folders of outputs
 STUDY_JSON, STUDY_TOML, REPORT = "study.json", "study.toml", "report.html"
-CONCEPTS = "concepts.parquet"  # concepts.CONCEPTS
-TWIN = "control/random-twin"  # twin.TWIN_FOLDER
-NONFINITE = "nonfinite.parquet"  # record.extract.NONFINITE (it imports torch)
-SHARDS = "shards"  # record.distributed.SHARDS (it imports torch)
-ABLATION, ABLATION_SETS, ABLATION_FIGURE = "ablation.parquet", "ablation_sets.parquet", "ablation"  # ablation/run.py
-ABLATION_PROGRESS = "ablation/progress.npz"  # ablation/progress.PROGRESS
-LOCK = ".modalscope.lock"  # lock.LOCK_NAME
-PLOTLYJS = "plotly.min.js"  # figures.export.PLOTLYJS
+CONCEPTS = "concepts.parquet"  # also concepts.CONCEPTS
+TWIN = "control/random-twin"  # also twin.TWIN_FOLDER (a Path)
+NONFINITE = "nonfinite.parquet"  # also record.extract.NONFINITE
+SHARDS = "shards"  # also record.distributed.SHARDS
+ABLATION, ABLATION_SETS, ABLATION_FIGURE = "ablation.parquet", "ablation_sets.parquet", "ablation"  # also ablation.run TABLE, MEMBERS, FIGURE
+ABLATION_PROGRESS = "ablation/progress.npz"  # also ablation.progress.PROGRESS (a Path)
+LOCK = ".modalscope.lock"  # also lock.LOCK_NAME
+PLOTLYJS = "plotly.min.js"  # also figures.export.PLOTLYJS
 # Figure file stems (+ site): the figures' names, as plot writes them and the report links them.
 ALIGNMENT_FIGURE = "figure3_alignment_"
-SHARE_FIGURE = "xmodal_share_"  # figures.xmodal.SHARE_FIGURE
+SHARE_FIGURE = "xmodal_share_"  # also figures.xmodal.SHARE_FIGURE
 CSV, IMAGES = (".csv",), (".png", ".svg")  # the copies beside a table (--csv), a figure (a browser)
 
 

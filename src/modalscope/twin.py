@@ -40,9 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from modalscope import outputs
+
 NONE, RANDOM_TWIN = "none", "random-twin"
 CONTROLS = (NONE, RANDOM_TWIN)  # the values of --control / [conditions] control
-TWIN_FOLDER = Path("control") / RANDOM_TWIN  # under DIR
+TWIN_FOLDER = Path(outputs.TWIN)  # under DIR: control/random-twin (its one home: outputs.py)
 # The twin's torch seed: child 65 of SeedSequence(seed) (seeds.STREAMS are 0-5, the concept null 64).
 TWIN_SPAWN_KEY = 65
 INIT = "type(model)._from_config(config): transformers' own initialisation (post_init -> init_weights)"

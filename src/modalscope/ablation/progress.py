@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from modalscope.files import atomic
+from modalscope.outputs import ABLATION_PROGRESS
 
-PROGRESS = Path("ablation") / "progress.npz"
+PROGRESS = Path(ABLATION_PROGRESS)  # under DIR (its one home: outputs.py)
 
 
 def key_of(store, settings, targets, readouts, scored, loaded) -> str:

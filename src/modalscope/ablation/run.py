@@ -44,10 +44,9 @@ from modalscope.ablation.sets import (
     table_sets,
     user_sets,
 )
+# the table, its sets' members (usable as --sets FILE) and the figure's stem; their home: outputs.py
+from modalscope.outputs import ABLATION as TABLE, ABLATION_FIGURE as FIGURE, ABLATION_SETS as MEMBERS
 
-TABLE = "ablation.parquet"
-MEMBERS = "ablation_sets.parquet"  # set, site, layer_band, k, layer, neuron: usable as --sets FILE
-FIGURE = "ablation"  # figures/ablation.html
 METHODS = ("mean", "zero")
 SAVE_EVERY_S = 30.0  # progress.npz is rewritten at most this often within a batch of pairs
 

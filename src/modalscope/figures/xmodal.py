@@ -34,9 +34,10 @@ from modalscope.figures.style import (
 )
 from modalscope.stats.columns import column, site_rows
 from modalscope.stats.xmodal_layers import ALPHA, threshold
+from modalscope.outputs import SHARE_FIGURE  # + site: the share per layer beside the twin's; home: outputs.py
 
 __all__ = ["figure_xmodal_r", "figure_xmodal_scatter", "figure_xmodal_share", "xmodal_scatter_static", "has_xmodal",
-           "SCATTER_META"]
+           "SCATTER_META", "SHARE_FIGURE"]
 
 N_BINS = 80
 MAX_POINTS = 2000
@@ -195,7 +196,6 @@ def xmodal_scatter_static(fig: go.Figure) -> go.Figure:
     return static
 
 
-SHARE_FIGURE = "xmodal_share_"  # + site: the share per layer beside the random twin's (--control random-twin)
 
 
 def _share_trace(rows: pd.DataFrame, stat: str, name: str, colour: str, dash: str | None,

@@ -19,10 +19,10 @@ import pandas as pd
 from modalscope.derived import FLAGS, STREAM_RULES
 from modalscope.ranks import Ranks
 from modalscope.store import ActivationStore
+from modalscope.outputs import SHARDS  # the shards' folder; its one home: outputs.py
 
 __all__ = ["SHARDS", "Ranks", "merge_shards", "shard_manifest", "shard_path"]  # Ranks: home ranks.py, kept here for one release
 
-SHARDS = "shards"
 
 
 def shard_path(out_dir: Path, rank: int) -> Path:

@@ -42,13 +42,13 @@ from modalscope.tables import write_frame
 
 # Re-exported for one release: their home is record/forwards.py since issue 22 (callers import them from here).
 from modalscope.record.forwards import for_base, matched_k, reduce_content, reduce_forward  # noqa: F401
+from modalscope.outputs import NONFINITE  # the table's name; its one home: outputs.py
 
 
 class ExtractionError(ValueError):
     """Extraction stopped for a reason the user can act on (one line); finished windows are kept."""
 
 
-NONFINITE = "nonfinite.parquet"
 
 
 @dataclass(frozen=True)
