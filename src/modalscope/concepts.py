@@ -174,9 +174,11 @@ def concept_stage(out_dir: Path, csv: bool = False, provenance: dict | None = No
     its pairs carry no concept labels. Returns the paths written."""
     from modalscope.tables import SUMMARY, read_summary, remove_table, write_frame, write_json
 
-    out_dir = Path(out_dir)
-    tables = out_dir / "tables"
+    from modalscope import outputs
     from modalscope.folder import study_manifest, study_store
+
+    out_dir = Path(out_dir)
+    tables = out_dir / outputs.TABLES
 
     store = study_store(out_dir)  # the command's own reads (folder.py)
     manifest, _ = study_manifest(out_dir)
@@ -193,7 +195,7 @@ def concept_stage(out_dir: Path, csv: bool = False, provenance: dict | None = No
             write_json(summary, summary_path)
         return []
     frame, entries = run_concepts(store, labels, int(store.attrs.get("seed", 0)))
-    paths = [write_frame(frame, tables / CONCEPTS, csv, provenance)]
+    paths = [write_frame(frame, outputs.table(CONCEPTS).at(out_dir), csv, provenance)]
     for site, entry in entries.items():
         summary.setdefault(site, {})["concepts"] = entry
     write_json(summary, summary_path)  # already among the analysis's outputs
@@ -208,7 +210,9 @@ def neuron_concepts(out_dir: Path, site: str, layer: int, neuron: int, stat: str
     concepts.parquet (or without rows of this neuron and reduction)."""
     import pyarrow.parquet as pq
 
-    path = Path(out_dir) / "tables" / CONCEPTS
+    from modalscope import outputs
+
+    path = outputs.table(CONCEPTS).at(out_dir)
     if not path.exists():
         return {}
     rows = pq.read_table(path, filters=[("site", "==", site), ("layer", "==", int(layer)),

@@ -79,10 +79,10 @@ def _fmt(value: object) -> str:
 def ablation_section(out_dir: Path) -> str | None:
     """The report's ablation section (an HTML fragment: heading, design, figure, table), or None
     when the study has no tables/ablation.parquet. The page must load plotly.js (the report does)."""
-    from modalscope.ablation.run import TABLE
+    from modalscope import outputs
     from modalscope.tables import read_provenance
 
-    path = Path(out_dir) / "tables" / TABLE
+    path = outputs.table(outputs.ABLATION).at(out_dir)
     if not path.exists():
         return None
     frame = pd.read_parquet(path)
@@ -127,16 +127,16 @@ def _read(path: Path, mtime_ns: int) -> pd.DataFrame:
 def card_lines(out_dir: Path, site: str, layer: int, neuron: int) -> list[str]:
     """One sentence per ablated set that holds this neuron (for its neuron card), or [] when the
     study has no ablation or the neuron is in none of its sets."""
-    from modalscope.ablation.run import MEMBERS, TABLE
+    from modalscope import outputs
 
-    tables = Path(out_dir) / "tables"
-    if not (tables / MEMBERS).exists() or not (tables / TABLE).exists():
+    members, table = outputs.table(outputs.ABLATION_SETS).at(out_dir), outputs.table(outputs.ABLATION).at(out_dir)
+    if not members.exists() or not table.exists():
         return []
-    sets = _read(tables / MEMBERS, (tables / MEMBERS).stat().st_mtime_ns)
+    sets = _read(members, members.stat().st_mtime_ns)
     mine = sets[(sets["site"] == site) & (sets["layer"] == layer) & (sets["neuron"] == neuron)]
     if mine.empty:
         return []
-    effects = _read(tables / TABLE, (tables / TABLE).stat().st_mtime_ns).merge(mine[["set", "site", "layer_band"]].drop_duplicates(),
+    effects = _read(table, table.stat().st_mtime_ns).merge(mine[["set", "site", "layer_band"]].drop_duplicates(),
                                                      on=["set", "site", "layer_band"])
     return [f"In the ablated set {r.set} · {r.site} · layers {r.layer_band} (k={r.k}): {r.method} ablation changed "
             f"{READOUT_TITLES.get(r.readout, r.readout)} by {_fmt(r.effect)} (95% CI {_fmt(r.ci_low)} to "

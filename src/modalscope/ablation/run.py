@@ -45,6 +45,7 @@ from modalscope.ablation.sets import (
     user_sets,
 )
 # the table, its sets' members (usable as --sets FILE) and the figure's stem; their home: outputs.py
+from modalscope import outputs
 from modalscope.outputs import ABLATION as TABLE, ABLATION_FIGURE as FIGURE, ABLATION_SETS as MEMBERS
 
 METHODS = ("mean", "zero")
@@ -151,9 +152,10 @@ def choose_sets(out_dir: Path, settings: AblationSettings, widths: dict[str, int
     by_site = {s: tables.neurons_as(s, settings.stat) for s in sites}
     sets, notes = table_sets(by_site, kinds, settings.k, n_layers, settings.n_bands)
     if concept:
-        table = out_dir / "tables" / "concepts.parquet"
+        concepts = outputs.table(outputs.CONCEPTS)
+        table = concepts.at(out_dir)
         if not table.exists():
-            raise ValueError(f"--sets {concept[0]}: {out_dir} has no tables/concepts.parquet (a study with concept "
+            raise ValueError(f"--sets {concept[0]}: {out_dir} has no {concepts.path} (a study with concept "
                              "labels writes it)")
         names = None if "concepts" in concept else [c.split(":", 1)[1] for c in concept]
         more, more_notes = concept_sets(pd.read_parquet(table), names, sites, settings.stat, settings.k, n_layers,
@@ -367,7 +369,6 @@ def members(targets: list[NeuronSet]):
 def _write(out_dir: Path, frame, settings: AblationSettings, store, readouts, half: int, scored, targets):
     from modalscope.ablation.report import figure_ablation
     from modalscope.figures.export import write_html
-    from modalscope.paths import check_inside
     from modalscope.tables import write_frame
 
     provenance = {"ablation": {**{k: v for k, v in asdict(settings).items() if k not in ("progress",)},
@@ -375,8 +376,8 @@ def _write(out_dir: Path, frame, settings: AblationSettings, store, readouts, ha
                                "scored_inputs": [int(scored[0]), int(scored[-1]) + 1],
                                "mean_conditions": {r: mean_condition(r, store.conditions) for r in readouts},
                                "model": store.attrs.get("model"), "manifest_hash": store.attrs.get("manifest_hash")}}
-    table = write_frame(frame, check_inside(out_dir / "tables" / TABLE, out_dir), provenance=provenance)
-    write_frame(members(targets), check_inside(out_dir / "tables" / MEMBERS, out_dir), provenance=provenance)
-    figure = write_html(figure_ablation(frame), out_dir / "figures" / f"{FIGURE}.html", plotlyjs="directory",
-                        within=out_dir)
+    table = write_frame(frame, outputs.table(TABLE).at(out_dir), provenance=provenance)
+    write_frame(members(targets), outputs.table(MEMBERS).at(out_dir), provenance=provenance)
+    figure = write_html(figure_ablation(frame), outputs.entry(f"{outputs.FIGURES}/{FIGURE}.html").at(out_dir),
+                        plotlyjs="directory", within=out_dir)
     return table, figure
