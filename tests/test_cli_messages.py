@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from cli_run import modalscope
+from modalscope.ablation.cli import _list
 from modalscope.cli import build_parser
+from modalscope.settings import BY_FIELD
 from modalscope.data.manifest import MANIFEST
 
 FAST = ("--permutations", "200", "--bootstrap", "200")
@@ -156,3 +158,22 @@ def test_each_command_lists_only_its_options_each_with_help_and_its_default():
     text = modalscope("analyze", "--help").stdout
     assert "--permutations N" in text and "(default: 1000)" in text and "--no-png" not in text
     assert "--stat" not in text and "--quiet" not in text
+
+
+@pytest.mark.parametrize("option, message", [
+    (("--k", "0"), "--k 0: give 1 to 1,000,000"),
+    (("--k", "ten"), "--k ten: expected a whole number"),
+    (("--method", "foo"), "--method foo: choose from mean, zero"),
+    (("--random", "100001"), "--random 100001: give 1 to 100,000"),
+    (("--readouts", "image,bogus"), "--readouts image,bogus: choose from image, text, image_concept, text_concept, "
+                                    "caption_words"),
+    (("--pairs", "1"), "--pairs 1: give 2 to 10,000,000 (pairs to score)"),
+])
+def test_ablates_shared_options_check_as_the_study_files_ablation_keys(tmp_path, option, message):
+    """`ablate --k` and `[ablation] k` are one setting (settings/table.py): the same bounds, named by the option."""
+    done = modalscope("ablate", str(tmp_path), *option)
+    assert (done.returncode, done.stderr) == (2, f"modalscope: error: {message}\n")
+    row = BY_FIELD["ablation_" + option[0][2:]]
+    if row.kind == "list" or option[1].isdigit():  # the study file's key refuses the same value
+        with pytest.raises(ValueError, match=f"\\[ablation\\] {row.name} = "):
+            row.checked(_list(option[1]) if row.kind == "list" else int(option[1]))

@@ -279,7 +279,9 @@ def starter() -> str:
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
         for key in _IN_SECTION[section].values():
-            lines += [f"# {line}" for line in textwrap.wrap(key.comment, 96)]
+            unset = defaults[key.attr] is None and key.shown_default and key.attr not in STARTER
+            comment = f"{key.comment} (default: {key.shown_default})" if unset else key.comment  # the example is not it
+            lines += [f"# {line}" for line in textwrap.wrap(comment, 96)]
             if key.attr in STARTER:
                 lines.append(f"{key.name} = {value_toml(STARTER[key.attr])}")
             else:

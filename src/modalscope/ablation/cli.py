@@ -11,15 +11,21 @@ import argparse
 import time
 from pathlib import Path
 
+from modalscope.settings import BY_FIELD
+
 HELP = "ablate the neurons the statistics select (and random sets like them); measure the captions' likelihood"
+
+
+def _whole(option: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{option} {text}: expected a whole number") from None
 
 
 def _positive(option: str, low: int, high: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} {text}: expected a whole number") from None
+        value = _whole(option, text)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{option} {text}: give {low:,} to {high:,}")
         return value
@@ -31,32 +37,40 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+# The options that are also the study file's [ablation] keys (`run` ablates with them), in --help order.
+SHARED = ("ablation_k", "ablation_sets", "ablation_method", "ablation_random", "ablation_pairs", "ablation_bands",
+          "ablation_readouts")
+
+
+def _parse_row(field: str):
+    """The argparse type of the [ablation] row `field`: a whole number or a comma list, then the
+    row's own check, its message naming the option ("--k 0: give 1 to 1,000,000")."""
+    row = BY_FIELD[field]
+
+    def parse(text: str):
+        value = _list(text) if row.kind == "list" else _whole(row.option, text)
+        try:
+            row.checked(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{row.option} {text}: {str(error).split(': ', 1)[-1]}") from None
+        return value
+
+    return parse
+
+
+def _row_kwargs(field: str) -> dict:
+    row = BY_FIELD[field]
+    shown = row.shown_default or (",".join(row.default) if isinstance(row.default, tuple) else str(row.default))
+    return {"dest": field, "type": _parse_row(field), "default": row.default, "metavar": row.metavar,
+            "help": f"{row.help} (default: {shown})"}
+
+
 def add_ablate_command(sub, command, folder_type) -> argparse.ArgumentParser:
     """The `ablate` parser, made with cli.py's `_command` and `_folder_type`."""
     p = command(sub, "ablate", HELP)
     p.add_argument("dir", type=folder_type("DIR"), metavar="DIR", help="study folder DIR, analysed (required)")
-    p.add_argument("--k", type=_positive("--k", 1, 1_000_000), default=10, metavar="K",
-                   help="neurons per set: the top K that pass q < 0.05 (default: 10)")
-    p.add_argument("--sets", type=_list, default=("text", "image", "xmodal"), metavar="LIST",
-                   help="comma list of text, image, xmodal (Table 3's top K of each site), concept:NAME or "
-                        "concepts (the top K imagery neurons of a concept, or of each; needs concept labels) and "
-                        "files of (site, layer, neuron[, set]) rows, Parquet or CSV (default: text,image,xmodal)")
-    p.add_argument("--method", type=_list, default=("mean",), metavar="METHOD",
-                   help="mean (set to the neuron's mean over the held-out half of the study's inputs), zero, "
-                        "or mean,zero (default: mean)")
-    p.add_argument("--random", type=_positive("--random", 1, 100_000), default=100, metavar="R",
-                   help="random sets per set, matched in site, layers and size; p's floor is 1/(R+1) (default: 100)")
-    p.add_argument("--pairs", type=_positive("--pairs", 2, 10_000_000), metavar="N",
-                   help="pairs to score, from the half of the manifest the means do not use (default: all of it)")
-    p.add_argument("--bands", type=_positive("--bands", 1, 1_000), default=1, metavar="N",
-                   help="also make the sets within N bands of consecutive layers (default: 1, the whole model)")
-    p.add_argument("--readouts", type=_list, metavar="LIST",
-                   help="image (log p(caption | image)), text (log p(caption) in the text-only input), "
-                        "image_concept and text_concept (the same, of the concept words in the caption only), "
-                        "caption_words (a caption generated greedily from the image alone: the accuracy of its "
-                        "colour, shape, count and size words against the pairs' drawn-world concept labels) "
-                        "(default: image,text, and caption_words when the pairs have drawn-world labels; text "
-                        "alone for a model without vision)")
+    for field in SHARED:  # help, default and check: the study file's [ablation] rows (settings/table.py)
+        p.add_argument(BY_FIELD[field].option, **_row_kwargs(field))
     p.add_argument("--concept-words", type=_list, metavar="LIST",
                    help="the words image_concept and text_concept score in every caption (default: each pair's "
                         "concept labels, the manifest's concepts)")
@@ -78,8 +92,9 @@ def add_ablate_command(sub, command, folder_type) -> argparse.ArgumentParser:
 def ablate_command(args: argparse.Namespace, started: float) -> None:
     from modalscope.ablation.run import AblationSettings, run_ablation
 
-    settings = AblationSettings(k=args.k, sets=args.sets, methods=args.method, n_random=args.random,
-                                n_pairs=args.pairs, n_bands=args.bands, readouts=args.readouts or None,
+    settings = AblationSettings(k=args.ablation_k, sets=args.ablation_sets, methods=args.ablation_method,
+                                n_random=args.ablation_random, n_pairs=args.ablation_pairs,
+                                n_bands=args.ablation_bands, readouts=args.ablation_readouts or None,
                                 concept_words=args.concept_words or None,
                                 sites=args.sites or None, stat=args.stat, batch_size=args.batch_size,
                                 device=args.device, dtype=args.dtype, seed=args.seed, progress=not args.quiet,

@@ -126,25 +126,31 @@ SETTINGS: tuple[S, ...] = (
     S("progress", "output", "bool", "no progress bars, and a whole study lists the report, not each table and "
       "figure", ("run", "extract", "demo"), flag="--quiet", action="store_false", shown_default="show them",
       note="progress bars"),
-    # ablation: `modalscope ablate` after the analysis (issue 26); keys named like its options
-    # (ablation/cli.py parses those for `ablate` itself)
+    # ablation: `modalscope ablate` after the analysis (issue 26); keys named like its options, whose
+    # help, default and check ablation/cli.py takes from these rows (`ablate` keeps its own parser:
+    # its options are not StudyConfig fields, and its defaults are the rows' own, not None)
     S("ablation", "ablation", "bool", "ablate the selected neurons after the analysis, against random sets "
       "(tables/ablation.parquet); default: true when this section sets any key, else false", key="enabled"),
     S("ablation_k", "ablation", "int", "neurons per set: the top k that pass q < 0.05", key="k",
-      check=checks.ablation_count("k", 1, 1_000_000)),
-    S("ablation_sets", "ablation", "list", "text, image, xmodal (Table 3's top k of each site), concept:NAME or "
-      "concepts (needs concept labels), or files of (site, layer, neuron[, set]) rows", key="sets",
-      check=checks.ablation_sets),
-    S("ablation_method", "ablation", "list", "mean (the neuron's mean over the half of the inputs not scored) "
-      "and/or zero", key="method", check=checks.ablation_list("method")),
-    S("ablation_random", "ablation", "int", "random sets per set, matched in site, layers and size (p's floor "
-      "1/(random+1))", key="random", check=checks.ablation_count("random", 1, 100_000)),
-    S("ablation_pairs", "ablation", "int", "pairs to score, from the half of the manifest the means do not use "
-      "(default: all of it)", key="pairs", check=checks.ablation_count("pairs", 2, 10_000_000, " (pairs to score)"),
-      example=200),
+      check=checks.ablation_count("k", 1, 1_000_000), metavar="K"),
+    S("ablation_sets", "ablation", "list", "text, image, xmodal (Table 3's top k of each site), "
+      "concept:NAME or concepts (the top k imagery neurons of a concept, or of each; needs concept labels) and "
+      "files of (site, layer, neuron[, set]) rows, Parquet or CSV", key="sets", check=checks.ablation_sets,
+      metavar="LIST"),
+    S("ablation_method", "ablation", "list", "mean (set to the neuron's mean over the held-out half of the study's "
+      "inputs) and/or zero", key="method", check=checks.ablation_list("method"), metavar="METHOD"),
+    S("ablation_random", "ablation", "int", "random sets per set, matched in site, layers and size; p's floor is "
+      "1/(random+1)", key="random", check=checks.ablation_count("random", 1, 100_000), metavar="R"),
+    S("ablation_pairs", "ablation", "int", "pairs to score, from the half of the manifest the means do not use",
+      key="pairs", check=checks.ablation_count("pairs", 2, 10_000_000, " (pairs to score)"), example=200,
+      shown_default="all of it", metavar="N"),
     S("ablation_bands", "ablation", "int", "also make the sets within N bands of consecutive layers (1: the whole "
-      "model)", key="bands", check=checks.ablation_count("bands", 1, 1_000)),
-    S("ablation_readouts", "ablation", "list", "image, text, image_concept, text_concept, caption_words (default: "
-      "image, text, and caption_words with drawn-world labels)", key="readouts",
-      check=checks.ablation_list("readouts"), example=["image", "text"]),
+      "model)", key="bands", check=checks.ablation_count("bands", 1, 1_000), metavar="N"),
+    S("ablation_readouts", "ablation", "list", "image (log p(caption | image)), text (log p(caption) in the "
+      "text-only input), image_concept and text_concept (the same, of the concept words in the caption only), "
+      "caption_words (a caption generated greedily from the image alone: the accuracy of its colour, shape, count "
+      "and size words against the pairs' drawn-world concept labels)", key="readouts",
+      check=checks.ablation_list("readouts"), example=["image", "text"],
+      shown_default="image,text, and caption_words when the pairs have drawn-world labels; text alone for a model "
+                    "without vision", metavar="LIST"),
 )
