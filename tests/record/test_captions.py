@@ -131,7 +131,7 @@ def test_bos_is_never_content_even_where_the_template_emits_it_mid_prompt(any_lo
     builder.text_pieces = type(builder.text_pieces)(
         head=builder.text_pieces.head + tokenizer.bos_token, left=builder.text_pieces.left,
         right=builder.text_pieces.right, tail=builder.text_pieces.tail)
-    builder._text_head = tokenizer(builder.text_pieces.head)["input_ids"]
+    builder.text_head = tokenizer(builder.text_pieces.head)["input_ids"]
     batch = builder.text_batch(["A dog."])
     ids = batch.inputs["input_ids"][0]
     assert int((ids == tokenizer.bos_token_id).sum()) == 2

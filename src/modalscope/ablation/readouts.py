@@ -90,7 +90,7 @@ class ReadoutBuilder:
             fitted = b.fit_captions(captions)
             runs, _ = b._caption_runs(b.text_pieces, fitted)
             scored = word_spans(b, b.text_pieces, fitted, words)
-            caption = b._assemble([b._text_head] * len(runs), runs, scored, b._text_tail)[1]
+            caption = b._assemble([b.text_head] * len(runs), runs, scored, b.text_tail)[1]
         return batch.inputs, caption
 
     def batch(self, readout: str, images: Sequence[Image.Image] | None, captions: Sequence[str],

@@ -86,8 +86,10 @@ class PromptBuilder:
         self.never_content = torch.tensor(sorted({i for i in never if i is not None}), dtype=torch.long)
         self.plain = PlainText(self.tokenizer)
         self.text_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=False), self.plain.controls)
-        self._text_head = self.tokenizer(self.text_pieces.head)["input_ids"]
-        self._text_tail = self.tokenizer(self.text_pieces.tail, add_special_tokens=False)["input_ids"]
+        # The text input's template ids before and after the caption (public: the base model's
+        # tokenizer check, record/plain_text.py, compares them with its own reading)
+        self.text_head = self.tokenizer(self.text_pieces.head)["input_ids"]
+        self.text_tail = self.tokenizer(self.text_pieces.tail, add_special_tokens=False)["input_ids"]
         self.vision = adapter.has_vision  # False: a language model, the text input only
         if self.vision:
             self.joint_pieces = PromptPieces.cut(self.render(CAPTION_SLOT, image=True), self.plain.controls)
@@ -167,7 +169,7 @@ class PromptBuilder:
         (the text prompt for a model without vision)."""
         if not self.vision:
             ids, _ = self._caption_runs(self.text_pieces, captions)
-            return [len(self._text_head) + len(run) + len(self._text_tail) for run in ids]
+            return [len(self.text_head) + len(run) + len(self.text_tail) for run in ids]
         ids, _ = self._caption_runs(self.joint_pieces, captions)
         return [self._joint_head_length + len(run) + len(self._joint_tail) for run in ids]
 
@@ -252,7 +254,7 @@ class PromptBuilder:
 
     def _text(self, captions: Sequence[str]) -> tuple[ModelBatch, torch.Tensor]:
         runs, spans = self._caption_runs(self.text_pieces, self.fit_captions(captions))
-        inputs, caption = self._assemble([self._text_head] * len(runs), runs, spans, self._text_tail)
+        inputs, caption = self._assemble([self.text_head] * len(runs), runs, spans, self.text_tail)
         real = self._real_tokens(inputs["input_ids"], inputs["attention_mask"])
         return ModelBatch(inputs=inputs, content=caption if self.tokens == "content" else real), caption
 

@@ -85,7 +85,7 @@ class BaseTokens:
         self.builder = builder
         self.plain = PlainText(tokenizer)
         head = tokenizer(builder.text_pieces.head)["input_ids"]
-        ours, text = list(builder._text_tail), builder.text_pieces.tail
+        ours, text = list(builder.text_tail), builder.text_pieces.tail
         # A token of the VLM's template after the caption that the base lacks (SmolVLM's
         # `<end_of_utterance>`, added to SmolLM2's vocabulary): the base reads the prompt up to it
         # (`forwards.for_base`), which changes no caption token (attention is causal), so only the
@@ -96,7 +96,7 @@ class BaseTokens:
             ours, text = ours[:cut], text.split(lacked, 1)[0] if lacked in text else None
         tail = None if text is None else tokenizer(text, add_special_tokens=False)["input_ids"]
         self.template = None
-        if list(head) != list(builder._text_head) or tail is None or list(tail) != ours:
+        if list(head) != list(builder.text_head) or tail is None or list(tail) != ours:
             self.template = "the template"
         elif lacked is not None and builder.tokens == "all":
             self.template = f"the template (it lacks {lacked!r}, which --tokens all records)"
