@@ -24,9 +24,10 @@ REPORT_BUDGET = 6_000_000  # bytes of report.html (README: Outputs)
 CARD_BUDGET = 24_000  # bytes per embedded card
 
 
-def brute_top(store: ActivationStore, site: str, layer: int, stream: str, k: int = K) -> dict[int, list[tuple]]:
+def brute_top(store: ActivationStore, site: str, layer: int, stream: str, k: int = K,
+              stat: str = "max") -> dict[int, list[tuple]]:
     """{neuron: [(input_index, value), ...]}: every input's response sorted in Python."""
-    values = store.read_layer(site, stream, "max", layer)  # [input, neuron], one read
+    values = store.read_layer(site, stream, stat, layer)  # [input, neuron], one read, holes filled
     out = {}
     for neuron in range(values.shape[1]):
         pairs = [(i, float(values[i, neuron])) for i in range(values.shape[0]) if not math.isnan(values[i, neuron])]
@@ -52,6 +53,22 @@ def test_top_pairs_equals_a_brute_force_top_k_over_the_store(small_study: Path):
                .itertuples(index=False, name=None))
     assert len(got) == len(want) == 4 * (64 + 176) * 2 * K  # layers x neurons x streams x k
     assert got == want  # the same order too: site, layer, neuron, stream, rank
+
+
+def test_top_pairs_of_a_reduction_with_holes_are_its_filled_values(small_study: Path, tmp_path: Path):
+    """text/matched_max is left as holes where the caption is the shortest stream (derived.py):
+    `--stat matched_max` ranks the values read_layer fills in, not the holes (it found no text rows)."""
+    from modalscope.cards.table import write_top_pairs
+
+    store = ActivationStore.read(small_study / STORE)
+    assert store.holes("mlp/text/matched_max", 0, store.n_done).any()
+    table = pd.read_parquet(write_top_pairs(store, tmp_path / "top.parquet", "matched_max", ("text", "image")))
+    for layer in (0, store.n_layers - 1):
+        rows = table[(table["site"] == "mlp") & (table["layer"] == layer) & (table["modality"] == "text")]
+        want = brute_top(store, "mlp", layer, "text", stat="matched_max")
+        for neuron in (0, 57, store.width("mlp") - 1):
+            got = rows[rows["neuron"] == neuron].sort_values("rank")
+            assert list(zip(got["input_index"], got["value"])) == [(i, pytest.approx(v)) for i, v in want[neuron]]
 
 
 def card_text(path: Path) -> str:
