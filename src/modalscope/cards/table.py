@@ -67,14 +67,16 @@ def site_tops(store: ActivationStore, site: str, condition: str, stat: str, k: i
     states = [TopK.empty(k, width) for _ in range(n_layers)]
     for start, stop in store.input_blocks():
         step = max(1, read_bytes // ((stop - start) * width * array.dtype.itemsize))
-        holes = store.holes(f"{site}/{condition}/{stat}", start, stop)  # rows the store did not keep twice
+        if store.holes(f"{site}/{condition}/{stat}", start, stop).any():
+            # rows the store did not keep twice (e.g. text/matched_max, which is text/max where the
+            # caption is the shortest stream): read_layer fills them, a layer at a time
+            for layer in range(n_layers):
+                states[layer] = states[layer].add(store.read_layer(site, condition, stat, layer, start, stop), start)
+            continue
         for first in range(0, n_layers, step):
             block = array[start:stop, first:first + step, :]  # [input, layer, neuron]
             for i in range(block.shape[1]):
-                values = block[:, i, :]
-                if holes.any():  # e.g. text/matched_max, which is text/max where the caption is shortest
-                    values = store.read_layer(site, condition, stat, first + i, start, stop)
-                states[first + i] = states[first + i].add(values, start)
+                states[first + i] = states[first + i].add(block[:, i, :], start)
     return states
 
 
